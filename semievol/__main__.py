@@ -1,0 +1,3 @@
+from semievol.cli import main
+
+raise SystemExit(main())

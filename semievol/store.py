@@ -1,0 +1,234 @@
+"""The workspace: a folder with a SQLite database (WAL), a Chroma directory, adapters, run logs.
+
+Everything a person decided and everything a model computed lives in the database, so the
+UI holds no truth and a killed process loses nothing. Modules that own a concept (data,
+retrieval, collaborators, ...) write their own tables through `Workspace.transaction()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from semievol.config import TaskConfig, task_config_from_dict, to_dict
+from semievol.errors import SemiEvolError
+
+SPLITS = ("labeled", "unlabeled", "test", "calibration")
+DECISION_ACTIONS = ("accept", "reject", "relabel", "clear")
+RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
+
+# Each migration moves the schema from version i to i+1; never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    # 1: items and their retrieval neighbours, the engine's outputs, runs and metrics.
+    """
+    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE imports (
+        id INTEGER PRIMARY KEY, file TEXT NOT NULL, split TEXT NOT NULL,
+        rows INTEGER NOT NULL, mapping TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE items (
+        id INTEGER PRIMARY KEY,
+        external_id TEXT NOT NULL UNIQUE,
+        split TEXT NOT NULL CHECK (split IN ('labeled','unlabeled','test','calibration')),
+        question TEXT NOT NULL,
+        options TEXT,            -- JSON list, NULL when the task has a fixed label set
+        answer TEXT,             -- gold answer; NULL for unlabeled items
+        import_id INTEGER REFERENCES imports(id),
+        source_row INTEGER);
+    CREATE INDEX items_split ON items(split);
+    CREATE TABLE neighbours (
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        rank INTEGER NOT NULL,
+        neighbour_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        similarity REAL NOT NULL,
+        PRIMARY KEY (item_id, rank));
+    CREATE TABLE rounds (
+        id INTEGER PRIMARY KEY, number INTEGER NOT NULL UNIQUE,
+        status TEXT NOT NULL, config TEXT NOT NULL,
+        warmup_adapter TEXT, final_adapter TEXT,
+        created_at REAL NOT NULL, finished_at REAL);
+    CREATE TABLE responses (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        collaborator INTEGER NOT NULL,
+        cache_key TEXT NOT NULL,
+        answer TEXT,
+        text TEXT,
+        option_probs TEXT,       -- JSON list aligned with the item's options
+        option_entropy REAL,
+        nll REAL,                -- mean token NLL of the response under the answering model
+        PRIMARY KEY (round_id, item_id, collaborator));
+    CREATE INDEX responses_cache ON responses(cache_key);
+    CREATE TABLE pseudo_labels (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        path TEXT NOT NULL CHECK (path IN ('agreed','reflected')),
+        agreement REAL NOT NULL,
+        reflection_text TEXT,
+        entropy REAL,            -- mean token NLL under the warm-up model (paper eq. 6)
+        option_entropy REAL,
+        selected INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (round_id, item_id));
+    CREATE INDEX pseudo_entropy ON pseudo_labels(round_id, entropy);
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        action TEXT NOT NULL CHECK (action IN ('accept','reject','relabel','clear')),
+        label TEXT, reviewer TEXT NOT NULL, note TEXT, created_at REAL NOT NULL);
+    CREATE INDEX decisions_item ON decisions(item_id, id);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, kind TEXT NOT NULL, round_id INTEGER,
+        status TEXT NOT NULL, pid INTEGER, progress REAL NOT NULL DEFAULT 0,
+        message TEXT, heartbeat REAL, log_path TEXT, config TEXT, error TEXT,
+        started_at REAL NOT NULL, finished_at REAL);
+    CREATE TABLE metrics (
+        id INTEGER PRIMARY KEY, run_id INTEGER, round_id INTEGER,
+        name TEXT NOT NULL, step INTEGER, value REAL, created_at REAL NOT NULL);
+    CREATE INDEX metrics_run ON metrics(run_id, name, step);
+    """,
+    # 2: decisions become append-only at the database level; evaluations and guard flags.
+    """
+    CREATE TRIGGER decisions_no_update BEFORE UPDATE ON decisions
+        BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
+    CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
+        BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
+    ALTER TABLE decisions ADD COLUMN round_id INTEGER;
+    CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY, round_id INTEGER, model TEXT NOT NULL, split TEXT NOT NULL,
+        accuracy REAL NOT NULL, macro_f1 REAL, report TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE TABLE flags (
+        round_id INTEGER, item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, detail TEXT, PRIMARY KEY (round_id, item_id, kind));
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Workspace:
+    """An open workspace folder. Cheap to create; open one per thread or process."""
+
+    def __init__(self, path: str | Path, *, create: bool = False):
+        self.path = Path(path).expanduser().resolve()
+        db = self.path / "workspace.db"
+        if not db.exists() and not create:
+            raise SemiEvolError(
+                f"No workspace at {self.path}. Create it with `semievol init {path}` "
+                "(or pick an existing workspace folder).")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for sub in ("chroma", "adapters", "runs", "exports"):
+            (self.path / sub).mkdir(exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
+        self.conn = sqlite3.connect(db, timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        migrate(self.conn)
+
+    # -- basics -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self):
+        """All-or-nothing writes: BEGIN IMMEDIATE takes the write lock up front."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params=()) -> list[sqlite3.Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params=()):
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- settings ---------------------------------------------------------------------
+    def get_setting(self, key: str, default=None):
+        value = self.scalar("SELECT value FROM settings WHERE key=?", (key,))
+        return default if value is None else json.loads(value)
+
+    def set_setting(self, key: str, value, conn=None) -> None:
+        (conn or self.conn).execute(
+            "INSERT INTO settings(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, json.dumps(value)))
+
+    @property
+    def task(self) -> TaskConfig | None:
+        data = self.get_setting("task")
+        return None if data is None else task_config_from_dict(data)
+
+    def set_task(self, task: TaskConfig, conn=None) -> None:
+        self.set_setting("task", to_dict(task), conn)
+
+    def require_task(self) -> TaskConfig:
+        task = self.task
+        if task is None:
+            raise SemiEvolError("This workspace has no task yet: import a labeled file first "
+                                "(`semievol import WORKSPACE FILE --split labeled ...`).")
+        return task
+
+    # -- summaries --------------------------------------------------------------------
+    def split_counts(self) -> dict[str, int]:
+        rows = self.query("SELECT split, COUNT(*) FROM items GROUP BY split")
+        counts = {s: 0 for s in SPLITS}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def table_counts(self) -> dict[str, int]:
+        names = [r[0] for r in self.query(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        return {n: self.scalar(f"SELECT COUNT(*) FROM {n}") for n in sorted(names)}
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION, one transaction per migration."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SemiEvolError(
+            f"This workspace was written by a newer SemiEvol (schema {version}, this one "
+            f"knows {SCHEMA_VERSION}); upgrade semievol to open it.")
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    return SCHEMA_VERSION
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    statements, buffer = [], ""
+    for line in script.splitlines():
+        line = line.split("--")[0].rstrip()
+        if not line:
+            continue
+        buffer += line + "\n"
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements
+
+
+def now() -> float:
+    return time.time()
