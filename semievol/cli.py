@@ -67,11 +67,11 @@ def cmd_import(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from semievol.retrieval import SentenceTransformerEmbedder, index_workspace
+    from semievol.retrieval import LazyEmbedder, index_workspace
     from semievol.store import Workspace
 
     ws = Workspace(args.workspace)
-    embedder = SentenceTransformerEmbedder(args.embedder)
+    embedder = LazyEmbedder(args.embedder)  # loads only if something needs embedding
     done = index_workspace(ws, embedder, k=args.k, progress=tqdm_progress("indexing"))
     if not done["embedded"] and not done["queried"]:
         print(f"Nothing to do: all items embedded, neighbours up to date (k={args.k}).")
@@ -175,10 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default="bundled")
     p.set_defaults(func=cmd_demo)
 
+    from semievol.cli_engine import add_engine_commands
+    add_engine_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from semievol.jobs import RunCancelled
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -186,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except SemiEvolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunCancelled:
+        print("cancelled", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,11 @@ def set_offline() -> None:
         os.environ[name] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # our own progress bars say what is happening
+    transformers.logging.set_verbosity_error()
 
 
 def cache_dir() -> Path:
@@ -141,7 +146,6 @@ def load_model(config: ModelConfig, *, adapter: str | Path | None = None,
     unmerged adapter on all linear layers ran ~3x slower on CPU.
     """
     set_offline()
-    import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(config.name_or_path)
@@ -150,14 +154,15 @@ def load_model(config: ModelConfig, *, adapter: str | Path | None = None,
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         tokenizer = load_tokenizer(path)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # missing files; a config transformers cannot read
         raise SemiEvolError(f"The model at {path} could not be loaded: {exc}") from exc
     if adapter is not None:
         model = attach_adapter(model, adapter)
         if merge:
             model = model.merge_and_unload()
     model.to(device).eval()
-    torch.set_grad_enabled(False)
+    # No torch.set_grad_enabled(False) here: it is thread-global and would break training
+    # later in the same process; callers wrap inference in torch.inference_mode().
     return model, tokenizer
 
 

@@ -79,13 +79,28 @@ def _embedding_function_class():
 
         @staticmethod
         def build_from_config(config: dict):
-            return SemiEvolEmbeddingFunction(SentenceTransformerEmbedder(config["embedder"]))
+            # Chroma rebuilds the function on every get_collection to compare configs: load
+            # the model only if this copy is ever asked to embed.
+            return SemiEvolEmbeddingFunction(LazyEmbedder(config["embedder"]))
 
     _EF_CLASS = SemiEvolEmbeddingFunction
     return _EF_CLASS
 
 
 _EF_CLASS = None
+
+
+class LazyEmbedder:
+    """A SentenceTransformerEmbedder built on first use."""
+
+    def __init__(self, spec: str):
+        self.name = spec
+        self._embedder = None
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = SentenceTransformerEmbedder(self.name)
+        return self._embedder.embed(texts)
 
 
 def _client(ws: Workspace):

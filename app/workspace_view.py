@@ -1,0 +1,338 @@
+"""The workspace overview (Home) and the sections of the Workspace and data page.
+
+Two halves: plain functions that read or change the workspace and return values (tested
+directly: `split_label_counts`, `question_lengths`, `preview_items`, `run_import`,
+`run_index`, `next_steps`), and `show_*` functions that render them. Every read goes to
+SQLite on each run; item previews are paginated in SQL, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from common import flash, show_error, user_errors
+from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
+from semievol.data import FILE_TYPES, ColumnMapping, ImportReport, import_file, read_table
+from semievol.errors import SemiEvolError
+from semievol.status import workspace_status
+from semievol.store import SPLITS, Workspace
+
+PAGE_SIZE = 50
+MAX_BARS = 30
+NONE = "(none)"
+IMPORT_SPLITS = ("labeled", "unlabeled", "test")
+WORKSPACE_PAGE = "pages/1_Workspace.py"
+
+
+# -- reads --------------------------------------------------------------------------------
+def split_label_counts(ws: Workspace) -> pd.DataFrame:
+    """Gold answers per class in the labeled and test splits: columns split, label, items."""
+    rows = ws.query("SELECT split, answer, COUNT(*) FROM items "
+                    "WHERE split IN ('labeled', 'test') AND answer IS NOT NULL "
+                    "GROUP BY split, answer ORDER BY split, answer")
+    return pd.DataFrame([tuple(r) for r in rows], columns=["split", "label", "items"])
+
+
+def question_lengths(ws: Workspace) -> pd.DataFrame:
+    """Question length in characters per split (min, mean, max), computed in SQL."""
+    rows = ws.query("SELECT split, COUNT(*), MIN(LENGTH(question)), AVG(LENGTH(question)), "
+                    "MAX(LENGTH(question)) FROM items GROUP BY split")
+    frame = pd.DataFrame([tuple(r) for r in rows],
+                         columns=["split", "items", "min chars", "mean chars", "max chars"])
+    frame["mean chars"] = frame["mean chars"].round(1)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return frame.sort_values("split", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def _search_clause(search: str) -> tuple[str, tuple]:
+    if not search:
+        return "", ()
+    pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+    return (" AND (question LIKE ? ESCAPE '\\' OR external_id LIKE ? ESCAPE '\\')",
+            (pattern, pattern))
+
+
+def count_items(ws: Workspace, split: str, search: str = "") -> int:
+    clause, params = _search_clause(search)
+    return ws.scalar(f"SELECT COUNT(*) FROM items WHERE split=?{clause}", (split, *params))
+
+
+def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
+                  page_size: int = PAGE_SIZE) -> pd.DataFrame:
+    """One page (1-based) of a split's items, in import order, with their neighbour count."""
+    clause, params = _search_clause(search)
+    rows = ws.query(
+        "SELECT external_id AS id, question, answer, options, "
+        "(SELECT COUNT(*) FROM neighbours n WHERE n.item_id = items.id) AS neighbours "
+        f"FROM items WHERE split=?{clause} ORDER BY id LIMIT ? OFFSET ?",
+        (split, *params, page_size, (max(page, 1) - 1) * page_size))
+    return pd.DataFrame([dict(r) for r in rows],
+                        columns=["id", "question", "answer", "options", "neighbours"])
+
+
+def next_steps(status: dict) -> list[str]:
+    """What the reviewer should do next, from `workspace_status()`; first is most urgent."""
+    splits = status["splits"]
+    steps = []
+    if status["task"] is None or not splits["labeled"]:
+        steps.append("Import a **labeled** file (it also sets the task) on the Workspace page.")
+    if not splits["unlabeled"]:
+        steps.append("Import the **unlabeled** items you want pseudo-labeled.")
+    if splits["labeled"] and splits["unlabeled"] and \
+            (status["unlabeled_with_neighbours"] or 0) < splits["unlabeled"]:
+        steps.append("Run **Index / retrieve neighbours** on the Workspace page.")
+    rounds = status["rounds"]
+    if steps:  # the data comes first
+        pass
+    elif not rounds:
+        steps.append("The data is ready: set up and launch round 1 on the **Round setup** page.")
+    elif rounds[-1]["status"] == "running":
+        steps.append(f"Round {rounds[-1]['number']} is running: follow it on the **Runs** page.")
+    else:
+        steps.append(f"Review round {rounds[-1]['number']}'s pseudo-labels on the **Review** "
+                     "page, pick the threshold on **Selection**, then train on **Train**.")
+    if not splits["test"]:
+        steps.append("Optionally import a **test** file, to measure each round.")
+    return steps
+
+
+# -- changes ------------------------------------------------------------------------------
+def save_upload(name: str, data: bytes, file_id: str) -> Path:
+    """Write an uploaded file to a temp folder under its own name (the name is recorded with
+    the import and, without an id column, makes the item ids), once per upload."""
+    folder = Path(tempfile.gettempdir()) / "semievol-uploads" / re.sub(r"\W", "_", file_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (Path(name).name or "upload")
+    if not path.exists():
+        path.write_bytes(data)
+    return path
+
+
+def mapping_from_choices(question: str, answer: str, options: str, id: str) -> ColumnMapping:
+    """A ColumnMapping from the selectboxes, where "(none)" means no column."""
+    def pick(col):
+        return None if col in (None, NONE) else col
+    return ColumnMapping(question=question, answer=pick(answer), options=pick(options),
+                         id=pick(id))
+
+
+def task_from_form(kind: str, labels: str, answer_format: str = "words",
+                   checker: str = "normalized", instruction: str = "") -> TaskConfig:
+    """The TaskConfig of the form; raises SemiEvolError when it is not valid."""
+    names = [x.strip() for x in labels.split(",") if x.strip()] or None
+    return TaskConfig(kind=kind, labels=names, answer_format=answer_format, checker=checker,
+                      instruction=instruction.strip())
+
+
+def run_import(ws: Workspace, path: str | Path, split: str, mapping: ColumnMapping,
+               task: TaskConfig | None = None
+               ) -> tuple[ImportReport | None, SemiEvolError | None]:
+    """Import all of the file or none of it: (report, None) or (None, the validation error)."""
+    try:
+        return import_file(ws, path, split, mapping=mapping, task=task), None
+    except SemiEvolError as exc:
+        return None, exc
+
+
+def run_index(ws: Workspace, k: int, progress=None, embedder=None) -> dict:
+    """Embed and retrieve neighbours (the bundled embedder unless one is given)."""
+    from semievol.retrieval import SentenceTransformerEmbedder, index_workspace
+
+    embedder = embedder or SentenceTransformerEmbedder("bundled")
+    return index_workspace(ws, embedder, k=k, progress=progress)
+
+
+def index_summary(result: dict, k: int) -> str:
+    if not result["embedded"] and not result["queried"]:
+        return f"Nothing to do: all items embedded, neighbours up to date (k={k})."
+    return (f"Embedded {result['embedded']} item(s); labeled pool {result['pool']}; "
+            f"neighbours stored for {result['queried']} item(s) (k={k}).")
+
+
+# -- rendering ----------------------------------------------------------------------------
+def show_split_metrics(counts: dict[str, int]) -> None:
+    for column, split in zip(st.columns(len(SPLITS)), SPLITS):
+        column.metric(split.capitalize(), counts.get(split, 0))
+
+
+def show_overview(ws: Workspace) -> None:
+    """Home: the task, split counts, neighbour coverage, rounds, and what to do next."""
+    status = workspace_status(ws)
+    task = status["task"]
+    if task:
+        labels = ", ".join(task["labels"]) if task["labels"] else "options per item"
+        st.markdown(f"**Task:** `{task['kind']}` · labels: {labels} · answer format "
+                    f"`{task['answer_format']}`")
+        if task.get("instruction"):
+            st.caption(task["instruction"])
+    else:
+        st.markdown("**Task:** not set yet (the first import sets it).")
+    show_split_metrics(status["splits"])
+    unlabeled = status["splits"]["unlabeled"]
+    covered = status["unlabeled_with_neighbours"] or 0
+    st.markdown(f"**Neighbours:** {covered} of {unlabeled} unlabeled item(s) have retrieved "
+                f"demonstrations" + (f" (k={status['retrieval_k']})." if status["retrieval_k"]
+                                     else "."))
+    if unlabeled:
+        st.progress(min(covered / unlabeled, 1.0))
+    if status["rounds"]:
+        st.subheader("Rounds")
+        st.dataframe(pd.DataFrame(status["rounds"]), hide_index=True)
+    st.caption(f"Decisions recorded: {status['decisions']} · runs: {status['runs']}")
+    st.subheader("What to do next")
+    for step in next_steps(status):
+        st.markdown(f"- {step}")
+    st.page_link(WORKSPACE_PAGE, label="Open the Workspace and data page",
+                 icon=":material/database:")
+
+
+def show_statistics(ws: Workspace) -> None:
+    show_split_metrics(ws.split_counts())
+    labels = split_label_counts(ws)
+    if labels.empty:
+        st.info("No labeled or test items yet: import a file below.")
+    else:
+        import plotly.express as px
+
+        task = ws.task
+        if task and task.labels:
+            order = task.labels
+        else:  # free-form answers or per-item options: the most frequent ones only
+            order = list(labels.groupby("label")["items"].sum().nlargest(MAX_BARS).index)
+            labels = labels[labels["label"].isin(order)]
+        figure = px.bar(labels, x="label", y="items", color="split", barmode="group",
+                        category_orders={"label": order, "split": ["labeled", "test"]},
+                        title="Items per class")
+        figure.update_layout(height=340, margin=dict(t=40, b=10))
+        st.plotly_chart(figure)
+    lengths = question_lengths(ws)
+    if not lengths.empty:
+        st.markdown("**Question length** (characters)")
+        st.dataframe(lengths, hide_index=True)
+
+
+def show_preview(ws: Workspace) -> None:
+    left, middle, right = st.columns([1, 2, 1])
+    split = left.selectbox("Split", SPLITS, key="preview_split")
+    search = middle.text_input("Search question or id", key="preview_search").strip()
+    total = count_items(ws, split, search)
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1,
+                              step=1, key=f"preview_page_{split}_{pages}")
+    rows = preview_items(ws, split, int(page), search=search)
+    if rows.empty:
+        st.info(f"No {split} items" + (f" matching {search!r}." if search else " yet."))
+        return
+    first = (int(page) - 1) * PAGE_SIZE + 1
+    st.caption(f"Items {first}–{first + len(rows) - 1} of {total}")
+    st.dataframe(rows, hide_index=True)
+
+
+def _guess(columns: list[str], names: tuple[str, ...], fallback: str | None) -> str | None:
+    lowered = {c.lower(): c for c in columns}
+    return next((lowered[n] for n in names if n in lowered), fallback)
+
+
+def show_import(ws: Workspace) -> None:
+    upload = st.file_uploader("Upload a labeled, unlabeled or test file",
+                              type=sorted(t.lstrip(".") for t in FILE_TYPES))
+    if upload is None:
+        st.caption("CSV or TSV with a header, JSON Lines, or Parquet. Only the question column "
+                   "is required; labeled and test files need an answer column.")
+        return
+    path = save_upload(upload.name, upload.getvalue(), upload.file_id)
+    try:
+        frame = read_table(path)
+    except SemiEvolError as exc:
+        show_error(exc)
+        return
+    columns = [str(c) for c in frame.columns]
+    st.markdown(f"**{upload.name}**: {len(frame)} row(s); columns: "
+                + ", ".join(f"`{c}`" for c in columns))
+    st.dataframe(frame.head(5), hide_index=True)
+
+    cols = st.columns(5)
+    question = cols[0].selectbox("Question column", columns, index=columns.index(
+        _guess(columns, ("question", "text", "prompt"), columns[0])), key="map_question")
+    optional = [NONE, *columns]
+    picks = [cols[i + 1].selectbox(label, optional, index=optional.index(
+        _guess(columns, names, NONE)), key=f"map_{field}")
+        for i, (label, field, names) in enumerate((
+            ("Answer column", "answer", ("answer", "label", "gold")),
+            ("Options column", "options", ("options", "choices")),
+            ("Id column", "id", ("id", "item_id", "uid"))))]
+    split = cols[4].selectbox("Split", IMPORT_SPLITS, key="import_split")
+    mapping = mapping_from_choices(question, *picks)
+
+    task = None
+    if ws.task is None:
+        st.markdown("**Task** (set once, by the first import)")
+        t = st.columns(3)
+        kind = t[0].selectbox("Task kind", TASK_KINDS, key="task_kind")
+        answer_format = t[1].selectbox("Answer format", ANSWER_FORMATS,
+                                       index=ANSWER_FORMATS.index("words"), key="task_format")
+        checker = t[2].selectbox("Open-answer checker", CHECKERS,
+                                 index=CHECKERS.index("normalized"), key="task_checker",
+                                 disabled=kind != "open")
+        labels = st.text_input("Label set (comma-separated; empty when each item has its own "
+                               "options or the task is open)", key="task_labels",
+                               disabled=kind == "open")
+        instruction = st.text_input("Instruction shown to the model (optional)",
+                                    key="task_instruction")
+    if not st.button("Import", type="primary", key="import"):
+        return
+    if ws.task is None:
+        try:
+            task = task_from_form(kind, "" if kind == "open" else labels, answer_format,
+                                  checker, instruction)
+        except SemiEvolError as exc:
+            show_error(exc)
+            return
+    report, error = run_import(ws, path, split, mapping, task)
+    if error is not None:
+        show_validation_report(error)
+        return
+    flash(f"Imported {report.rows} {split} item(s) from {upload.name}.")
+    st.rerun()
+
+
+def show_validation_report(error: SemiEvolError) -> None:
+    """The message, every problem as a table row, and that nothing was imported."""
+    st.error(error.args[0] if error.args else str(error), icon=":material/error:")
+    if error.problems:
+        found = [re.match(r"(?:row|line) (\d+): (.*)", p) for p in error.problems]
+        table = pd.DataFrame(
+            [(int(m[1]), m[2]) if m else (None, p) for m, p in zip(found, error.problems)],
+            columns=["row", "problem"])
+        st.dataframe(table, hide_index=True)
+    st.warning("Nothing was imported: the workspace is unchanged. Fix the file or the "
+               "column mapping and import again.")
+
+
+def show_index(ws: Workspace) -> None:
+    status = workspace_status(ws)
+    unlabeled = status["splits"]["unlabeled"]
+    st.markdown(f"{status['unlabeled_with_neighbours'] or 0} of {unlabeled} unlabeled item(s) "
+                "have neighbours. Embeds every question with the bundled all-MiniLM-L6-v2 and "
+                "stores each non-labeled item's k nearest labeled examples; a re-run with "
+                "nothing changed does no work.")
+    k = st.number_input("k (demonstrations per item)", min_value=1, max_value=20,
+                        value=int(status["retrieval_k"] or 3), key="index_k")
+    if not st.button("Index / retrieve neighbours", key="index"):
+        return
+    bar = st.progress(0.0, text="Loading the embedder…")
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.progress(done / total if total else 1.0, text=f"{message}: {done}/{total}")
+
+    with user_errors():
+        result = run_index(ws, int(k), progress)
+        bar.progress(1.0, text="Done")
+        flash(index_summary(result, int(k)))
+        st.rerun()

@@ -1,0 +1,154 @@
+"""Collaborators (paper step 3): several configurations answer every item.
+
+A collaborator is {base, warm-up} x demonstrations x decoding. For `choice` each answer comes
+from one scoring pass over the options (the option distribution, its entropy, the argmax or
+a seeded sample at the collaborator's temperature); for `open` from sampled generation with
+per-token log-probabilities. Every response is stored with a cache key over (model, adapter
+digest, prompt, options, decoding): an identical request is never computed twice, in this
+round or any later one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from semievol.backend import LocalBackend, Progress
+from semievol.config import CollaboratorConfig, TaskConfig
+from semievol.scoring import entropy as distribution_entropy
+from semievol.scoring import sample_index
+from semievol.store import Workspace
+from semievol.tasks import (Example, build_messages, end_of_turn, option_continuations,
+                            parse_open, render_prompt)
+
+
+@dataclass
+class Item:
+    id: int
+    example: Example               # question, options, gold answer (None when unlabeled)
+    demonstrations: list[Example]  # retrieved labeled neighbours, nearest first
+
+
+def load_items(ws: Workspace, item_ids: list[int]) -> list[Item]:
+    """Items with their options (own or the task's labels) and stored neighbours."""
+    task = ws.require_task()
+    rows = {r["id"]: r for r in _chunked(ws, "SELECT * FROM items WHERE id IN ({})", item_ids)}
+    demos: dict[int, list[Example]] = {i: [] for i in item_ids}
+    for r in _chunked(ws, "SELECT n.item_id, i.question, i.options, i.answer FROM neighbours n "
+                          "JOIN items i ON i.id = n.neighbour_id WHERE n.item_id IN ({}) "
+                          "ORDER BY n.item_id, n.rank", item_ids):
+        demos[r["item_id"]].append(Example(r["question"], _options(r, task), r["answer"]))
+    return [Item(i, Example(rows[i]["question"], _options(rows[i], task), rows[i]["answer"]),
+                 demos[i]) for i in item_ids if i in rows]
+
+
+def _options(row, task: TaskConfig) -> list[str] | None:
+    return json.loads(row["options"]) if row["options"] else task.labels
+
+
+def _chunked(ws: Workspace, sql: str, ids: list[int], size: int = 900):
+    for start in range(0, len(ids), size):
+        chunk = ids[start:start + size]
+        yield from ws.query(sql.format(",".join("?" * len(chunk))), chunk)
+
+
+def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: TaskConfig,
+              collaborator: CollaboratorConfig) -> str:
+    payload = json.dumps([backend_name, prompt, options, task.kind, task.answer_format,
+                          collaborator.temperature, collaborator.seed])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def collaborator_prompt(task: TaskConfig, tokenizer, item: Item, demonstrations: int) -> str:
+    return render_prompt(tokenizer, build_messages(task, item.example,
+                                                   item.demonstrations[:demonstrations]))
+
+
+def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
+                      collaborators: list[CollaboratorConfig], backends: dict[str, LocalBackend],
+                      task: TaskConfig, *, progress: Progress | None = None,
+                      batch_items: int = 64) -> dict:
+    """Store every collaborator's response for every item; returns counts
+    {'computed', 'cached', 'reused'} (reused = copied from an identical earlier request)."""
+    stats = {"computed": 0, "cached": 0, "reused": 0}
+    total = len(items) * len(collaborators)
+    done = 0
+    for index, collaborator in enumerate(collaborators):
+        backend = backends[collaborator.model]
+        have = {r[0]: r[1] for r in ws.query(
+            "SELECT item_id, cache_key FROM responses WHERE round_id=? AND collaborator=?",
+            (round_id, index))}
+        pending = []
+        for item in items:
+            prompt = collaborator_prompt(task, backend.tokenizer, item, collaborator.demonstrations)
+            key = cache_key(backend.name, prompt, item.example.options, task, collaborator)
+            if have.get(item.id) == key:
+                stats["cached"] += 1
+            else:
+                pending.append((item, prompt, key))
+        done += len(items) - len(pending)
+        # Identical requests answered in an earlier round are copied, not recomputed.
+        earlier = _earlier_responses(ws, [key for _, _, key in pending])
+        for start in range(0, len(pending), batch_items):
+            batch = pending[start:start + batch_items]
+            fresh = [p for p in batch if p[2] not in earlier]
+            computed = dict(zip((p[2] for p in fresh),
+                                _answer(backend, task, collaborator, fresh) if fresh else []))
+            rows = []
+            for item, _, key in batch:
+                response = computed.get(key) or earlier[key]
+                rows.append((round_id, item.id, index, key, response["answer"], response["text"],
+                             response["option_probs"], response["option_entropy"],
+                             response["nll"]))
+            with ws.transaction() as conn:  # per batch: a killed run keeps what it finished
+                conn.executemany(
+                    "INSERT OR REPLACE INTO responses(round_id, item_id, collaborator, cache_key, "
+                    "answer, text, option_probs, option_entropy, nll) VALUES(?,?,?,?,?,?,?,?,?)",
+                    rows)
+            stats["computed"] += len(fresh)
+            stats["reused"] += len(batch) - len(fresh)
+            done += len(batch)
+            if progress:
+                progress(done, total, f"collaborator {index + 1}/{len(collaborators)} "
+                                      f"({collaborator.label})")
+    if progress and total:
+        progress(total, total, "collaborators done")
+    return stats
+
+
+def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:
+    found = {}
+    for r in _chunked(ws, "SELECT cache_key, answer, text, option_probs, option_entropy, nll "
+                          "FROM responses WHERE cache_key IN ({})", keys):
+        found[r["cache_key"]] = dict(r)
+    return found
+
+
+def _answer(backend: LocalBackend, task: TaskConfig, collaborator: CollaboratorConfig,
+            batch: list) -> list[dict]:
+    """Compute responses for (item, prompt, key) triples."""
+    prompts = [prompt for _, prompt, _ in batch]
+    if task.kind == "open":
+        outputs = backend.generate(prompts, temperature=collaborator.temperature,
+                                   seed=collaborator.seed, max_new_tokens=32)
+        return [{"answer": parse_open(text), "text": text, "option_probs": None,
+                 "option_entropy": None,
+                 "nll": float(-np.mean(lp)) if lp else None} for text, lp in outputs]
+    eot = end_of_turn(backend.tokenizer) if task.answer_format == "words" else ""
+    continuations = [[c + eot for c in option_continuations(task, item.example.options)]
+                     for item, _, _ in batch]
+    distributions = backend.option_distributions(prompts, continuations)
+    responses = []
+    for (item, _, _), probs in zip(batch, distributions):
+        # Seeded per (collaborator seed, item): the same answer on every re-run.
+        rng = np.random.default_rng([collaborator.seed, item.id])
+        chosen = sample_index(probs, temperature=collaborator.temperature, rng=rng)
+        answer = item.example.options[chosen]
+        responses.append({"answer": answer, "text": answer,
+                          "option_probs": json.dumps([round(float(p), 6) for p in probs]),
+                          "option_entropy": float(distribution_entropy(probs)),
+                          "nll": float(-np.log(max(probs[chosen], 1e-12)))})
+    return responses

@@ -1,0 +1,96 @@
+"""Evaluation on the test split: accuracy, per-class P/R/F1, confusion matrix, the
+majority-class baseline and the predicted-class distribution (so a collapse onto the
+majority class cannot pass for learning). Stored per round and model variant.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from semievol.backend import LocalBackend, Progress
+from semievol.collaborators import Item, load_items
+from semievol.config import TaskConfig
+from semievol.scoring import classification_report
+from semievol.store import Workspace, now
+from semievol.tasks import (LETTERS, build_messages, end_of_turn, is_correct, option_continuations,
+                            parse_open, render_prompt)
+
+
+def predict(backend: LocalBackend, task: TaskConfig, items: list[Item], *,
+            demonstrations: int = 0, progress: Progress | None = None) -> list[str | None]:
+    """Greedy answers: the most likely option (choice) or greedy generation (open)."""
+    prompts = [render_prompt(backend.tokenizer,
+                             build_messages(task, it.example, it.demonstrations[:demonstrations]))
+               for it in items]
+    if task.kind == "open":
+        return [parse_open(text) for text, _ in
+                backend.generate(prompts, temperature=0.0, progress=progress)]
+    eot = end_of_turn(backend.tokenizer) if task.answer_format == "words" else ""
+    dists = backend.option_distributions(
+        prompts, [[c + eot for c in option_continuations(task, it.example.options)]
+                  for it in items], progress=progress)
+    return [it.example.options[int(np.argmax(p))] for it, p in zip(items, dists)]
+
+
+def stored_evaluation(ws: Workspace, round_id: int | None, model: str) -> dict | None:
+    row = ws.query("SELECT * FROM evaluations WHERE model=? AND split='test' AND "
+                   "round_id IS ? ORDER BY id DESC LIMIT 1", (model, round_id))
+    return json.loads(row[0]["report"]) if row else None
+
+
+def evaluate(ws: Workspace, backend: LocalBackend, *, model: str, round_id: int | None,
+             demonstrations: int = 0, force: bool = False,
+             progress: Progress | None = None) -> dict:
+    """Evaluate on the test split and store the report; an existing report is returned as is
+    unless `force` (the same model on the same items gives the same numbers)."""
+    if not force:
+        existing = stored_evaluation(ws, round_id, model)
+        if existing is not None:
+            return existing
+    task = ws.require_task()
+    ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='test' ORDER BY id")]
+    if not ids:
+        from semievol.errors import SemiEvolError
+        raise SemiEvolError("The workspace has no test items: import a test file to evaluate.")
+    items = load_items(ws, ids)
+    predicted = predict(backend, task, items, demonstrations=demonstrations, progress=progress)
+    gold = [it.example.answer for it in items]
+    if task.kind == "choice" and task.labels:
+        report = classification_report(gold, predicted, task.labels)
+    elif task.kind == "choice":
+        # Per-item options (A-D questions): the classes are the option positions.
+        def letter(item, answer):
+            return None if answer is None else LETTERS[item.example.options.index(answer)]
+        width = max(len(it.example.options) for it in items)
+        report = classification_report([letter(it, g) for it, g in zip(items, gold)],
+                                       [letter(it, p) for it, p in zip(items, predicted)],
+                                       list(LETTERS[:width]))
+    else:
+        correct = [is_correct(task, p, g) for p, g in zip(predicted, gold)]
+        report = {"accuracy": float(np.mean(correct)), "macro_f1": None, "n": len(gold)}
+    report["model"] = model
+    report["demonstrations"] = demonstrations
+    report["predictions"] = [[it.id, p] for it, p in zip(items, predicted)]
+    with ws.transaction() as conn:
+        conn.execute("INSERT INTO evaluations(round_id, model, split, accuracy, macro_f1, report, "
+                     "created_at) VALUES(?,?,?,?,?,?,?)",
+                     (round_id, model, "test", report["accuracy"], report.get("macro_f1"),
+                      json.dumps(report), now()))
+    return report
+
+
+def evaluations_table(ws: Workspace) -> list[dict]:
+    """Latest accuracy / macro-F1 per (round, model), oldest round first."""
+    rows = ws.query("SELECT e.round_id, r.number, e.model, e.accuracy, e.macro_f1, e.report "
+                    "FROM evaluations e LEFT JOIN rounds r ON r.id = e.round_id "
+                    "WHERE e.id IN (SELECT MAX(id) FROM evaluations GROUP BY round_id, model) "
+                    "ORDER BY COALESCE(r.number, 0), e.id")
+    out = []
+    for r in rows:
+        report = json.loads(r["report"])
+        out.append({"round": r["number"], "model": r["model"], "accuracy": r["accuracy"],
+                    "macro_f1": r["macro_f1"], "majority_baseline": report.get("majority_baseline"),
+                    "predicted_distribution": report.get("predicted_distribution")})
+    return out

@@ -1,0 +1,155 @@
+"""Task formats: chat prompts (with or without demonstrations), answers, parsing, checkers.
+
+Prompts go through the model's own chat template. A `choice` answer is either the option's
+words ("billing") or its letter ("B"); the assistant turn holds only that answer, so the
+same text is the training target, the scored continuation, and the pseudo-response whose
+NLL is the selection entropy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from semievol.config import TaskConfig
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class Example:
+    """One item as the prompt builder sees it."""
+    question: str
+    options: list[str] | None
+    answer: str | None = None  # an option's text for `choice`, free text for `open`
+
+
+def system_message(task: TaskConfig, options: list[str] | None) -> str:
+    parts = [task.instruction.strip() or "Answer the question."]
+    if task.kind == "choice" and options:
+        if task.answer_format == "letter":
+            parts.append("Answer with the letter of the correct option only.")
+        elif task.labels:
+            parts.append("Answer with exactly one of: " + ", ".join(task.labels) + ".")
+        else:
+            parts.append("Answer with the text of the correct option only.")
+    else:
+        parts.append("Answer with the short final answer only.")
+    return " ".join(parts)
+
+
+def user_message(task: TaskConfig, example: Example) -> str:
+    text = example.question.strip()
+    options = example.options
+    if task.kind == "choice" and options:
+        if task.answer_format == "letter":
+            text += "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+        elif not task.labels:  # per-item options must be shown; a fixed label set is in the system turn
+            text += "\nOptions:\n" + "\n".join(f"- {o}" for o in options)
+    return text
+
+
+def answer_text(task: TaskConfig, answer: str, options: list[str] | None) -> str:
+    """The assistant turn for a gold/pseudo answer (the option's text or its letter)."""
+    if task.kind == "choice" and task.answer_format == "letter" and options:
+        return LETTERS[options.index(answer)]
+    return answer
+
+
+def option_continuations(task: TaskConfig, options: list[str]) -> list[str]:
+    """What the model must produce for each option, in option order."""
+    if task.answer_format == "letter":
+        return [LETTERS[i] for i in range(len(options))]
+    return list(options)
+
+
+def build_messages(task: TaskConfig, example: Example, demonstrations: list[Example] = (),
+                   *, with_answer: bool = False) -> list[dict]:
+    """System turn, one user/assistant pair per demonstration, then the question."""
+    messages = [{"role": "system", "content": system_message(task, example.options)}]
+    for demo in demonstrations:
+        messages.append({"role": "user", "content": user_message(task, demo)})
+        messages.append({"role": "assistant",
+                         "content": answer_text(task, demo.answer, demo.options)})
+    messages.append({"role": "user", "content": user_message(task, example)})
+    if with_answer:
+        messages.append({"role": "assistant",
+                         "content": answer_text(task, example.answer, example.options)})
+    return messages
+
+
+def reflection_messages(task: TaskConfig, example: Example, answers: list[str | None]) -> list[dict]:
+    """Self-justification (paper step 4): show every collaborator's answer, ask for the right one."""
+    listed = "\n".join(f"- Assistant {i + 1}: {a if a is not None else '(no answer)'}"
+                       for i, a in enumerate(answers))
+    question = user_message(task, example)
+    content = (f"{question}\n\nSeveral assistants answered this differently:\n{listed}\n"
+               "Consider their answers, then give the correct answer.")
+    return [{"role": "system", "content": system_message(task, example.options)},
+            {"role": "user", "content": content}]
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The chat-templated prompt text, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn (ChatML: <|im_end|>); scored after an option so
+    that a short option is not preferred just for being a prefix of a longer answer."""
+    return tokenizer.eos_token or ""
+
+
+# -- parsing and checking ----------------------------------------------------------------
+def normalize(text: str) -> str:
+    text = text.lower().strip()
+    text = re.sub(r"[^\w\s.-]", " ", text)
+    return re.sub(r"\s+", " ", text).strip(" .")
+
+
+def parse_choice(text: str, options: list[str], answer_format: str) -> str | None:
+    """The option a free-text response names, or None."""
+    stripped = text.strip()
+    if answer_format == "letter":
+        match = re.match(r"^\(?([A-Z])[\).:\s]?", stripped)
+        if match and LETTERS.index(match.group(1)) < len(options):
+            return options[LETTERS.index(match.group(1))]
+    norm = normalize(stripped)
+    for option in options:
+        if normalize(option) == norm:
+            return option
+    # The earliest option mentioned in the response wins.
+    found = [(norm.find(normalize(o)), o) for o in options if normalize(o) and normalize(o) in norm]
+    return min(found)[1] if found else None
+
+
+def parse_open(text: str) -> str:
+    """First non-empty line, without a leading 'Answer:'."""
+    for line in text.strip().splitlines():
+        line = re.sub(r"^\s*(final\s+)?answer\s*[:\-]\s*", "", line, flags=re.I).strip()
+        if line:
+            return line
+    return ""
+
+
+def _number(text: str) -> float | None:
+    match = re.search(r"-?\d[\d,]*\.?\d*(?:[eE]-?\d+)?", text)
+    if not match:
+        return None
+    try:
+        return float(match.group(0).replace(",", ""))
+    except ValueError:
+        return None
+
+
+def is_correct(task: TaskConfig, predicted: str | None, gold: str) -> bool:
+    """Compare an answer with the gold one: options by normalised text; open answers by the
+    task's checker (exact, normalised text, numeric within a relative tolerance)."""
+    if predicted is None:
+        return False
+    if task.kind == "open" and task.checker == "exact":
+        return predicted.strip() == gold.strip()
+    if task.kind == "open" and task.checker == "numeric":
+        a, b = _number(predicted), _number(gold)
+        return a is not None and b is not None and abs(a - b) <= task.tolerance * max(1.0, abs(b))
+    return normalize(predicted) == normalize(gold)

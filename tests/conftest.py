@@ -1,0 +1,204 @@
+"""Fixtures shared by the whole suite.
+
+- `FakeEmbedder` / `fake_embedder`: a deterministic hashed bag-of-words embedder (no model),
+  so retrieval runs in milliseconds and texts sharing words are near each other.
+- `workspace`: a fresh, empty workspace in `tmp_path`.
+- `task`: the 3-label broadband classification task used by the small files below.
+- `write_csv` (function and fixture): write a list of dicts as a UTF-8 CSV.
+- `small_task_files`: labeled / unlabeled / test CSVs (id,text,label) about broadband support.
+- `filled_workspace`: `workspace` with those files imported and indexed (FakeEmbedder, k=3).
+- `tiny_model_dir` (session): a tiny random-weight Llama saved with the real bundled tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semievol.config import TaskConfig
+from semievol.store import Workspace
+
+LABELS = ["billing", "outage", "equipment"]
+
+
+# -- embedder ------------------------------------------------------------------------------
+class FakeEmbedder:
+    """Hashed bag of words -> L2-normalised float32 vectors of size `dim`. Deterministic
+    across processes (sha1, not Python's salted `hash`); an empty text maps to a fixed unit
+    vector so every row stays normalised."""
+
+    name = "fake"
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self.calls: list[int] = []
+        """Number of texts embedded by each call (tests use it to check caching)."""
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", str(text).lower()):
+                bucket = int.from_bytes(hashlib.sha1(word.encode()).digest()[:4], "little")
+                out[row, bucket % self.dim] += 1.0
+            if not out[row].any():
+                out[row, 0] = 1.0
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+# -- workspace and task --------------------------------------------------------------------
+@pytest.fixture
+def workspace(tmp_path):
+    """A fresh empty workspace at tmp_path/'ws' (closed after the test)."""
+    ws = Workspace(tmp_path / "ws", create=True)
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def task() -> TaskConfig:
+    return TaskConfig(kind="choice", labels=list(LABELS), answer_format="words")
+
+
+def write_csv(path: str | Path, rows: list[dict], *, fieldnames: list[str] | None = None) -> Path:
+    """Write `rows` (dicts) as a UTF-8 CSV with a header; columns default to the first row's
+    keys in order. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fieldnames = fieldnames or list(rows[0].keys())
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(name="write_csv")
+def write_csv_fixture():
+    """The `write_csv(path, rows)` function, as a fixture."""
+    return write_csv
+
+
+# -- small broadband support task ----------------------------------------------------------
+LABELED_TEXTS = {
+    "billing": [
+        "I was charged twice on my bill this month, please refund the extra payment",
+        "Why did my monthly bill go up, the price rise was not explained",
+        "My direct debit payment failed and now there is a late fee on the invoice",
+        "Please explain the charge on my invoice and refund the overcharge",
+    ],
+    "outage": [
+        "The internet is down and there is no connection since this morning",
+        "Broadband keeps dropping every evening and the connection is very slow",
+        "No internet in our whole street after the storm, is there an outage",
+        "Connection drops during video calls and the speed is terrible",
+    ],
+    "equipment": [
+        "The router has a red blinking light and will not power on",
+        "My router is overheating and making a buzzing noise, I need a replacement router",
+        "The wifi extender will not pair with the router",
+        "Lost the power adapter for the router, can you send a new cable",
+    ],
+}
+UNLABELED_TEXTS = [
+    "Refund the double charge on my bill please",
+    "Why is my invoice higher than last month",
+    "Late fee on my payment is unfair",
+    "Can I pay my bill by card instead of direct debit",
+    "Charged for a month after I paid the invoice",
+    "Internet down again, no connection at all",
+    "Connection very slow tonight and keeps dropping",
+    "Is there an outage in my area, no broadband",
+    "Video calls freeze, the connection drops",
+    "Speed test shows the internet is slow",
+    "Router light is blinking red",
+    "The router will not power on after the storm",
+    "Need a replacement router, mine is broken",
+    "Wifi extender lost pairing with the router",
+    "Router power cable is damaged",
+    "My bill shows a charge I do not recognise",
+    "No internet since the power cut",
+    "Router admin password does not work",
+    "Refund for the days the connection was down",
+    "The router makes a noise and gets hot",
+]
+TEST_ROWS = [
+    ("Please refund the overcharge on my bill", "billing"),
+    ("The price on my invoice went up", "billing"),
+    ("Direct debit payment taken twice", "billing"),
+    ("No connection to the internet today", "outage"),
+    ("Broadband drops every hour", "outage"),
+    ("Outage after the storm, internet is down", "outage"),
+    ("Router blinking and will not power on", "equipment"),
+    ("Replacement router needed, overheating", "equipment"),
+    ("Extender will not connect to the router", "equipment"),
+]
+
+
+@pytest.fixture
+def small_task_files(tmp_path) -> dict[str, Path]:
+    """{'labeled': 12 rows (4 per class), 'unlabeled': 20 rows (label column empty),
+    'test': 9 rows (3 per class)} CSVs with columns id,text,label in tmp_path/'files'."""
+    folder = tmp_path / "files"
+    labeled = [{"id": f"L{c}{i}", "text": text, "label": label}
+               for c, (label, texts) in enumerate(LABELED_TEXTS.items())
+               for i, text in enumerate(texts)]
+    unlabeled = [{"id": f"U{i:02d}", "text": text, "label": ""}
+                 for i, text in enumerate(UNLABELED_TEXTS)]
+    test = [{"id": f"T{i}", "text": text, "label": label}
+            for i, (text, label) in enumerate(TEST_ROWS)]
+    return {"labeled": write_csv(folder / "labeled.csv", labeled),
+            "unlabeled": write_csv(folder / "unlabeled.csv", unlabeled),
+            "test": write_csv(folder / "test.csv", test)}
+
+
+@pytest.fixture
+def filled_workspace(workspace, task, small_task_files, fake_embedder):
+    """`workspace` with the small files imported (question=text, answer=label, id=id; the
+    unlabeled split imports no answers) and indexed with the FakeEmbedder at k=3."""
+    from semievol.data import ColumnMapping, import_file
+    from semievol.retrieval import index_workspace
+
+    for split in ("labeled", "unlabeled", "test"):
+        mapping = ColumnMapping(question="text", id="id",
+                                answer=None if split == "unlabeled" else "label")
+        import_file(workspace, small_task_files[split], split, mapping=mapping, task=task)
+    index_workspace(workspace, fake_embedder, k=3)
+    return workspace
+
+
+# -- tiny model ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-16 random-weight LlamaForCausalLM (seeded, tied embeddings) saved
+    with the real bundled tokenizer (ChatML template, <|im_end|> as eos/pad)."""
+    from semievol.models import bundled_model_dir, set_offline
+
+    set_offline()
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    config = LlamaConfig(
+        vocab_size=max(len(tokenizer), tokenizer.vocab_size), hidden_size=16,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=32, max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
