@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from semievol.config import task_config_from_dict
+from semievol.config import round_config_from_dict, task_config_from_dict, to_dict
 from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
 from semievol.retrieval import Progress
@@ -43,6 +43,8 @@ def create_demo_workspace(path: str | Path, data_dir: Path, *, embedder="bundled
     if isinstance(embedder, str):
         embedder = SentenceTransformerEmbedder(embedder)
     index_workspace(ws, embedder, k=spec.get("k", 3), progress=progress)
+    if "round" in spec:  # validated now, used by the first round opened without a config
+        ws.set_setting("default_round_config", to_dict(round_config_from_dict(spec["round"])))
     ws.close()
     path.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(path)

@@ -67,8 +67,11 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
                                                                        latest[0]["id"]))
             return get_round(ws, latest[0]["number"])
         return _round_from_row(latest[0])
-    if config is None:
-        config = _round_from_row(latest[0]).config if latest else RoundConfig()
+    if config is None and latest:
+        config = _round_from_row(latest[0]).config
+    elif config is None:  # a workspace may carry a recommended config (see data/demo/task.json)
+        stored = ws.get_setting("default_round_config")
+        config = round_config_from_dict(stored) if stored else RoundConfig()
     number = latest[0]["number"] + 1 if latest else 1
     with ws.transaction() as conn:
         conn.execute("INSERT INTO rounds(number, status, config, created_at) VALUES(?,?,?,?)",
