@@ -14,20 +14,35 @@ from semievol.errors import SemiEvolError
 
 
 def tqdm_progress(desc: str):
-    """A Progress callback (done, total, message) drawing a tqdm bar on stderr."""
+    """A Progress callback (done, total, message): a tqdm bar on a terminal, one bar per
+    stage (a new bar when the total changes or the count goes back); in a log file (a
+    background run) plain lines at most every 5 s, so logs stay readable."""
+    import time
+
     from tqdm import tqdm
 
-    bars = {}
+    state = {"bar": None, "total": None, "last": 0.0, "done": -1}
+    interactive = sys.stderr.isatty()
 
     def update(done: int, total: int, message: str = desc):
-        bar = bars.get(message)
-        if bar is None:
-            bar = bars[message] = tqdm(total=total, desc=message, unit="it", leave=True)
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not interactive:
+            now = time.time()
+            if done >= total or now - state["last"] >= 5:
+                print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+                state["last"] = now
+            return
+        bar = state["bar"]
+        if bar is None or total != state["total"] or done < state["done"]:
+            if bar is not None:
+                bar.close()
+            bar = state["bar"] = tqdm(total=total, unit="it", leave=True)
+            state["total"] = total
+        state["done"] = done
+        bar.set_description_str(message, refresh=False)
+        bar.update(done - bar.n)
         if done >= total:
             bar.close()
+            state["bar"] = None
 
     return update
 
