@@ -29,6 +29,10 @@ class LocalBackend:
         self.batch_size = batch_size
         self.max_length = max_length
         self.forward_calls = 0  # counted so that a cached re-run can show it computed nothing
+        # (prompt, continuations) -> token log-probs, for this process's lifetime: the entropy
+        # pass (paper eq. 6) re-scores the plain prompt that the warm-up collaborator without
+        # demonstrations has just scored, and gets it for free.
+        self._memo: dict[tuple, list[np.ndarray]] = {}
 
     @property
     def device(self):
@@ -55,6 +59,16 @@ class LocalBackend:
 
         result[i][j] is a float array, one entry per token of continuations[i][j].
         """
+        keys = [(p, tuple(c)) for p, c in zip(prompts, continuations)]
+        todo = [i for i, key in enumerate(keys) if key not in self._memo]
+        if todo:
+            fresh = self._score([prompts[i] for i in todo], [continuations[i] for i in todo],
+                                progress=progress)
+            self._memo.update((keys[i], scores) for i, scores in zip(todo, fresh))
+        return [self._memo[key] for key in keys]
+
+    def _score(self, prompts: list[str], continuations: list[list[str]], *,
+               progress: Progress | None) -> list[list[np.ndarray]]:
         import torch
 
         prompt_ids = [ids[-self.max_length:] for ids in self._tokens(prompts)]
