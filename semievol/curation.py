@@ -126,15 +126,20 @@ def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> 
 
 
 def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> dict:
-    """Compute and store the selection (pseudo_labels.selected) and the config used."""
+    """Compute and store the selection (pseudo_labels.selected) and the config used, also in
+    the round's stored config, so a later `select` step re-applies the same policy."""
+    from semievol.config import round_config_from_dict, to_dict, to_json
+
     result = compute_selection(ws, round_id, config)
+    round_config = round_config_from_dict(json.loads(ws.scalar(
+        "SELECT config FROM rounds WHERE id=?", (round_id,))))
+    round_config.selection = config
     with ws.transaction() as conn:
+        conn.execute("UPDATE rounds SET config=? WHERE id=?", (to_json(round_config), round_id))
         conn.execute("UPDATE pseudo_labels SET selected=0 WHERE round_id=?", (round_id,))
         conn.executemany("UPDATE pseudo_labels SET selected=1 WHERE round_id=? AND item_id=?",
                          [(round_id, i) for i, s in zip(result.item_ids, result.selected) if s])
-        ws.set_setting(f"selection_round_{round_id}", {
-            "policy": config.policy, "theta": config.theta, "threshold": config.threshold,
-            "score": config.score}, conn)
+        ws.set_setting(f"selection_round_{round_id}", to_dict(config), conn)
     return result.summary()
 
 
@@ -160,10 +165,10 @@ def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
         "WHERE p.selected=1 AND i.split='unlabeled' AND r.number <= ? "
         "ORDER BY r.number DESC, p.item_id", (up_to_round,))
     for r in rows:
-        if r["item_id"] in seen:
-            continue
-        seen.add(r["item_id"])
         decision = decisions.get(r["item_id"])
+        if r["item_id"] in seen or (decision and decision["action"] == "reject"):
+            continue  # a rejection made after an (earlier round's) selection still counts
+        seen.add(r["item_id"])
         label = decision["label"] if decision and decision["action"] == "relabel" else r["label"]
         source = "human" if decision and decision["action"] == "relabel" else "pseudo"
         out.append({"item_id": r["item_id"], "question": r["question"],

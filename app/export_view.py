@@ -1,0 +1,115 @@
+"""The Export page: a round's curated dataset (chat JSONL, CSV), its adapter (a zip built in
+memory on download) and the merged model, written to the workspace's exports/ folder.
+
+What is on disk is the truth: download buttons appear for the files exports/ holds, so they
+survive reruns and page changes. `exported_files` and `zip_folder` are tested directly.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import streamlit as st
+
+from common import flash, user_errors
+from semievol.export import export_adapter, export_dataset, export_merged
+from semievol.store import Workspace
+
+
+def export_dir(ws: Workspace) -> Path:
+    return ws.path / "exports"
+
+
+def exported_files(ws: Workspace, number: int) -> dict[str, Path]:
+    """What exports/ holds for round `number`: jsonl, csv, adapter, merged (those present)."""
+    folder = export_dir(ws)
+    paths = {"jsonl": folder / f"curated_round{number}.jsonl",
+             "csv": folder / f"curated_round{number}.csv",
+             "adapter": folder / f"adapter_round{number}",
+             "merged": folder / f"merged_round{number}"}
+    return {k: p for k, p in paths.items() if p.exists()}
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The folder's files as a zip (in memory), paths relative to the folder's parent."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder.parent))
+    return buffer.getvalue()
+
+
+def _size(path: Path) -> str:
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
+        else path.stat().st_size
+    for unit in ("B", "KB", "MB", "GB"):
+        if total < 1024 or unit == "GB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1024
+
+
+def show_export(ws: Workspace) -> None:
+    rounds = {r["number"]: r for r in ws.query(
+        "SELECT number, status, final_adapter FROM rounds ORDER BY number DESC")}
+    if not rounds:
+        st.info("No round yet: the curated dataset, the adapter and the merged model of a "
+                "round can be exported once it has run (launch one on **Round setup**).")
+        return
+    number = st.selectbox("Round", list(rounds), key="export_round",
+                          format_func=lambda n: f"Round {n} ({rounds[n]['status']})")
+    st.caption(f"Files are written to `{export_dir(ws)}`.")
+    dataset, adapter, merged = st.columns(3)
+
+    with dataset:
+        st.markdown("**Curated dataset**: labeled items, human labels and the selected "
+                    "pseudo-labels of rounds up to this one (chat JSONL and CSV).")
+        if st.button("Export dataset", key="export_dataset", type="primary"):
+            with user_errors():
+                paths = export_dataset(ws, number, export_dir(ws))
+                lines = sum(1 for _ in paths["jsonl"].open(encoding="utf-8"))
+                flash(f"Exported {lines} training example(s) of round {number} to "
+                      f"{paths['jsonl'].name} and {paths['csv'].name}.")
+                st.rerun()
+    with adapter:
+        st.markdown("**Adapter**: the round's LoRA adapter (load it with PEFT on the base "
+                    "model).")
+        if st.button("Export adapter", key="export_adapter"):
+            with user_errors():
+                path = export_adapter(ws, number, export_dir(ws))
+                flash(f"Copied round {number}'s adapter to {path}.")
+                st.rerun()
+    with merged:
+        st.markdown("**Merged model**: the base model with the adapter merged in, saved with "
+                    "its tokenizer (loads the model: can take a while).")
+        if st.button("Export merged model", key="export_merged"):
+            with user_errors(), st.spinner("Loading the model and merging the adapter…"):
+                path = export_merged(ws, number, export_dir(ws))
+                flash(f"Saved the merged model of round {number} to {path}.")
+                st.rerun()
+    show_downloads(ws, number)
+
+
+def show_downloads(ws: Workspace, number: int) -> None:
+    files = exported_files(ws, number)
+    if not files:
+        st.caption(f"Nothing exported for round {number} yet.")
+        return
+    st.subheader("Exported files")
+    for kind, mime in (("jsonl", "application/jsonl"), ("csv", "text/csv")):
+        if kind in files:
+            path = files[kind]
+            st.download_button(f"Download {path.name} ({_size(path)})", path.read_bytes(),
+                               file_name=path.name, mime=mime, key=f"download_{kind}",
+                               on_click="ignore")
+    if "adapter" in files:
+        path = files["adapter"]
+        # Zipped only when clicked (a callable runs on download, not on every rerun).
+        st.download_button(f"Download {path.name}.zip ({_size(path)} unzipped)",
+                           partial(zip_folder, path), file_name=f"{path.name}.zip",
+                           mime="application/zip", key="download_adapter", on_click="ignore")
+    if "merged" in files:
+        st.markdown(f"Merged model ({_size(files['merged'])}): `{files['merged']}`")

@@ -1,0 +1,175 @@
+"""The Rounds page: every round side by side (accuracy, pseudo-label volume, estimated
+precision) and the lineage of one item.
+
+`round_table`, `accuracy_frame`, `volume_frame`, `precision_frame` and `lineage_table` turn
+semievol.lineage's dicts into frames (tested directly); `show_*` render them.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from semievol import audit
+from semievol.lineage import MODELS, item_lineage, resolve_item, round_summaries
+from semievol.store import Workspace
+
+
+def _precision(stats: dict | None) -> float | None:
+    return stats["precision"] if stats and stats["n"] else None
+
+
+def _interval(stats: dict | None) -> str:
+    if not stats or not stats["n"]:
+        return ""
+    low, high = stats["interval"]
+    return f"{low:.0%}–{high:.0%} (n={stats['n']})"
+
+
+def _policy(selection: dict | None) -> str:
+    if selection is None:
+        return "not applied"
+    policy = selection["policy"]
+    if policy in ("percentile", "per_class"):
+        policy += f" θ={selection['theta']:g}"
+    elif policy == "absolute":
+        policy += f" ≤{selection['threshold']:.4g}"
+    return f"{policy} ({selection['score']})"
+
+
+def round_table(summaries: list[dict]) -> pd.DataFrame:
+    """One row per round: the columns a reviewer compares side by side."""
+    rows = []
+    for s in summaries:
+        acc = s["accuracy"]
+        rows.append({
+            "round": s["number"], "status": s["status"],
+            **{f"acc {m}": acc[m] for m in MODELS},
+            "pseudo-labels": s["pseudo_labels"], "agreed": s["agreed"],
+            "reflected": s["reflected"], "selected": s["selected"],
+            "decisions": s["decisions"], "accepted": s["accepted"], "rejected": s["rejected"],
+            "relabeled": s["relabeled"],
+            "calib. precision (selected)": _precision(s["calibration_selected"]),
+            "95% interval": _interval(s["calibration_selected"]),
+            "calib. precision (all)": _precision(s["calibration_all"]),
+            "selection": _policy(s["selection"]),
+            "adapter": s["final_adapter"] or "",
+        })
+    return pd.DataFrame(rows)
+
+
+def accuracy_frame(summaries: list[dict]) -> pd.DataFrame:
+    """Long form (round, model, accuracy) of the evaluated models; base and base+demos are
+    evaluated once and repeated on every round as reference lines."""
+    rows = [{"round": s["number"], "model": m, "accuracy": s["accuracy"][m]}
+            for s in summaries for m in MODELS if s["accuracy"][m] is not None]
+    return pd.DataFrame(rows, columns=["round", "model", "accuracy"])
+
+
+def volume_frame(summaries: list[dict]) -> pd.DataFrame:
+    rows = [{"round": s["number"], "kind": kind, "items": s[key]} for s in summaries
+            for kind, key in (("produced", "pseudo_labels"), ("selected", "selected"))]
+    return pd.DataFrame(rows, columns=["round", "kind", "items"])
+
+
+def precision_frame(ws: Workspace, summaries: list[dict]) -> pd.DataFrame:
+    """Estimated precision of the selected pseudo-labels per round, with interval bounds:
+    from the calibration slice and, where reviewers audited, from the audit queue."""
+    rows = []
+    for s in summaries:
+        cal = s["calibration_selected"]
+        if cal and cal["n"]:
+            rows.append({"round": s["number"], "estimate": "calibration",
+                         "precision": cal["precision"], "low": cal["interval"][0],
+                         "high": cal["interval"][1]})
+        found = audit.audit_estimate(ws, s["round_id"])
+        if found["precision"] is not None:
+            low, high = found["interval"]
+            rows.append({"round": s["number"], "estimate": "audit",
+                         "precision": found["precision"], "low": 1 - high, "high": 1 - low})
+    return pd.DataFrame(rows, columns=["round", "estimate", "precision", "low", "high"])
+
+
+def lineage_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per round of `item_lineage`, answers and decisions flattened to text."""
+    out = []
+    for r in rows:
+        out.append({
+            "round": r["round"],
+            "collaborators": "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"]),
+            "pseudo-label": r["pseudo_label"], "path": r["path"], "entropy": r["entropy"],
+            "option entropy": r["option_entropy"],
+            "policy": r["policy"] or "not applied", "threshold": r["threshold"],
+            "selected": r["selected"],
+            "decisions": "; ".join(
+                f"{d['action']}{' → ' + d['label'] if d['label'] else ''} by {d['reviewer']}"
+                for d in r["decisions"]),
+            "labeled by": r["labeled_by"] or "", "trained into": r["adapter"] or ""})
+    return pd.DataFrame(out)
+
+
+# -- rendering ----------------------------------------------------------------------------
+def show_rounds(ws: Workspace) -> None:
+    summaries = round_summaries(ws)
+    if not summaries:
+        st.info("No round yet: launch round 1 on the **Round setup** page. Each round's "
+                "accuracy, pseudo-labels and estimated precision will line up here.")
+        return
+    st.dataframe(round_table(summaries), hide_index=True)
+    import plotly.express as px
+
+    left, right = st.columns(2)
+    accuracy = accuracy_frame(summaries)
+    if accuracy.empty:
+        left.info("No evaluation yet: the evaluate step measures each model on the test split.")
+    else:
+        figure = px.line(accuracy, x="round", y="accuracy", color="model", markers=True,
+                         title="Test accuracy", category_orders={"model": list(MODELS)})
+        figure.update_layout(height=320, margin=dict(t=40, b=10), yaxis_tickformat=".0%",
+                             xaxis_dtick=1)
+        left.plotly_chart(figure, key="rounds_accuracy")
+    volume = px.bar(volume_frame(summaries), x="round", y="items", color="kind",
+                    barmode="group", title="Pseudo-labels produced and selected")
+    volume.update_layout(height=320, margin=dict(t=40, b=10), xaxis_dtick=1)
+    right.plotly_chart(volume, key="rounds_volume")
+    precision = precision_frame(ws, summaries)
+    if precision.empty:
+        st.caption("No precision estimate yet: it comes from the calibration slice once a "
+                   "selection is applied, or from the audit queue on the Selection page.")
+        return
+    # The two estimates of a round side by side, not on top of each other.
+    precision["x"] = precision["round"] + precision["estimate"].map(
+        {"calibration": -0.08, "audit": 0.08})
+    figure = px.scatter(precision, x="x", y="precision", color="estimate",
+                        labels={"x": "round"}, hover_data={"round": True, "x": False},
+                        error_y=precision["high"] - precision["precision"],
+                        error_y_minus=precision["precision"] - precision["low"],
+                        title="Estimated precision of the selected pseudo-labels (95% interval)")
+    figure.update_layout(height=320, margin=dict(t=40, b=10), yaxis_tickformat=".0%",
+                         yaxis_range=[0, 1.05], xaxis_tickvals=[s["number"] for s in summaries],
+                         xaxis_range=[summaries[0]["number"] - 0.5,
+                                      summaries[-1]["number"] + 0.5])
+    st.plotly_chart(figure, key="rounds_precision")
+
+
+def show_lineage(ws: Workspace) -> None:
+    key = st.text_input("Item id (external id, or the internal number)", key="lineage_item",
+                        placeholder="e.g. U05").strip()
+    if not key:
+        st.caption("Enter an item id to see every round it went through.")
+        return
+    item_id = resolve_item(ws, key)
+    if item_id is None:
+        st.warning(f"No item {key!r} in this workspace.")
+        return
+    item = ws.query("SELECT external_id, split, question, answer FROM items WHERE id=?",
+                    (item_id,))[0]
+    st.markdown(f"**{item['external_id']}** ({item['split']}): {item['question']}"
+                + (f" · gold answer **{item['answer']}**" if item["answer"] else ""))
+    rows = item_lineage(ws, item_id)
+    if not rows:
+        st.info("No round has pseudo-labeled this item"
+                + (" (labeled items train every round directly; test items are never trained "
+                   "on)." if item["split"] in ("labeled", "test") else " yet."))
+        return
+    st.dataframe(lineage_table(rows), hide_index=True)

@@ -1,0 +1,404 @@
+"""The Selection page: preview a selection policy over stored entropies, see its calibration
+evidence, the leakage guard and the audit queue, and apply it.
+
+Plain functions (`selection_frame`, `class_table`, `calibration_point`, `score_range`,
+`initial_config`) read the workspace and return values; `show_*` render them. Nothing here
+loads a model: moving a slider only re-reads stored entropies (curation.compute_selection).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from common import flash, show_error
+from semievol import audit
+from semievol.calibration import calibration_report
+from semievol.config import SELECTION_POLICIES, SelectionConfig
+from semievol.curation import apply_selection, compute_selection, decision_map
+from semievol.errors import SemiEvolError
+from semievol.guards import leakage_flags
+from semievol.lineage import selection_config
+from semievol.scoring import wilson_interval
+from semievol.selection import threshold_for
+from semievol.store import Workspace
+
+SCORES = ("nll", "option_entropy")
+POLICY_HELP = {
+    "percentile": "keep entropy at or below the θ-th percentile (paper: 50)",
+    "per_class": "the θ-th percentile within each class (keeps class balance)",
+    "agreement_only": "keep the items where every collaborator agreed",
+    "absolute": "keep entropy at or below a fixed threshold",
+}
+PAGES = Path(__file__).resolve().parent / "pages"
+
+
+# -- reads --------------------------------------------------------------------------------
+def rounds_with_labels(ws: Workspace) -> list[dict]:
+    """Every round (newest first) with its pseudo-label count."""
+    return [dict(r) for r in ws.query(
+        "SELECT r.id, r.number, r.status, r.final_adapter, "
+        "(SELECT COUNT(*) FROM pseudo_labels p WHERE p.round_id = r.id) AS pseudo_labels "
+        "FROM rounds r ORDER BY r.number DESC")]
+
+
+def initial_config(ws: Workspace, round_id: int) -> SelectionConfig:
+    """The applied selection of the round, else its round config's."""
+    row = ws.query("SELECT * FROM rounds WHERE id=?", (round_id,))[0]
+    return selection_config(ws, row)[0]
+
+
+def available_scores(ws: Workspace, round_id: int) -> list[str]:
+    """`nll`, and `option_entropy` where the round stored one (choice tasks)."""
+    has_option = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND "
+                           "option_entropy IS NOT NULL", (round_id,))
+    return list(SCORES) if has_option else ["nll"]
+
+
+def score_range(ws: Workspace, round_id: int, score: str) -> tuple[float, float]:
+    """(min, max) of the finite scores of the round, widened when they are all equal."""
+    column = "option_entropy" if score == "option_entropy" else "entropy"
+    low, high = ws.query(f"SELECT MIN({column}), MAX({column}) FROM pseudo_labels "
+                         "WHERE round_id=?", (round_id,))[0]
+    if low is None:
+        return 0.0, 1.0
+    low, high = float(low), float(high)
+    return (low, high) if high > low else (low, low + 1e-3)
+
+
+def selection_frame(ws: Workspace, round_id: int, config: SelectionConfig) -> pd.DataFrame:
+    """One row per pseudo-label of the round (unlabeled and calibration) under `config`:
+    item_id, id (external), split, pseudo_label, label (after relabels), path, score,
+    selected, source (policy / accepted / rejected / relabeled / leakage), gold (calibration
+    items only), correct (calibration only)."""
+    result = compute_selection(ws, round_id, config)
+    column = "option_entropy" if config.score == "option_entropy" else "entropy"
+    info = {r["item_id"]: r for r in ws.query(
+        f"SELECT p.item_id, p.label, p.path, p.{column} AS score, i.external_id, i.answer "
+        "FROM pseudo_labels p JOIN items i ON i.id = p.item_id WHERE p.round_id=?",
+        (round_id,))}
+    rows = []
+    for k, item_id in enumerate(result.item_ids):
+        r = info[item_id]
+        calibration = result.splits[k] == "calibration"
+        rows.append({"item_id": item_id, "id": r["external_id"], "split": result.splits[k],
+                     "pseudo_label": r["label"], "label": result.labels[k], "path": r["path"],
+                     "score": r["score"], "selected": bool(result.selected[k]),
+                     "source": result.source[k],
+                     "gold": r["answer"] if calibration else None,
+                     "correct": (r["label"] == r["answer"]) if calibration else None})
+    frame = pd.DataFrame(rows, columns=["item_id", "id", "split", "pseudo_label", "label", "path",
+                                        "score", "selected", "source", "gold", "correct"])
+    frame.attrs["summary"] = result.summary()
+    return frame
+
+
+def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per class: gold labeled items, this round's pool size, what the selection would train
+    (all, and how many of those a human accepted or relabeled)."""
+    pool = frame[frame["split"] == "unlabeled"]
+    chosen = pool[pool["selected"]]
+    gold = {r[0]: r[1] for r in ws.query(
+        "SELECT answer, COUNT(*) FROM items WHERE split='labeled' GROUP BY answer")}
+    task = ws.task
+    classes = list(task.labels) if task and task.labels else []
+    classes += [c for c in sorted(set(pool["label"]) | set(gold)) if c not in classes]
+    rows = [{"class": c, "labeled (gold)": gold.get(c, 0),
+             "pool": int((pool["pseudo_label"] == c).sum()),
+             "would train": int((chosen["label"] == c).sum()),
+             "of which human": int(((chosen["label"] == c)
+                                   & chosen["source"].isin(["accepted", "relabeled"])).sum())}
+            for c in classes]
+    return pd.DataFrame(rows, columns=["class", "labeled (gold)", "pool", "would train",
+                                       "of which human"])
+
+
+def calibration_precision(frame: pd.DataFrame) -> dict:
+    """Precision of all vs selected pseudo-labels on the calibration items under this
+    preview, with Wilson intervals, and the coverage of the selection there."""
+    cal = frame[frame["split"] == "calibration"]
+    out = {"n": len(cal)}
+    for name, part in (("all", cal), ("selected", cal[cal["selected"]])):
+        n, k = len(part), int(part["correct"].sum()) if len(part) else 0
+        out[name] = {"n": n, "correct": k, "precision": k / n if n else None,
+                     "interval": list(wilson_interval(k, n))}
+    out["coverage"] = out["selected"]["n"] / len(cal) if len(cal) else None
+    return out
+
+
+def calibration_point(frame: pd.DataFrame) -> tuple[float, float] | None:
+    """(coverage, precision) of the previewed selection on the calibration items: the
+    current threshold's point on the precision-coverage curve."""
+    stats = calibration_precision(frame)
+    if not stats["n"] or stats["selected"]["precision"] is None:
+        return None
+    return stats["coverage"], stats["selected"]["precision"]
+
+
+def class_thresholds(frame: pd.DataFrame, config: SelectionConfig) -> dict[str, float]:
+    """{pseudo-label: threshold} of the per_class policy (its percentile within each class,
+    over pool and calibration items as compute_selection takes it); {} for other policies."""
+    if config.policy != "per_class":
+        return {}
+    out = {}
+    for label, group in frame.groupby("pseudo_label"):
+        value = threshold_for(group["score"].to_numpy(dtype=float), theta=config.theta)
+        if not np.isnan(value):
+            out[label] = value
+    return out
+
+
+def review_page() -> str | None:
+    """The Review page's path for st.page_link, when that page exists."""
+    found = sorted(PAGES.glob("*Review*.py"))
+    return f"pages/{found[0].name}" if found else None
+
+
+def audit_table(ws: Workspace, round_id: int, n_per_bin: int) -> pd.DataFrame:
+    """The audit queue with each item's bin, pseudo-label, score and current decision."""
+    ids, scores, labels = audit.audit_population(ws, round_id)
+    bins = audit.entropy_bins(scores)
+    position = {item_id: k for k, item_id in enumerate(ids)}
+    decisions = decision_map(ws)
+    rows = []
+    for item_id in audit.audit_queue(ws, round_id, n_per_bin):
+        k = position[item_id]
+        r = ws.query("SELECT external_id, question FROM items WHERE id=?", (item_id,))[0]
+        decision = decisions.get(item_id)
+        rows.append({"id": r["external_id"], "bin": int(bins[k]) + 1, "score": scores[k],
+                     "pseudo_label": labels[k], "question": r["question"],
+                     "decision": decision["action"] if decision else ""})
+    return pd.DataFrame(rows, columns=["id", "bin", "score", "pseudo_label", "question",
+                                       "decision"])
+
+
+# -- rendering ----------------------------------------------------------------------------
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _share(stats: dict) -> str:
+    if not stats["n"]:
+        return "–"
+    low, high = stats["interval"]
+    return f"{stats['precision']:.0%} ({stats['correct']}/{stats['n']}; 95% {low:.0%}–{high:.0%})"
+
+
+def choose_round(ws: Workspace) -> dict | None:
+    """The round selector; None (with an empty state shown) when there is nothing to select."""
+    rounds = rounds_with_labels(ws)
+    if not rounds:
+        st.info("No round yet: set up and launch round 1 on the **Round setup** page; its "
+                "pseudo-labels appear here once the label step has run.")
+        return None
+    by_id = {r["id"]: r for r in rounds}
+    chosen = st.selectbox("Round", list(by_id), key="selection_round",
+                          format_func=lambda i: f"Round {by_id[i]['number']} "
+                                                f"({by_id[i]['pseudo_labels']} pseudo-labels)")
+    rnd = by_id[chosen]
+    if not rnd["pseudo_labels"]:
+        st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step "
+                "(`semievol label WORKSPACE`), then come back to choose the threshold.")
+        return None
+    return rnd
+
+
+def policy_controls(ws: Workspace, round_id: int) -> SelectionConfig | None:
+    """Policy, θ, absolute threshold and score widgets (keyed per round, starting from the
+    round's applied selection); returns the SelectionConfig they describe."""
+    start = initial_config(ws, round_id)
+    scores = available_scores(ws, round_id)
+    cols = st.columns([2, 1])
+    policy = cols[0].radio("Policy", SELECTION_POLICIES, horizontal=True,
+                           index=SELECTION_POLICIES.index(start.policy),
+                           format_func=lambda p: p.replace("_", " "),
+                           key=f"selection_policy_{round_id}",
+                           help="; ".join(f"{k}: {v}" for k, v in POLICY_HELP.items()))
+    score = cols[1].radio("Score", scores, horizontal=True,
+                          index=scores.index(start.score) if start.score in scores else 0,
+                          key=f"selection_score_{round_id}",
+                          help="nll: mean token NLL of the pseudo-response under the warm-up "
+                               "model (paper eq. 6); option_entropy: entropy of the options.")
+    low, high = score_range(ws, round_id, score)
+    cols = st.columns(2)
+    theta = cols[0].slider("θ (percentile)", 0.0, 100.0, float(start.theta), step=1.0,
+                           key=f"selection_theta_{round_id}",
+                           disabled=policy not in ("percentile", "per_class"))
+    default = start.threshold if start.threshold is not None else (low + high) / 2
+    threshold = cols[1].slider(f"Absolute threshold ({score})", low, high,
+                               float(min(max(default, low), high)), step=(high - low) / 200,
+                               format="%.4f", key=f"selection_threshold_{round_id}_{score}",
+                               disabled=policy != "absolute")
+    try:
+        return SelectionConfig(policy=policy, theta=float(theta), threshold=float(threshold)
+                               if policy == "absolute" else None, score=score)
+    except SemiEvolError as exc:
+        show_error(exc)
+        return None
+
+
+def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
+    summary = frame.attrs["summary"]
+    cols = st.columns(4)
+    cols[0].metric("Selected to train", summary["selected"])
+    cols[1].metric("Unlabeled pool", summary["pool"])
+    cols[2].metric("Threshold", _fmt(summary["threshold"]))
+    cols[3].metric("Leakage excluded", summary["excluded_leakage"])
+    human = summary["human"]
+    cols = st.columns(3)
+    cols[0].metric("Accepted by a reviewer", human["accepted"])
+    cols[1].metric("Rejected by a reviewer", human["rejected"])
+    cols[2].metric("Relabeled by a reviewer", human["relabeled"])
+    st.markdown("**What would be trained, by class** (this round's pool; the labeled set and "
+                "earlier rounds' selections are trained on too)")
+    st.dataframe(class_table(ws, frame), hide_index=True)
+
+
+def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
+                    per_class: dict[str, float] | None = None) -> None:
+    import plotly.express as px
+
+    pool = frame[(frame["split"] == "unlabeled") & frame["score"].notna()]
+    if pool.empty:
+        st.info(f"No {score} scores stored for this round's pool.")
+        return
+    left, right = st.columns(2)
+    for column, colour, title in ((left, "path", "by agreement"),
+                                  (right, "pseudo_label", "by pseudo-label")):
+        figure = px.histogram(pool, x="score", color=colour, nbins=30, barmode="stack",
+                              title=f"Entropy ({score}) {title}",
+                              labels={"score": score, "pseudo_label": "class"})
+        if threshold is not None:
+            figure.add_vline(x=threshold, line_dash="dash", line_color="black",
+                             annotation_text="threshold")
+        elif per_class and colour == "pseudo_label":
+            for label, value in per_class.items():
+                figure.add_vline(x=value, line_dash="dot", annotation_text=str(label))
+        figure.update_layout(height=320, margin=dict(t=40, b=10))
+        column.plotly_chart(figure, key=f"histogram_{colour}")
+    st.caption("The unlabeled pool. Percentiles are taken over the pool and the calibration "
+               "items together, as if the calibration items were unlabeled.")
+
+
+def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: str) -> None:
+    stats = calibration_precision(frame)
+    if not stats["n"]:
+        st.info("No calibration items in this round: round 1 holds out a slice of the labeled "
+                "set (calibration fraction in the round setup) to measure precision here.")
+        return
+    cols = st.columns(2)
+    cols[0].metric("Calibration precision, all", _share(stats["all"]))
+    cols[1].metric("Calibration precision, selected", _share(stats["selected"]))
+    curve = calibration_report(ws, round_id, score=score).get("curve") or {}
+    if not curve.get("threshold"):
+        return
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Scatter(
+        x=curve["coverage"], y=curve["precision"], mode="lines+markers", name="curve",
+        customdata=np.c_[curve["threshold"], curve["count"]],
+        hovertemplate="coverage %{x:.0%}<br>precision %{y:.0%}<br>threshold %{customdata[0]:.4f}"
+                      "<br>%{customdata[1]} kept<extra></extra>"))
+    point = calibration_point(frame)
+    if point is not None:
+        figure.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current",
+                                    marker=dict(size=14, symbol="star", color="crimson")))
+    figure.update_layout(title=f"Precision against coverage on {stats['n']} calibration items",
+                         xaxis_title="coverage (share kept)", yaxis_title="precision",
+                         xaxis_tickformat=".0%", yaxis_tickformat=".0%", height=340,
+                         margin=dict(t=40, b=10))
+    st.plotly_chart(figure, key="calibration_curve")
+
+
+def show_leakage(ws: Workspace, round_id: int) -> None:
+    flags = leakage_flags(ws, round_id)
+    if not flags:
+        st.caption("No pseudo-labeled item is flagged as a near-duplicate of a test item (the "
+                   "guard runs in the select step: `semievol select WORKSPACE`).")
+        return
+    st.markdown(f"**{len(flags)} item(s) nearly duplicate a test item** and are left out of "
+                "training unless a reviewer accepts them.")
+    st.dataframe(pd.DataFrame(flags), hide_index=True)
+
+
+def show_audit(ws: Workspace, round_id: int) -> None:
+    if ws.get_setting(f"selection_round_{round_id}") is None:
+        st.info("Apply a selection first: the audit samples what the applied policy keeps.")
+        return
+    n_per_bin = int(st.number_input("Items per entropy bin", min_value=1, max_value=50,
+                                    value=audit.DEFAULT_PER_BIN, key="audit_per_bin"))
+    table = audit_table(ws, round_id, n_per_bin)
+    if table.empty:
+        st.info("The applied selection keeps no unlabeled pseudo-labels: nothing to audit.")
+        return
+    hint = ("Check these on the **Review** page: accept a correct pseudo-label, reject or "
+            "relabel a wrong one (bins go from most to least confident).")
+    st.markdown(hint)
+    page = review_page()
+    if page:
+        st.page_link(page, label="Open the Review page", icon=":material/rate_review:")
+    st.dataframe(table, hide_index=True)
+    estimate = audit.audit_estimate(ws, round_id, n_per_bin)
+    cols = st.columns(3)
+    cols[0].metric("Audited", f"{estimate['reviewed']} of {estimate['queue']}")
+    if estimate["error_rate"] is None:
+        cols[1].metric("Estimated error rate", "–")
+        st.caption("No audited item has a decision yet.")
+        return
+    low, high = estimate["interval"]
+    cols[1].metric("Estimated error rate", f"{estimate['error_rate']:.0%}",
+                   help=estimate["method"])
+    cols[2].metric("95% interval", f"{low:.0%}–{high:.0%}")
+    note = "" if estimate["complete"] else (" Some bins have no verdict yet: the interval "
+                                            "counts them as anywhere from 0% to 100% wrong.")
+    st.caption(f"Over {estimate['selected']} policy-selected item(s); about "
+               f"{estimate['expected_wrong']:.1f} wrong among those no reviewer decided.{note}")
+
+
+def show_apply(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
+    if rnd["final_adapter"]:
+        st.info(f"Round {rnd['number']} is already trained: its selection is kept as it was "
+                "trained on. Change the selection of the next round instead.")
+        return
+    if not st.button("Apply this selection", type="primary", key="apply_selection"):
+        st.caption("Training uses the applied selection; the preview above changes nothing.")
+        return
+    try:
+        summary = apply_selection(ws, rnd["id"], config)
+    except (SemiEvolError, ValueError) as exc:
+        show_error(exc)
+        return
+    human = summary["human"]
+    flash(f"Applied to round {rnd['number']}: {summary['selected']} of {summary['pool']} "
+          f"pseudo-label(s) selected for training ({human['accepted']} accepted, "
+          f"{human['relabeled']} relabeled, {human['rejected']} rejected by reviewers; "
+          f"{summary['excluded_leakage']} left out for leakage).")
+    st.rerun()
+
+
+def show_selection(ws: Workspace) -> None:
+    rnd = choose_round(ws)
+    if rnd is None:
+        return
+    config = policy_controls(ws, rnd["id"])
+    if config is None:
+        return
+    try:
+        frame = selection_frame(ws, rnd["id"], config)
+    except (SemiEvolError, ValueError) as exc:
+        show_error(exc)
+        return
+    show_counts(ws, frame)
+    show_apply(ws, rnd, config)
+    st.subheader("Entropy")
+    show_histograms(frame, frame.attrs["summary"]["threshold"], config.score,
+                    class_thresholds(frame, config))
+    st.subheader("Calibration")
+    show_calibration(ws, rnd["id"], frame, config.score)
+    st.subheader("Leakage guard")
+    show_leakage(ws, rnd["id"])
+    st.subheader("Audit queue")
+    show_audit(ws, rnd["id"])

@@ -1,0 +1,230 @@
+"""The Selection, Rounds and Export pages (AppTest) on an empty workspace and on the two-round
+workspace of test_lineage_audit.prepare_rounds, and the view functions behind them."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from semievol.config import RoundConfig, SelectionConfig, to_json
+from semievol.store import Workspace
+from test_lineage_audit import ids, prepare_rounds
+
+APP = Path(__file__).resolve().parents[1] / "app"
+sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules from app/
+
+import export_view  # noqa: E402
+import rounds_view  # noqa: E402
+import selection_view  # noqa: E402
+
+SELECTION, ROUNDS, EXPORT = "pages/5_Selection.py", "pages/7_Rounds.py", "pages/8_Export.py"
+
+
+@pytest.fixture(autouse=True)
+def no_model(monkeypatch):
+    """No page here may load a model: loading one fails the test."""
+    import semievol.backend
+    import semievol.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(semievol.backend, "load_backend", refuse)
+    monkeypatch.setattr(semievol.models, "load_model", refuse)
+
+
+@pytest.fixture
+def prepared(filled_workspace):
+    prepare_rounds(filled_workspace)
+    return filled_workspace
+
+
+def page(path: Path, name: str, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SEMIEVOL_WORKSPACE", str(path))
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=30).run()
+    at.switch_page(name).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def frame_with(at, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+# -- empty states -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [SELECTION, ROUNDS, EXPORT])
+def test_pages_show_an_empty_state_on_an_empty_workspace(workspace, monkeypatch, name):
+    at = page(workspace.path, name, monkeypatch)
+    assert any("No round yet" in i.value for i in at.info)
+    assert not at.dataframe and not at.metric
+
+
+def test_selection_page_on_a_round_without_pseudo_labels(filled_workspace, monkeypatch):
+    with filled_workspace.transaction() as conn:
+        conn.execute("INSERT INTO rounds(number, status, config, created_at) "
+                     "VALUES(1, 'open', ?, 0)", (to_json(RoundConfig()),))
+    at = page(filled_workspace.path, SELECTION, monkeypatch)
+    assert any("has no pseudo-labels yet" in i.value for i in at.info)
+    assert not at.button
+
+
+# -- Selection ----------------------------------------------------------------------------------
+def test_selection_preview_follows_the_theta_slider(prepared, monkeypatch):
+    at = page(prepared.path, SELECTION, monkeypatch)
+    assert at.selectbox(key="selection_round").value == 2  # newest round first
+    shown = metrics(at)
+    # Round 2's pool: entropies .25 .30 .35 .40 .45; the median keeps three.
+    assert shown["Selected to train"] == "3" and shown["Unlabeled pool"] == "5"
+    assert shown["Threshold"] == "0.350"
+    at.slider(key="selection_theta_2").set_value(100.0).run()
+    assert not at.exception
+    assert metrics(at)["Selected to train"] == "5"
+    at.slider(key="selection_theta_2").set_value(0.0).run()
+    assert metrics(at)["Selected to train"] == "1"
+    classes = frame_with(at, "would train")
+    assert dict(zip(classes["class"], classes["would train"])) == {
+        "billing": 0, "outage": 1, "equipment": 0}
+    with Workspace(prepared.path) as ws:  # a preview writes nothing
+        assert ws.scalar("SELECT SUM(selected) FROM pseudo_labels WHERE round_id=2") == 0
+
+
+def test_selection_absolute_policy_and_agreement_only(prepared, monkeypatch):
+    at = page(prepared.path, SELECTION, monkeypatch)
+    assert at.slider(key="selection_threshold_2_nll").disabled
+    at.radio(key="selection_policy_2").set_value("absolute").run()
+    at.slider(key="selection_threshold_2_nll").set_value(0.31).run()
+    assert not at.exception
+    assert metrics(at)["Selected to train"] == "2" and metrics(at)["Threshold"] == "0.310"
+    at.radio(key="selection_policy_2").set_value("agreement_only").run()
+    assert metrics(at)["Selected to train"] == "5"  # every round-2 item agreed
+
+
+def test_selection_page_shows_round_one_evidence(prepared, monkeypatch):
+    at = page(prepared.path, SELECTION, monkeypatch)
+    at.selectbox(key="selection_round").set_value(1).run()
+    assert not at.exception
+    shown = metrics(at)
+    # The applied percentile 50: U00..U04 kept, U01 rejected by the reviewer.
+    assert shown["Selected to train"] == "4"
+    assert (shown["Accepted by a reviewer"], shown["Rejected by a reviewer"],
+            shown["Relabeled by a reviewer"]) == ("1", "1", "1")
+    assert shown["Calibration precision, selected"].startswith("50% (1/2")
+    assert shown["Calibration precision, all"].startswith("67% (2/3")
+    assert any("already trained" in i.value for i in at.info)  # no Apply on a trained round
+    queue = frame_with(at, "bin")
+    assert list(queue["id"]) == ["U00", "U01", "U02", "U03", "U04"][:len(queue)]
+    assert shown["Audited"] == "3 of 5" and shown["Estimated error rate"] == "67%"
+
+
+def test_selection_leakage_flags_are_listed(prepared, monkeypatch):
+    item = ids(prepared)
+    with prepared.transaction() as conn:
+        conn.execute("INSERT INTO flags(round_id, item_id, kind, detail) VALUES(2, ?, "
+                     "'near_duplicate_test', ?)",
+                     (item["U05"], json.dumps({"test_item": item["T3"], "similarity": 0.97})))
+    at = page(prepared.path, SELECTION, monkeypatch)
+    flags = frame_with(at, "similarity")
+    assert list(flags["item_id"]) == [item["U05"]]
+    assert metrics(at)["Leakage excluded"] == "1" and metrics(at)["Selected to train"] == "2"
+
+
+def test_apply_writes_the_selection(prepared, monkeypatch):
+    at = page(prepared.path, SELECTION, monkeypatch)
+    at.slider(key="selection_theta_2").set_value(80.0).run()
+    at.button(key="apply_selection").click().run()
+    assert not at.exception
+    assert any("4 of 5 pseudo-label(s) selected" in s.value for s in at.success)
+    with Workspace(prepared.path) as ws:
+        item = ids(ws)
+        chosen = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=2 "
+                                         "AND selected=1")}
+        assert chosen == {item[x] for x in ("U05", "U06", "U07", "U08")}
+        assert ws.get_setting("selection_round_2")["theta"] == 80.0
+    at.run()  # the applied setting is now where the controls start, and the audit has a queue
+    assert at.slider(key="selection_theta_2").value == 80.0
+    assert len(frame_with(at, "bin")) == 4
+
+
+def test_selection_view_functions(prepared):
+    config = SelectionConfig(policy="per_class", theta=50.0)
+    frame = selection_view.selection_frame(prepared, 2, config)
+    assert selection_view.class_thresholds(frame, config) == pytest.approx(
+        {"outage": 0.30, "equipment": 0.425})
+    frame = selection_view.selection_frame(prepared, 1, SelectionConfig())
+    assert selection_view.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
+    assert selection_view.score_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
+    assert selection_view.available_scores(prepared, 1) == ["nll", "option_entropy"]
+
+
+# -- Rounds -------------------------------------------------------------------------------------
+def test_rounds_page_shows_the_round_table_and_lineage(prepared, monkeypatch):
+    at = page(prepared.path, ROUNDS, monkeypatch)
+    table = frame_with(at, "pseudo-labels")
+    assert list(table["round"]) == [1, 2]
+    assert list(table["selected"]) == [4, 0]
+    assert list(table["acc round"].fillna(-1)) == [0.66, -1]
+    assert list(table["calib. precision (selected)"].fillna(-1)) == [0.5, -1]
+    at.text_input(key="lineage_item").set_value("U05").run()
+    assert not at.exception
+    lineage = frame_with(at, "collaborators")
+    assert list(lineage["round"]) == [1, 2]
+    assert lineage["collaborators"][0].startswith("warmup/k0/t1/s0: outage")
+    at.text_input(key="lineage_item").set_value("missing").run()
+    assert any("No item 'missing'" in w.value for w in at.warning)
+
+
+def test_rounds_view_frames(prepared):
+    from semievol.lineage import round_summaries
+
+    summaries = round_summaries(prepared)
+    accuracy = rounds_view.accuracy_frame(summaries)
+    assert len(accuracy) == 6  # base and base+demos on both rounds, warmup and round on 1
+    volume = rounds_view.volume_frame(summaries)
+    assert volume.set_index(["round", "kind"])["items"].to_dict() == {
+        (1, "produced"): 10, (1, "selected"): 4, (2, "produced"): 5, (2, "selected"): 0}
+    precision = rounds_view.precision_frame(prepared, summaries)
+    assert set(zip(precision["round"], precision["estimate"])) == {(1, "calibration"),
+                                                                   (1, "audit")}
+
+
+# -- Export -------------------------------------------------------------------------------------
+def test_export_page_writes_the_dataset(prepared, monkeypatch):
+    at = page(prepared.path, EXPORT, monkeypatch)
+    at.selectbox(key="export_round").set_value(1).run()
+    at.button(key="export_dataset").click().run()
+    assert not at.exception
+    jsonl = prepared.path / "exports" / "curated_round1.jsonl"
+    assert jsonl.exists() and (prepared.path / "exports" / "curated_round1.csv").exists()
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    # 9 labeled (3 moved to calibration) + U00 (accepted), U02 (relabeled), U03, U04.
+    assert len(rows) == 13
+    assert any("Exported 13 training example(s)" in s.value for s in at.success)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert any("curated_round1.jsonl" in x for x in labels)
+
+
+def test_export_adapter_and_its_error(prepared, monkeypatch):
+    at = page(prepared.path, EXPORT, monkeypatch)
+    at.button(key="export_adapter").click().run()  # round 2: not trained
+    assert not at.exception
+    assert any("no trained adapter" in e.value for e in at.error)
+    at.selectbox(key="export_round").set_value(1).run()
+    at.button(key="export_adapter").click().run()
+    assert not at.exception
+    folder = prepared.path / "exports" / "adapter_round1"
+    assert (folder / "adapter_config.json").exists()
+    assert any("adapter_round1.zip" in b.proto.label for b in at.get("download_button"))
+    archive = zipfile.ZipFile(io.BytesIO(export_view.zip_folder(folder)))
+    assert sorted(archive.namelist()) == ["adapter_round1/adapter_config.json",
+                                          "adapter_round1/adapter_model.safetensors"]
