@@ -50,7 +50,6 @@ def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> d
     selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
-    finite = ~np.isnan(scores)
 
     def share(mask):
         n = int(mask.sum())
@@ -62,4 +61,5 @@ def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> d
     return {"n": len(rows), "all": share(np.ones_like(correct)), "selected": share(selected),
             "agreed": share(agreed), "reflected": share(~agreed),
             "coverage_selected": float(selected.mean()),
-            "curve": precision_coverage(scores[finite], correct[finite])}
+            # nan scores are never kept but count in the coverage, like coverage_selected
+            "curve": precision_coverage(scores, correct)}

@@ -69,12 +69,23 @@ def _progress(handle):
 
 
 def _background(args, kind: str, round_id: int | None, config: dict | None) -> int:
-    from semievol import jobs
+    # The app's buttons and `--background` start a step the same way (semievol.launch): the
+    # resolved config saved as YAML under runs/, the round number pinned on the command line.
+    from semievol.config import SelectionConfig, round_config_from_dict
+    from semievol.launch import launch_step
     from semievol.store import Workspace
 
-    argv = [a for a in sys.argv[1:] if a != "--background"]
-    run_id = jobs.start_run(Workspace(args.workspace), kind, argv, round_id=round_id,
-                            config=config)
+    selection = None
+    if kind in ("select", "round") and (args.policy or args.theta is not None
+                                        or args.threshold is not None or args.score):
+        current = round_config_from_dict(config).selection
+        selection = SelectionConfig(policy=args.policy or current.policy,
+                                    theta=current.theta if args.theta is None else args.theta,
+                                    threshold=args.threshold if args.threshold is not None
+                                    else current.threshold, score=args.score or current.score)
+    run_id = launch_step(Workspace(args.workspace), kind, config=_round_config(args),
+                         selection=selection, round_number=args.round,
+                         force=getattr(args, "force", False))
     print(f"Started run {run_id} ({kind}) in the background; follow it with "
           f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
     return 0

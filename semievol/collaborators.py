@@ -35,11 +35,11 @@ class Item:
 def load_items(ws: Workspace, item_ids: list[int]) -> list[Item]:
     """Items with their options (own or the task's labels) and stored neighbours."""
     task = ws.require_task()
-    rows = {r["id"]: r for r in _chunked(ws, "SELECT * FROM items WHERE id IN ({})", item_ids)}
+    rows = {r["id"]: r for r in ws.query_in("SELECT * FROM items WHERE id IN ({})", item_ids)}
     demos: dict[int, list[Example]] = {i: [] for i in item_ids}
-    for r in _chunked(ws, "SELECT n.item_id, i.question, i.options, i.answer FROM neighbours n "
-                          "JOIN items i ON i.id = n.neighbour_id WHERE n.item_id IN ({}) "
-                          "ORDER BY n.item_id, n.rank", item_ids):
+    for r in ws.query_in("SELECT n.item_id, i.question, i.options, i.answer FROM neighbours n "
+                         "JOIN items i ON i.id = n.neighbour_id WHERE n.item_id IN ({}) "
+                         "ORDER BY n.item_id, n.rank", item_ids):
         demos[r["item_id"]].append(Example(r["question"], _options(r, task), r["answer"]))
     return [Item(i, Example(rows[i]["question"], _options(rows[i], task), rows[i]["answer"]),
                  demos[i]) for i in item_ids if i in rows]
@@ -47,12 +47,6 @@ def load_items(ws: Workspace, item_ids: list[int]) -> list[Item]:
 
 def _options(row, task: TaskConfig) -> list[str] | None:
     return json.loads(row["options"]) if row["options"] else task.labels
-
-
-def _chunked(ws: Workspace, sql: str, ids: list[int], size: int = 900):
-    for start in range(0, len(ids), size):
-        chunk = ids[start:start + size]
-        yield from ws.query(sql.format(",".join("?" * len(chunk))), chunk)
 
 
 def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: TaskConfig,
@@ -121,8 +115,8 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
 
 def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:
     found = {}
-    for r in _chunked(ws, "SELECT cache_key, answer, text, option_probs, option_entropy, nll "
-                          "FROM responses WHERE cache_key IN ({})", keys):
+    for r in ws.query_in("SELECT cache_key, answer, text, option_probs, option_entropy, nll "
+                         "FROM responses WHERE cache_key IN ({})", keys):
         found[r["cache_key"]] = dict(r)
     return found
 

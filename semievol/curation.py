@@ -32,9 +32,8 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
     if not item_ids:
         return 0
     task = ws.require_task()
-    rows = {r["id"]: r for r in ws.query(
-        f"SELECT id, split, options FROM items WHERE id IN ({','.join('?' * len(item_ids))})",
-        list(item_ids))}
+    rows = {r["id"]: r for r in ws.query_in(
+        "SELECT id, split, options FROM items WHERE id IN ({})", list(item_ids))}
     missing = [i for i in item_ids if i not in rows]
     if missing:
         raise SemiEvolError(f"No item with id {missing[0]} in this workspace.")
@@ -147,38 +146,38 @@ def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> di
 def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
     """Labeled items, human labels, and selected pseudo-labels of rounds <= up_to_round.
 
-    Each: {item_id, question, options, answer, source}. A human relabel always enters with
-    its label; a rejected item never enters, whatever an earlier round selected.
+    Each: {item_id, question, options, answer, source}. Membership is the stored selection
+    with the *current* decisions on top, so a decision made after the selection was applied
+    counts at once: reject keeps an item out (whatever an earlier round selected), accept
+    brings in its latest pseudo-label, relabel brings it in with the human label.
     """
     task = ws.require_task()
     decisions = decision_map(ws)
-    out = []
-    for r in ws.query("SELECT id, question, options, answer FROM items WHERE split='labeled' "
-                      "ORDER BY id"):
-        out.append({"item_id": r["id"], "question": r["question"],
-                    "options": json.loads(r["options"]) if r["options"] else task.labels,
-                    "answer": r["answer"], "source": "gold"})
-    seen = set()
-    rows = ws.query(
-        "SELECT p.item_id, p.label, i.question, i.options FROM pseudo_labels p "
-        "JOIN items i ON i.id = p.item_id JOIN rounds r ON r.id = p.round_id "
-        "WHERE p.selected=1 AND i.split='unlabeled' AND r.number <= ? "
-        "ORDER BY r.number DESC, p.item_id", (up_to_round,))
-    for r in rows:
-        decision = decisions.get(r["item_id"])
-        if r["item_id"] in seen or (decision and decision["action"] == "reject"):
-            continue  # a rejection made after an (earlier round's) selection still counts
-        seen.add(r["item_id"])
-        label = decision["label"] if decision and decision["action"] == "relabel" else r["label"]
-        source = "human" if decision and decision["action"] == "relabel" else "pseudo"
-        out.append({"item_id": r["item_id"], "question": r["question"],
-                    "options": json.loads(r["options"]) if r["options"] else task.labels,
-                    "answer": label, "source": source})
-    # Relabeled items that no round selected (e.g. a reviewer labeled them directly).
-    for item_id, decision in decisions.items():
-        if decision["action"] == "relabel" and item_id not in seen:
-            r = ws.query("SELECT question, options FROM items WHERE id=?", (item_id,))[0]
-            out.append({"item_id": item_id, "question": r["question"],
-                        "options": json.loads(r["options"]) if r["options"] else task.labels,
-                        "answer": decision["label"], "source": "human"})
+
+    def entry(item_id, row, answer, source):
+        return {"item_id": item_id, "question": row["question"],
+                "options": json.loads(row["options"]) if row["options"] else task.labels,
+                "answer": answer, "source": source}
+
+    out = [entry(r["id"], r, r["answer"], "gold") for r in ws.query(
+        "SELECT id, question, options, answer FROM items WHERE split='labeled' ORDER BY id")]
+    # The latest pseudo-label of every unlabeled item, and whether any round selected it.
+    latest = {}
+    for r in ws.query(
+            "SELECT p.item_id, p.label, p.selected, i.question, i.options FROM pseudo_labels p "
+            "JOIN items i ON i.id = p.item_id JOIN rounds r ON r.id = p.round_id "
+            "WHERE i.split='unlabeled' AND r.number <= ? ORDER BY r.number, p.item_id",
+            (up_to_round,)):
+        was_selected = latest.get(r["item_id"], {}).get("selected", False)
+        latest[r["item_id"]] = {**dict(r), "selected": was_selected or bool(r["selected"])}
+    for item_id, row in latest.items():
+        action = decisions.get(item_id, {}).get("action")
+        if action == "relabel":
+            out.append(entry(item_id, row, decisions[item_id]["label"], "human"))
+        elif action == "accept" or (row["selected"] and action != "reject"):
+            out.append(entry(item_id, row, row["label"], "pseudo"))
+    # Items a reviewer labeled that no round has pseudo-labeled yet.
+    unseen = [i for i, d in decisions.items() if d["action"] == "relabel" and i not in latest]
+    for r in ws.query_in("SELECT id, question, options FROM items WHERE id IN ({})", unseen):
+        out.append(entry(r["id"], r, decisions[r["id"]]["label"], "human"))
     return out

@@ -179,13 +179,15 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        # Checkpoint before reporting: a run stopped in a callback (SIGTERM, a locked
+        # database) resumes from the step it last reported, not one checkpoint earlier.
+        if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 \
+                and step + 1 < total_steps:
+            _save_checkpoint(peft_model, optimizer, step + 1, losses, checkpoint)
         if metric:
             metric("train_loss", step + 1, step_loss)
         if progress:
             progress(step + 1, total_steps, f"step {step + 1}/{total_steps} loss {step_loss:.4f}")
-        if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 \
-                and step + 1 < total_steps:
-            _save_checkpoint(peft_model, optimizer, step + 1, losses, checkpoint)
 
     seconds = time.time() - started
     peft_model.save_pretrained(output_dir)

@@ -145,6 +145,15 @@ class Workspace:
     def query(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, params).fetchall()
 
+    def query_in(self, sql: str, ids: list, *, size: int = 900) -> list[sqlite3.Row]:
+        """`sql` with one `IN ({})` placeholder, run over `ids` in chunks: SQLite builds
+        with the default limit refuse statements with more than 32,766 variables."""
+        rows = []
+        for start in range(0, len(ids), size):
+            chunk = list(ids[start:start + size])
+            rows += self.query(sql.format(",".join("?" * len(chunk))), chunk)
+        return rows
+
     def scalar(self, sql: str, params=()):
         row = self.conn.execute(sql, params).fetchone()
         return None if row is None else row[0]

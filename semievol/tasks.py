@@ -111,7 +111,8 @@ def parse_choice(text: str, options: list[str], answer_format: str) -> str | Non
     """The option a free-text response names, or None."""
     stripped = text.strip()
     if answer_format == "letter":
-        match = re.match(r"^\(?([A-Z])[\).:\s]?", stripped)
+        # "B", "B.", "(B) ...", but not the capital of a word answer such as "Billing".
+        match = re.match(r"^\(?([A-Z])(?:[\).:\s]|$)", stripped)
         if match and LETTERS.index(match.group(1)) < len(options):
             return options[LETTERS.index(match.group(1))]
     norm = normalize(stripped)

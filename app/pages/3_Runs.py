@@ -1,0 +1,7 @@
+"""Runs: every background and foreground run, with live progress, loss, log, cancel, resume."""
+
+from common import page_setup
+from runs_view import show_runs
+
+ws = page_setup("Runs", icon=":material/monitoring:")
+show_runs(ws)

@@ -1,0 +1,325 @@
+"""The Review page: a round's pseudo-labeled items, filtered, sorted and paged; one item's
+demonstrations, collaborator answers, reflection and history; decisions on one item or on
+everything the filter shows.
+
+Every read is a query in `semievol.review` (paged in SQL); every decision goes through
+`curation.record_decisions` at once. `st.session_state` holds only this view's widgets
+(round, filters, page, chosen item, the action form), all under keys starting `review_`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime
+
+import pandas as pd
+import streamlit as st
+
+from common import REVIEWER_KEY, user_errors
+from semievol.curation import record_decisions
+from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
+                             review_page, review_rounds, round_facets)
+from semievol.store import Workspace
+
+PAGE_SIZES = (25, 50, 100)
+ANY = "(any)"
+PATH_CHOICES = (ANY, "agreed", "reflected")
+DECISION_CHOICES = {ANY: None, "undecided": "none", "accepted": "accept",
+                    "rejected": "reject", "relabeled": "relabel", "any decision": "any"}
+SELECTED_CHOICES = {ANY: None, "selected": True, "not selected": False}
+SORT_CHOICES = {"entropy": "entropy", "nearest demonstration similarity": "similarity",
+                "item (import order)": "item"}
+ACTIONS = ("accept", "reject", "relabel", "clear")
+PAST = {"accept": "Accepted", "reject": "Rejected", "relabel": "Relabeled", "clear": "Cleared"}
+NO_ROUND = ("No round yet: set one up and launch it on the **Round setup** page, or run "
+            "`semievol round WORKSPACE` in a terminal. Its pseudo-labels appear here.")
+PAGE_KEY = "review_page"
+ITEM_KEY = "review_item"
+
+
+# -- filter controls ----------------------------------------------------------------------
+def _first_page() -> None:
+    st.session_state[PAGE_KEY] = 1
+
+
+def entropy_bounds(low: float, high: float) -> tuple[float, float]:
+    """The slider's ends: the data's range widened to the next hundredth."""
+    return math.floor(low * 100) / 100, math.ceil(high * 100) / 100
+
+
+def show_filters(round_id: int, facets: dict) -> ReviewFilter:
+    """The filter and sort controls (sidebar); returns the filter they describe."""
+    bar = st.sidebar
+    bar.header("Filters")
+    path = bar.selectbox("Path", PATH_CHOICES, key="review_path", on_change=_first_page,
+                         help="agreed: every collaborator gave the same answer; reflected: "
+                              "they disagreed and the warm-up model chose.")
+    entropy_min = entropy_max = None
+    if facets["entropy_min"] is not None and facets["entropy_max"] > facets["entropy_min"]:
+        low, high = entropy_bounds(facets["entropy_min"], facets["entropy_max"])
+        chosen = bar.slider("Entropy (mean token NLL)", low, high, (low, high), step=0.01,
+                            key=f"review_entropy_{round_id}", on_change=_first_page)
+        if chosen != (low, high):  # the full range also keeps items without an entropy
+            entropy_min, entropy_max = chosen
+    label = bar.selectbox("Pseudo-label", (ANY, *facets["labels"]), key="review_label",
+                          on_change=_first_page)
+    decision = bar.selectbox("Decision", list(DECISION_CHOICES), key="review_decision",
+                             on_change=_first_page)
+    selected = bar.selectbox("Selection", list(SELECTED_CHOICES), key="review_selected",
+                             on_change=_first_page)
+    search = bar.text_input("Question contains", key="review_search", on_change=_first_page)
+    sort = bar.selectbox("Sort by", list(SORT_CHOICES), key="review_sort",
+                         on_change=_first_page)
+    descending = bar.toggle("Descending", key="review_descending", on_change=_first_page)
+    return ReviewFilter(round_id, path=None if path == ANY else path,
+                        entropy_min=entropy_min, entropy_max=entropy_max,
+                        label=None if label == ANY else label,
+                        decision=DECISION_CHOICES[decision], selected=SELECTED_CHOICES[selected],
+                        search=search, sort=SORT_CHOICES[sort], descending=descending)
+
+
+# -- the table ------------------------------------------------------------------------------
+def page_frame(rows: list[dict]) -> pd.DataFrame:
+    """The table of one page, in the page's order."""
+    def decision(r):
+        if r["decision"] == "relabel":
+            return f"relabel → {r['decision_label']}"
+        return r["decision"] or ""
+
+    return pd.DataFrame({
+        "item": [r["external_id"] for r in rows],
+        "question": [r["question"] for r in rows],
+        "pseudo-label": [r["label"] for r in rows],
+        "path": [r["path"] for r in rows],
+        "agreement": [r["agreement"] for r in rows],
+        "entropy": [r["entropy"] for r in rows],
+        "option entropy": [r["option_entropy"] for r in rows],
+        "similarity": [r["similarity"] for r in rows],
+        "selected": [r["selected"] for r in rows],
+        "decision": [decision(r) for r in rows],
+        "flagged": [r["flagged"] for r in rows],
+    }, columns=["item", "question", "pseudo-label", "path", "agreement", "entropy",
+                "option entropy", "similarity", "selected", "decision", "flagged"])
+
+
+def show_table(ws: Workspace, flt: ReviewFilter) -> tuple[list[dict], int]:
+    """Page size, page number and the page's rows; returns (rows, total)."""
+    left, right, _ = st.columns([1, 1, 4])
+    size = left.selectbox("Per page", PAGE_SIZES, index=1, key="review_page_size",
+                          on_change=_first_page)
+    total = count_items(ws, flt)
+    pages = max(1, math.ceil(total / size))
+    # A narrower filter can leave the kept page number past the end: clamp it first.
+    st.session_state[PAGE_KEY] = min(max(int(st.session_state.get(PAGE_KEY, 1)), 1), pages)
+    page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1,
+                              key=PAGE_KEY)
+    rows, total = review_page(ws, flt, limit=size, offset=(page - 1) * size, total=total)
+    if not rows:
+        return rows, total
+    start = (page - 1) * size
+    st.caption(f"Items {start + 1:,}–{start + len(rows):,} of {total:,} matching.")
+    st.dataframe(page_frame(rows), hide_index=True, column_config={
+        "question": st.column_config.TextColumn(width="medium"),
+        "agreement": st.column_config.NumberColumn(format="%.2f"),
+        "entropy": st.column_config.NumberColumn(format="%.3f"),
+        "option entropy": st.column_config.NumberColumn(format="%.3f"),
+        "similarity": st.column_config.NumberColumn(format="%.3f")})
+    return rows, total
+
+
+def pick_item(rows: list[dict]) -> int:
+    """The item of this page the detail panel shows (the first when none is chosen)."""
+    ids = [r["item_id"] for r in rows]
+    if st.session_state.get(ITEM_KEY) not in ids:
+        st.session_state[ITEM_KEY] = ids[0]
+    names = {r["item_id"]: f"{r['external_id']} · {r['label']} · {r['question'][:80]}"
+             for r in rows}
+    return st.selectbox("Item", ids, format_func=names.get, key=ITEM_KEY)
+
+
+# -- one item -------------------------------------------------------------------------------
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def collaborators_frame(collaborators: list[dict]) -> pd.DataFrame:
+    def probs(c):
+        if c["probs"]:
+            return " · ".join(f"{o} {p:.2f}" for o, p in c["probs"].items())
+        return "" if not c["option_probs"] else ", ".join(f"{p:.2f}" for p in c["option_probs"])
+
+    return pd.DataFrame({
+        "collaborator": [c["collaborator"] for c in collaborators],
+        "config": [c["config"] for c in collaborators],
+        "answer": [c["answer"] for c in collaborators],
+        "option entropy": [c["option_entropy"] for c in collaborators],
+        "nll": [c["nll"] for c in collaborators],
+        "option probabilities": [probs(c) for c in collaborators],
+    }, columns=["collaborator", "config", "answer", "option entropy", "nll",
+                "option probabilities"])
+
+
+def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
+    detail = item_detail(ws, round_id, item_id)
+    item, pseudo = detail["item"], detail["pseudo_label"]
+    st.subheader(f"Item {item['external_id']}")
+    st.markdown(item["question"])
+    if item["options"]:
+        st.caption("Options: " + " · ".join(item["options"]))
+    cols = st.columns(6)
+    cols[0].metric("Pseudo-label", pseudo["label"])
+    cols[1].metric("Path", pseudo["path"])
+    cols[2].metric("Agreement", _fmt(pseudo["agreement"], 2))
+    cols[3].metric("Entropy", _fmt(pseudo["entropy"]))
+    cols[4].metric("Option entropy", _fmt(pseudo["option_entropy"]))
+    cols[5].metric("Selected", "yes" if pseudo["selected"] else "no")
+    current = detail["decision"]
+    if current:
+        label = f" → **{current['label']}**" if current["action"] == "relabel" else ""
+        st.markdown(f"Current decision: **{current['action']}**{label} by {current['reviewer']} "
+                    f"({_when(current['created_at'])})")
+    else:
+        st.markdown("Current decision: none (the selection policy decides).")
+    for flag in detail["flags"]:
+        st.warning(f"Flagged: {flag['kind'].replace('_', ' ')} {flag['detail'] or ''}",
+                   icon=":material/flag:")
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Demonstrations** (retrieved labeled neighbours)")
+        if detail["neighbours"]:
+            st.dataframe(pd.DataFrame(detail["neighbours"])[
+                ["rank", "similarity", "label", "question", "external_id"]], hide_index=True)
+        else:
+            st.caption("No neighbours stored for this item.")
+    with right:
+        st.markdown("**Collaborators**")
+        if detail["collaborators"]:
+            st.dataframe(collaborators_frame(detail["collaborators"]), hide_index=True)
+        else:
+            st.caption("No collaborator responses stored for this item.")
+        if pseudo["path"] == "reflected":
+            st.markdown("**Reflection** (the warm-up model, shown every answer)")
+            st.code(pseudo["reflection_text"] or "(no text)", language=None, wrap_lines=True)
+    st.markdown("**Decision history**")
+    if detail["history"]:
+        st.dataframe(pd.DataFrame([{**h, "created_at": _when(h["created_at"])}
+                                   for h in detail["history"]]), hide_index=True)
+    else:
+        st.caption("No decisions yet.")
+    show_actions(ws, round_id, item)
+    return detail
+
+
+def _decide(ws_path: str, round_id: int, item_id: int, external_id: str, action: str) -> None:
+    """Button callback: record one decision, then say so."""
+    label = st.session_state.get(f"review_relabel_{item_id}") if action == "relabel" else None
+    note = st.session_state.get("review_note", "")
+    with user_errors(), Workspace(ws_path) as ws:
+        record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+                         label=label, note=note.strip() or None, round_id=round_id)
+        st.session_state["review_note"] = ""
+        st.toast(f"{PAST[action]} {external_id}" + (f" as {label}" if label else "") + ".",
+                 icon=":material/check:")
+
+
+def show_actions(ws: Workspace, round_id: int, item: dict) -> None:
+    st.markdown("**Decide**")
+    cols = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
+    args = (str(ws.path), round_id, item["id"], item["external_id"])
+    cols[0].button("Accept", key="review_accept", type="primary", on_click=_decide,
+                   args=(*args, "accept"), help="Force into the training set.")
+    cols[1].button("Reject", key="review_reject", on_click=_decide, args=(*args, "reject"),
+                   help="Keep out of the training set.")
+    options = item["options"] or []
+    if options:
+        cols[2].selectbox("Relabel as", options, key=f"review_relabel_{item['id']}",
+                          label_visibility="collapsed")
+        cols[3].button("Relabel", key="review_relabel", on_click=_decide,
+                       args=(*args, "relabel"), help="Train on this label instead.")
+    cols[4].button("Clear", key="review_clear", on_click=_decide, args=(*args, "clear"),
+                   help="Withdraw the decision: the selection policy decides again.")
+    st.text_input("Note (optional, saved with the decision)", key="review_note")
+
+
+# -- everything filtered --------------------------------------------------------------------
+def confirmation_text(action: str, label: str | None, count: int) -> str:
+    what = f"relabel as {label}" if action == "relabel" else action
+    return f"Apply {what} to {count} filtered item{'' if count == 1 else 's'}"
+
+
+def _bulk(ws_path: str, flt: ReviewFilter, action: str, expected: int, confirm_key: str) -> None:
+    """Button callback: decide on every item the filter shows, if it still shows as many."""
+    label = st.session_state.get("review_bulk_label") if action == "relabel" else None
+    note = st.session_state.get("review_bulk_note", "")
+    st.session_state[confirm_key] = False
+    with user_errors(), Workspace(ws_path) as ws:
+        ids = filtered_item_ids(ws, flt)
+        if len(ids) != expected:
+            st.warning(f"The filter now matches {len(ids)} item(s), not {expected}: nothing was "
+                       "applied. Check the table and confirm again.")
+            return
+        done = record_decisions(ws, ids, action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+                                label=label, note=note.strip() or None, round_id=flt.round_id)
+        st.toast(f"{PAST[action]} {done} item(s)" + (f" as {label}" if label else "") + ".",
+                 icon=":material/done_all:")
+
+
+def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -> None:
+    st.subheader("All filtered items")
+    cols = st.columns([1, 1, 2])
+    action = cols[0].selectbox("Action", ACTIONS, key="review_bulk_action")
+    label = None
+    if action == "relabel":
+        if not labels:
+            st.info("This task has no fixed label set: relabel items one at a time.")
+            return
+        label = cols[1].selectbox("New label", labels, key="review_bulk_label")
+    cols[2].text_input("Note (optional)", key="review_bulk_note")
+    # The confirmation belongs to this exact filter, action and count: change any and it
+    # must be ticked again.
+    digest = hashlib.sha1(repr((flt, action, label, total)).encode()).hexdigest()[:12]
+    confirm_key = f"review_bulk_confirm_{digest}"
+    confirmed = st.checkbox(confirmation_text(action, label, total), key=confirm_key)
+    st.button("Apply to filtered items", key="review_bulk_apply", disabled=not confirmed,
+              on_click=_bulk, args=(str(ws.path), flt, action, total, confirm_key))
+
+
+# -- the page -------------------------------------------------------------------------------
+def _round_name(rounds: dict[int, dict]):
+    def name(round_id: int) -> str:
+        r = rounds[round_id]
+        return f"Round {r['number']} ({r['status']}, {r['pseudo_labels']} pseudo-labels)"
+    return name
+
+
+def show_review(ws: Workspace) -> None:
+    rounds = {r["id"]: r for r in review_rounds(ws)}
+    if not rounds:
+        st.info(NO_ROUND)
+        return
+    round_id = st.selectbox("Round", list(rounds), format_func=_round_name(rounds),
+                            key="review_round", on_change=_first_page)  # newest first
+    rnd = rounds[round_id]
+    if not rnd["pseudo_labels"]:
+        st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step (the "
+                "**Round setup** page, or `semievol label WORKSPACE`), then come back.")
+        return
+    facets = round_facets(ws, round_id)
+    flt = show_filters(round_id, facets)
+    rows, total = show_table(ws, flt)
+    if not rows:
+        st.info(f"No items match these filters (round {rnd['number']} has "
+                f"{rnd['pseudo_labels']} pseudo-labeled items): widen or reset the filters in "
+                "the sidebar.")
+        return
+    with st.container(border=True):
+        with user_errors():
+            show_detail(ws, round_id, pick_item(rows))
+    task = ws.task
+    show_bulk(ws, flt, total, list(task.labels) if task and task.labels else [])

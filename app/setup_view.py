@@ -1,0 +1,319 @@
+"""The Round setup page: the round config as a form, the collaborator table, launch buttons,
+and what the current round has done so far.
+
+Plain functions first (`default_config`, `collaborator_frame`, `config_from_form`,
+`round_steps`; tested directly), then `show_*` functions that render them. Launching goes
+through `semievol.launch.launch_step`, the same path as `semievol <step> --background`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from common import show_error
+from semievol import launch
+from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES, RoundConfig,
+                             round_config_from_dict, to_dict)
+from semievol.errors import SemiEvolError
+from semievol.jobs import RunRefused
+from semievol.rounds import Round, get_round
+from semievol.store import Workspace
+
+RUNS_PAGE = "pages/3_Runs.py"
+COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed"]
+DTYPES = ("auto", "bfloat16", "float32")
+SCORES = ("nll", "option_entropy")
+SINGLE_STEPS = ("warmup", "label", "select", "train", "evaluate")
+
+
+# -- reads --------------------------------------------------------------------------------
+def latest_round(ws: Workspace) -> Round | None:
+    try:
+        return get_round(ws)
+    except SemiEvolError:
+        return None
+
+
+def default_config(ws: Workspace) -> RoundConfig:
+    """The latest round's stored config, else the defaults."""
+    rnd = latest_round(ws)
+    return rnd.config if rnd else RoundConfig()
+
+
+def collaborator_frame(config: RoundConfig) -> pd.DataFrame:
+    return pd.DataFrame([{"model": c.model, "demonstrations": c.demonstrations,
+                          "temperature": c.temperature, "seed": c.seed}
+                         for c in config.collaborators], columns=COLLABORATOR_COLUMNS)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def collaborators_from_frame(frame: pd.DataFrame) -> list[dict]:
+    """The editor's rows as collaborator dicts; a row with an empty cell is an error."""
+    out, problems = [], []
+    for n, row in enumerate(frame.to_dict("records"), start=1):
+        empty = [c for c in COLLABORATOR_COLUMNS if _missing(row.get(c))]
+        if empty:
+            problems.append(f"collaborator row {n}: fill in {', '.join(empty)}")
+            continue
+        try:
+            out.append({"model": str(row["model"]), "demonstrations": int(row["demonstrations"]),
+                        "temperature": float(row["temperature"]), "seed": int(row["seed"])})
+        except (TypeError, ValueError) as exc:
+            problems.append(f"collaborator row {n}: {exc}")
+    if problems:
+        raise SemiEvolError("The collaborator table is incomplete.", problems=problems)
+    if not out:
+        raise SemiEvolError("A round needs at least one collaborator: add a row to the table.")
+    return out
+
+
+def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFrame) -> RoundConfig:
+    """`base` with the form's values: `fields` maps "section.key" (or a top-level key) to a
+    value. Raises SemiEvolError (from the config's own validation) when it is not valid."""
+    data = to_dict(base)
+    for name, value in fields.items():
+        section, _, key = name.rpartition(".")
+        (data[section] if section else data)[key] = value
+    data["collaborators"] = collaborators_from_frame(collaborators)
+    try:
+        return round_config_from_dict(data)
+    except TypeError as exc:  # a value of the wrong type reached a comparison
+        raise SemiEvolError(f"The round config is not valid: {exc}.") from exc
+
+
+def round_steps(ws: Workspace, rnd: Round) -> list[dict]:
+    """What each step of `rnd` has produced: [{step, done, detail}], in step order."""
+    responses = ws.scalar("SELECT COUNT(*) FROM responses WHERE round_id=?", (rnd.id,))
+    paths = dict(ws.query("SELECT path, COUNT(*) FROM pseudo_labels WHERE round_id=? "
+                          "GROUP BY path", (rnd.id,)))
+    pseudo = sum(paths.values())
+    selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
+                         (rnd.id,))
+    selection = ws.get_setting(f"selection_round_{rnd.id}")
+    evaluated = [r[0] for r in ws.query(
+        "SELECT DISTINCT model FROM evaluations WHERE round_id=? ORDER BY model", (rnd.id,))]
+    if selection:
+        theta = (f" θ={selection['theta']:g}" if selection["policy"] in ("percentile", "per_class")
+                 else f" threshold={selection['threshold']}" if selection["threshold"] is not None
+                 else "")
+        select_detail = f"{selected} selected ({selection['policy']}{theta})"
+    else:
+        select_detail = "not applied yet"
+    return [
+        {"step": "warmup", "done": bool(rnd.warmup_adapter),
+         "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
+        {"step": "label", "done": pseudo > 0,
+         "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
+                   f"({paths.get('agreed', 0)} agreed, {paths.get('reflected', 0)} reflected)"},
+        {"step": "select", "done": bool(selection), "detail": select_detail},
+        {"step": "train", "done": bool(rnd.final_adapter),
+         "detail": rnd.final_adapter or "no final adapter yet"},
+        {"step": "evaluate", "done": "round" in evaluated,
+         "detail": ("evaluated: " + ", ".join(evaluated)) if evaluated else "not evaluated yet"},
+    ]
+
+
+def next_step(steps: list[dict]) -> str | None:
+    return next((s["step"] for s in steps if not s["done"]), None)
+
+
+def config_yaml(config: RoundConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# -- rendering ----------------------------------------------------------------------------
+def show_round_status(ws: Workspace, rnd: Round | None) -> None:
+    if rnd is None:
+        st.info("No round yet: set it up below and press **Launch whole round**, or run the "
+                "steps one at a time starting with **warmup**.")
+        return
+    steps = round_steps(ws, rnd)
+    st.markdown(f"**Round {rnd.number}** · status `{rnd.status}`")
+    frame = pd.DataFrame([{"step": s["step"], "done": "✓" if s["done"] else "",
+                           "detail": s["detail"]} for s in steps])
+    st.dataframe(frame, hide_index=True)
+    upcoming = next_step(steps)
+    if rnd.status == "done":
+        st.success(f"Round {rnd.number} is done. Launching now opens round {rnd.number + 1} "
+                   "(from this round's adapter).")
+    elif upcoming:
+        st.markdown(f"Next: **{upcoming}**.")
+
+
+def _model_fields(config: RoundConfig) -> dict:
+    st.subheader("Model")
+    left, right = st.columns([3, 1])
+    fields = {
+        "model.name_or_path": left.text_input(
+            "Base model", value=config.model.name_or_path, key="setup_model",
+            help="`bundled` (SmolLM2-135M-Instruct), a local folder, or a Hugging Face id "
+                 "already in the local cache.").strip(),
+        "model.dtype": right.selectbox("dtype", DTYPES, index=DTYPES.index(config.model.dtype),
+                                       key="setup_dtype"),
+    }
+    st.subheader("LoRA and training")
+    c = st.columns(3)
+    fields["lora.r"] = int(c[0].number_input("LoRA r", min_value=1, max_value=512, step=1,
+                                             value=config.lora.r, key="setup_lora_r"))
+    fields["lora.alpha"] = int(c[1].number_input("LoRA alpha", min_value=1, max_value=1024,
+                                                 step=1, value=config.lora.alpha,
+                                                 key="setup_lora_alpha"))
+    fields["lora.dropout"] = float(c[2].number_input(
+        "LoRA dropout", min_value=0.0, max_value=0.9, step=0.01, value=config.lora.dropout,
+        key="setup_lora_dropout"))
+    c = st.columns(3)
+    fields["train.learning_rate"] = float(c[0].number_input(
+        "Learning rate", min_value=0.0, value=config.train.learning_rate, step=1e-5,
+        format="%.1e", key="setup_lr"))
+    fields["train.epochs"] = float(c[1].number_input(
+        "Epochs", min_value=0.0, value=float(config.train.epochs), step=0.5, key="setup_epochs"))
+    max_steps = int(c[2].number_input(
+        "Max steps (0 = none)", min_value=0, value=config.train.max_steps or 0, step=1,
+        key="setup_max_steps", help="Stop after this many optimizer steps (overrides epochs)."))
+    fields["train.max_steps"] = max_steps or None
+    c = st.columns(3)
+    fields["train.batch_size"] = int(c[0].number_input(
+        "Batch size", min_value=1, value=config.train.batch_size, step=1, key="setup_batch"))
+    fields["train.grad_accum"] = int(c[1].number_input(
+        "Grad accumulation", min_value=1, value=config.train.grad_accum, step=1,
+        key="setup_grad_accum"))
+    fields["train.class_balance"] = c[2].selectbox(
+        "Class balance", CLASS_BALANCE, index=CLASS_BALANCE.index(config.train.class_balance),
+        key="setup_class_balance", help="Small imbalanced sets collapse onto the majority "
+                                        "class without it.")
+    return fields
+
+
+def _round_fields(config: RoundConfig) -> dict:
+    st.subheader("Retrieval and pool")
+    c = st.columns(3)
+    fields = {
+        "retrieval.k": int(c[0].number_input("k (demonstrations retrieved)", min_value=1,
+                                             max_value=32, value=config.retrieval.k, step=1,
+                                             key="setup_k")),
+        "calibration.fraction": float(c[1].number_input(
+            "Calibration fraction", min_value=0.0, max_value=0.5, step=0.05,
+            value=float(config.calibration.fraction), key="setup_calibration",
+            help="Share of the labeled set held out to measure pseudo-label precision "
+                 "(used by round 1's warm-up).")),
+    }
+    limit = int(c[2].number_input("Unlabeled limit (0 = all)", min_value=0, step=10,
+                                  value=config.unlabeled_limit or 0, key="setup_unlabeled_limit"))
+    fields["unlabeled_limit"] = limit or None
+    fields["continue_from_warmup"] = st.checkbox(
+        "Final training continues from the warm-up adapter", value=config.continue_from_warmup,
+        key="setup_continue")
+    return fields
+
+
+def _collaborator_table(config: RoundConfig) -> pd.DataFrame:
+    st.subheader("Collaborators")
+    st.caption("Each row answers every unlabeled item: the base model or the warm-up adapter, "
+               "with 0..k retrieved demonstrations, at a sampling temperature (0 = argmax) "
+               "and seed. Add or remove rows at the bottom of the table.")
+    return st.data_editor(
+        collaborator_frame(config), key="setup_collaborators", num_rows="dynamic",
+        hide_index=True,
+        column_config={
+            "model": st.column_config.SelectboxColumn("model", options=list(COLLABORATOR_MODELS),
+                                                      required=True, default="warmup"),
+            "demonstrations": st.column_config.NumberColumn("demonstrations", min_value=0,
+                                                            max_value=32, step=1, required=True,
+                                                            default=0),
+            "temperature": st.column_config.NumberColumn("temperature", min_value=0.0,
+                                                         max_value=5.0, step=0.1, required=True,
+                                                         default=1.0),
+            "seed": st.column_config.NumberColumn("seed", min_value=0, step=1, required=True,
+                                                  default=0),
+        })
+
+
+def _selection_fields(config: RoundConfig) -> dict:
+    st.subheader("Selection")
+    sel = config.selection
+    c = st.columns(4)
+    policy = c[0].selectbox("Policy", SELECTION_POLICIES,
+                            index=SELECTION_POLICIES.index(sel.policy), key="setup_policy")
+    theta = float(c[1].number_input("θ (percentile)", min_value=0.0, max_value=100.0, step=5.0,
+                                    value=float(sel.theta), key="setup_theta",
+                                    disabled=policy not in ("percentile", "per_class")))
+    threshold = c[2].number_input("Threshold (absolute)", min_value=0.0, step=0.05,
+                                  value=None if sel.threshold is None else float(sel.threshold),
+                                  key="setup_threshold", disabled=policy != "absolute")
+    score = c[3].selectbox("Score", SCORES, index=SCORES.index(sel.score), key="setup_score")
+    return {"selection.policy": policy, "selection.theta": theta,
+            "selection.threshold": None if threshold is None else float(threshold),
+            "selection.score": score}
+
+
+def read_form(ws: Workspace) -> tuple[RoundConfig | None, SemiEvolError | None]:
+    """Render the form; the config it describes, or the validation error."""
+    base = default_config(ws)
+    fields = _model_fields(base)
+    fields.update(_round_fields(base))
+    collaborators = _collaborator_table(base)
+    fields.update(_selection_fields(base))
+    try:
+        return config_from_form(base, fields, collaborators), None
+    except SemiEvolError as exc:
+        return None, exc
+
+
+def _launch(ws: Workspace, step: str, config: RoundConfig) -> None:
+    try:
+        run_id = launch.launch_step(ws, step, config=config)
+    except RunRefused as exc:
+        st.warning(str(exc), icon=":material/hourglass_top:")
+        return
+    except SemiEvolError as exc:
+        show_error(exc)
+        return
+    what = "the whole round" if step == "round" else f"step {step}"
+    st.success(f"Started run {run_id}: {what}. Follow it on the Runs page.")
+    st.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
+
+
+def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
+                error: SemiEvolError | None) -> None:
+    st.subheader("Launch")
+    if error is not None:
+        show_error(error)
+        st.caption("Fix the settings above to launch.")
+    # Steps after warm-up work on an open round; a finished round's next one starts at warmup.
+    open_round = rnd is not None and rnd.status != "done"
+    left, right = st.columns([1, 2])
+    if left.button("Launch whole round", type="primary", key="launch_round",
+                   disabled=config is None):
+        _launch(ws, "round", config)
+    right.caption("Runs warm-up, labeling, selection, training and evaluation in one "
+                  "background run. To review pseudo-labels before training, run the steps "
+                  "one at a time.")
+    columns = st.columns(len(SINGLE_STEPS))
+    for column, step in zip(columns, SINGLE_STEPS):
+        disabled = config is None or (step != "warmup" and not open_round)
+        if column.button(f"Run {step}", key=f"launch_{step}", disabled=disabled):
+            _launch(ws, step, config)
+    if config is not None:
+        name = f"round{rnd.number + (rnd.status == 'done') if rnd else 1}_config.yaml"
+        st.download_button("Save as YAML", config_yaml(config), file_name=name,
+                           mime="application/x-yaml", key="save_yaml",
+                           help="Use it with `semievol round WORKSPACE --config FILE`.")
+
+
+def show_setup(ws: Workspace) -> None:
+    if ws.task is None:
+        st.info("This workspace has no task yet: import a labeled file on the Workspace page "
+                "first.")
+        return
+    rnd = latest_round(ws)
+    show_round_status(ws, rnd)
+    config, error = read_form(ws)
+    show_launch(ws, rnd, config, error)

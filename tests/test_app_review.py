@@ -1,0 +1,128 @@
+"""The Review page (AppTest): the table and detail render, a decision made through the page
+and a bulk decision on a filtered set land in the decisions table, empty states."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from semievol.review import ReviewFilter, filtered_item_ids
+from test_review import add_round, unlabeled_ids
+
+APP = Path(__file__).resolve().parents[1] / "app"
+sys.path.insert(0, str(APP))  # the page imports `common` and `review_view` from app/
+
+import common  # noqa: E402
+
+PAGE = APP / "pages" / "4_Review.py"
+
+
+def page_at(ws, monkeypatch, reviewer="ana"):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SEMIEVOL_WORKSPACE", str(ws.path))
+    at = AppTest.from_file(str(PAGE), default_timeout=30)
+    at.session_state[common.REVIEWER_KEY] = reviewer
+    return at.run()
+
+
+def frame_with(at, column):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def decisions(ws):
+    return [dict(r) for r in ws.query("SELECT item_id, action, label, reviewer, note, round_id "
+                                      "FROM decisions ORDER BY id")]
+
+
+@pytest.fixture
+def review_ws(filled_workspace):
+    return filled_workspace, add_round(filled_workspace)
+
+
+def test_page_shows_the_round_table_and_the_first_items_detail(review_ws, monkeypatch):
+    ws, round_id = review_ws
+    at = page_at(ws, monkeypatch)
+    assert not at.exception and not at.error
+    table = frame_with(at, "pseudo-label")
+    assert len(table) == 20 and list(table["entropy"]) == sorted(table["entropy"])
+    assert any("Items 1–20 of 20" in c.value for c in at.caption)
+    # The default item is the page's first row: the lowest entropy, U00 (agreed, flagged).
+    assert at.selectbox(key="review_item").value == unlabeled_ids(ws)[0]
+    assert "Item U00" in [h.value for h in at.subheader]
+    collaborators = frame_with(at, "config")
+    assert list(collaborators["config"]) == ["warmup/k0/t1/s0", "warmup/k3/t1/s1",
+                                             "base/k3/t1/s2", "warmup/k1/t1/s3"]
+    demonstrations = frame_with(at, "rank")
+    assert list(demonstrations["rank"]) == [0, 1, 2] and set(demonstrations["label"]) <= {
+        "billing", "outage", "equipment"}
+    assert any("near duplicate test" in w.value for w in at.warning)
+    at.slider(key=f"review_entropy_{round_id}").set_value((0.5, 1.0)).run()
+    entropies = frame_with(at, "pseudo-label")["entropy"]
+    assert len(entropies) == 6 and entropies.between(0.5, 1.0).all()
+    at.slider(key=f"review_entropy_{round_id}").set_value((0.0, 1.9)).run()
+    at.selectbox(key="review_page_size").set_value(25).run()
+    at.selectbox(key="review_path").set_value("reflected").run()
+    assert set(frame_with(at, "pseudo-label")["path"]) == {"reflected"}
+    assert at.selectbox(key="review_item").value in unlabeled_ids(ws)[1::2]
+    assert any("Reflection" in m.value for m in at.markdown)
+
+
+def test_accept_on_the_selected_item_is_saved_with_the_reviewer(review_ws, monkeypatch):
+    ws, round_id = review_ws
+    at = page_at(ws, monkeypatch, reviewer="ana")
+    item = unlabeled_ids(ws)[2]
+    at.selectbox(key="review_item").set_value(item).run()
+    at.text_input(key="review_note").set_value("looks right").run()
+    at.button(key="review_accept").click().run()
+    assert not at.exception and not at.error
+    assert decisions(ws) == [{"item_id": item, "action": "accept", "label": None,
+                              "reviewer": "ana", "note": "looks right", "round_id": round_id}]
+    assert any("Accepted U02" in t.value for t in at.toast)
+    table = frame_with(at, "pseudo-label")
+    assert table.loc[table["item"] == "U02", "decision"].item() == "accept"
+
+    at.selectbox(key=f"review_relabel_{item}").set_value("equipment").run()
+    at.button(key="review_relabel").click().run()
+    at.button(key="review_clear").click().run()
+    assert [(d["action"], d["label"]) for d in decisions(ws)] == [
+        ("accept", None), ("relabel", "equipment"), ("clear", None)]
+    assert at.text_input(key="review_note").value == ""  # a note goes with one decision
+
+
+def test_bulk_reject_applies_to_exactly_the_filtered_items(review_ws, monkeypatch):
+    ws, round_id = review_ws
+    at = page_at(ws, monkeypatch, reviewer="bo")
+    at.selectbox(key="review_path").set_value("reflected").run()
+    at.selectbox(key="review_selected").set_value("not selected").run()
+    expected = filtered_item_ids(ws, ReviewFilter(round_id, path="reflected", selected=False))
+    assert 0 < len(expected) < 20
+    at.selectbox(key="review_bulk_action").set_value("reject").run()
+    assert at.button(key="review_bulk_apply").disabled
+    confirm = next(c for c in at.checkbox if c.label.startswith("Apply reject"))
+    assert confirm.label == f"Apply reject to {len(expected)} filtered items"
+    confirm.check().run()
+    at.button(key="review_bulk_apply").click().run()
+    assert not at.exception and not at.error
+    rows = decisions(ws)
+    assert len(rows) == len(expected)
+    assert sorted(r["item_id"] for r in rows) == expected
+    assert {(r["action"], r["reviewer"], r["round_id"]) for r in rows} == {
+        ("reject", "bo", round_id)}
+    assert any(f"Rejected {len(expected)} item(s)" in t.value for t in at.toast)
+    # The confirmation is used up: applying again needs a new tick.
+    assert at.button(key="review_bulk_apply").disabled
+
+
+def test_empty_states(filled_workspace, monkeypatch):
+    at = page_at(filled_workspace, monkeypatch)
+    assert not at.exception
+    assert any("No round yet" in i.value and "Round setup" in i.value for i in at.info)
+    assert not at.dataframe
+    add_round(filled_workspace)
+    at.run()
+    at.text_input(key="review_search").set_value("no such words anywhere").run()
+    assert not at.exception
+    assert any("No items match these filters" in i.value for i in at.info)

@@ -1,0 +1,453 @@
+"""Human decisions, selection over stored entropies, the training set, the calibration
+slice and its report, the training-set guard and the dataset export. Rounds and
+pseudo-labels are written with SQL: no model runs here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import sys
+
+import numpy as np
+import pytest
+
+from semievol.calibration import calibration_report, hold_out
+from semievol.config import CalibrationConfig, RoundConfig, SelectionConfig, TaskConfig, to_json
+from semievol.curation import (apply_selection, compute_selection, decision_history,
+                               decision_map, record_decisions, training_items)
+from semievol.errors import SemiEvolError
+from semievol.export import export_dataset
+from semievol.guards import validate_training_set
+from semievol.store import now
+
+# Eight pseudo-labels: billing is the confident half, outage the uncertain half.
+ENTROPIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+LABELS = ["billing"] * 4 + ["outage"] * 4
+PATHS = ["agreed", "reflected", "agreed", "reflected", "agreed", "reflected", "reflected",
+         "agreed"]
+
+
+def ids_of(ws, split: str) -> list[int]:
+    return [r[0] for r in ws.query("SELECT id FROM items WHERE split=? ORDER BY id", (split,))]
+
+
+def add_round(ws, number: int = 1) -> int:
+    with ws.transaction() as conn:
+        return conn.execute("INSERT INTO rounds(number, status, config, created_at) "
+                            "VALUES(?,?,?,?)",
+                            (number, "open", to_json(RoundConfig()), now())).lastrowid
+
+
+def add_pseudo(ws, round_id: int, rows) -> None:
+    """rows: (item_id, label, path, entropy, option_entropy[, selected])."""
+    with ws.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement, entropy, "
+            "option_entropy, selected) VALUES(?,?,?,?,?,?,?,?)",
+            [(round_id, r[0], r[1], r[2], 1.0 if r[2] == "agreed" else 0.5, r[3], r[4],
+              r[5] if len(r) > 5 else 0) for r in rows])
+
+
+@pytest.fixture
+def pool(filled_workspace):
+    """Round 1 with the eight pseudo-labels above on the first eight unlabeled items (option
+    entropies in the reverse order) and a ninth with no entropy, agreed.
+    Returns (ws, round_id, item ids)."""
+    ws = filled_workspace
+    rid = add_round(ws)
+    items = ids_of(ws, "unlabeled")[:9]
+    add_pseudo(ws, rid, [(i, lab, path, e, 1.0 - e) for i, lab, path, e
+                         in zip(items, LABELS, PATHS, ENTROPIES)]
+               + [(items[8], "equipment", "agreed", None, None)])
+    return ws, rid, items
+
+
+def decision_count(ws) -> int:
+    return ws.scalar("SELECT COUNT(*) FROM decisions")
+
+
+# -- decisions -----------------------------------------------------------------------------
+@pytest.mark.parametrize("case, message", [
+    ("unknown", "No item with id 999999"),
+    ("labeled", "not in the unlabeled pool"),
+    ("bad_label", "not an option"),
+    ("no_label", "needs the new label"),
+    ("no_reviewer", "reviewer"),
+    ("blank_reviewer", "reviewer"),
+    ("bad_action", "action must be one of"),
+])
+def test_invalid_decisions_raise_and_write_nothing(filled_workspace, case, message):
+    ws = filled_workspace
+    good = ids_of(ws, "unlabeled")[:3]
+    calls = {
+        "unknown": lambda: record_decisions(ws, good + [999999], "accept", reviewer="ann"),
+        "labeled": lambda: record_decisions(ws, good + ids_of(ws, "labeled")[:1], "reject",
+                                            reviewer="ann"),
+        "bad_label": lambda: record_decisions(ws, good, "relabel", label="cats", reviewer="ann"),
+        "no_label": lambda: record_decisions(ws, good, "relabel", reviewer="ann"),
+        "no_reviewer": lambda: record_decisions(ws, good, "accept", reviewer=""),
+        "blank_reviewer": lambda: record_decisions(ws, good, "accept", reviewer="   "),
+        "bad_action": lambda: record_decisions(ws, good, "approve", reviewer="ann"),
+    }
+    with pytest.raises(SemiEvolError, match=message):
+        calls[case]()
+    assert decision_count(ws) == 0
+
+
+def test_relabel_checks_each_items_own_options(workspace):
+    task = TaskConfig(kind="choice", labels=None)
+    workspace.set_task(task)
+    with workspace.transaction() as conn:
+        for n, options in enumerate((["red", "blue"], ["green", "blue"])):
+            conn.execute("INSERT INTO items(external_id, split, question, options) "
+                         "VALUES(?,?,?,?)", (f"u{n}", "unlabeled", f"q{n}", json.dumps(options)))
+    ids = ids_of(workspace, "unlabeled")
+    assert record_decisions(workspace, ids, "relabel", label="blue", reviewer="ann") == 2
+    with pytest.raises(SemiEvolError, match="not an option of item"):
+        record_decisions(workspace, ids, "relabel", label="red", reviewer="ann")
+    assert decision_count(workspace) == 2
+
+
+def test_bulk_decisions_write_one_row_each_in_one_transaction(filled_workspace):
+    ws = filled_workspace
+    rid = add_round(ws)
+    items = ids_of(ws, "unlabeled")[:5]
+    statements = []
+    ws.conn.set_trace_callback(statements.append)
+    try:
+        assert record_decisions(ws, items, "accept", reviewer="  ann ", note="looks right",
+                                round_id=rid) == 5
+    finally:
+        ws.conn.set_trace_callback(None)
+    assert sum(s.startswith("BEGIN") for s in statements) == 1
+    assert sum(s.startswith("COMMIT") for s in statements) == 1
+    rows = ws.query("SELECT item_id, action, label, reviewer, note, round_id FROM decisions "
+                    "ORDER BY id")
+    assert [r["item_id"] for r in rows] == items
+    assert {(r["action"], r["label"], r["reviewer"], r["note"], r["round_id"]) for r in rows} \
+        == {("accept", None, "ann", "looks right", rid)}
+    assert record_decisions(ws, [], "reject", reviewer="ann") == 0
+    assert decision_count(ws) == 5
+
+
+def test_decisions_are_append_only(filled_workspace):
+    ws = filled_workspace
+    item = ids_of(ws, "unlabeled")[0]
+    record_decisions(ws, [item], "relabel", label="outage", reviewer="ann")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        ws.conn.execute("UPDATE decisions SET label='billing'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        ws.conn.execute("DELETE FROM decisions")
+    assert [tuple(r) for r in ws.query("SELECT action, label FROM decisions")] == \
+        [("relabel", "outage")]
+
+
+def test_decision_map_keeps_the_latest_and_clear_removes(filled_workspace):
+    ws = filled_workspace
+    a, b, c = ids_of(ws, "unlabeled")[:3]
+    record_decisions(ws, [a, b], "accept", reviewer="ann")
+    record_decisions(ws, [a], "relabel", label="outage", reviewer="bob")
+    record_decisions(ws, [b, c], "reject", reviewer="bob")
+    record_decisions(ws, [b], "clear", reviewer="ann")
+    current = decision_map(ws)
+    assert set(current) == {a, c}
+    assert (current[a]["action"], current[a]["label"], current[a]["reviewer"]) == \
+        ("relabel", "outage", "bob")
+    assert current[c]["action"] == "reject"
+    assert [h["action"] for h in decision_history(ws, b)] == ["accept", "reject", "clear"]
+    assert [h["action"] for h in decision_history(ws, a)] == ["accept", "relabel"]
+
+
+# -- selection -----------------------------------------------------------------------------
+def chosen(result, items) -> list[int]:
+    """Positions (0..8 in `items`) that the result selects."""
+    by_id = dict(zip(result.item_ids, result.selected))
+    return [k for k, i in enumerate(items) if by_id[i]]
+
+
+@pytest.mark.parametrize("config, expected, threshold", [
+    (SelectionConfig(policy="percentile", theta=50), [0, 1, 2, 3], 0.45),
+    (SelectionConfig(policy="percentile", theta=25), [0, 1], 0.275),
+    (SelectionConfig(policy="per_class", theta=50), [0, 1, 4, 5], None),
+    (SelectionConfig(policy="agreement_only"), [0, 2, 4, 7, 8], None),
+    (SelectionConfig(policy="absolute", threshold=0.35), [0, 1, 2], 0.35),
+    (SelectionConfig(policy="percentile", theta=50, score="option_entropy"), [4, 5, 6, 7],
+     0.55),
+])
+def test_compute_selection_policies(pool, config, expected, threshold):
+    ws, rid, items = pool
+    result = compute_selection(ws, rid, config)
+    assert result.item_ids == items
+    assert chosen(result, items) == expected
+    assert result.source == ["policy"] * 9
+    assert result.labels == LABELS + ["equipment"]
+    assert set(result.splits) == {"unlabeled"}
+    if threshold is None:
+        assert result.threshold is None
+    else:
+        assert result.threshold == pytest.approx(threshold)
+    summary = result.summary()
+    assert summary["pool"] == 9 and summary["selected"] == len(expected)
+    assert sum(summary["by_class"].values()) == len(expected)
+
+
+def test_compute_selection_reads_only_the_database(pool, monkeypatch):
+    ws, rid, items = pool
+    for module in ("torch", "transformers", "peft", "sentence_transformers", "chromadb"):
+        monkeypatch.setitem(sys.modules, module, None)   # any import of them now fails
+    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    assert chosen(result, items) == [0, 1, 2, 3]
+    before = ws.table_counts()
+    compute_selection(ws, rid, SelectionConfig(policy="agreement_only"))
+    assert ws.table_counts() == before
+    assert ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE selected=1") == 0
+
+
+def test_human_decisions_override_the_policy(pool):
+    ws, rid, items = pool
+    record_decisions(ws, [items[7]], "accept", reviewer="ann")             # least confident
+    record_decisions(ws, [items[0]], "reject", reviewer="ann")             # most confident
+    record_decisions(ws, [items[5]], "relabel", label="equipment", reviewer="ann")
+    record_decisions(ws, [items[1]], "reject", reviewer="ann")
+    record_decisions(ws, [items[1]], "clear", reviewer="ann")              # back to the policy
+    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    assert chosen(result, items) == [1, 2, 3, 5, 7]
+    assert result.source[0] == "rejected" and result.source[7] == "accepted"
+    assert result.source[5] == "relabeled" and result.labels[5] == "equipment"
+    assert result.source[1] == "policy"
+    summary = result.summary()
+    assert summary["human"] == {"accepted": 1, "rejected": 1, "relabeled": 1}
+    assert summary["by_class"] == {"billing": 3, "outage": 1, "equipment": 1}
+
+
+def test_leakage_flags_exclude_items_unless_accepted(pool):
+    ws, rid, items = pool
+    other = add_round(ws, 2)
+    with ws.transaction() as conn:
+        conn.executemany("INSERT INTO flags(round_id, item_id, kind, detail) VALUES(?,?,?,?)",
+                         [(rid, items[0], "near_duplicate_test", "{}"),
+                          (rid, items[1], "near_duplicate_test", "{}"),
+                          (rid, items[6], "near_duplicate_test", "{}"),
+                          (other, items[2], "near_duplicate_test", "{}")])  # another round
+    record_decisions(ws, [items[1]], "accept", reviewer="ann")
+    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    assert chosen(result, items) == [1, 2, 3]
+    assert result.source[0] == "leakage" and result.source[1] == "accepted"
+    assert result.source[6] == "leakage"    # not chosen anyway, but marked with its flag
+    assert result.summary()["excluded_leakage"] == 2
+    assert result.source[2] == "policy" and result.selected[2]
+
+
+def test_apply_selection_writes_selected(pool):
+    ws, rid, items = pool
+    summary = apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    assert summary["selected"] == 4
+
+    def stored():
+        return [r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=? "
+                                       "AND selected=1 ORDER BY item_id", (rid,))]
+
+    assert stored() == items[:4]
+    apply_selection(ws, rid, SelectionConfig(policy="agreement_only"))
+    assert stored() == [items[k] for k in (0, 2, 4, 7, 8)]   # the earlier choice is replaced
+    assert ws.get_setting(f"selection_round_{rid}") == {
+        "policy": "agreement_only", "theta": 50.0, "threshold": None, "score": "nll"}
+
+
+# -- the training set ----------------------------------------------------------------------
+def test_training_items_are_gold_selected_pseudo_and_human_labels(pool):
+    ws, rid, items = pool
+    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))   # items 0..3
+    unlabeled = ids_of(ws, "unlabeled")
+    direct = unlabeled[15]                                   # never pseudo-labeled
+    record_decisions(ws, [direct], "relabel", label="equipment", reviewer="ann")
+    record_decisions(ws, [items[1]], "relabel", label="outage", reviewer="ann")
+    record_decisions(ws, [items[2]], "reject", reviewer="ann")   # after the selection ran
+    # Round 2 selects another item, and item 3 again with a new label.
+    second = add_round(ws, 2)
+    add_pseudo(ws, second, [(unlabeled[12], "equipment", "agreed", 0.1, 0.1, 1),
+                            (items[3], "outage", "agreed", 0.1, 0.1, 1)])
+
+    def by_item(up_to):
+        return {it["item_id"]: it for it in training_items(ws, up_to)}
+
+    first = by_item(1)
+    gold = ids_of(ws, "labeled")
+    assert [i for i in first if first[i]["source"] == "gold"] == gold
+    assert all(first[i]["answer"] in ("billing", "outage", "equipment") for i in first)
+    assert first[items[0]]["source"] == "pseudo" and first[items[0]]["answer"] == "billing"
+    assert first[items[1]]["source"] == "human" and first[items[1]]["answer"] == "outage"
+    assert items[2] not in first                               # rejected: never trained on
+    assert first[items[3]]["answer"] == "billing"
+    assert first[direct]["source"] == "human" and first[direct]["answer"] == "equipment"
+    assert unlabeled[12] not in first                          # a later round
+    assert not set(items[4:]) & set(first)                     # not selected
+    assert len(first) == len(gold) + 4
+    assert first[gold[0]]["options"] == ["billing", "outage", "equipment"]
+
+    later = by_item(2)
+    assert later[unlabeled[12]]["source"] == "pseudo"
+    assert later[items[3]]["answer"] == "outage"               # the latest round's label
+    assert items[2] not in later
+    assert len(later) == len(first) + 1
+
+
+def test_a_rejection_outlasts_an_earlier_rounds_selection(pool):
+    ws, rid, items = pool
+    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    second = add_round(ws, 2)
+    add_pseudo(ws, second, [(items[0], "billing", "agreed", 0.9, 0.9)])
+    record_decisions(ws, [items[0]], "reject", reviewer="ann")
+    apply_selection(ws, second, SelectionConfig(policy="percentile", theta=50))
+    assert items[0] not in {it["item_id"] for it in training_items(ws, 2)}
+
+
+def test_calibration_items_never_enter_training(filled_workspace):
+    ws = filled_workspace
+    hold_out(ws, CalibrationConfig(fraction=0.25, min_per_class=1))
+    calibration = ids_of(ws, "calibration")
+    rid = add_round(ws)
+    add_pseudo(ws, rid, [(i, "billing", "agreed", 0.1, 0.1) for i in calibration]
+               + [(ids_of(ws, "unlabeled")[0], "billing", "agreed", 0.2, 0.2)])
+    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=100))
+    assert sorted(result.splits) == ["calibration"] * 3 + ["unlabeled"]
+    assert result.selected.all() and result.summary()["pool"] == 1
+    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=100))
+    sources = [it["source"] for it in training_items(ws, 1)]
+    assert sources.count("gold") == 9 and sources.count("pseudo") == 1
+    assert not set(calibration) & {it["item_id"] for it in training_items(ws, 1)}
+
+
+# -- calibration ---------------------------------------------------------------------------
+def labeled_by_class(ws, split="labeled") -> dict[str, int]:
+    return {r[0]: r[1] for r in ws.query(
+        "SELECT answer, COUNT(*) FROM items WHERE split=? GROUP BY answer", (split,))}
+
+
+def test_hold_out_is_stratified_and_idempotent(filled_workspace):
+    ws = filled_workspace
+    assert hold_out(ws, CalibrationConfig(fraction=0.5, min_per_class=1)) == 6
+    assert labeled_by_class(ws, "calibration") == {"billing": 2, "outage": 2, "equipment": 2}
+    assert labeled_by_class(ws) == {"billing": 2, "outage": 2, "equipment": 2}
+    held = ids_of(ws, "calibration")
+    # Once held out, never again: another config changes nothing.
+    assert hold_out(ws, CalibrationConfig(fraction=0.25, min_per_class=1, seed=5)) == 6
+    assert ids_of(ws, "calibration") == held
+    assert ws.split_counts()["labeled"] == 6
+
+
+def test_hold_out_follows_min_per_class_and_leaves_one_per_class(workspace):
+    workspace.set_task(TaskConfig(kind="choice", labels=["a", "b", "c", "d"]))
+    sizes = {"a": 1, "b": 2, "c": 3, "d": 10}
+    with workspace.transaction() as conn:
+        for label, size in sizes.items():
+            for n in range(size):
+                conn.execute("INSERT INTO items(external_id, split, question, answer) "
+                             "VALUES(?,?,?,?)", (f"{label}{n}", "labeled", f"q {label}{n}", label))
+    assert hold_out(workspace, CalibrationConfig(fraction=0.1, min_per_class=3)) == 0 + 1 + 1 + 3
+    assert labeled_by_class(workspace, "calibration") == {"b": 1, "c": 1, "d": 3}
+    assert labeled_by_class(workspace) == {"a": 1, "b": 1, "c": 2, "d": 7}
+
+
+def test_hold_out_with_fraction_zero_holds_nothing(filled_workspace):
+    assert hold_out(filled_workspace, CalibrationConfig(fraction=0.0)) == 0
+    assert filled_workspace.split_counts()["calibration"] == 0
+
+
+def test_calibration_report_all_vs_selected_and_curve(filled_workspace):
+    ws = filled_workspace
+    hold_out(ws, CalibrationConfig(fraction=0.5, min_per_class=2))
+    rows = ws.query("SELECT id, answer FROM items WHERE split='calibration' ORDER BY id")
+    assert len(rows) == 6
+    wrong = {"billing": "outage", "outage": "equipment", "equipment": "billing"}
+    # (correct?, entropy, selected, path) per calibration item
+    plan = [(True, 0.1, 1, "agreed"), (True, 0.2, 1, "agreed"), (False, 0.3, 1, "reflected"),
+            (True, 0.4, 0, "agreed"), (False, 0.5, 0, "reflected"), (True, None, 0, "reflected")]
+    rid = add_round(ws)
+    add_pseudo(ws, rid, [(r["id"], r["answer"] if ok else wrong[r["answer"]], path, e, 0.0, sel)
+                         for r, (ok, e, sel, path) in zip(rows, plan)]
+               # an unlabeled item's pseudo-label is no calibration evidence
+               + [(ids_of(ws, "unlabeled")[0], "billing", "agreed", 0.05, 0.0, 1)])
+    report = calibration_report(ws, rid)
+    assert report["n"] == 6
+    assert (report["all"]["n"], report["all"]["correct"]) == (6, 4)
+    assert report["all"]["precision"] == pytest.approx(4 / 6)
+    assert (report["selected"]["n"], report["selected"]["correct"]) == (3, 2)
+    assert report["selected"]["precision"] == pytest.approx(2 / 3)
+    assert report["agreed"]["precision"] == pytest.approx(1.0)
+    assert (report["reflected"]["n"], report["reflected"]["correct"]) == (3, 1)
+    assert report["coverage_selected"] == pytest.approx(0.5)
+    low, high = report["selected"]["interval"]
+    assert 0 <= low < 2 / 3 < high <= 1
+    curve = report["curve"]
+    assert curve["threshold"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert curve["count"] == [1, 2, 3, 4, 5]
+    assert curve["precision"] == pytest.approx([1, 1, 2 / 3, 3 / 4, 3 / 5])
+    # Coverage is a share of the whole slice (the item with no entropy is never kept), as
+    # coverage_selected is.
+    assert curve["coverage"] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
+    json.dumps(report)   # stored and shown as is
+
+    by_option = calibration_report(ws, rid, score="option_entropy")
+    assert by_option["curve"]["count"] == [6] and by_option["curve"]["precision"] == \
+        pytest.approx([4 / 6])
+    assert calibration_report(ws, add_round(ws, 2)) == {"n": 0}
+
+
+# -- guards --------------------------------------------------------------------------------
+def test_validate_training_set_lists_every_malformed_example(task):
+    options = ["billing", "outage", "equipment"]
+    examples = [
+        {"item_id": 1, "answer": "billing", "options": options, "source": "gold"},
+        {"item_id": 2, "answer": "", "options": options, "source": "pseudo"},
+        {"item_id": 3, "answer": None, "options": options, "source": "human"},
+        {"item_id": 4, "answer": "router", "options": options, "source": "pseudo"},
+        {"item_id": 5, "answer": "  ", "options": options, "source": "pseudo"},
+        {"item_id": 6, "answer": "outage", "options": options, "source": "human"},
+    ]
+    with pytest.raises(SemiEvolError) as caught:
+        validate_training_set(task, examples)
+    problems = caught.value.problems
+    assert len(problems) == 4
+    assert [p.split(" ")[1] for p in problems] == ["2", "3", "4", "5"]
+    assert "(human): empty answer" in problems[1]
+    assert "'router' is not one of its options" in problems[2]
+    assert "4 training example(s)" in str(caught.value)
+    validate_training_set(task, [examples[0], examples[5]])        # well-formed: no error
+    open_task = TaskConfig(kind="open")
+    validate_training_set(open_task, [dict(examples[3], options=None)])
+    with pytest.raises(SemiEvolError):
+        validate_training_set(open_task, [dict(examples[1], options=None)])
+
+
+# -- export --------------------------------------------------------------------------------
+def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
+    ws, rid, items = pool
+    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    record_decisions(ws, [items[1]], "relabel", label="outage", reviewer="ann")
+    paths = export_dataset(ws, 1, tmp_path / "out")
+    expected = training_items(ws, 1)
+    assert len(expected) == 12 + 4
+
+    lines = paths["jsonl"].read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(expected)
+    rows = [json.loads(line) for line in lines]
+    external = {r[0]: r[1] for r in ws.query("SELECT id, external_id FROM items")}
+    for row, item in zip(rows, expected):
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        assert row["messages"][1]["content"] == item["question"]
+        assert row["messages"][2]["content"] == item["answer"]
+        assert row["id"] == external[item["item_id"]] and row["source"] == item["source"]
+    assert [r["source"] for r in rows].count("gold") == 12
+    assert [r["source"] for r in rows].count("pseudo") == 3
+    assert [r["source"] for r in rows].count("human") == 1
+
+    with paths["csv"].open(encoding="utf-8", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(expected)
+    assert [r["id"] for r in table] == [r["id"] for r in rows]
+    assert [r["source"] for r in table] == [r["source"] for r in rows]
+    assert [r["answer"] for r in table] == [it["answer"] for it in expected]
+    assert json.loads(table[0]["options"]) == ["billing", "outage", "equipment"]
+    assert np.all([r["answer"] in ("billing", "outage", "equipment") for r in table])

@@ -1,0 +1,267 @@
+"""LoRA fine-tuning on the tiny model: outputs, answer-only loss, sampling, schedule,
+resuming from a checkpoint, class balance by loss, continuing from an adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from semievol.config import LoraConfig, ModelConfig, TaskConfig, TrainConfig
+from semievol.errors import SemiEvolError
+from semievol.finetune import TrainExample, lr_at, sample_order, tokenize, train_lora
+from semievol.tasks import Example, build_messages, render_prompt
+
+torch = pytest.importorskip("torch")
+
+TASK = TaskConfig(kind="choice", labels=["billing", "outage", "equipment"])
+QUESTIONS = [("Charged twice on my bill", "billing"), ("Refund the late fee", "billing"),
+             ("Why did my invoice go up this month", "billing"),
+             ("Internet down since this morning", "outage")]
+LORA = LoraConfig(r=2, alpha=4, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from semievol.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer):
+    eot = tokenizer.eos_token
+    return [TrainExample(render_prompt(tokenizer, build_messages(TASK, Example(q, TASK.labels))),
+                         a + eot, a) for q, a in QUESTIONS]
+
+
+def model_config(tiny_model_dir) -> ModelConfig:
+    return ModelConfig(name_or_path=str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def train_config(**overrides) -> TrainConfig:
+    values = dict(max_steps=2, batch_size=2, checkpoint_every=0, learning_rate=1e-2,
+                  class_balance="none", max_length=128)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def adapter_tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+# -- tokenisation: the answer, and only the answer, is the target -----------------------------
+def test_tokenize_marks_where_the_answer_starts(tokenizer, examples):
+    rows = tokenize(tokenizer, examples, max_length=256)
+    assert len(rows) == len(examples)
+    for (ids, start), e in zip(rows, examples):
+        prompt = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(e.answer, add_special_tokens=False)["input_ids"]
+        assert ids[:start] == prompt and ids[start:] == answer
+        assert ids[-1] == tokenizer.eos_token_id   # the end of turn is learnt too
+
+
+def test_prompt_content_never_enters_the_targets(tokenizer):
+    short = TrainExample("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+                         "outage<|im_end|>", "outage")
+    long = TrainExample("<|im_start|>user\nsomething else entirely, and much longer than the "
+                        "other prompt<|im_end|>\n<|im_start|>assistant\n",
+                        "outage<|im_end|>", "outage")
+    (a, start_a), (b, start_b) = tokenize(tokenizer, [short, long], max_length=256)
+    assert start_a != start_b and a[:start_a] != b[:start_b]
+    assert a[start_a:] == b[start_b:]                # same targets whatever the prompt
+    # Cut to fit: the prompt loses its beginning, the answer stays whole.
+    (cut, start), = tokenize(tokenizer, [long], max_length=8)
+    answer = tokenizer(long.answer, add_special_tokens=False)["input_ids"]
+    assert len(cut) == 8 and cut[start:] == answer and cut[:start] == b[:start_b][-start:]
+
+
+def naive_answer_losses(tiny_model_dir, tokenizer, examples):
+    """Per example: the cross-entropies of its answer tokens, and of all its tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    out = []
+    for ids, start in tokenize(tokenizer, examples, max_length=128):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        ce = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:]),
+                                               reduction="none")
+        out.append((ce[start - 1:].tolist(), ce.tolist()))
+    return out
+
+
+def test_first_step_loss_is_over_answer_tokens_only(tiny_model_dir, tokenizer, examples,
+                                                     tmp_path):
+    # LoRA starts with B = 0, so step 1 sees the base model; one batch holds every example.
+    per_example = naive_answer_losses(tiny_model_dir, tokenizer, examples)
+    answer_tokens = [t for answer, _ in per_example for t in answer]
+    all_tokens = [t for _, every in per_example for t in every]
+    expected = sum(answer_tokens) / len(answer_tokens)
+    wrong = sum(all_tokens) / len(all_tokens)
+    assert abs(expected - wrong) > 1e-3    # the tolerance below can tell them apart
+
+    seen = []
+    train_lora(examples, tmp_path / "plain", model=model_config(tiny_model_dir), lora=LORA,
+               train=train_config(max_steps=1, batch_size=len(examples)),
+               metric=lambda name, step, value: seen.append((name, step, value)))
+    assert [(n, s) for n, s, _ in seen] == [("train_loss", 1)]
+    assert seen[0][2] == pytest.approx(expected, rel=1e-5)
+
+    # class_balance="loss": each token weighted by its example's inverse class frequency
+    # (3 billing, 1 outage -> 4/6 and 4/2).
+    weights = {"billing": 4 / 6, "outage": 4 / 2}
+    num = sum(weights[e.label] * sum(answer) for e, (answer, _) in zip(examples, per_example))
+    den = sum(weights[e.label] * len(answer) for e, (answer, _) in zip(examples, per_example))
+    seen.clear()
+    summary = train_lora(examples, tmp_path / "weighted", model=model_config(tiny_model_dir),
+                         lora=LORA, train=train_config(max_steps=1, batch_size=len(examples),
+                                                       class_balance="loss"),
+                         metric=lambda name, step, value: seen.append(value))
+    assert seen[0] == pytest.approx(num / den, rel=1e-5)
+    assert seen[0] != pytest.approx(expected, rel=1e-5)
+    assert math.isfinite(summary["final_loss"])
+
+
+# -- what a run writes, resuming, continuing ----------------------------------------------
+RESUMABLE = dict(max_steps=6, checkpoint_every=2, class_balance="sampler")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_model_dir, examples, tmp_path_factory):
+    """An uninterrupted 6-step run: (output folder, summary, progress calls, metric calls)."""
+    out = tmp_path_factory.mktemp("straight") / "adapter"
+    progress, metrics = [], []
+    summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA,
+                         train=train_config(**RESUMABLE),
+                         progress=lambda d, t, m: progress.append((d, t)),
+                         metric=lambda n, s, v: metrics.append((n, s, v)))
+    return out, summary, progress, metrics
+
+
+def test_train_lora_writes_adapter_config_and_summary(tiny_model_dir, examples, straight_run):
+    out, summary, progress, metrics = straight_run
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (out / "adapter_config.json").is_file()
+    assert not (out / "checkpoint").exists()      # checkpoints were written, then removed
+    resolved = json.loads((out / "semievol_config.json").read_text())
+    assert resolved["train"]["max_steps"] == 6 and resolved["train"]["class_balance"] == "sampler"
+    assert resolved["lora"]["r"] == 2 and resolved["model"]["name_or_path"] == str(tiny_model_dir)
+    assert resolved["examples"] == len(examples) and resolved["init_adapter"] is None
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["steps"] == 6 and saved["resumed_from"] == 0 and len(saved["losses"]) == 6
+    assert saved["final_loss"] == saved["losses"][-1] == summary["final_loss"]
+    assert saved["losses"] == pytest.approx([v for _, _, v in metrics])
+    assert all(math.isfinite(x) and x > 0 for x in saved["losses"])
+    assert progress == [(s, 6) for s in range(1, 7)]
+    assert [(n, s) for n, s, _ in metrics] == [("train_loss", s) for s in range(1, 7)]
+    # The adapter learnt something: LoRA B starts at zero and moved.
+    assert any("lora_B" in k and v.abs().max() > 1e-4 for k, v in adapter_tensors(out).items())
+
+
+def test_empty_training_set_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(SemiEvolError, match="empty"):
+        train_lora([], tmp_path / "none", model=model_config(tiny_model_dir), lora=LORA,
+                   train=train_config())
+    assert not (tmp_path / "none" / "adapter_model.safetensors").exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_an_interruption(tiny_model_dir, examples, straight_run, tmp_path):
+    out = tmp_path / "resumable"
+    train = train_config(**RESUMABLE)
+    first_losses = []
+
+    def stop_at_four(done, total, message):
+        if done == 4:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA, train=train,
+                   progress=stop_at_four, metric=lambda n, s, v: first_losses.append(v))
+    checkpoint = out / "checkpoint"
+    assert (checkpoint / "state.pt").is_file()
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    assert not (out / "training.json").exists()
+    assert len(first_losses) == 4   # step 4 finished (and was saved) before the stop
+
+    steps = []
+    summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA,
+                         train=train, metric=lambda n, s, v: steps.append(s))
+    saved = json.loads((out / "training.json").read_text())
+    assert saved["resumed_from"] == 4 == summary["resumed_from"]
+    assert saved["steps"] == 6 and len(saved["losses"]) == 6
+    assert saved["losses"][:4] == pytest.approx(first_losses)
+    assert steps == [5, 6]
+    assert not checkpoint.exists()
+    assert (out / "adapter_model.safetensors").is_file()
+
+    # No dropout, same sampler seed: the resumed run ends where an uninterrupted one does.
+    straight = straight_run[0]
+    assert saved["losses"] == pytest.approx(
+        json.loads((straight / "training.json").read_text())["losses"], rel=1e-5)
+    resumed, direct = adapter_tensors(out), adapter_tensors(straight)
+    assert resumed.keys() == direct.keys()
+    for key in direct:
+        torch.testing.assert_close(resumed[key], direct[key], atol=1e-6, rtol=1e-5)
+
+
+def test_init_adapter_continues_from_an_adapter(tiny_model_dir, examples, straight_run,
+                                                tmp_path):
+    first = straight_run[0]
+    start = adapter_tensors(first)
+    # A vanishing learning rate: the continued adapter stays where the first one ended
+    # (a fresh one would be at its B = 0 initialisation).
+    continued = tmp_path / "continued"
+    train_lora(examples, continued, model=model_config(tiny_model_dir), lora=LORA,
+               train=train_config(max_steps=1, learning_rate=1e-9), init_adapter=first)
+    after = adapter_tensors(continued)
+    assert after.keys() == start.keys()
+    assert any("lora_B" in k and v.abs().max() > 1e-4 for k, v in after.items())
+    for key in start:
+        torch.testing.assert_close(after[key], start[key], atol=1e-6, rtol=0)
+    resolved = json.loads((continued / "semievol_config.json").read_text())
+    assert resolved["init_adapter"] == str(first)
+
+
+# -- sampling and schedule (pure) ----------------------------------------------------------
+def test_balanced_sampling_draws_a_minority_class_as_often_as_the_majority():
+    labels = ["majority"] * 90 + ["minority"] * 10
+    order = sample_order(labels, steps=500, batch=8, balance=True, seed=0)
+    assert len(order) == 4000
+    counts = Counter(labels[i] for i in order)
+    assert 0.45 < counts["minority"] / len(order) < 0.55
+    assert sample_order(labels, 500, 8, balance=True, seed=0) == order      # seeded
+    assert sample_order(labels, 500, 8, balance=True, seed=1) != order
+
+
+def test_unbalanced_sampling_follows_epochs():
+    labels = ["majority"] * 90 + ["minority"] * 10
+    order = sample_order(labels, steps=25, batch=10, balance=False, seed=0)
+    assert len(order) == 250
+    assert sorted(order[:100]) == list(range(100))        # each epoch is a permutation
+    assert sorted(order[100:200]) == list(range(100))
+    assert len(set(order[200:])) == 50                    # a partial third epoch, no repeats
+    assert order[:100] != list(range(100))                # shuffled
+    assert Counter(labels[i] for i in order[:200])["minority"] == 20
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    peak, total, warmup = 1e-3, 100, 10
+    rates = [lr_at(s, total, warmup, peak) for s in range(total)]
+    assert rates[0] == pytest.approx(peak / warmup)
+    assert all(a < b for a, b in zip(rates[:warmup], rates[1:warmup]))    # linear warm-up
+    assert rates[warmup - 1] == pytest.approx(peak) and rates[warmup] == pytest.approx(peak)
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))  # cosine decay
+    middle = warmup + (total - warmup) // 2
+    assert rates[middle] == pytest.approx(peak / 2)
+    assert rates[-1] < peak * 1e-3
+    assert lr_at(total, total, warmup, peak) == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(0, 5, 0, peak) == pytest.approx(peak)                   # no warm-up
