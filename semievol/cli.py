@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunCancelled:
         print("cancelled", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # `semievol runs WS | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -15,14 +15,21 @@ from semievol.errors import SemiEvolError
 
 
 def _round_config(args):
-    """The round config: a saved file (--config) with command-line overrides on top."""
-    from semievol.config import RoundConfig, round_config_from_dict, to_dict
+    """The round config: a saved file (--config), else the round's current config (see
+    rounds.base_config), with command-line overrides on top; None when nothing was given."""
+    from semievol.config import round_config_from_dict, to_dict
+    from semievol.rounds import base_config
+    from semievol.store import Workspace
 
-    data = to_dict(RoundConfig())
+    data = to_dict(base_config(Workspace(args.workspace)))
     if getattr(args, "config", None):
         import yaml
         loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        data = to_dict(round_config_from_dict(loaded))
+        for key, value in loaded.items():  # a partial file overrides only what it names
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
     overrides = {("train", "epochs"): args.epochs, ("train", "max_steps"): args.max_steps,
                  ("train", "learning_rate"): args.lr, ("train", "batch_size"): args.batch_size,
                  ("train", "class_balance"): args.class_balance, ("retrieval", "k"): args.k,

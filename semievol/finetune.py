@@ -9,6 +9,7 @@ not to max_length; class-balanced sampling, checkpoints and progress go to the w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -90,6 +91,13 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
     resolved = {"model": to_dict(model), "lora": to_dict(lora), "train": to_dict(train),
                 "init_adapter": str(init_adapter) if init_adapter else None,
                 "examples": len(examples)}
+    # A checkpoint is resumed only by the same training (model, LoRA, hyper-parameters,
+    # examples); how long it runs (epochs, max_steps, checkpoint cadence) may change.
+    identity = {**resolved, "train": {k: v for k, v in resolved["train"].items()
+                                      if k not in ("epochs", "max_steps", "checkpoint_every")}}
+    fingerprint = hashlib.sha256(json.dumps(
+        [identity, [(e.prompt, e.answer) for e in examples]]).encode("utf-8")).hexdigest()
+    resume_from = _usable_checkpoint(checkpoint, fingerprint)
 
     from transformers import AutoModelForCausalLM
 
@@ -103,8 +111,8 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
     if train.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
-    if checkpoint.exists() and (checkpoint / "state.pt").exists():
-        peft_model = attach_adapter(base, checkpoint, trainable=True)
+    if resume_from is not None:
+        peft_model = attach_adapter(base, resume_from, trainable=True)
     elif init_adapter:
         peft_model = attach_adapter(base, init_adapter, trainable=True)
     else:
@@ -133,8 +141,8 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
     warmup = int(round(train.warmup_ratio * total_steps))
     start_step, losses = 0, []
-    if checkpoint.exists() and (checkpoint / "state.pt").exists():
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+    if resume_from is not None:
+        state = torch.load(resume_from / "state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         start_step, losses = state["step"], state["losses"]
     use_autocast = compute_dtype == torch.bfloat16
@@ -183,7 +191,7 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
         # database) resumes from the step it last reported, not one checkpoint earlier.
         if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 \
                 and step + 1 < total_steps:
-            _save_checkpoint(peft_model, optimizer, step + 1, losses, checkpoint)
+            _save_checkpoint(peft_model, optimizer, step + 1, losses, checkpoint, fingerprint)
         if metric:
             metric("train_loss", step + 1, step_loss)
         if progress:
@@ -198,18 +206,36 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
                "dtype": "bfloat16-autocast" if use_autocast else "float32", "device": device}
     (output_dir / "semievol_config.json").write_text(json.dumps(resolved, indent=2))
     (output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    for stale in (checkpoint, checkpoint.with_name("checkpoint.old")):
+        shutil.rmtree(stale, ignore_errors=True)
     return summary
 
 
-def _save_checkpoint(peft_model, optimizer, step: int, losses: list[float], path: Path) -> None:
-    """Adapter + optimizer + step, written beside and renamed: a kill never leaves half of one."""
+def _save_checkpoint(peft_model, optimizer, step: int, losses: list[float], path: Path,
+                     fingerprint: str) -> None:
+    """Adapter + optimizer + step, written beside and swapped in by renames; at every moment
+    either `checkpoint` or `checkpoint.old` holds a complete one."""
     import torch
 
-    partial = path.with_name(path.name + ".partial")
+    partial, old = path.with_name(path.name + ".partial"), path.with_name(path.name + ".old")
     shutil.rmtree(partial, ignore_errors=True)
     peft_model.save_pretrained(partial)
-    torch.save({"optimizer": optimizer.state_dict(), "step": step, "losses": losses},
-               partial / "state.pt")
-    shutil.rmtree(path, ignore_errors=True)
+    torch.save({"optimizer": optimizer.state_dict(), "step": step, "losses": losses,
+                "fingerprint": fingerprint}, partial / "state.pt")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
     partial.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _usable_checkpoint(path: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint written by this same training, if any."""
+    import torch
+
+    for candidate in (path, path.with_name(path.name + ".old")):
+        state = candidate / "state.pt"
+        if state.exists() and torch.load(state, weights_only=False).get(
+                "fingerprint") == fingerprint:
+            return candidate
+    return None

@@ -53,25 +53,40 @@ def get_round(ws: Workspace, number: int | None = None) -> Round:
     return _round_from_row(rows[0])
 
 
+def base_config(ws: Workspace) -> RoundConfig:
+    """The config a new round (or a command-line override) starts from: the latest round's,
+    else the workspace's recommended one (see data/demo/task.json), else the defaults."""
+    latest = ws.query("SELECT config FROM rounds ORDER BY number DESC LIMIT 1")
+    if latest:
+        return round_config_from_dict(json.loads(latest[0]["config"]))
+    stored = ws.get_setting("default_round_config")
+    return round_config_from_dict(stored) if stored else RoundConfig()
+
+
 def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
     """The latest unfinished round, or a new one (numbered after the last finished round).
 
-    A config given for an unfinished round replaces its stored one; steps already done keep
-    their outputs (responses are cached by content, so nothing stale is reused)."""
+    A config given for an unfinished round replaces its stored one. Responses are cached by
+    content, so changed collaborators recompute what they must; pseudo-labels are derived
+    from all collaborators together, so they are dropped when the collaborators or the model
+    change (and the responses of removed collaborators with them)."""
     ws.require_task()
     latest = ws.query("SELECT * FROM rounds ORDER BY number DESC LIMIT 1")
     if latest and latest[0]["status"] != "done":
-        if config is not None:
+        current = _round_from_row(latest[0])
+        if config is not None and config != current.config:
+            stale = (config.collaborators != current.config.collaborators
+                     or config.model != current.config.model)
             with ws.transaction() as conn:
-                conn.execute("UPDATE rounds SET config=? WHERE id=?", (to_json(config),
-                                                                       latest[0]["id"]))
-            return get_round(ws, latest[0]["number"])
-        return _round_from_row(latest[0])
-    if config is None and latest:
-        config = _round_from_row(latest[0]).config
-    elif config is None:  # a workspace may carry a recommended config (see data/demo/task.json)
-        stored = ws.get_setting("default_round_config")
-        config = round_config_from_dict(stored) if stored else RoundConfig()
+                conn.execute("UPDATE rounds SET config=? WHERE id=?",
+                             (to_json(config), current.id))
+                if stale:
+                    conn.execute("DELETE FROM pseudo_labels WHERE round_id=?", (current.id,))
+                    conn.execute("DELETE FROM responses WHERE round_id=? AND collaborator >= ?",
+                                 (current.id, len(config.collaborators)))
+            return get_round(ws, current.number)
+        return current
+    config = config or base_config(ws)
     number = latest[0]["number"] + 1 if latest else 1
     with ws.transaction() as conn:
         conn.execute("INSERT INTO rounds(number, status, config, created_at) VALUES(?,?,?,?)",

@@ -139,35 +139,37 @@ def resumed(selected, tmp_path_factory) -> dict:
 
     started = semievol("train", ws_path, "--background", "--config", endless)
     run_id = int(re.search(r"Started run (\d+) \(train\)", started.stdout).group(1))
-    pid = None
+    seen["run_id"] = run_id
+    killed = False
     try:
         def training():
             row = run_row(ws_path, run_id)
             assert row["status"] == "running", (row["status"], row["error"])
             return row["pid"] and (row["progress"] or 0) > 0 and (checkpoint / "state.pt").exists()
         wait_for(training, timeout=240, what="a checkpoint of the background training")
-        pid = run_row(ws_path, run_id)["pid"]
-        seen["run_id"], seen["pid"] = run_id, pid
+        pid = seen["pid"] = run_row(ws_path, run_id)["pid"]
 
         # (c) a second background run on the same round while the first one runs
         seen["twin"] = semievol("train", ws_path, "--background", check=False)
         with Workspace(ws_path) as ws:
             seen["runs_after_twin"] = [r[0] for r in ws.query("SELECT id FROM runs ORDER BY id")]
 
-        # Freeze the group where a whole checkpoint is on disk, then kill it.
-        while True:
+        # Freeze the group at a moment a whole checkpoint is on disk, then kill it.
+        def frozen_with_checkpoint():
             os.killpg(pid, signal.SIGSTOP)
             if all((checkpoint / name).exists() for name in whole):
-                break
+                return True
             os.killpg(pid, signal.SIGCONT)
-            time.sleep(0.02)
+            return False
+        wait_for(frozen_with_checkpoint, timeout=60, what="a whole checkpoint")
         os.killpg(pid, signal.SIGKILL)
+        killed = True
         wait_for(lambda: not _alive(pid), timeout=30, what="the killed process to go")
-        pid = None
         seen["checkpoint_step"] = torch.load(checkpoint / "state.pt", weights_only=False)["step"]
         seen["runs_after_kill"] = runs_lines(ws_path)
     finally:
-        if pid is not None and _alive(pid):
+        pid = run_row(ws_path, run_id)["pid"]
+        if not killed and pid and _alive(pid):  # a failure above: stop the endless run
             os.killpg(pid, signal.SIGKILL)
 
     config["train"]["max_steps"] = seen["checkpoint_step"] + 3

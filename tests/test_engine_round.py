@@ -1,7 +1,8 @@
 """A real SemiEvol round, in this process: tiny random model, fake embedder, real library.
 
 Each test runs the steps it needs (a whole tiny round takes a few seconds) and checks what
-the workspace stores, not only what the steps return.
+the workspace stores, not only what the steps return: one test runs round 1 and the start of
+round 2; the others check human decisions and the test-leakage guard after labeling.
 """
 
 from __future__ import annotations
@@ -58,12 +59,12 @@ def selected_ids(ws, round_id: int, split: str = "unlabeled") -> set[int]:
         "WHERE p.round_id=? AND p.selected=1 AND i.split=?", (round_id, split))}
 
 
-def label_and_select(ws, rnd, embedder, **select):
+def label_and_select(ws, rnd, embedder):
     """warmup -> label -> select; returns the refreshed round."""
     rounds.step_warmup(ws, rnd, embedder=embedder)
     rnd = rounds.get_round(ws, rnd.number)
     rounds.step_label(ws, rnd)
-    rounds.step_select(ws, rnd, embedder=embedder, **select)
+    rounds.step_select(ws, rnd, embedder=embedder)
     return rounds.get_round(ws, rnd.number)
 
 
@@ -77,7 +78,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     # -- warm-up: calibration held out (stratified), not trained on, retrieval refreshed
     losses = []
     summary = rounds.step_warmup(ws, rnd, embedder=fake_embedder,
-                                 metric=lambda name, step, value: losses.append((name, step, value)))
+                                 metric=lambda *point: losses.append(point))
     calibration = ids_of(ws, "calibration")
     labeled = ids_of(ws, "labeled")
     answers = Counter(r[0] for r in ws.query("SELECT answer FROM items WHERE split='calibration'"))
@@ -223,6 +224,16 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
                                         (second.id,))]
     assert len(entropies) == len(pool2) and np.isfinite(entropies).all()
 
+    # Round 2 trains on both rounds' selections (eq. 9); round 1's set is unchanged.
+    rounds.step_select(ws, second, embedder=fake_embedder)
+    picked2 = selected_ids(ws, second.id)
+    assert picked2 and not picked2 & picked
+    sources = {it["item_id"]: it["source"] for it in training_items(ws, 2)}
+    assert {i for i, s in sources.items() if s == "gold"} == set(labeled)
+    assert {i for i, s in sources.items() if s == "pseudo"} == picked | picked2
+    assert {i for i, s in sources.items() if s == "human"} == {relabeled}
+    assert {it["item_id"] for it in training_items(ws, 1)} == set(labeled) | picked | {relabeled}
+
 
 def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_model_dir):
     ws = filled_workspace
@@ -239,6 +250,10 @@ def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_mod
     record_decisions(ws, [rejected], "reject", reviewer="ann", round_id=rnd.id)
     record_decisions(ws, [relabeled], "relabel", label=human, reviewer="bob", note="checked",
                      round_id=rnd.id)
+    # The training set follows the decisions at once, before the selection is re-applied.
+    items = {it["item_id"]: it for it in training_items(ws, rnd.number)}
+    assert rejected not in items
+    assert (items[relabeled]["answer"], items[relabeled]["source"]) == (human, "human")
 
     summary = rounds.step_select(ws, rnd, embedder=fake_embedder)
     now_picked = selected_ids(ws, rnd.id)
@@ -263,7 +278,7 @@ def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, wr
     from semievol.data import ColumnMapping, import_file
     from semievol.retrieval import index_workspace
 
-    leaked_text, leaked_label = TEST_ROWS[3]
+    leaked_text, _ = TEST_ROWS[3]
     rows = {
         "labeled": [{"id": f"L{c}{i}", "text": t, "label": label}
                     for c, (label, texts) in enumerate(LABELED_TEXTS.items())
