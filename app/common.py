@@ -18,6 +18,7 @@ from semievol.errors import SemiEvolError
 from semievol.store import Workspace
 
 APP_NAME = "SemiEvol Studio"
+RUNS_PAGE = "pages/3_Runs.py"
 WORKSPACE_KEY = "workspace_path"
 REVIEWER_KEY = "reviewer"
 FLASH_KEY = "flash"
@@ -126,3 +127,21 @@ def show_flash() -> None:
     message = st.session_state.pop(FLASH_KEY, None)
     if message:
         st.success(message)
+
+
+def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None) -> None:
+    """Start a step as a background run and say so, with a link to the Runs page; a refusal
+    (another run holds the round) is a warning, any other user error a readable message."""
+    from semievol import launch
+    from semievol.jobs import RunRefused
+
+    try:
+        run_id = launch.launch_step(ws, step, config=config)
+    except RunRefused as exc:
+        st.warning(str(exc), icon=":material/hourglass_top:")
+        return
+    except SemiEvolError as exc:
+        show_error(exc)
+        return
+    st.success(f"Started run {run_id}: {what}. Follow it on the Runs page.")
+    st.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")

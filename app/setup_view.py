@@ -13,16 +13,13 @@ import math
 import pandas as pd
 import streamlit as st
 
-from common import show_error
-from semievol import launch
+from common import launch_with_feedback, show_error
 from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES, RoundConfig,
                              round_config_from_dict, to_dict)
 from semievol.errors import SemiEvolError
-from semievol.jobs import RunRefused
 from semievol.rounds import Round, get_round
 from semievol.store import Workspace
 
-RUNS_PAGE = "pages/3_Runs.py"
 COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed"]
 DTYPES = ("auto", "bfloat16", "float32")
 SCORES = ("nll", "option_entropy")
@@ -268,17 +265,8 @@ def read_form(ws: Workspace) -> tuple[RoundConfig | None, SemiEvolError | None]:
 
 
 def _launch(ws: Workspace, step: str, config: RoundConfig) -> None:
-    try:
-        run_id = launch.launch_step(ws, step, config=config)
-    except RunRefused as exc:
-        st.warning(str(exc), icon=":material/hourglass_top:")
-        return
-    except SemiEvolError as exc:
-        show_error(exc)
-        return
     what = "the whole round" if step == "round" else f"step {step}"
-    st.success(f"Started run {run_id}: {what}. Follow it on the Runs page.")
-    st.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
+    launch_with_feedback(ws, step, what, config=config)
 
 
 def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,

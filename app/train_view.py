@@ -10,16 +10,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from common import show_error
-from semievol import jobs, launch
+from common import launch_with_feedback
+from semievol import jobs
 from semievol.curation import training_items
 from semievol.errors import SemiEvolError
 from semievol.evaluate import stored_evaluation
-from semievol.jobs import RunRefused
 from semievol.rounds import Round, get_round
 from semievol.store import Workspace
 
-RUNS_PAGE = "pages/3_Runs.py"
 SETUP_PAGE = "pages/2_Round_setup.py"
 VARIANTS = ("base", "base+demos", "warmup", "round")
 VARIANT_NAMES = {"base": "base (zero-shot)", "base+demos": "base + demonstrations",
@@ -93,16 +91,7 @@ def round_runs(ws: Workspace, rnd: Round) -> list[dict]:
 
 # -- rendering ----------------------------------------------------------------------------
 def _launch(ws: Workspace, step: str, done_message: str) -> None:
-    try:
-        run_id = launch.launch_step(ws, step)
-    except RunRefused as exc:
-        st.warning(str(exc), icon=":material/hourglass_top:")
-        return
-    except SemiEvolError as exc:
-        show_error(exc)
-        return
-    st.success(f"Started run {run_id}: {done_message}. Follow it on the Runs page.")
-    st.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
+    launch_with_feedback(ws, step, done_message)
 
 
 def show_training(ws: Workspace, rnd: Round, busy: dict | None) -> None:
