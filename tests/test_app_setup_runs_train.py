@@ -273,7 +273,7 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
     assert "**15** item(s)" in texts(at.markdown)
     at.button(key="train").click().run()
     assert not at.exception
-    assert launched == [("train", {})]
+    assert launched == [("train", {"config": None})]
 
 
 def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspace, launched,
@@ -305,7 +305,7 @@ def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspac
         "billing": 9, "outage": 0, "equipment": 0}
     at.button(key="next_round").click().run()
     assert not at.exception
-    assert launched == [("round", {})]
+    assert launched == [("round", {"config": None})]
 
 
 def test_training_counts_and_distribution_frames(task_workspace):
