@@ -389,10 +389,8 @@ def log_tail(run: dict, lines: int = 40) -> str:
 
 
 def _run_dict(row: sqlite3.Row) -> dict:
-    run = {k: row[k] for k in ("id", "kind", "round_id", "status", "pid", "progress",
-                               "message", "heartbeat", "log_path", "error", "started_at",
-                               "finished_at")}
-    run["config"] = json.loads(row["config"]) if row["config"] else None
+    run = dict(row)
+    run["config"] = json.loads(run["config"]) if run["config"] else None
     return run
 
 
