@@ -119,7 +119,8 @@ def round_config(args, seed: int, balance: str, collaborators=None):
     return RoundConfig(
         model=ModelConfig(name_or_path=args.model, dtype=args.dtype),
         train=TrainConfig(class_balance=balance, seed=seed, epochs=args.epochs,
-                          max_steps=args.max_steps, batch_size=args.batch_size),
+                          learning_rate=args.lr, max_steps=args.max_steps,
+                          batch_size=args.batch_size),
         retrieval=RetrievalConfig(k=args.k),
         calibration=CalibrationConfig(fraction=args.calibration, seed=seed),
         collaborators=collaborators or default_collaborators())
@@ -475,7 +476,7 @@ def markdown(result: dict, pngs: dict) -> str:
         f"{settings['unlabeled']} (answers hidden from the pipeline), test {settings['test']} "
         f"(fixed draw), seeds {settings['seeds']}, model `{settings['model']}` "
         f"({result['machine']['model_dtype']}), k={settings['k']}, calibration fraction "
-        f"{settings['calibration']}, epochs {settings['epochs']}"
+        f"{settings['calibration']}, epochs {settings['epochs']}, lr {settings.get('lr', 1e-4)}"
         + (f", max steps {settings['max_steps']}" if settings["max_steps"] else "")
         + f", batch {settings['batch_size']}, rounds {settings['rounds']} "
         f"(secondary formats: {settings['secondary_rounds']}), instruction "
@@ -573,6 +574,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--k", type=int, default=3, help="retrieved demonstrations")
     p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate (paper 1e-4; the 135M bundled model needs ~1e-3)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--calibration", type=float, default=0.2,

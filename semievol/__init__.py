@@ -4,7 +4,14 @@ Import the parts you need (`semievol.store`, `semievol.data`, ...); this package
 light on purpose so that the CLI starts fast (no torch at import time).
 """
 
-from semievol.errors import SemiEvolError
+import os
+
+# Before torch loads: OpenMP threads that busy-wait between parallel regions make a 2-core
+# machine 10-35x slower whenever another process (the app, a second run) also computes;
+# passive waiting costs nothing measurable when alone (bench/README.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from semievol.errors import SemiEvolError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["SemiEvolError", "__version__"]

@@ -73,12 +73,16 @@ def evaluate(ws: Workspace, backend: LocalBackend, *, model: str, round_id: int 
     report["model"] = model
     report["demonstrations"] = demonstrations
     report["predictions"] = [[it.id, p] for it, p in zip(items, predicted)]
+    store_evaluation(ws, report, round_id=round_id)
+    return report
+
+
+def store_evaluation(ws: Workspace, report: dict, *, round_id: int | None) -> None:
     with ws.transaction() as conn:
         conn.execute("INSERT INTO evaluations(round_id, model, split, accuracy, macro_f1, report, "
                      "created_at) VALUES(?,?,?,?,?,?,?)",
-                     (round_id, model, "test", report["accuracy"], report.get("macro_f1"),
-                      json.dumps(report), now()))
-    return report
+                     (round_id, report["model"], "test", report["accuracy"],
+                      report.get("macro_f1"), json.dumps(report), now()))
 
 
 def evaluations_table(ws: Workspace) -> list[dict]:

@@ -258,7 +258,7 @@ def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
                   progress: Progress | None = None, force: bool = False) -> dict:
     """Base (zero-shot and with k demonstrations), warm-up and the round's adapter on test."""
     from semievol.backend import LazyBackend
-    from semievol.evaluate import evaluate
+    from semievol.evaluate import evaluate, store_evaluation, stored_evaluation
 
     config = rnd.config
     backends = backends if backends is not None else load_backends(ws, rnd)
@@ -266,9 +266,14 @@ def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
         "base": evaluate(ws, backends["base"], model="base", round_id=None, force=force,
                          progress=progress),
         "base+demos": evaluate(ws, backends["base"], model="base+demos", round_id=None,
-                               demonstrations=config.retrieval.k, force=force, progress=progress),
-        "warmup": evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id, force=force,
-                           progress=progress)}
+                               demonstrations=config.retrieval.k, force=force, progress=progress)}
+    # Round N's warm-up is round N-1's final adapter: its test report is already stored.
+    previous = get_round(ws, rnd.number - 1) if rnd.number > 1 else None
+    inherited = stored_evaluation(ws, previous.id, "round") if previous and not force else None
+    if inherited is not None and stored_evaluation(ws, rnd.id, "warmup") is None:
+        store_evaluation(ws, {**inherited, "model": "warmup"}, round_id=rnd.id)
+    results["warmup"] = evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id,
+                                 force=force, progress=progress)
     if rnd.final_adapter:
         final = backends.get("final") or LazyBackend(config.model, rnd.final_adapter)
         results["round"] = evaluate(ws, final, model="round", round_id=rnd.id, force=force,

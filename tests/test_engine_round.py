@@ -234,6 +234,18 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert {i for i, s in sources.items() if s == "human"} == {relabeled}
     assert {it["item_id"] for it in training_items(ws, 1)} == set(labeled) | picked | {relabeled}
 
+    # Round 2's warm-up is round 1's adapter: its test report is inherited, not recomputed.
+    from semievol.backend import LazyBackend
+    from semievol.evaluate import stored_evaluation
+    round1 = stored_evaluation(ws, first.id, "round")
+    warmup = LazyBackend(second.config.model, second.warmup_adapter)
+    rounds.step_evaluate(ws, rounds.get_round(ws, 2),
+                         backends={"base": warmup, "warmup": warmup})
+    assert warmup.forward_calls == 0  # base reports are shared, the warm-up's inherited
+    inherited = stored_evaluation(ws, second.id, "warmup")
+    assert inherited["accuracy"] == round1["accuracy"]
+    assert inherited["predictions"] == round1["predictions"]
+
 
 def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_model_dir):
     ws = filled_workspace
