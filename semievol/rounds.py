@@ -36,10 +36,19 @@ class Round:
     final_adapter: str | None
 
 
-def _round_from_row(row) -> Round:
+def _round_from_row(ws: Workspace, row) -> Round:
+    # Adapter paths are stored relative to the workspace, so a moved or copied workspace
+    # keeps using its own adapters (an absolute path from older rows still resolves as is).
+    def resolve(path):
+        return None if path is None else str(ws.path / path)
+
     return Round(row["id"], row["number"], row["status"],
                  round_config_from_dict(json.loads(row["config"])),
-                 row["warmup_adapter"], row["final_adapter"])
+                 resolve(row["warmup_adapter"]), resolve(row["final_adapter"]))
+
+
+def _relative(ws: Workspace, path: str) -> str:
+    return str(Path(path).resolve().relative_to(ws.path))
 
 
 def get_round(ws: Workspace, number: int | None = None) -> Round:
@@ -50,7 +59,7 @@ def get_round(ws: Workspace, number: int | None = None) -> Round:
         raise SemiEvolError("No round yet: start one with `semievol warmup WORKSPACE` or "
                             "`semievol round WORKSPACE`." if number is None else
                             f"There is no round {number}.")
-    return _round_from_row(rows[0])
+    return _round_from_row(ws, rows[0])
 
 
 def base_config(ws: Workspace) -> RoundConfig:
@@ -73,7 +82,7 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
     ws.require_task()
     latest = ws.query("SELECT * FROM rounds ORDER BY number DESC LIMIT 1")
     if latest and latest[0]["status"] != "done":
-        current = _round_from_row(latest[0])
+        current = _round_from_row(ws, latest[0])
         if config is not None and config != current.config:
             stale = (config.collaborators != current.config.collaborators
                      or config.model != current.config.model)
@@ -143,7 +152,8 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
                              progress=progress, metric=metric)
         summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold))
     with ws.transaction() as conn:
-        conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?", (adapter, rnd.id))
+        conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
+                     (_relative(ws, adapter), rnd.id))
     return summary
 
 
@@ -250,7 +260,8 @@ def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
     for it in items:
         sources[it["source"]] = sources.get(it["source"], 0) + 1
     with ws.transaction() as conn:
-        conn.execute("UPDATE rounds SET final_adapter=? WHERE id=?", (adapter, rnd.id))
+        conn.execute("UPDATE rounds SET final_adapter=? WHERE id=?",
+                     (_relative(ws, adapter), rnd.id))
     return {**summary, "adapter": adapter, "examples": sources}
 
 

@@ -271,7 +271,11 @@ def test_killed_training_resumes_from_its_checkpoint(resumed, selected):
         steps = [r[0] for r in ws.query("SELECT step FROM metrics WHERE run_id=? AND "
                                         "name='train_loss' ORDER BY step", (new_id,))]
         assert steps == [step + 1, step + 2, step + 3]  # only what the resumed run trained
-        assert ws.scalar("SELECT final_adapter FROM rounds WHERE number=1") == str(final)
+        # Stored relative to the workspace (it may be moved), resolved by the library.
+        assert ws.scalar("SELECT final_adapter FROM rounds WHERE number=1") == \
+            str(final.relative_to(ws.path))
+        from semievol.rounds import get_round
+        assert get_round(ws, 1).final_adapter == str(final)
 
 
 def test_export_dataset_and_adapter(resumed, selected, tmp_path):
