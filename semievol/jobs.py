@@ -56,14 +56,9 @@ def start_run(ws: Workspace, kind: str, argv: list[str], *, round_id: int | None
               config: dict | None = None, module: str = "semievol") -> int:
     """Register a run and start `python -m <module> *argv` as a detached process that adopts
     it (SEMIEVOL_RUN_ID). Output goes to WORKSPACE/runs/<id>.log. Returns the run id."""
-    refresh_runs(ws)
+    run_id = _register(ws, kind, round_id, config, pid=None)
+    log_path = ws.path / "runs" / f"{run_id}.log"
     with ws.transaction() as conn:
-        _refuse_if_busy(ws, kind, round_id)
-        run_id = conn.execute(
-            "INSERT INTO runs(kind, round_id, status, progress, config, started_at, heartbeat)"
-            " VALUES(?, ?, 'running', 0, ?, ?, ?)",
-            (kind, round_id, _dumps(config), now(), now())).lastrowid
-        log_path = ws.path / "runs" / f"{run_id}.log"
         conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(log_path), run_id))
     command = [sys.executable, "-m", module, *argv]
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ENV_RUN_ID: str(run_id)})
@@ -130,13 +125,7 @@ def run_context(ws: Workspace, kind: str, *, round_id: int | None = None,
     Ends the row as succeeded / cancelled (SIGTERM, Ctrl-C) / failed (with the error)."""
     run_id = _adopt(ws, kind, round_id, config)
     if run_id is None:
-        refresh_runs(ws)
-        with ws.transaction() as conn:
-            _refuse_if_busy(ws, kind, round_id)
-            run_id = conn.execute(
-                "INSERT INTO runs(kind, round_id, status, pid, progress, config, started_at,"
-                " heartbeat) VALUES(?, ?, 'running', ?, 0, ?, ?, ?)",
-                (kind, round_id, os.getpid(), _dumps(config), now(), now())).lastrowid
+        run_id = _register(ws, kind, round_id, config, pid=os.getpid())
     handle = RunHandle(ws, run_id, ws.scalar("SELECT round_id FROM runs WHERE id=?", (run_id,)))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ws.path / "workspace.db", run_id, stop),
@@ -200,6 +189,19 @@ def _adopt(ws: Workspace, kind: str, round_id: int | None, config: dict | None) 
         " round_id=COALESCE(?, round_id), config=COALESCE(?, config) WHERE id=?",
         (os.getpid(), now(), round_id, _dumps(config), row["id"]))
     return row["id"]
+
+
+def _register(ws: Workspace, kind: str, round_id: int | None, config: dict | None, *,
+              pid: int | None) -> int:
+    """Insert a 'running' row; the refusal check and the insert share one write transaction,
+    so two runs cannot both pass the check."""
+    refresh_runs(ws)
+    with ws.transaction() as conn:
+        _refuse_if_busy(ws, kind, round_id)
+        return conn.execute(
+            "INSERT INTO runs(kind, round_id, status, pid, progress, config, started_at,"
+            " heartbeat) VALUES(?, ?, 'running', ?, 0, ?, ?, ?)",
+            (kind, round_id, pid, _dumps(config), now(), now())).lastrowid
 
 
 def _refuse_if_busy(ws: Workspace, kind: str, round_id: int | None) -> None:
