@@ -27,7 +27,10 @@ PAGE_SIZE = 50
 MAX_BARS = 30
 NONE = "(none)"
 IMPORT_SPLITS = ("labeled", "unlabeled", "test")
-WORKSPACE_PAGE = "pages/1_Workspace.py"
+PAGE_LINKS = [("pages/1_Workspace.py", "Workspace and data", ":material/database:"),
+              ("pages/2_Round_setup.py", "Round setup", ":material/settings:"),
+              ("pages/4_Review.py", "Review", ":material/rate_review:"),
+              ("pages/6_Train_and_evaluate.py", "Train and evaluate", ":material/model_training:")]
 
 
 # -- reads --------------------------------------------------------------------------------
@@ -88,15 +91,20 @@ def next_steps(status: dict) -> list[str]:
             (status["unlabeled_with_neighbours"] or 0) < splits["unlabeled"]:
         steps.append("Run **Index / retrieve neighbours** on the Workspace page.")
     rounds = status["rounds"]
+    latest = rounds[-1] if rounds else None
     if steps:  # the data comes first
         pass
-    elif not rounds:
+    elif latest is None:
         steps.append("The data is ready: set up and launch round 1 on the **Round setup** page.")
-    elif rounds[-1]["status"] == "running":
-        steps.append(f"Round {rounds[-1]['number']} is running: follow it on the **Runs** page.")
+    elif latest["status"] == "done":
+        steps.append(f"Round {latest['number']} is done: compare it on **Train and evaluate** "
+                     f"and **Rounds**, then start round {latest['number'] + 1} there.")
+    elif not latest["pseudo_labels"]:
+        steps.append(f"Round {latest['number']} is open: launch its steps on **Round setup** "
+                     "and follow them on **Runs**.")
     else:
-        steps.append(f"Review round {rounds[-1]['number']}'s pseudo-labels on the **Review** "
-                     "page, pick the threshold on **Selection**, then train on **Train**.")
+        steps.append(f"Review round {latest['number']}'s pseudo-labels on **Review**, pick the "
+                     "threshold on **Selection**, then train on **Train and evaluate**.")
     if not splits["test"]:
         steps.append("Optionally import a **test** file, to measure each round.")
     return steps
@@ -188,8 +196,10 @@ def show_overview(ws: Workspace) -> None:
     st.subheader("What to do next")
     for step in next_steps(status):
         st.markdown(f"- {step}")
-    st.page_link(WORKSPACE_PAGE, label="Open the Workspace and data page",
-                 icon=":material/database:")
+    links = st.columns(4)
+    for column, (page, label, icon) in zip(links, PAGE_LINKS):
+        with column:
+            st.page_link(page, label=label, icon=icon)
 
 
 def show_statistics(ws: Workspace) -> None:

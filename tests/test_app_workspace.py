@@ -307,7 +307,11 @@ def test_next_steps_follow_the_workspace():
               "splits": {"labeled": 6, "unlabeled": 4, "test": 0, "calibration": 0}}
     steps = workspace_view.next_steps(status)
     assert steps[0].startswith("The data is ready") and "test" in steps[1]
-    status["rounds"] = [{"number": 1, "status": "running"}]
-    assert "Runs" in workspace_view.next_steps(status)[0]
+    status["rounds"] = [{"number": 1, "status": "open", "pseudo_labels": 0, "selected": 0}]
+    assert "Round setup" in workspace_view.next_steps(status)[0]
+    status["rounds"][0]["pseudo_labels"] = 4
+    assert "**Review**" in workspace_view.next_steps(status)[0]
+    status["rounds"][0]["status"] = "done"
+    assert "start round 2" in workspace_view.next_steps(status)[0]
     status["unlabeled_with_neighbours"] = 2
     assert "Index" in workspace_view.next_steps(status)[0]
