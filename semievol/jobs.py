@@ -32,12 +32,9 @@ from semievol.errors import SemiEvolError
 from semievol.store import Workspace, now
 
 RUN_KINDS_WRITING_ROUND = {"warmup", "label", "select", "train", "evaluate", "round"}
-HEARTBEAT_SECONDS = 2.0
-"""How often a running process stamps its row's heartbeat."""
-STALE_SECONDS = 30.0
-"""A running row whose heartbeat is older than this belongs to a process that is gone."""
-PROGRESS_INTERVAL = 0.5
-"""At most one progress write per this many seconds (the last step is always written)."""
+HEARTBEAT_SECONDS = 2.0  # how often a running process stamps its row's heartbeat
+STALE_SECONDS = 30.0  # a running row with an older heartbeat belongs to a process gone
+PROGRESS_INTERVAL = 0.5  # at most one progress write per this many seconds (not the last)
 CANCEL_WAIT_SECONDS = 5.0
 ENV_RUN_ID = "SEMIEVOL_RUN_ID"
 _ERROR_TRACEBACK_LINES = 12
@@ -193,8 +190,7 @@ def _adopt(ws: Workspace, kind: str, round_id: int | None, config: dict | None) 
 
 def _register(ws: Workspace, kind: str, round_id: int | None, config: dict | None, *,
               pid: int | None) -> int:
-    """Insert a 'running' row; the refusal check and the insert share one write transaction,
-    so two runs cannot both pass the check."""
+    """Insert a 'running' row; check and insert share one write transaction (no race)."""
     refresh_runs(ws)
     with ws.transaction() as conn:
         _refuse_if_busy(ws, kind, round_id)
