@@ -401,8 +401,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import shutil
 
-    import torch
-
     from semievol import rounds
     from semievol.backend import load_backend
     from semievol.config import (CalibrationConfig, ModelConfig, RetrievalConfig, RoundConfig,
