@@ -1,0 +1,215 @@
+"""The quality bench's report: the summary over seeds (mean, std, range), the Markdown
+report, its plots, and the JSON + Markdown files written after every seed."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import (command_line, machine_markdown, md_table, pct, plot_bars, plot_lines,
+                    stages_markdown, write_json, write_text)
+
+
+def _mean_std(values: list[float]) -> dict:
+    a = np.array([v for v in values if v is not None], dtype=float)
+    if not a.size:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    variants, order = {}, []
+    for run in runs:
+        for v in run["variants"]:
+            key = (v["format"], v["variant"])
+            if key not in variants:
+                order.append(key)
+            variants.setdefault(key, []).append(v)
+    table = []
+    for key in order:
+        vs = variants[key]
+        table.append({"format": key[0], "variant": key[1],
+                      "accuracy": _mean_std([v["accuracy"] for v in vs]),
+                      "macro_f1": _mean_std([v["macro_f1"] for v in vs]),
+                      "majority_baseline": vs[0]["majority_baseline"],
+                      "majority_label": vs[0]["majority_label"],
+                      "predicted_distribution": [v["predicted_distribution"] for v in vs]})
+    pseudo, porder = {}, []
+    for run in runs:
+        for p in run["pseudo_labels"]:
+            key = (p["format"], p["variant"])
+            if key not in pseudo:
+                porder.append(key)
+            pseudo.setdefault(key, []).append(p)
+    ptable = []
+    for key in porder:
+        ps = [p for p in pseudo[key] if p["n"]]
+        if not ps:
+            continue
+        ptable.append({"format": key[0], "variant": key[1], "round": ps[0]["round"],
+                       "n": _mean_std([p["n"] for p in ps]),
+                       "precision_all": _mean_std([p["all"]["precision"] for p in ps]),
+                       "selected": _mean_std([p["selected"]["n"] for p in ps]),
+                       "precision_selected": _mean_std([p["selected"]["precision"] for p in ps]),
+                       "coverage": _mean_std([p["coverage"] for p in ps]),
+                       "agreed_share": _mean_std([p["agreed"]["n"] / p["n"] for p in ps]),
+                       "precision_agreed": _mean_std([p["agreed"]["precision"] for p in ps]),
+                       "precision_reflected": _mean_std([p["reflected"]["precision"] for p in ps]),
+                       "calibration_precision_selected": _mean_std(
+                           [(p["calibration_slice"].get("selected") or {}).get("precision")
+                            for p in ps]),
+                       "majority_share": ps[0]["majority_share"]})
+    return {"variants": table, "pseudo_labels": ptable}
+
+
+def _ms(stat: dict, percent: bool = True) -> str:
+    if stat["mean"] is None:
+        return "–"
+    scale, unit = (100, " %") if percent else (1, "")
+    if not percent and stat["n"] == 1:
+        return f"{stat['mean']:g}"
+    text = f"{scale * stat['mean']:.1f}"
+    if stat["n"] > 1:
+        text += f" ± {scale * stat['std']:.1f} ({scale * stat['min']:.1f}–{scale * stat['max']:.1f})"
+    return text + unit
+
+
+def _num(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _dist(d: dict) -> str:
+    return " / ".join(f"{k} {v}" for k, v in d.items())
+
+
+def markdown(result: dict, pngs: dict) -> str:
+    s, settings = result["summary"], result["settings"]
+    n_seeds = len(result["runs"])
+    vt = md_table(
+        ["format", "model", "accuracy", "macro-F1", "majority-class acc.",
+         "predicted classes" + (" (seed " + str(result["runs"][0]["seed"]) + ")"
+                                if n_seeds > 1 else "")],
+        [[v["format"], v["variant"], _ms(v["accuracy"]), _ms(v["macro_f1"]),
+          pct(v["majority_baseline"]) + f" ({v['majority_label']})",
+          _dist(v["predicted_distribution"][0])] for v in s["variants"]])
+    pt = md_table(
+        ["format", "pseudo-labels", "round", "items", "precision all", "selected",
+         "precision selected", "coverage", "agreed share", "precision agreed",
+         "precision reflected", "calibration-slice estimate (selected)", "majority share"],
+        [[p["format"], p["variant"], p["round"], _ms(p["n"], False), _ms(p["precision_all"]),
+          _ms(p["selected"], False), _ms(p["precision_selected"]), _ms(p["coverage"]),
+          _ms(p["agreed_share"]), _ms(p["precision_agreed"]), _ms(p["precision_reflected"]),
+          _ms(p["calibration_precision_selected"]), pct(p["majority_share"])]
+         for p in s["pseudo_labels"]])
+    tt = md_table(["seed", "format", "model", "steps", "examples", "final loss", "train s",
+                   "tokens/s"],
+                  [[t["seed"], t["format"], t["variant"], t.get("steps"),
+                    _dist(t["examples"]) if isinstance(t.get("examples"), dict) else
+                    t.get("examples"), _num(t.get("final_loss"), 4), _num(t.get("seconds"), 1),
+                    _num(t.get("tokens_per_second"), 0)]
+                   for run in result["runs"] for t in run["training"]])
+    stages = "\n\n".join(f"Seed {run['seed']}:\n\n" + stages_markdown(run["stages"])
+                         for run in result["runs"])
+    total = sum(r["seconds"] for run in result["runs"] for r in run["stages"])
+    lines = [
+        f"# Quality: {result['task']}, {result['labeled']} labeled"
+        + (" (reduced mode)" if settings["reduced"] else "")
+        + ("" if result["complete"] else
+           f" (PARTIAL: {n_seeds} of {len(settings['seeds'])} seeds so far)"),
+        "",
+        f"Produced by `{result['command']}` in {result['wall_seconds'] / 60:.1f} min "
+        f"(stages sum {total / 60:.1f} min).",
+        "",
+        f"Settings: labeled {settings['labeled']} (seed-drawn), unlabeled "
+        f"{settings['unlabeled']} (answers hidden from the pipeline), test {settings['test']} "
+        f"(fixed draw), seeds {settings['seeds']}, model `{settings['model']}` "
+        f"({result['machine']['model_dtype']}), k={settings['k']}, calibration fraction "
+        f"{settings['calibration']}, epochs {settings['epochs']}, lr {settings.get('lr', 1e-4)}"
+        + (f", max steps {settings['max_steps']}" if settings["max_steps"] else "")
+        + f", batch {settings['batch_size']}, rounds {settings['rounds']} "
+        f"(secondary formats: {settings['secondary_rounds']}), instruction "
+        f"“{settings['instruction']}”.",
+        "",
+        "## Test accuracy" + (f" (mean ± std (min–max) over {n_seeds} seeds)" if n_seeds > 1
+                              else ""),
+        "",
+        "The majority-class accuracy is what always answering the most frequent test class "
+        "scores; a model at or near it with one dominant predicted class has learned nothing.",
+        "",
+        vt,
+        "",
+        f"![accuracy]({pngs['accuracy']})",
+        "",
+        "## Pseudo-labels (unlabeled items, against the hidden answers)",
+        "",
+        "Precision of every pseudo-label vs of those the selection kept; coverage = selected / "
+        "all; the calibration-slice column is the library's own estimate from held-out "
+        "labeled items, to compare with the truth; majority share = precision of labeling "
+        "everything with the most frequent true class.",
+        "",
+        pt,
+        "",
+        f"![precision vs coverage]({pngs['curve']})",
+        "",
+        "## Training runs",
+        "",
+        tt,
+        "",
+        "## Stages (wall time, CPU time, peak RSS of the stage)",
+        "",
+        stages,
+        "",
+        "## Machine",
+        "",
+        machine_markdown(result["machine"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plots(result: dict, stem: str, out: Path) -> dict:
+    first = result["runs"][0]
+    series = []
+    for p in first["pseudo_labels"]:
+        if not p["n"] or not p["curve_nll"]["coverage"]:
+            continue
+        series.append({"label": f"{p['format']} · {p['variant']}",
+                       "x": p["curve_nll"]["coverage"], "y": p["curve_nll"]["precision"],
+                       "marker_x": p["coverage"], "marker_y": p["selected"]["precision"]})
+    majority = next((p["majority_share"] for p in first["pseudo_labels"] if p["n"]), None)
+    curve = plot_lines(out / f"{stem}_precision_coverage.png", series,
+                       title=f"Pseudo-label precision vs coverage (seed {first['seed']}; "
+                             "dot = selected set)",
+                       xlabel="coverage (share of unlabeled items kept, lowest entropy first)",
+                       ylabel="precision against hidden answers",
+                       hline=(majority, "majority-class share") if majority else None)
+    v = result["summary"]["variants"]
+    bars = plot_bars(out / f"{stem}_accuracy.png",
+                     [f"{x['format']} · {x['variant']}" for x in v],
+                     [x["accuracy"]["mean"] for x in v],
+                     errors=[x["accuracy"]["std"] or 0 for x in v] if len(result["runs"]) > 1
+                     else None,
+                     title=f"Test accuracy, {result['task']}, {result['labeled']} labeled",
+                     ylabel="accuracy",
+                     hline=(v[0]["majority_baseline"], "majority class") if v else None)
+    return {"curve": curve.name, "accuracy": bars.name}
+
+
+def write_results(args, task: dict, labeled: int, machine: dict, runs: list[dict],
+                  started: float, *, complete: bool) -> tuple[list[Path], str]:
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {"benchmark": "quality", "task": task["name"], "labeled": labeled,
+              "command": command_line(), "machine": machine, "complete": complete,
+              "settings": {k: (str(v) if isinstance(v, Path) else v)
+                           for k, v in vars(args).items()},
+              "wall_seconds": round(time.time() - started, 1),
+              "summary": summarise(runs), "runs": runs}
+    stem = f"quality_{task['name']}_{labeled}"
+    pngs = plots(result, stem, args.out)
+    text = markdown(result, pngs)
+    return [write_json(args.out / f"{stem}.json", result),
+            write_text(args.out / f"{stem}.md", text)], text

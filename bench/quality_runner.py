@@ -1,0 +1,248 @@
+"""One seed of the quality bench: every answer format and configuration (baselines, warm-up
+SFTs, SemiEvol rounds, ablations) run through the library, with stage timings and the
+pseudo-labels scored against the hidden answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common import Stages, log, pct, progress_printer
+from quality_data import build_workspace, fork, round_config, write_split_files
+
+CURVE_POINTS = 120  # precision-coverage points kept per curve in the JSON
+
+
+# -- measurements ------------------------------------------------------------------------
+def metrics_of(report: dict) -> dict:
+    keep = ("accuracy", "macro_f1", "majority_baseline", "majority_label",
+            "predicted_distribution", "per_class", "confusion", "n", "demonstrations")
+    return {k: report.get(k) for k in keep}
+
+
+def pseudo_label_stats(ws, round_id: int, hidden: dict, score: str = "nll") -> dict:
+    """Precision of the round's pseudo-labels on unlabeled items against the hidden answers:
+    all vs selected, by path, and the precision-coverage curve over the entropy."""
+    from semievol.calibration import calibration_report
+    from semievol.scoring import precision_coverage, wilson_interval
+
+    rows = ws.query(
+        "SELECT p.item_id, p.label, p.path, p.entropy, p.option_entropy, p.selected, "
+        "i.external_id FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        "WHERE p.round_id=? AND i.split='unlabeled' ORDER BY p.item_id", (round_id,))
+    if not rows:
+        return {"n": 0}
+    correct = np.array([r["label"] == hidden[r["external_id"]] for r in rows], dtype=bool)
+    selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
+    agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
+
+    def share(mask):
+        n, k = int(mask.sum()), int((correct & mask).sum())
+        return {"n": n, "correct": k, "precision": k / n if n else None,
+                "interval": list(wilson_interval(k, n))}
+
+    def curve(column):
+        s = np.array([np.nan if r[column] is None else r[column] for r in rows], dtype=float)
+        c = precision_coverage(s, correct)
+        step = max(1, len(c["coverage"]) // CURVE_POINTS)
+        return {k: v[::step] + (v[-1:] if (len(v) - 1) % step else []) for k, v in c.items()}
+
+    def distribution(mask):
+        out: dict[str, int] = {}
+        for r, m in zip(rows, mask):
+            if m:
+                out[r["label"]] = out.get(r["label"], 0) + 1
+        return dict(sorted(out.items()))
+
+    truth: dict[str, int] = {}
+    for r in rows:
+        truth[hidden[r["external_id"]]] = truth.get(hidden[r["external_id"]], 0) + 1
+    calibration = calibration_report(ws, round_id, score=score)
+    calibration.pop("curve", None)
+    return {"n": len(rows), "all": share(np.ones_like(correct)), "selected": share(selected),
+            "coverage": float(selected.mean()), "agreed": share(agreed),
+            "reflected": share(~agreed), "label_distribution": distribution(np.ones_like(selected)),
+            "selected_distribution": distribution(selected), "truth_distribution": truth,
+            "majority_share": max(truth.values()) / len(rows),
+            "curve_nll": curve("entropy"), "curve_option_entropy": curve("option_entropy"),
+            "calibration_slice": calibration}
+
+
+class Runner:
+    """One seed: every format and configuration, with its stage timings."""
+
+    def __init__(self, args, task: dict, labeled: int, seed: int, root: Path, embedder, base):
+        self.args, self.task, self.labeled, self.seed = args, task, labeled, seed
+        self.root, self.embedder, self.base = root, embedder, base
+        self.stages = Stages()
+        self.variants: list[dict] = []
+        self.pseudo: list[dict] = []
+        self.training: list[dict] = []
+
+    def stage(self, fmt: str, name: str):
+        return self.stages.measure(f"seed {self.seed} · {self.labeled} labeled · {fmt} · {name}",
+                                   seed=self.seed, format=fmt, label=f"{fmt} · {name}")
+
+    def add_variant(self, fmt: str, name: str, report: dict, **extra) -> None:
+        m = metrics_of(report)
+        self.variants.append({"seed": self.seed, "format": fmt, "variant": name, **m, **extra})
+        log(f"  => {fmt} {name}: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+            f"(majority {m['majority_baseline']:.3f}); predicted {m['predicted_distribution']}")
+
+    def add_pseudo(self, fmt: str, name: str, ws, rnd, hidden: dict) -> None:
+        stats = pseudo_label_stats(ws, rnd.id, hidden, score=rnd.config.selection.score)
+        self.pseudo.append({"seed": self.seed, "format": fmt, "variant": name,
+                            "round": rnd.number, **stats})
+        if stats["n"]:
+            log(f"  => {fmt} {name}: pseudo-label precision all {pct(stats['all']['precision'])} "
+                f"(n={stats['n']}), selected {pct(stats['selected']['precision'])} "
+                f"(n={stats['selected']['n']}, coverage {pct(stats['coverage'])})")
+
+    def warmup_backend(self, rnd):
+        from semievol.backend import LazyBackend
+        return LazyBackend(rnd.config.model, rnd.warmup_adapter)
+
+    # -- steps ---------------------------------------------------------------------------
+    def warmup(self, ws, rnd, fmt: str, name: str) -> None:
+        from semievol import rounds
+        from semievol.evaluate import evaluate
+
+        with self.stage(fmt, f"{name}: train") as rec:
+            summary = rounds.step_warmup(ws, rnd, embedder=self.embedder,
+                                         progress=progress_printer("warm-up", 30))
+            rec.update(train=_train_summary(summary))
+        self.training.append({"seed": self.seed, "format": fmt, "variant": name,
+                              **_train_summary(summary)})
+        rnd = rounds.get_round(ws, rnd.number)
+        with self.stage(fmt, f"{name}: evaluate"):
+            report = evaluate(ws, self.warmup_backend(rnd), model="warmup", round_id=rnd.id,
+                              progress=progress_printer("evaluate"))
+        self.add_variant(fmt, name, report, round=rnd.number)
+        return rnd
+
+    def label(self, ws, rnd, fmt: str, name: str) -> dict:
+        from semievol import rounds
+
+        with self.stage(fmt, f"{name}: label") as rec:
+            result = rounds.step_label(ws, rnd, backends={"base": self.base,
+                                                          "warmup": self.warmup_backend(rnd)},
+                                       progress=progress_printer("label"))
+            rec.update(labeling=result)
+        log(f"  label: {result}")
+        return result
+
+    def select_train_evaluate(self, ws, rnd, fmt: str, name: str, hidden: dict,
+                              selection=None) -> None:
+        from semievol import rounds
+        from semievol.backend import LazyBackend
+
+        with self.stage(fmt, f"{name}: select") as rec:
+            summary = rounds.step_select(ws, rnd, selection=selection, embedder=self.embedder)
+            rec.update(select={k: summary.get(k) for k in ("pool", "selected", "by_class",
+                                                           "flagged_leakage", "threshold")})
+        self.add_pseudo(fmt, name, ws, rounds.get_round(ws, rnd.number), hidden)
+        rnd = rounds.get_round(ws, rnd.number)
+        with self.stage(fmt, f"{name}: train") as rec:
+            summary = rounds.step_train(ws, rnd, progress=progress_printer("train", 30))
+            rec.update(train=_train_summary(summary))
+        self.training.append({"seed": self.seed, "format": fmt, "variant": name,
+                              **_train_summary(summary)})
+        rnd = rounds.get_round(ws, rnd.number)
+        with self.stage(fmt, f"{name}: evaluate"):
+            rounds.step_evaluate(ws, rnd, backends={
+                "base": self.base, "warmup": self.warmup_backend(rnd),
+                "final": LazyBackend(rnd.config.model, rnd.final_adapter)},
+                progress=progress_printer("evaluate"))
+        from semievol.evaluate import stored_evaluation
+        self.add_variant(fmt, name, stored_evaluation(ws, rnd.id, "round"), round=rnd.number)
+
+    # -- one format ----------------------------------------------------------------------
+    def run_format(self, fmt: str, primary: bool, files: dict, hidden: dict) -> None:
+        from semievol import rounds
+        from semievol.config import (CalibrationConfig, CollaboratorConfig, SelectionConfig,
+                                     TaskConfig)
+        from semievol.evaluate import evaluate
+
+        args = self.args
+        task_config = TaskConfig(kind="choice", labels=self.task["labels"], answer_format=fmt,
+                                 instruction=args.instruction)
+        with self.stage(fmt, "import + hold-out + index") as rec:
+            ws, held = build_workspace(self.root / fmt, files, task_config, self.embedder,
+                                       CalibrationConfig(fraction=args.calibration, seed=self.seed),
+                                       args.k)
+            rec.update(splits=ws.split_counts())
+        log(f"  workspace {ws.path}: {ws.split_counts()}")
+        for name, demos in (("base", 0), ("base+demos", args.k)):
+            with self.stage(fmt, f"{name}: evaluate"):
+                report = evaluate(ws, self.base, model=name, round_id=None,
+                                  demonstrations=demos, progress=progress_printer("evaluate"))
+            self.add_variant(fmt, name, report)
+
+        if "none" in args.balance:
+            nb = fork(ws, self.root / f"{fmt}-no-balance")
+            rnd = rounds.open_round(nb, round_config(args, self.seed, "none"))
+            self.warmup(nb, rnd, fmt, "SFT (no class balance)")
+            nb.close()
+        if "sampler" not in args.balance:
+            ws.close()
+            return
+        rnd = rounds.open_round(ws, round_config(args, self.seed, "sampler"))
+        rnd = self.warmup(ws, rnd, fmt, "SFT (class-balanced)")
+
+        n_rounds = args.rounds if primary else args.secondary_rounds
+        forks = {}
+        for number in range(1, n_rounds + 1):
+            if number > 1:
+                rnd = rounds.open_round(ws)
+                rounds.step_warmup(ws, rnd, embedder=self.embedder)  # the previous final adapter
+                rnd = rounds.get_round(ws, rnd.number)
+            self.label(ws, rnd, fmt, f"SemiEvol r{number}")
+            if number == 1 and primary and args.ablations:
+                # Branch after labeling: the ablations reuse the stored responses.
+                forks = {a: fork(ws, self.root / f"{fmt}-{a}") for a in args.ablations}
+            self.select_train_evaluate(ws, rnd, fmt, f"SemiEvol r{number}", hidden)
+            rnd = rounds.get_round(ws, number)
+        ws.close()
+
+        for ablation, fws in forks.items():
+            name = ABLATION_NAMES[ablation]
+            rnd = rounds.get_round(fws, 1)
+            selection = None
+            if ablation == "no-selection":
+                selection = SelectionConfig(policy="percentile", theta=100.0)
+            else:
+                collaborators = ([CollaboratorConfig(c.model, 0, c.temperature, c.seed)
+                                  for c in rnd.config.collaborators]
+                                 if ablation == "no-demos" else
+                                 [CollaboratorConfig("warmup", args.k, 1.0, 1)])
+                config = round_config(args, self.seed, "sampler", collaborators)
+                # Replaces the open round's config; new collaborators drop the round's
+                # pseudo-labels (and the responses of collaborators beyond the new count).
+                rnd = rounds.open_round(fws, config)
+                if fws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=?", (rnd.id,)):
+                    raise RuntimeError("open_round kept the old pseudo-labels after the "
+                                       "collaborators changed; the ablation would reuse them.")
+                self.label(fws, rnd, fmt, name)
+            self.select_train_evaluate(fws, rnd, fmt, name, hidden, selection=selection)
+            fws.close()
+
+    def run(self) -> dict:
+        sizes = {"labeled": self.labeled, "unlabeled": self.args.unlabeled, "test": self.args.test}
+        files, hidden = write_split_files(self.task, sizes, self.seed, self.root / "files")
+        for i, fmt in enumerate(self.args.formats):
+            log(f"seed {self.seed}, {self.labeled} labeled: format {fmt}")
+            self.run_format(fmt, i == 0, files, hidden)
+        return {"seed": self.seed, "variants": self.variants, "pseudo_labels": self.pseudo,
+                "training": self.training, "stages": self.stages.records}
+
+
+ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)",
+                  "no-demos": "SemiEvol r1, no demonstrations",
+                  "single": "SemiEvol r1, single collaborator"}
+
+
+def _train_summary(summary: dict) -> dict:
+    keep = ("steps", "final_loss", "mean_loss_last10", "seconds", "tokens_per_second",
+            "dtype", "examples", "skipped")
+    return {k: summary[k] for k in keep if k in summary}

@@ -1,0 +1,104 @@
+"""The results summary in README.md and bench/README.md, generated from the JSON files in
+bench/results/ (never typed by hand). The benches call it after a full run; to regenerate
+it alone:
+
+    .venv/bin/python bench/readme_summary.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from common import REPO, RESULTS, md_table, pct
+
+# Both READMEs carry the same generated section between the markers.
+READMES = (REPO / "bench" / "README.md", REPO / "README.md")
+SUMMARY_START, SUMMARY_END = "<!-- results:start -->", "<!-- results:end -->"
+HEADLINE_VARIANTS = ("base", "base+demos", "SFT (class-balanced)", "SemiEvol r1", "SemiEvol r2")
+
+
+def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
+    """The README's results section, built from the committed JSON files in `results`;
+    `links` is the results folder as seen from the README (for the report links)."""
+    parts = []
+    for path in sorted(results.glob("quality_*.json"), key=lambda p: (len(p.stem), p.stem)):
+        data = json.loads(path.read_text())
+        s = data["summary"]
+        rows = []
+        for v in s["variants"]:
+            if v["variant"] in HEADLINE_VARIANTS:
+                acc = v["accuracy"]
+                spread = f" ± {100 * acc['std']:.1f}" if acc["n"] > 1 else ""
+                rows.append([v["format"], v["variant"], f"{pct(acc['mean'])}{spread}",
+                             pct(v["macro_f1"]["mean"]), pct(v["majority_baseline"])])
+        prow = [[p["format"], p["variant"], pct(p["precision_all"]["mean"]),
+                 pct(p["precision_selected"]["mean"]), pct(p["coverage"]["mean"])]
+                for p in s["pseudo_labels"]]
+        parts += [f"### Quality: {data['task']}, {data['labeled']} labeled "
+                  f"([report]({links}/{path.stem}.md); seeds "
+                  f"{[r['seed'] for r in data['runs']]})", "",
+                  f"`{data['command']}`", "",
+                  md_table(["format", "model", "test accuracy", "macro-F1", "majority class"],
+                           rows), "",
+                  md_table(["format", "pseudo-labels", "precision all", "precision selected",
+                            "coverage"], prow), ""]
+    speed = results / "speed.json"
+    if speed.exists():
+        data = json.loads(speed.read_text())
+        pl, tr, mfu = data["pseudo_labeling"], data["training"], data["flop_utilisation"]
+        rows = []
+        if "reference" in pl:
+            rows.append(["pseudo-labeling items/s (ours vs reference-style)",
+                         f"{pl['ours']['items_per_second']:.2f} vs "
+                         f"{pl['reference']['items_per_second']:.3f}",
+                         f"{pl['speedup']:.1f}x"])
+            rows.append(["pseudo-label precision all / selected (ours)",
+                         f"{pct(pl['ours']['precision_all'])} / "
+                         f"{pct(pl['ours']['precision_selected'])}", ""])
+            rows.append(["pseudo-label precision all / selected (reference-style)",
+                         f"{pct(pl['reference']['precision_all'])} / "
+                         f"{pct(pl['reference']['precision_selected'])}", ""])
+        if "reference" in tr:
+            rows.append(["training tokens/s (ours vs padded, full logits)",
+                         f"{tr['ours']['tokens_per_second']:.0f} vs "
+                         f"{tr['reference']['tokens_per_second']:.0f}", f"{tr['speedup']:.1f}x"])
+            rows.append(["training peak RSS MB (ours vs reference)",
+                         f"{tr['ours']['peak_rss_mb']:.0f} vs {tr['reference']['peak_rss_mb']:.0f}",
+                         ""])
+        for name in ("scoring", "training"):
+            u = mfu[name]
+            rows.append([f"FLOP utilisation, {name} ({u['peak_dtype']})",
+                         f"{u['achieved_gflops']:.1f} of {u['peak_gflops']:.1f} GFLOP/s",
+                         pct(u["utilisation"])])
+        rep = data["repeat"]
+        rows.append(["repeated run: model calls / seconds (in-process label, CLI label)",
+                     f"{rep['model_calls_total']} / {rep['label']['seconds']:.1f} s, "
+                     f"{rep['cli_label']['seconds']:.1f} s",
+                     "OK" if rep["zero_model_calls"] else "NOT ZERO"])
+        parts += [f"### Speed ([report]({links}/speed.md))", "", f"`{data['command']}`", "",
+                  md_table(["measure", "value", "ratio / verdict"], rows), ""]
+    if not parts:
+        parts = ["No full run committed yet: see the commands in bench/README.md.", ""]
+    return "\n".join(parts)
+
+
+def update_readmes(results: Path = RESULTS, readmes=READMES) -> list[Path]:
+    """Rewrite the generated results section of every README that has the markers."""
+    updated = []
+    for readme in readmes:
+        text = readme.read_text() if readme.exists() else ""
+        if SUMMARY_START not in text or SUMMARY_END not in text:
+            continue
+        head, rest = text.split(SUMMARY_START, 1)
+        _, tail = rest.split(SUMMARY_END, 1)
+        section = summary_markdown(results, os.path.relpath(results, readme.parent))
+        readme.write_text(f"{head}{SUMMARY_START}\n{section}\n{SUMMARY_END}{tail}")
+        updated.append(readme)
+    return updated
+
+
+if __name__ == "__main__":
+    for path in update_readmes():
+        print(f"updated the results summary in {path.relative_to(REPO)}")
