@@ -74,7 +74,8 @@ def _ms(stat: dict, percent: bool = True) -> str:
         return f"{stat['mean']:g}"
     text = f"{scale * stat['mean']:.1f}"
     if stat["n"] > 1:
-        text += f" ± {scale * stat['std']:.1f} ({scale * stat['min']:.1f}–{scale * stat['max']:.1f})"
+        low, high = scale * stat["min"], scale * stat["max"]
+        text += f" ± {scale * stat['std']:.1f} ({low:.1f}–{high:.1f})"
     return text + unit
 
 
