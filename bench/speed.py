@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, Stages, command_line, log, machine_info,  # noqa: E402
-                    model_dtype_name, pct, progress_printer, write_json, write_text)
+from common import (REPO, RESULTS, Stages, command_line, load_split, log,  # noqa: E402
+                    machine_info, model_dtype_name, pct, progress_printer, write_json, write_text)
 from readme_summary import update_readmes  # noqa: E402
 from speed_measures import (TokenCounter, build_workspace, matmul_peak,  # noqa: E402
                             ours_pseudo_labels, repeat_run, training_examples, truth_by_item,
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     from semievol.retrieval import SentenceTransformerEmbedder
 
     set_offline()
+    for split in ("labeled", "unlabeled"):  # a wrong --task fails now, not after the peak
+        load_split(args.task, split)
     started = time.time()
     model_config = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     machine = machine_info(model_dtype_name(model_config))
