@@ -1,8 +1,8 @@
 """Adaptation quality on a real task: base, base + demonstrations, warm-up SFT, SemiEvol
 rounds and ablations, measured side by side on the same test split.
 
-    .venv/bin/python bench/quality.py                 # fpb, 64 and 452 labeled (~2 h + ~3-4 h)
-    .venv/bin/python bench/quality.py --reduced       # every configuration, tiny sizes (~7 min)
+    .venv/bin/python bench/quality.py            # fpb, 64 and 452 labeled (hours: bench/README.md)
+    .venv/bin/python bench/quality.py --reduced  # every configuration, tiny sizes (~5 min)
 
 Per seed and answer format one workspace is built through the library (import, calibration
 hold-out, retrieval index); the unlabeled split is imported without its answers, which stay

@@ -1,7 +1,7 @@
 """Speed: our pipeline against reference-style baselines, on the same model and items.
 
-    .venv/bin/python bench/speed.py              # full sizes (~20 min on the 2-core machine)
-    .venv/bin/python bench/speed.py --reduced    # tiny sizes (~2-3 min)
+    .venv/bin/python bench/speed.py              # full sizes (~12 min on the 2-core machine)
+    .venv/bin/python bench/speed.py --reduced    # tiny sizes (~2 min)
 
 1. Pseudo-labeling: our batched collaborator scoring (run_collaborators +
    build_pseudo_labels) vs the reference SemiEvol way: per item, 4 sampled generations at
