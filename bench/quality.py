@@ -10,7 +10,7 @@ in this process's memory only, to score the pseudo-labels afterwards. Work is sh
 the workspace allows: base evaluations are done once per format and copied into the
 class-balance-off fork; the ablations are forks of the round-1 workspace taken after
 labeling, so their identical collaborator requests are answered from the response cache
-(the no-selection ablation labels nothing at all).
+(the no-selection and per-class ablations label nothing at all).
 
 Modules: quality_data (splits, import files, workspaces, configs), quality_runner (one
 seed: every format and configuration), quality_report (summary, Markdown, plots, files).

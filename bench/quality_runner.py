@@ -211,6 +211,11 @@ class Runner:
             selection = None
             if ablation == "no-selection":
                 selection = SelectionConfig(policy="percentile", theta=100.0)
+            elif ablation == "per-class":
+                # The same percentile within each pseudo-label class: the global one can
+                # drop a class whose items the warm-up model is less sure of.
+                selection = SelectionConfig(policy="per_class",
+                                            theta=rnd.config.selection.theta)
             else:
                 collaborators = ([CollaboratorConfig(c.model, 0, c.temperature, c.seed)
                                   for c in rnd.config.collaborators]
@@ -238,6 +243,7 @@ class Runner:
 
 
 ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)",
+                  "per-class": "SemiEvol r1, per-class selection",
                   "no-demos": "SemiEvol r1, no demonstrations",
                   "single": "SemiEvol r1, single collaborator"}
 
