@@ -18,12 +18,23 @@ READMES = (REPO / "bench" / "README.md", REPO / "README.md")
 SUMMARY_START, SUMMARY_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
+def quality_files(results: Path) -> list[Path]:
+    """Quality results: the main runs first (by labeled size), then supplementary runs kept
+    in their own folders (another seed, an extra ablation); never the reduced smoke runs."""
+    def order(path: Path):
+        return (path.parent != results, path.parent.name, len(path.stem), path.stem)
+
+    found = list(results.glob("quality_*.json")) + list(results.glob("*/quality_*.json"))
+    return sorted((p for p in found if p.parent.name != "reduced"), key=order)
+
+
 def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
     """The README's results section, built from the committed JSON files in `results`;
     `links` is the results folder as seen from the README (for the report links)."""
     parts = []
-    for path in sorted(results.glob("quality_*.json"), key=lambda p: (len(p.stem), p.stem)):
+    for path in quality_files(results):
         data = json.loads(path.read_text())
+        report = path.relative_to(results).with_suffix(".md").as_posix()
         s = data["summary"]
         rows = []
         labels = list(s["variants"][0]["predicted_distribution"][0]) if s["variants"] else []
@@ -41,7 +52,7 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
                  pct(p["precision_selected"]["mean"]), pct(p["coverage"]["mean"])]
                 for p in s["pseudo_labels"]]
         parts += [f"### Quality: {data['task']}, {data['labeled']} labeled "
-                  f"([report]({links}/{path.stem}.md); seeds "
+                  f"([report]({links}/{report}); seeds "
                   f"{[r['seed'] for r in data['runs']]})", "",
                   f"`{data['command']}`", "",
                   md_table(["format", "model", "test accuracy", "macro-F1", "majority class",
