@@ -30,6 +30,8 @@ def subsample(frame, n: int | None, seed: int):
 def write_split_files(task: dict, sizes: dict, seed: int, folder: Path) -> tuple[dict, dict]:
     """Subsampled CSVs for import (unlabeled: no answer column) and the hidden answers
     {external id: option text} of the unlabeled items."""
+    import pandas as pd
+
     folder.mkdir(parents=True, exist_ok=True)
     files, hidden = {}, {}
     for split in ("labeled", "unlabeled", "test"):
@@ -47,7 +49,6 @@ def write_split_files(task: dict, sizes: dict, seed: int, folder: Path) -> tuple
             else:
                 out["answer"] = row["answer"]
             rows.append(out)
-        import pandas as pd
         path = folder / f"{split}.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         files[split] = path
