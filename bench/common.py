@@ -245,6 +245,12 @@ def machine_markdown(info: dict) -> str:
     ])
 
 
+def report_footer(stages: str, machine: dict) -> str:
+    """The closing sections of every bench report: the stage table(s) and the machine."""
+    return "\n".join(["## Stages (wall time, CPU time, peak RSS of the stage)", "", stages, "",
+                      "## Machine", "", machine_markdown(machine), ""])
+
+
 def stages_markdown(records: list[dict]) -> str:
     rows = [[r.get("label", r["stage"]), f"{r['seconds']:.1f}", f"{r['cpu_seconds']:.1f}",
              f"{r['peak_rss_mb']:.0f}"] for r in records]

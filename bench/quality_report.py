@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (command_line, machine_markdown, md_table, pct, plot_bars, plot_lines,
+from common import (command_line, md_table, pct, plot_bars, plot_lines, report_footer,
                     stages_markdown, write_json, write_text)
 
 
@@ -21,33 +21,28 @@ def _mean_std(values: list[float]) -> dict:
             "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
 
 
-def summarise(runs: list[dict]) -> dict:
-    variants, order = {}, []
+def _by_variant(runs: list[dict], field: str) -> dict[tuple, list[dict]]:
+    """The records of `field` from every seed, grouped by (format, variant) in first-seen
+    order (dicts keep insertion order)."""
+    groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        for v in run["variants"]:
-            key = (v["format"], v["variant"])
-            if key not in variants:
-                order.append(key)
-            variants.setdefault(key, []).append(v)
+        for record in run[field]:
+            groups.setdefault((record["format"], record["variant"]), []).append(record)
+    return groups
+
+
+def summarise(runs: list[dict]) -> dict:
     table = []
-    for key in order:
-        vs = variants[key]
+    for key, vs in _by_variant(runs, "variants").items():
         table.append({"format": key[0], "variant": key[1],
                       "accuracy": _mean_std([v["accuracy"] for v in vs]),
                       "macro_f1": _mean_std([v["macro_f1"] for v in vs]),
                       "majority_baseline": vs[0]["majority_baseline"],
                       "majority_label": vs[0]["majority_label"],
                       "predicted_distribution": [v["predicted_distribution"] for v in vs]})
-    pseudo, porder = {}, []
-    for run in runs:
-        for p in run["pseudo_labels"]:
-            key = (p["format"], p["variant"])
-            if key not in pseudo:
-                porder.append(key)
-            pseudo.setdefault(key, []).append(p)
     ptable = []
-    for key in porder:
-        ps = [p for p in pseudo[key] if p["n"]]
+    for key, group in _by_variant(runs, "pseudo_labels").items():
+        ps = [p for p in group if p["n"]]
         if not ps:
             continue
         ptable.append({"format": key[0], "variant": key[1], "round": ps[0]["round"],
@@ -160,14 +155,7 @@ def markdown(result: dict, pngs: dict) -> str:
         "",
         tt,
         "",
-        "## Stages (wall time, CPU time, peak RSS of the stage)",
-        "",
-        stages,
-        "",
-        "## Machine",
-        "",
-        machine_markdown(result["machine"]),
-        "",
+        report_footer(stages, result["machine"]),
     ]
     return "\n".join(lines)
 

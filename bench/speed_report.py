@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import machine_markdown, md_table, pct, stages_markdown
+from common import md_table, pct, report_footer, stages_markdown
 
 
 def markdown(result: dict) -> str:
@@ -98,14 +98,7 @@ def markdown(result: dict) -> str:
         f"**Model calls on the repeat: {rep['model_calls_total']} "
         f"({'OK: zero' if rep['zero_model_calls'] else 'NOT ZERO'}).**",
         "",
-        "## Stages (wall time, CPU time, peak RSS of the stage)",
-        "",
-        stages_markdown(result["stages"]),
-        "",
-        "## Machine",
-        "",
-        machine_markdown(result["machine"]),
-        "",
+        report_footer(stages_markdown(result["stages"]), result["machine"]),
     ]
     return "\n".join(lines)
 
