@@ -170,9 +170,20 @@ def attach_adapter(model, adapter: str | Path, *, trainable: bool = False):
     from peft import PeftModel
 
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").exists():
-        raise SemiEvolError(f"No LoRA adapter at {adapter} (adapter_config.json missing).")
+    require_adapter(adapter)
     return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+
+
+def require_adapter(adapter: str | Path) -> Path:
+    """The adapter folder, or a clear error when it is not a complete LoRA adapter (its
+    config and safetensors weights; other weight formats are not loaded)."""
+    adapter = Path(adapter)
+    missing = [name for name in ("adapter_config.json", "adapter_model.safetensors")
+               if not (adapter / name).is_file()]
+    if missing:
+        raise SemiEvolError(f"No complete LoRA adapter at {adapter} ({', '.join(missing)} "
+                            "missing): run the step that trains it again.")
+    return adapter
 
 
 def adapter_digest(adapter: str | Path | None) -> str:

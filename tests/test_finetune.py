@@ -174,43 +174,95 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_after_an_interruption(tiny_model_dir, examples, straight_run, tmp_path):
-    out = tmp_path / "resumable"
-    train = train_config(**RESUMABLE)
-    first_losses = []
-
-    def stop_at_four(done, total, message):
-        if done == 4:
+def stop_at(step: int):
+    """A progress callback that interrupts the training once `step` has finished."""
+    def progress(done, total, message):
+        if done == step:
             raise Interrupted
+    return progress
 
+
+DROPOUT = LoraConfig(r=2, alpha=4, dropout=0.3)
+"""With dropout the loss depends on the torch RNG: a resume is exact only if it is restored."""
+
+
+def test_resume_after_an_interruption_is_exact(tiny_model_dir, examples, tmp_path):
+    train = train_config(**RESUMABLE)
+    straight = tmp_path / "straight"
+    train_lora(examples, straight, model=model_config(tiny_model_dir), lora=DROPOUT, train=train)
+    out = tmp_path / "resumable"
+    first_losses = []
     with pytest.raises(Interrupted):
-        train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA, train=train,
-                   progress=stop_at_four, metric=lambda n, s, v: first_losses.append(v))
+        train_lora(examples, out, model=model_config(tiny_model_dir), lora=DROPOUT, train=train,
+                   progress=stop_at(4), metric=lambda n, s, v: first_losses.append(v))
     checkpoint = out / "checkpoint"
-    assert (checkpoint / "state.pt").is_file()
-    assert (checkpoint / "adapter_model.safetensors").is_file()
+    # Nothing pickled: JSON for the state, safetensors for the tensors.
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors",
+        "optimizer.safetensors", "state.json"]
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 4
     assert not (out / "training.json").exists()
     assert len(first_losses) == 4   # step 4 finished (and was saved) before the stop
 
     steps = []
-    summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA,
+    summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=DROPOUT,
                          train=train, metric=lambda n, s, v: steps.append(s))
     saved = json.loads((out / "training.json").read_text())
     assert saved["resumed_from"] == 4 == summary["resumed_from"]
     assert saved["steps"] == 6 and len(saved["losses"]) == 6
-    assert saved["losses"][:4] == pytest.approx(first_losses)
+    assert saved["losses"][:4] == first_losses
     assert steps == [5, 6]
     assert not checkpoint.exists()
-    assert (out / "adapter_model.safetensors").is_file()
-
-    # No dropout, same sampler seed: the resumed run ends where an uninterrupted one does.
-    straight = straight_run[0]
-    assert saved["losses"] == pytest.approx(
-        json.loads((straight / "training.json").read_text())["losses"], rel=1e-5)
+    # Data order, optimizer and RNG restored: the resumed run is the uninterrupted one,
+    # bit for bit (dropout included).
+    assert saved["losses"] == json.loads((straight / "training.json").read_text())["losses"]
     resumed, direct = adapter_tensors(out), adapter_tensors(straight)
     assert resumed.keys() == direct.keys()
     for key in direct:
-        torch.testing.assert_close(resumed[key], direct[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(resumed[key], direct[key], atol=0, rtol=0)
+
+
+PAYLOAD = """
+import os, pickle
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch " + {marker!r},))
+with open({target!r}, "wb") as f:
+    pickle.dump(Payload(), f)
+"""
+
+
+def test_a_planted_pickle_in_a_checkpoint_never_runs(tiny_model_dir, examples, tmp_path,
+                                                     capfd):
+    import subprocess
+    import sys
+
+    out = tmp_path / "adapter"
+    train = train_config(**RESUMABLE)
+    with pytest.raises(Interrupted):
+        train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA, train=train,
+                   progress=stop_at(4))
+    marker = tmp_path / "pwned"
+    # A pickle payload planted as the old format's state.pt, and a forged state.json that
+    # claims this training's fingerprint but points to nothing loadable.
+    subprocess.run([sys.executable, "-c", PAYLOAD.format(marker=str(marker),
+                    target=str(out / "checkpoint" / "state.pt"))], check=True)
+    assert not marker.exists()
+    summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA,
+                         train=train)
+    assert not marker.exists()  # the payload was never unpickled
+    assert summary["resumed_from"] == 4  # the real checkpoint beside it is still used
+    assert "pickled files are never loaded" in capfd.readouterr().err
+    # A checkpoint whose state.json does not match this training is not used at all.
+    with pytest.raises(Interrupted):
+        train_lora(examples, tmp_path / "other", model=model_config(tiny_model_dir), lora=LORA,
+                   train=train, progress=stop_at(2))
+    state = tmp_path / "other" / "checkpoint" / "state.json"
+    forged = json.loads(state.read_text())
+    forged["fingerprint"] = "0" * 64
+    state.write_text(json.dumps(forged))
+    assert train_lora(examples, tmp_path / "other", model=model_config(tiny_model_dir),
+                      lora=LORA, train=train)["resumed_from"] == 0
 
 
 def test_init_adapter_continues_from_an_adapter(tiny_model_dir, examples, straight_run,

@@ -160,5 +160,5 @@ def test_attach_adapter_needs_adapter_config(tiny_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with pytest.raises(SemiEvolError, match="adapter_config.json"):
         attach_adapter(base, folder)
-    with pytest.raises(SemiEvolError, match="No LoRA adapter"):
+    with pytest.raises(SemiEvolError, match="No complete LoRA adapter"):
         load_model(tiny_config(tiny_model_dir), adapter=tmp_path / "missing")
