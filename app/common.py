@@ -136,7 +136,7 @@ def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None) ->
     from semievol.jobs import RunRefused
 
     try:
-        run_id = launch.launch_step(ws, step, config=config)
+        run_id = launch.start(ws, step, background=True, config=config)
     except RunRefused as exc:
         st.warning(str(exc), icon=":material/hourglass_top:")
         return

@@ -16,6 +16,7 @@ import streamlit as st
 
 from common import flash, user_errors
 from semievol.export import export_adapter, export_dataset, export_merged
+from semievol.rounds import round_overview
 from semievol.store import Workspace
 
 
@@ -53,8 +54,7 @@ def _size(path: Path) -> str:
 
 
 def show_export(ws: Workspace) -> None:
-    rounds = {r["number"]: r for r in ws.query(
-        "SELECT number, status, final_adapter FROM rounds ORDER BY number DESC")}
+    rounds = {r["number"]: r for r in round_overview(ws)}
     if not rounds:
         st.info("No round yet: the curated dataset, the adapter and the merged model of a "
                 "round can be exported once it has run (launch one on **Round setup**).")

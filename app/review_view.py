@@ -3,7 +3,7 @@ demonstrations, collaborator answers, reflection and history; decisions on one i
 everything the filter shows.
 
 Every read is a query in `semievol.review` (paged in SQL); every decision goes through
-`curation.record_decisions` at once. `st.session_state` holds only this view's widgets
+`decisions.record_decisions` at once. `st.session_state` holds only this view's widgets
 (round, filters, page, chosen item, the action form), all under keys starting `review_`.
 """
 
@@ -17,20 +17,21 @@ import pandas as pd
 import streamlit as st
 
 from common import REVIEWER_KEY, user_errors
-from semievol.curation import record_decisions
+from semievol.decisions import ACTIONS, record_decisions
+from semievol.pseudo_labels import PATHS
 from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
-                             review_page, review_rounds, round_facets)
+                             review_page, round_facets)
+from semievol.rounds import round_overview
 from semievol.store import Workspace
 
 PAGE_SIZES = (25, 50, 100)
 ANY = "(any)"
-PATH_CHOICES = (ANY, "agreed", "reflected")
+PATH_CHOICES = (ANY, *PATHS)
 DECISION_CHOICES = {ANY: None, "undecided": "none", "accepted": "accept",
                     "rejected": "reject", "relabeled": "relabel", "any decision": "any"}
 SELECTED_CHOICES = {ANY: None, "selected": True, "not selected": False}
 SORT_CHOICES = {"entropy": "entropy", "nearest demonstration similarity": "similarity",
                 "item (import order)": "item"}
-ACTIONS = ("accept", "reject", "relabel", "clear")
 PAST = {"accept": "Accepted", "reject": "Rejected", "relabel": "Relabeled", "clear": "Cleared"}
 NO_ROUND = ("No round yet: set one up and launch it on the **Round setup** page, or run "
             "`semievol round WORKSPACE` in a terminal. Its pseudo-labels appear here.")
@@ -299,7 +300,7 @@ def _round_name(rounds: dict[int, dict]):
 
 
 def show_review(ws: Workspace) -> None:
-    rounds = {r["id"]: r for r in review_rounds(ws)}
+    rounds = {r["id"]: r for r in round_overview(ws)}
     if not rounds:
         st.info(NO_ROUND)
         return

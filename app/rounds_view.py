@@ -11,7 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from semievol import audit
-from semievol.lineage import MODELS, item_lineage, resolve_item, round_summaries
+from semievol.items import item_row, resolve_item
+from semievol.lineage import MODELS, item_lineage, round_summaries
 from semievol.store import Workspace
 
 
@@ -162,8 +163,7 @@ def show_lineage(ws: Workspace) -> None:
     if item_id is None:
         st.warning(f"No item {key!r} in this workspace.")
         return
-    item = ws.query("SELECT external_id, split, question, answer FROM items WHERE id=?",
-                    (item_id,))[0]
+    item = item_row(ws, item_id)
     st.markdown(f"**{item['external_id']}** ({item['split']}): {item['question']}"
                 + (f" · gold answer **{item['answer']}**" if item["answer"] else ""))
     rows = item_lineage(ws, item_id)

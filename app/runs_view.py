@@ -17,6 +17,7 @@ import streamlit as st
 from common import show_error
 from semievol import jobs, launch
 from semievol.errors import SemiEvolError
+from semievol.rounds import round_numbers
 from semievol.store import Workspace
 
 POLL_SECONDS = 2
@@ -44,10 +45,6 @@ def clean_log(text: str) -> str:
     lines = (_ANSI.sub("", line).rstrip() for line in text.split("\n"))
     return "\n".join(line for line in lines
                      if line.strip() and line.strip() != "... (more hidden) ...")
-
-
-def round_numbers(ws: Workspace) -> dict[int, int]:
-    return {r[0]: r[1] for r in ws.query("SELECT id, number FROM rounds")}
 
 
 def runs_frame(runs: list[dict], numbers: dict[int, int]) -> pd.DataFrame:
@@ -99,7 +96,7 @@ def _cancel(ws: Workspace, run_id: int) -> None:
 
 def _resume(ws: Workspace, run_id: int) -> None:
     try:
-        new_id = launch.resume_run(ws, run_id)
+        new_id = launch.resume(ws, run_id)
     except SemiEvolError as exc:  # RunRefused included
         show_error(exc)
         return
@@ -111,8 +108,7 @@ def _resume(ws: Workspace, run_id: int) -> None:
 def live_run_detail(ws: Workspace, run_id: int) -> None:
     """`show_run_detail` as the body of a polling fragment: when no run is left running,
     the whole page is drawn again (statically, so the polling stops)."""
-    jobs.refresh_runs(ws)
-    if not ws.scalar("SELECT COUNT(*) FROM runs WHERE status='running'"):
+    if not jobs.running_runs(ws):
         st.rerun()
     show_run_detail(ws, run_id)
 
@@ -147,7 +143,7 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
         if rest:
             with st.expander("Error details"):
                 st.code(rest, language="text")
-    if run["status"] in launch.RESUMABLE and run["kind"] in launch.LAUNCH_STEPS:
+    if run["status"] in launch.RESUMABLE and run["kind"] in launch.RUN_KINDS:
         if st.button("Resume", key=f"resume_{run['id']}", icon=":material/replay:",
                      help="Run the same step again; it continues from what the workspace "
                           "stores (adapters, cached responses, checkpoints)."):

@@ -1,9 +1,9 @@
 """The Selection page: preview a selection policy over stored entropies, see its calibration
 evidence, the leakage guard and the audit queue, and apply it.
 
-Plain functions (`selection_frame`, `class_table`, `calibration_point`, `score_range`,
-`initial_config`) read the workspace and return values; `show_*` render them. Nothing here
-loads a model: moving a slider only re-reads stored entropies (curation.compute_selection).
+Plain functions (`selection_frame`, `class_table`, `calibration_point`, `slider_range`,
+`audit_table`) turn library reads into frames; `show_*` render them. Nothing here loads a
+model: moving a slider only re-reads stored entropies (selection_state.compute_selection).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from common import flash, show_error
 from semievol import audit
 from semievol.calibration import calibration_report
 from semievol.config import SELECTION_POLICIES, SelectionConfig
-from semievol.curation import apply_selection, compute_selection, decision_map
 from semievol.errors import SemiEvolError
 from semievol.guards import leakage_flags
-from semievol.lineage import selection_config
-from semievol.scoring import wilson_interval
-from semievol.selection import threshold_for
+from semievol.items import label_counts
+from semievol.pseudo_labels import available_scores, score_range
+from semievol.rounds import round_overview
+from semievol.selection_state import (applied_selection, apply_selection, class_thresholds,
+                                      compute_selection, preview_rows, selection_in_force)
 from semievol.store import Workspace
 
-SCORES = ("nll", "option_entropy")
 POLICY_HELP = {
     "percentile": "keep entropy at or below the θ-th percentile (paper: 50)",
     "per_class": "the θ-th percentile within each class (keeps class balance)",
@@ -37,62 +37,27 @@ PAGES = Path(__file__).resolve().parent / "pages"
 
 
 # -- reads --------------------------------------------------------------------------------
-def rounds_with_labels(ws: Workspace) -> list[dict]:
-    """Every round (newest first) with its pseudo-label count."""
-    return [dict(r) for r in ws.query(
-        "SELECT r.id, r.number, r.status, r.final_adapter, "
-        "(SELECT COUNT(*) FROM pseudo_labels p WHERE p.round_id = r.id) AS pseudo_labels "
-        "FROM rounds r ORDER BY r.number DESC")]
-
-
-def initial_config(ws: Workspace, round_id: int) -> SelectionConfig:
-    """The applied selection of the round, else its round config's."""
-    row = ws.query("SELECT * FROM rounds WHERE id=?", (round_id,))[0]
-    return selection_config(ws, row)[0]
-
-
-def available_scores(ws: Workspace, round_id: int) -> list[str]:
-    """`nll`, and `option_entropy` where the round stored one (choice tasks)."""
-    has_option = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND "
-                           "option_entropy IS NOT NULL", (round_id,))
-    return list(SCORES) if has_option else ["nll"]
-
-
-def score_range(ws: Workspace, round_id: int, score: str) -> tuple[float, float]:
-    """(min, max) of the finite scores of the round, widened when they are all equal."""
-    column = "option_entropy" if score == "option_entropy" else "entropy"
-    low, high = ws.query(f"SELECT MIN({column}), MAX({column}) FROM pseudo_labels "
-                         "WHERE round_id=?", (round_id,))[0]
-    if low is None:
+def slider_range(ws: Workspace, round_id: int, score: str) -> tuple[float, float]:
+    """(min, max) of the round's scores for the threshold slider, widened when they are
+    all equal (or absent)."""
+    found = score_range(ws, round_id, score)
+    if found is None:
         return 0.0, 1.0
-    low, high = float(low), float(high)
+    low, high = found
     return (low, high) if high > low else (low, low + 1e-3)
 
 
 def selection_frame(ws: Workspace, round_id: int, config: SelectionConfig) -> pd.DataFrame:
-    """One row per pseudo-label of the round (unlabeled and calibration) under `config`:
-    item_id, id (external), split, pseudo_label, label (after relabels), path, score,
-    selected, source (policy / accepted / rejected / relabeled / leakage), gold (calibration
-    items only), correct (calibration only)."""
+    """One row per pseudo-label of the round (unlabeled and calibration) under `config`
+    (selection_state.preview_rows), with the result's summary and calibration evidence in
+    `frame.attrs`."""
     result = compute_selection(ws, round_id, config)
-    column = "option_entropy" if config.score == "option_entropy" else "entropy"
-    info = {r["item_id"]: r for r in ws.query(
-        f"SELECT p.item_id, p.label, p.path, p.{column} AS score, i.external_id, i.answer "
-        "FROM pseudo_labels p JOIN items i ON i.id = p.item_id WHERE p.round_id=?",
-        (round_id,))}
-    rows = []
-    for k, item_id in enumerate(result.item_ids):
-        r = info[item_id]
-        calibration = result.splits[k] == "calibration"
-        rows.append({"item_id": item_id, "id": r["external_id"], "split": result.splits[k],
-                     "pseudo_label": r["label"], "label": result.labels[k], "path": r["path"],
-                     "score": r["score"], "selected": bool(result.selected[k]),
-                     "source": result.source[k],
-                     "gold": r["answer"] if calibration else None,
-                     "correct": (r["label"] == r["answer"]) if calibration else None})
-    frame = pd.DataFrame(rows, columns=["item_id", "id", "split", "pseudo_label", "label", "path",
-                                        "score", "selected", "source", "gold", "correct"])
+    frame = pd.DataFrame(preview_rows(result),
+                         columns=["item_id", "id", "split", "pseudo_label", "label", "path",
+                                  "score", "selected", "source", "gold", "correct"])
     frame.attrs["summary"] = result.summary()
+    frame.attrs["calibration"] = result.calibration()
+    frame.attrs["class_thresholds"] = class_thresholds(result.rows, config)
     return frame
 
 
@@ -101,8 +66,7 @@ def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
     (all, and how many of those a human accepted or relabeled)."""
     pool = frame[frame["split"] == "unlabeled"]
     chosen = pool[pool["selected"]]
-    gold = {r[0]: r[1] for r in ws.query(
-        "SELECT answer, COUNT(*) FROM items WHERE split='labeled' GROUP BY answer")}
+    gold = {r["label"]: r["items"] for r in label_counts(ws, ("labeled",))}
     task = ws.task
     classes = list(task.labels) if task and task.labels else []
     classes += [c for c in sorted(set(pool["label"]) | set(gold)) if c not in classes]
@@ -116,39 +80,13 @@ def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
                                        "of which human"])
 
 
-def calibration_precision(frame: pd.DataFrame) -> dict:
-    """Precision of all vs selected pseudo-labels on the calibration items under this
-    preview, with Wilson intervals, and the coverage of the selection there."""
-    cal = frame[frame["split"] == "calibration"]
-    out = {"n": len(cal)}
-    for name, part in (("all", cal), ("selected", cal[cal["selected"]])):
-        n, k = len(part), int(part["correct"].sum()) if len(part) else 0
-        out[name] = {"n": n, "correct": k, "precision": k / n if n else None,
-                     "interval": list(wilson_interval(k, n))}
-    out["coverage"] = out["selected"]["n"] / len(cal) if len(cal) else None
-    return out
-
-
 def calibration_point(frame: pd.DataFrame) -> tuple[float, float] | None:
     """(coverage, precision) of the previewed selection on the calibration items: the
     current threshold's point on the precision-coverage curve."""
-    stats = calibration_precision(frame)
+    stats = frame.attrs["calibration"]
     if not stats["n"] or stats["selected"]["precision"] is None:
         return None
     return stats["coverage"], stats["selected"]["precision"]
-
-
-def class_thresholds(frame: pd.DataFrame, config: SelectionConfig) -> dict[str, float]:
-    """{pseudo-label: threshold} of the per_class policy (its percentile within each class,
-    over pool and calibration items as compute_selection takes it); {} for other policies."""
-    if config.policy != "per_class":
-        return {}
-    out = {}
-    for label, group in frame.groupby("pseudo_label"):
-        value = threshold_for(group["score"].to_numpy(dtype=float), theta=config.theta)
-        if not np.isnan(value):
-            out[label] = value
-    return out
 
 
 def review_page() -> str | None:
@@ -159,18 +97,8 @@ def review_page() -> str | None:
 
 def audit_table(ws: Workspace, round_id: int, n_per_bin: int) -> pd.DataFrame:
     """The audit queue with each item's bin, pseudo-label, score and current decision."""
-    ids, scores, labels = audit.audit_population(ws, round_id)
-    bins = audit.entropy_bins(scores)
-    position = {item_id: k for k, item_id in enumerate(ids)}
-    decisions = decision_map(ws)
-    rows = []
-    for item_id in audit.audit_queue(ws, round_id, n_per_bin):
-        k = position[item_id]
-        r = ws.query("SELECT external_id, question FROM items WHERE id=?", (item_id,))[0]
-        decision = decisions.get(item_id)
-        rows.append({"id": r["external_id"], "bin": int(bins[k]) + 1, "score": scores[k],
-                     "pseudo_label": labels[k], "question": r["question"],
-                     "decision": decision["action"] if decision else ""})
+    rows = [{**r, "decision": r["decision"] or ""}
+            for r in audit.audit_rows(ws, round_id, n_per_bin)]
     return pd.DataFrame(rows, columns=["id", "bin", "score", "pseudo_label", "question",
                                        "decision"])
 
@@ -189,7 +117,7 @@ def _share(stats: dict) -> str:
 
 def choose_round(ws: Workspace) -> dict | None:
     """The round selector; None (with an empty state shown) when there is nothing to select."""
-    rounds = rounds_with_labels(ws)
+    rounds = round_overview(ws)
     if not rounds:
         st.info("No round yet: set up and launch round 1 on the **Round setup** page; its "
                 "pseudo-labels appear here once the label step has run.")
@@ -199,7 +127,7 @@ def choose_round(ws: Workspace) -> dict | None:
                           format_func=lambda i: f"Round {by_id[i]['number']} "
                                                 f"({by_id[i]['pseudo_labels']} pseudo-labels)")
     rnd = by_id[chosen]
-    if not rnd["pseudo_labels"]:
+    if not rnd["pseudo_labels"] + rnd["calibration_labels"]:
         st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step "
                 "(`semievol label WORKSPACE`), then come back to choose the threshold.")
         return None
@@ -209,7 +137,7 @@ def choose_round(ws: Workspace) -> dict | None:
 def policy_controls(ws: Workspace, round_id: int) -> SelectionConfig | None:
     """Policy, θ, absolute threshold and score widgets (keyed per round, starting from the
     round's applied selection); returns the SelectionConfig they describe."""
-    start = initial_config(ws, round_id)
+    start = selection_in_force(ws, round_id)[0]
     scores = available_scores(ws, round_id)
     cols = st.columns([2, 1])
     policy = cols[0].radio("Policy", SELECTION_POLICIES, horizontal=True,
@@ -222,7 +150,7 @@ def policy_controls(ws: Workspace, round_id: int) -> SelectionConfig | None:
                           key=f"selection_score_{round_id}",
                           help="nll: mean token NLL of the pseudo-response under the warm-up "
                                "model (paper eq. 6); option_entropy: entropy of the options.")
-    low, high = score_range(ws, round_id, score)
+    low, high = slider_range(ws, round_id, score)
     cols = st.columns(2)
     theta = cols[0].slider("θ (percentile)", 0.0, 100.0, float(start.theta), step=1.0,
                            key=f"selection_theta_{round_id}",
@@ -284,7 +212,7 @@ def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
 
 
 def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: str) -> None:
-    stats = calibration_precision(frame)
+    stats = frame.attrs["calibration"]
     if not stats["n"]:
         st.info("No calibration items in this round: round 1 holds out a slice of the labeled "
                 "set (calibration fraction in the round setup) to measure precision here.")
@@ -325,7 +253,7 @@ def show_leakage(ws: Workspace, round_id: int) -> None:
 
 
 def show_audit(ws: Workspace, round_id: int) -> None:
-    if ws.get_setting(f"selection_round_{round_id}") is None:
+    if applied_selection(ws, round_id) is None:
         st.info("Apply a selection first: the audit samples what the applied policy keeps.")
         return
     n_per_bin = int(st.number_input("Items per entropy bin", min_value=1, max_value=50,
@@ -395,7 +323,7 @@ def show_selection(ws: Workspace) -> None:
     show_apply(ws, rnd, config)
     st.subheader("Entropy")
     show_histograms(frame, frame.attrs["summary"]["threshold"], config.score,
-                    class_thresholds(frame, config))
+                    frame.attrs["class_thresholds"])
     st.subheader("Calibration")
     show_calibration(ws, rnd["id"], frame, config.score)
     st.subheader("Leakage guard")

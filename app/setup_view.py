@@ -1,9 +1,9 @@
 """The Round setup page: the round config as a form, the collaborator table, launch buttons,
 and what the current round has done so far.
 
-Plain functions first (`default_config`, `collaborator_frame`, `config_from_form`,
-`round_steps`; tested directly), then `show_*` functions that render them. Launching goes
-through `semievol.launch.launch_step`, the same path as `semievol <step> --background`.
+Plain functions first (`default_config`, `collaborator_frame`, `config_from_form`; tested
+directly), then `show_*` functions that render them. Launching goes through
+`semievol.launch.start`, the same path as `semievol <step> --background`.
 """
 
 from __future__ import annotations
@@ -14,26 +14,18 @@ import pandas as pd
 import streamlit as st
 
 from common import launch_with_feedback, show_error
-from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES, RoundConfig,
-                             round_config_from_dict, to_dict)
+from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES,
+                             SELECTION_SCORES, RoundConfig, round_config_from_dict, to_dict)
 from semievol.errors import SemiEvolError
-from semievol.rounds import Round, get_round
+from semievol.rounds import Round, latest_round
+from semievol.steps import STEPS, step_states
 from semievol.store import Workspace
 
 COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed"]
 DTYPES = ("auto", "bfloat16", "float32")
-SCORES = ("nll", "option_entropy")
-SINGLE_STEPS = ("warmup", "label", "select", "train", "evaluate")
 
 
 # -- reads --------------------------------------------------------------------------------
-def latest_round(ws: Workspace) -> Round | None:
-    try:
-        return get_round(ws)
-    except SemiEvolError:
-        return None
-
-
 def default_config(ws: Workspace) -> RoundConfig:
     """The latest round's stored config, else the defaults."""
     rnd = latest_round(ws)
@@ -84,38 +76,6 @@ def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFram
         raise SemiEvolError(f"The round config is not valid: {exc}.") from exc
 
 
-def round_steps(ws: Workspace, rnd: Round) -> list[dict]:
-    """What each step of `rnd` has produced: [{step, done, detail}], in step order."""
-    responses = ws.scalar("SELECT COUNT(*) FROM responses WHERE round_id=?", (rnd.id,))
-    paths = dict(ws.query("SELECT path, COUNT(*) FROM pseudo_labels WHERE round_id=? "
-                          "GROUP BY path", (rnd.id,)))
-    pseudo = sum(paths.values())
-    selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
-                         (rnd.id,))
-    selection = ws.get_setting(f"selection_round_{rnd.id}")
-    evaluated = [r[0] for r in ws.query(
-        "SELECT DISTINCT model FROM evaluations WHERE round_id=? ORDER BY model", (rnd.id,))]
-    if selection:
-        theta = (f" θ={selection['theta']:g}" if selection["policy"] in ("percentile", "per_class")
-                 else f" threshold={selection['threshold']}" if selection["threshold"] is not None
-                 else "")
-        select_detail = f"{selected} selected ({selection['policy']}{theta})"
-    else:
-        select_detail = "not applied yet"
-    return [
-        {"step": "warmup", "done": bool(rnd.warmup_adapter),
-         "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
-        {"step": "label", "done": pseudo > 0,
-         "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
-                   f"({paths.get('agreed', 0)} agreed, {paths.get('reflected', 0)} reflected)"},
-        {"step": "select", "done": bool(selection), "detail": select_detail},
-        {"step": "train", "done": bool(rnd.final_adapter),
-         "detail": rnd.final_adapter or "no final adapter yet"},
-        {"step": "evaluate", "done": "round" in evaluated,
-         "detail": ("evaluated: " + ", ".join(evaluated)) if evaluated else "not evaluated yet"},
-    ]
-
-
 def next_step(steps: list[dict]) -> str | None:
     return next((s["step"] for s in steps if not s["done"]), None)
 
@@ -132,7 +92,7 @@ def show_round_status(ws: Workspace, rnd: Round | None) -> None:
         st.info("No round yet: set it up below and press **Launch whole round**, or run the "
                 "steps one at a time starting with **warmup**.")
         return
-    steps = round_steps(ws, rnd)
+    steps = step_states(ws, rnd)
     st.markdown(f"**Round {rnd.number}** · status `{rnd.status}`")
     frame = pd.DataFrame([{"step": s["step"], "done": "✓" if s["done"] else "",
                            "detail": s["detail"]} for s in steps])
@@ -245,7 +205,8 @@ def _selection_fields(config: RoundConfig) -> dict:
     threshold = c[2].number_input("Threshold (absolute)", min_value=0.0, step=0.05,
                                   value=None if sel.threshold is None else float(sel.threshold),
                                   key="setup_threshold", disabled=policy != "absolute")
-    score = c[3].selectbox("Score", SCORES, index=SCORES.index(sel.score), key="setup_score")
+    score = c[3].selectbox("Score", SELECTION_SCORES, index=SELECTION_SCORES.index(sel.score),
+                           key="setup_score")
     return {"selection.policy": policy, "selection.theta": theta,
             "selection.threshold": None if threshold is None else float(threshold),
             "selection.score": score}
@@ -284,8 +245,8 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
     right.caption("Runs warm-up, labeling, selection, training and evaluation in one "
                   "background run. To review pseudo-labels before training, run the steps "
                   "one at a time.")
-    columns = st.columns(len(SINGLE_STEPS))
-    for column, step in zip(columns, SINGLE_STEPS):
+    columns = st.columns(len(STEPS))
+    for column, step in zip(columns, STEPS):
         disabled = config is None or (step != "warmup" and not open_round)
         if column.button(f"Run {step}", key=f"launch_{step}", disabled=disabled):
             _launch(ws, step, config)

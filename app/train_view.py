@@ -12,24 +12,23 @@ import streamlit as st
 
 from common import launch_with_feedback
 from semievol import jobs
-from semievol.curation import training_items
 from semievol.errors import SemiEvolError
 from semievol.evaluate import stored_evaluation
 from semievol.rounds import Round, get_round
+from semievol.selection_state import applied_selection
 from semievol.store import Workspace
+from semievol.training_set import SOURCES, training_items
 
 SETUP_PAGE = "pages/2_Round_setup.py"
 VARIANTS = ("base", "base+demos", "warmup", "round")
 VARIANT_NAMES = {"base": "base (zero-shot)", "base+demos": "base + demonstrations",
                  "warmup": "warm-up adapter", "round": "round adapter"}
-SOURCES = ("gold", "human", "pseudo")
 
 
 # -- reads --------------------------------------------------------------------------------
 def has_selection(ws: Workspace, rnd: Round) -> bool:
     """Whether a selection was applied to the round (by the select step or the Selection page)."""
-    return bool(ws.get_setting(f"selection_round_{rnd.id}")) or bool(ws.scalar(
-        "SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1", (rnd.id,)))
+    return applied_selection(ws, rnd.id) is not None
 
 
 def training_counts(ws: Workspace, rnd: Round) -> pd.DataFrame:
@@ -85,8 +84,6 @@ def distribution_frame(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["class", "kind", "items"])
 
 
-def round_runs(ws: Workspace, rnd: Round) -> list[dict]:
-    return [r for r in jobs.list_runs(ws) if r["round_id"] == rnd.id]
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -227,7 +224,7 @@ def show_train_and_evaluate(ws: Workspace) -> None:
         st.page_link(SETUP_PAGE, label="Open Round setup", icon=":material/settings:")
         return
     st.markdown(f"**Round {rnd.number}** · status `{rnd.status}`")
-    running = [r for r in round_runs(ws, rnd) if r["status"] == "running"]
+    running = jobs.running_runs(ws, rnd.id)
     busy = running[0] if running else None
     if busy is not None:
         st.info(f"Run {busy['id']} ({busy['kind']}) is working on this round.")

@@ -17,16 +17,17 @@ import pandas as pd
 import streamlit as st
 
 from common import flash, show_error, user_errors
+from semievol import items
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
-from semievol.data import FILE_TYPES, ColumnMapping, ImportReport, import_file, read_table
+from semievol.data import (FILE_TYPES, IMPORT_SPLITS, ColumnMapping, ImportReport, import_file,
+                           read_table)
+from semievol.items import label_counts
 from semievol.errors import SemiEvolError
 from semievol.status import workspace_status
 from semievol.store import SPLITS, Workspace
 
-PAGE_SIZE = 50
 MAX_BARS = 30
 NONE = "(none)"
-IMPORT_SPLITS = ("labeled", "unlabeled", "test")
 PAGE_LINKS = [("pages/1_Workspace.py", "Workspace and data", ":material/database:"),
               ("pages/2_Round_setup.py", "Round setup", ":material/settings:"),
               ("pages/4_Review.py", "Review", ":material/rate_review:"),
@@ -36,46 +37,23 @@ PAGE_LINKS = [("pages/1_Workspace.py", "Workspace and data", ":material/database
 # -- reads --------------------------------------------------------------------------------
 def split_label_counts(ws: Workspace) -> pd.DataFrame:
     """Gold answers per class in the labeled and test splits: columns split, label, items."""
-    rows = ws.query("SELECT split, answer, COUNT(*) FROM items "
-                    "WHERE split IN ('labeled', 'test') AND answer IS NOT NULL "
-                    "GROUP BY split, answer ORDER BY split, answer")
-    return pd.DataFrame([tuple(r) for r in rows], columns=["split", "label", "items"])
+    return pd.DataFrame(label_counts(ws), columns=["split", "label", "items"])
 
 
 def question_lengths(ws: Workspace) -> pd.DataFrame:
-    """Question length in characters per split (min, mean, max), computed in SQL."""
-    rows = ws.query("SELECT split, COUNT(*), MIN(LENGTH(question)), AVG(LENGTH(question)), "
-                    "MAX(LENGTH(question)) FROM items GROUP BY split")
-    frame = pd.DataFrame([tuple(r) for r in rows],
-                         columns=["split", "items", "min chars", "mean chars", "max chars"])
+    """Question length in characters per split (min, mean, max)."""
+    frame = pd.DataFrame(items.question_lengths(ws),
+                         columns=["split", "items", "min", "mean", "max"])
+    frame = frame.rename(columns={"min": "min chars", "mean": "mean chars", "max": "max chars"})
     frame["mean chars"] = frame["mean chars"].round(1)
     order = {s: i for i, s in enumerate(SPLITS)}
     return frame.sort_values("split", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
-def _search_clause(search: str) -> tuple[str, tuple]:
-    if not search:
-        return "", ()
-    pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
-    return (" AND (question LIKE ? ESCAPE '\\' OR external_id LIKE ? ESCAPE '\\')",
-            (pattern, pattern))
-
-
-def count_items(ws: Workspace, split: str, search: str = "") -> int:
-    clause, params = _search_clause(search)
-    return ws.scalar(f"SELECT COUNT(*) FROM items WHERE split=?{clause}", (split, *params))
-
-
 def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
-                  page_size: int = PAGE_SIZE) -> pd.DataFrame:
+                  page_size: int = items.PREVIEW_PAGE_SIZE) -> pd.DataFrame:
     """One page (1-based) of a split's items, in import order, with their neighbour count."""
-    clause, params = _search_clause(search)
-    rows = ws.query(
-        "SELECT external_id AS id, question, answer, options, "
-        "(SELECT COUNT(*) FROM neighbours n WHERE n.item_id = items.id) AS neighbours "
-        f"FROM items WHERE split=?{clause} ORDER BY id LIMIT ? OFFSET ?",
-        (split, *params, page_size, (max(page, 1) - 1) * page_size))
-    return pd.DataFrame([dict(r) for r in rows],
+    return pd.DataFrame(items.preview_rows(ws, split, page, search=search, page_size=page_size),
                         columns=["id", "question", "answer", "options", "neighbours"])
 
 
@@ -231,15 +209,15 @@ def show_preview(ws: Workspace) -> None:
     left, middle, right = st.columns([1, 2, 1])
     split = left.selectbox("Split", SPLITS, key="preview_split")
     search = middle.text_input("Search question or id", key="preview_search").strip()
-    total = count_items(ws, split, search)
-    pages = max(1, math.ceil(total / PAGE_SIZE))
+    total = items.count_split(ws, split, search)
+    pages = max(1, math.ceil(total / items.PREVIEW_PAGE_SIZE))
     page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1,
                               step=1, key=f"preview_page_{split}_{pages}")
     rows = preview_items(ws, split, int(page), search=search)
     if rows.empty:
         st.info(f"No {split} items" + (f" matching {search!r}." if search else " yet."))
         return
-    first = (int(page) - 1) * PAGE_SIZE + 1
+    first = (int(page) - 1) * items.PREVIEW_PAGE_SIZE + 1
     st.caption(f"Items {first}–{first + len(rows) - 1} of {total}")
     st.dataframe(rows, hide_index=True)
 

@@ -99,35 +99,36 @@ class Runner:
                 f"(n={stats['n']}), selected {pct(stats['selected']['precision'])} "
                 f"(n={stats['selected']['n']}, coverage {pct(stats['coverage'])})")
 
-    def warmup_backend(self, rnd):
-        from semievol.backend import LazyBackend
-        return LazyBackend(rnd.config.model, rnd.warmup_adapter)
+    def run_step(self, ws, rnd, step: str, progress=None, **options) -> dict:
+        """One step through the library's step runner (semievol.steps.run_steps), with the
+        bench's shared base model and embedder."""
+        from semievol import steps
+
+        return steps.run_steps(ws, rnd.number, [step], progress=progress,
+                               embedder=self.embedder, backends={"base": self.base},
+                               **options)[step]
 
     # -- steps ---------------------------------------------------------------------------
     def warmup(self, ws, rnd, fmt: str, name: str) -> None:
         from semievol import rounds
         from semievol.evaluate import evaluate
+        from semievol.steps import load_backends
 
         with self.stage(fmt, f"{name}: train") as rec:
-            summary = rounds.step_warmup(ws, rnd, embedder=self.embedder,
-                                         progress=progress_printer("warm-up", 30))
+            summary = self.run_step(ws, rnd, "warmup", progress=progress_printer("warm-up", 30))
             rec.update(train=_train_summary(summary))
         self.training.append({"seed": self.seed, "format": fmt, "variant": name,
                               **_train_summary(summary)})
         rnd = rounds.get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: evaluate"):
-            report = evaluate(ws, self.warmup_backend(rnd), model="warmup", round_id=rnd.id,
-                              progress=progress_printer("evaluate"))
+            report = evaluate(ws, load_backends(rnd)["warmup"], model="warmup",
+                              round_id=rnd.id, progress=progress_printer("evaluate"))
         self.add_variant(fmt, name, report, round=rnd.number)
         return rnd
 
     def label(self, ws, rnd, fmt: str, name: str) -> dict:
-        from semievol import rounds
-
         with self.stage(fmt, f"{name}: label") as rec:
-            result = rounds.step_label(ws, rnd, backends={"base": self.base,
-                                                          "warmup": self.warmup_backend(rnd)},
-                                       progress=progress_printer("label"))
+            result = self.run_step(ws, rnd, "label", progress=progress_printer("label"))
             rec.update(labeling=result)
         log(f"  label: {result}")
         return result
@@ -135,26 +136,21 @@ class Runner:
     def select_train_evaluate(self, ws, rnd, fmt: str, name: str, hidden: dict,
                               selection=None) -> None:
         from semievol import rounds
-        from semievol.backend import LazyBackend
+        from semievol.evaluate import stored_evaluation
 
         with self.stage(fmt, f"{name}: select") as rec:
-            summary = rounds.step_select(ws, rnd, selection=selection, embedder=self.embedder)
+            summary = self.run_step(ws, rnd, "select", selection=selection)
             rec.update(select={k: summary.get(k) for k in ("pool", "selected", "by_class",
                                                            "flagged_leakage", "threshold")})
         self.add_pseudo(fmt, name, ws, rounds.get_round(ws, rnd.number), hidden)
-        rnd = rounds.get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: train") as rec:
-            summary = rounds.step_train(ws, rnd, progress=progress_printer("train", 30))
+            summary = self.run_step(ws, rnd, "train", progress=progress_printer("train", 30))
             rec.update(train=_train_summary(summary))
         self.training.append({"seed": self.seed, "format": fmt, "variant": name,
                               **_train_summary(summary)})
-        rnd = rounds.get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: evaluate"):
-            rounds.step_evaluate(ws, rnd, backends={
-                "base": self.base, "warmup": self.warmup_backend(rnd),
-                "final": LazyBackend(rnd.config.model, rnd.final_adapter)},
-                progress=progress_printer("evaluate"))
-        from semievol.evaluate import stored_evaluation
+            self.run_step(ws, rnd, "evaluate", progress=progress_printer("evaluate"))
+        rnd = rounds.get_round(ws, rnd.number)
         self.add_variant(fmt, name, stored_evaluation(ws, rnd.id, "round"), round=rnd.number)
 
     # -- one format ----------------------------------------------------------------------
@@ -195,7 +191,7 @@ class Runner:
         for number in range(1, n_rounds + 1):
             if number > 1:
                 rnd = rounds.open_round(ws)
-                rounds.step_warmup(ws, rnd, embedder=self.embedder)  # the previous final adapter
+                self.run_step(ws, rnd, "warmup")  # the previous final adapter
                 rnd = rounds.get_round(ws, rnd.number)
             self.label(ws, rnd, fmt, f"SemiEvol r{number}")
             if number == 1 and primary and args.ablations:

@@ -96,6 +96,7 @@ def main(argv=None) -> int:
                                  TrainConfig)
     from semievol.models import set_offline
     from semievol.retrieval import SentenceTransformerEmbedder
+    from semievol.steps import run_steps
 
     set_offline()
     for split in ("labeled", "unlabeled"):  # a wrong --task fails now, not after the peak
@@ -130,8 +131,8 @@ def main(argv=None) -> int:
 
         # 3. training: ours (the warm-up step itself) vs the HF-style loop.
         with stages.measure("train ours: step_warmup (train_lora)") as rec:
-            summary = rounds.step_warmup(ws, rnd, embedder=embedder,
-                                         progress=progress_printer("train ours", 15))
+            summary = run_steps(ws, rnd.number, ["warmup"], embedder=embedder,
+                                progress=progress_printer("train ours", 15))["warmup"]
         ours_train = {**summary, "peak_rss_mb": rec["peak_rss_mb"],
                       "stage_seconds": rec["seconds"]}
         rnd = rounds.get_round(ws, rnd.number)

@@ -128,14 +128,15 @@ def precision(labels: list, truth: list, entropy: np.ndarray, agreed: np.ndarray
 # -- 1. pseudo-labeling ------------------------------------------------------------------
 def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, truth: dict,
                        theta: float) -> dict:
-    from semievol.collaborators import load_items, run_collaborators
+    from semievol.collaborators import run_collaborators
+    from semievol.items import load_items
     from semievol.pseudo_labels import build_pseudo_labels
-    from semievol.rounds import pool_item_ids
+    from semievol.steps import pool_item_ids
 
     task = ws.require_task()
     items = load_items(ws, pool_item_ids(ws, rnd))
     before = [c.snapshot() for c in counters]
-    calls0 = sum(b.forward_calls for b in backends.values())
+    calls0 = sum(b.calls for b in backends.values())
     t0 = time.perf_counter()
     with stages.measure("pseudo-label ours: collaborators (run_collaborators)") as rec:
         stats = run_collaborators(ws, rnd.id, items, rnd.config.collaborators, backends, task,
@@ -158,7 +159,7 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
     result.update({
         "items": len(items), "seconds": round(seconds, 2), "items_per_second": len(items) / seconds,
         "collaborator_stats": stats, "paths": paths,
-        "model_calls": sum(b.forward_calls for b in backends.values()) - calls0,
+        "model_calls": sum(b.calls for b in backends.values()) - calls0,
         "tokens_real": sum(a[0] - b[0] for a, b in zip(after, before)),
         "tokens_processed": sum(a[1] - b[1] for a, b in zip(after, before))})
     return result
@@ -167,13 +168,11 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
 # -- 3. training -------------------------------------------------------------------------
 def training_examples(ws, rnd):
     """The warm-up's own examples (the labeled set, as step_warmup builds them)."""
-    from semievol.curation import training_items
     from semievol.models import load_tokenizer, resolve_model_path
-    from semievol.rounds import _training_examples
+    from semievol.training_set import gold_items, training_examples as examples_of
 
     tokenizer = load_tokenizer(resolve_model_path(rnd.config.model.name_or_path))
-    gold = [it for it in training_items(ws, 0) if it["source"] == "gold"]
-    return _training_examples(ws, gold, tokenizer), tokenizer
+    return examples_of(ws.require_task(), gold_items(ws), tokenizer), tokenizer
 
 
 def utilisation(flops: float, seconds: float, peak: dict, dtype: str) -> dict:
@@ -198,8 +197,8 @@ class CountingEmbedder:
 
 def repeat_run(ws, rnd, embedder, stages: Stages) -> dict:
     """Every step again with nothing changed: the library must compute nothing."""
-    from semievol import rounds
     from semievol.retrieval import index_workspace
+    from semievol.steps import run_steps
 
     out = {}
     counting = CountingEmbedder()
@@ -208,18 +207,18 @@ def repeat_run(ws, rnd, embedder, stages: Stages) -> dict:
                         "texts_embedded": counting.texts}
         rec.update(out["index"])
     with stages.measure("repeat: step_warmup") as rec:
-        out["warmup"] = rounds.step_warmup(ws, rnd, embedder=counting)
+        out["warmup"] = run_steps(ws, rnd.number, ["warmup"], embedder=counting)["warmup"]
         out["warmup"]["seconds"] = None
     out["warmup"]["seconds"] = stages.records[-1]["seconds"]
     with stages.measure("repeat: step_label (lazy backends, in-process)") as rec:
-        label = rounds.step_label(ws, rnd)
+        label = run_steps(ws, rnd.number, ["label"])["label"]
         rec.update(label)
     out["label"] = {**label, "seconds": stages.records[-1]["seconds"]}
     # The same through the CLI, as a user would re-run it: process start and imports included.
     with stages.measure("repeat: `semievol label` CLI (new process)"):
         proc = subprocess.run([sys.executable, "-m", "semievol", "label", str(ws.path)],
                               capture_output=True, text=True, cwd=REPO)
-    match = re.search(r"model forward calls (\d+)", proc.stdout)
+    match = re.search(r"model calls (\d+)", proc.stdout)
     out["cli_label"] = {"returncode": proc.returncode, "seconds": stages.records[-1]["seconds"],
                         "model_calls": int(match.group(1)) if match else None,
                         "stdout": proc.stdout.strip()[-400:],

@@ -38,8 +38,9 @@ def _generate_one(backend, prompt: str, *, seed: int, max_new_tokens: int):
 def reference_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages,
                             truth: dict, theta: float, max_new_tokens: int) -> dict:
     """The reference pipeline's loop: generate, parse, vote, reflect; item by item."""
-    from semievol.collaborators import collaborator_prompt, load_items
-    from semievol.rounds import pool_item_ids
+    from semievol.collaborators import collaborator_prompt
+    from semievol.items import load_items
+    from semievol.steps import pool_item_ids
     from semievol.scoring import agreement
     from semievol.tasks import parse_choice, reflection_messages, render_prompt
 

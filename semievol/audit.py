@@ -18,9 +18,10 @@ from typing import Sequence
 
 import numpy as np
 
-from semievol.config import SelectionConfig
+from semievol.decisions import current_decisions
+from semievol.pseudo_labels import scored_rows
 from semievol.scoring import wilson_interval
-from semievol.selection import current_decisions, select
+from semievol.selection_state import applied_selection, leakage_flagged, policy_mask
 from semievol.store import Workspace
 
 DEFAULT_BINS = 5
@@ -114,39 +115,28 @@ def estimate_error(selected_bins: Sequence[int], audited_bins: Sequence[int],
 
 
 # -- over the workspace -----------------------------------------------------------------
-def _selection_config(ws: Workspace, round_id: int) -> SelectionConfig | None:
-    stored = ws.get_setting(f"selection_round_{round_id}")
-    return None if stored is None else SelectionConfig(**stored)
-
-
 def audit_population(ws: Workspace, round_id: int) -> tuple[list[int], np.ndarray, list[str]]:
     """(item ids, entropies, pseudo-labels) of the pseudo-labels the round's applied policy
     keeps in the unlabeled pool (leakage-flagged items left out); empty before a selection
     is applied.
 
-    The policy is recomputed from the stored selection config rather than read from
+    The policy is recomputed from the applied selection config rather than read from
     `pseudo_labels.selected`, so that rejecting an audited item (which unselects it) does
     not move it out of the population and reshuffle the queue. Items a reviewer accepted
     outside the policy are not audited: a person already checked them.
     """
-    config = _selection_config(ws, round_id)
+    config = applied_selection(ws, round_id)
     if config is None:
         return [], np.zeros(0), []
-    column = "option_entropy" if config.score == "option_entropy" else "entropy"
-    # Same pool as curation.compute_selection: the percentile spans unlabeled + calibration.
-    rows = ws.query(
-        f"SELECT p.item_id, i.split, p.label, p.path, p.{column} AS score FROM pseudo_labels p "
-        "JOIN items i ON i.id = p.item_id WHERE p.round_id=? "
-        "AND i.split IN ('unlabeled','calibration') ORDER BY p.item_id", (round_id,))
-    scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
-    kept = select(scores, [r["label"] for r in rows],
-                  np.array([r["path"] == "agreed" for r in rows], dtype=bool),
-                  policy=config.policy, theta=config.theta, threshold=config.threshold)
-    flagged = {r[0] for r in ws.query("SELECT item_id FROM flags WHERE round_id=? AND "
-                                      "kind='near_duplicate_test'", (round_id,))}
+    # Same pool as selection_state.compute_selection: the percentile spans unlabeled +
+    # calibration items.
+    rows = scored_rows(ws, round_id, config.score)
+    kept = policy_mask(rows, config)
+    flagged = leakage_flagged(ws, round_id)
     keep = [k for k, r in enumerate(rows) if kept[k] and r["split"] == "unlabeled"
             and r["item_id"] not in flagged]
-    return ([rows[k]["item_id"] for k in keep], scores[keep], [rows[k]["label"] for k in keep])
+    return ([rows[k]["item_id"] for k in keep], np.array([rows[k]["score"] for k in keep]),
+            [rows[k]["label"] for k in keep])
 
 
 def audit_queue(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BIN, *,
@@ -157,13 +147,31 @@ def audit_queue(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BIN, 
     return [ids[k] for k in audit_sample(scores, bins=bins, per_bin=n_per_bin, seed=seed)]
 
 
+def audit_rows(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BIN, *,
+               bins: int = DEFAULT_BINS, seed: int = 0) -> list[dict]:
+    """The audit queue as plain rows: item_id, id (external), bin (1 = most confident),
+    score, pseudo_label, question, decision (the action in force, or None)."""
+    from semievol.items import load_items
+
+    ids, scores, labels = audit_population(ws, round_id)
+    bin_of = entropy_bins(scores, bins=bins)
+    position = {item_id: k for k, item_id in enumerate(ids)}
+    queue = [ids[k] for k in audit_sample(scores, bins=bins, per_bin=n_per_bin, seed=seed)]
+    decided = current_decisions(ws)
+    external = {r[0]: r[1] for r in ws.query_in(
+        "SELECT id, external_id FROM items WHERE id IN ({})", queue)}
+    questions = {it.id: it.example.question for it in load_items(ws, queue)}
+    return [{"item_id": i, "id": external[i], "bin": int(bin_of[position[i]]) + 1,
+             "score": float(scores[position[i]]), "pseudo_label": labels[position[i]],
+             "question": questions[i],
+             "decision": decided[i]["action"] if i in decided else None} for i in queue]
+
+
 def verdicts(ws: Workspace, round_id: int, item_ids: Sequence[int],
              labels: Sequence[str]) -> dict[int, bool]:
     """{item_id: wrong} for the items whose decision now in force was made in this round (or
     carries no round): accept -> False, reject -> True, relabel -> label differs."""
-    history = (dict(r) for r in ws.query(
-        "SELECT item_id, action, label, round_id FROM decisions ORDER BY id"))
-    decided = current_decisions(history)
+    decided = current_decisions(ws)
     out = {}
     for item_id, label in zip(item_ids, labels):
         d = decided.get(int(item_id))

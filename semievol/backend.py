@@ -1,8 +1,9 @@
 """The model behind collaborators, reflection, entropy and evaluation.
 
-`LocalBackend` wraps one loaded transformers model (base, or base with a merged adapter).
-The engine only calls `score_continuations` and `generate`, so an OpenAI-compatible server
-can stand in later without touching it.
+`Backend` is what the engine calls (every engine module is typed against it); `LocalBackend`
+wraps one loaded transformers model (base, or base with a merged adapter) and `LazyBackend`
+loads one on first use. A served model (an OpenAI-compatible server) is another
+implementation of the same protocol.
 
 Scoring cost model (why it looks like this): every prompt is run once, sorted by length and
 batched, keeping only the last position's logits; each option's few tokens then run on a
@@ -13,11 +14,49 @@ logits are ever materialised over the prompt.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 Progress = Callable[[int, int, str], None]
+
+
+class Backend(Protocol):
+    """A model that scores continuations and generates, as the engine needs it."""
+
+    name: str
+    """What its outputs depend on (model, adapter version, dtype or server): part of every
+    cache key, so answers from different models never mix."""
+    tokenizer: Any
+    """The model's tokenizer: its chat template renders every prompt, and it counts tokens
+    for the context budget."""
+
+    @property
+    def calls(self) -> int:
+        """Model calls made so far (forward passes, or requests to a server): a re-run with
+        everything cached shows 0."""
+
+    def score_continuations(self, prompts: list[str], continuations: list[list[str]], *,
+                            progress: Progress | None = None) -> list[list[np.ndarray]]:
+        """Token log-probabilities of each continuation after its prompt: result[i][j] is
+        one float per token of continuations[i][j]."""
+
+    def option_distributions(self, prompts: list[str], options: list[list[str]], *,
+                             progress: Progress | None = None) -> list[np.ndarray]:
+        """A normalised probability over each prompt's options."""
+
+    def generate(self, prompts: list[str], *, temperature: float = 0.0, seed: int = 0,
+                 max_new_tokens: int = 32, progress: Progress | None = None
+                 ) -> list[tuple[str, list[float]]]:
+        """(text, per-token log-probabilities) per prompt."""
+
+
+def normalised(per_option: list[np.ndarray]) -> np.ndarray:
+    """The option distribution from each option's token log-probabilities (their sum is the
+    option's log-likelihood), softmax-normalised over the options."""
+    total = np.array([s.sum() for s in per_option])
+    total = np.exp(total - total.max())
+    return total / total.sum()
 
 
 class LocalBackend:
@@ -28,7 +67,7 @@ class LocalBackend:
         self.name = name  # goes into cache keys: model path, adapter digest, dtype
         self.batch_size = batch_size
         self.max_length = max_length
-        self.forward_calls = 0  # counted so that a cached re-run can show it computed nothing
+        self.calls = 0  # forward passes, counted so a cached re-run shows it computed nothing
         # (prompt, continuations) -> token log-probs, for this process's lifetime: the entropy
         # pass (paper eq. 6) re-scores the plain prompt that the warm-up collaborator without
         # demonstrations has just scored, and gets it for free.
@@ -90,7 +129,7 @@ class LocalBackend:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1)
-        self.forward_calls += 1
+        self.calls += 1
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
         cache = out.past_key_values
         lengths = mask.sum(-1)  # real prompt lengths, for the options' positions
@@ -113,7 +152,7 @@ class LocalBackend:
             out = self.model(input_ids=feed, attention_mask=torch.cat([mask, feed_mask], -1),
                              position_ids=lengths[:, None] + torch.arange(width, device=self.device),
                              cache=cache, use_cache=True)
-            self.forward_calls += 1
+            self.calls += 1
             logp = torch.log_softmax(out.logits.float(), dim=-1)  # (B, width, V)
             cache.crop(-width)  # drop this option's tokens; the prompt cache is reused
             for b, i in enumerate(rows):
@@ -126,12 +165,7 @@ class LocalBackend:
                              *, progress: Progress | None = None) -> list[np.ndarray]:
         """Normalised probability over each prompt's options from their total log-likelihood."""
         scores = self.score_continuations(prompts, options, progress=progress)
-        dists = []
-        for per_option in scores:
-            total = np.array([s.sum() for s in per_option])
-            total = np.exp(total - total.max())
-            dists.append(total / total.sum())
-        return dists
+        return [normalised(per_option) for per_option in scores]
 
     def generate(self, prompts: list[str], *, temperature: float = 0.0, seed: int = 0,
                  max_new_tokens: int = 32, progress: Progress | None = None
@@ -154,7 +188,7 @@ class LocalBackend:
                     output_scores=True, return_dict_in_generate=True)
                 scores = self.model.compute_transition_scores(out.sequences, out.scores,
                                                               normalize_logits=True)
-            self.forward_calls += len(out.scores)
+            self.calls += len(out.scores)
             new = out.sequences[:, ids.shape[1]:]
             for b, i in enumerate(rows):
                 keep = new[b] != self.tokenizer.pad_token_id
@@ -201,8 +235,8 @@ class LazyBackend:
         return self._backend
 
     @property
-    def forward_calls(self) -> int:
-        return self._backend.forward_calls if self._backend else 0
+    def calls(self) -> int:
+        return self._backend.calls if self._backend else 0
 
     def score_continuations(self, *args, **kwargs):
         return self._loaded().score_continuations(*args, **kwargs)

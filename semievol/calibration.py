@@ -9,6 +9,7 @@ import random
 import numpy as np
 
 from semievol.config import CalibrationConfig
+from semievol.pseudo_labels import SCORE_COLUMNS
 from semievol.scoring import precision_coverage, wilson_interval
 from semievol.store import Workspace
 
@@ -36,30 +37,42 @@ def hold_out(ws: Workspace, config: CalibrationConfig) -> int:
     return len(chosen)
 
 
+def share_correct(correct: np.ndarray, mask: np.ndarray) -> dict:
+    """{n, correct, precision, interval}: how many of the `mask`ed items are correct, with a
+    95 % Wilson interval (precision None when the mask is empty)."""
+    n = int(mask.sum())
+    k = int((correct & mask).sum())
+    low, high = wilson_interval(k, n)
+    return {"n": n, "correct": k, "precision": k / n if n else None, "interval": [low, high]}
+
+
+def precision_of(correct: np.ndarray, selected: np.ndarray) -> dict:
+    """Precision of all vs selected calibration pseudo-labels and the selection's coverage
+    of the slice: {n, all, selected, coverage}."""
+    correct = np.asarray(correct, dtype=bool)
+    selected = np.asarray(selected, dtype=bool)
+    n = int(correct.size)
+    return {"n": n, "all": share_correct(correct, np.ones_like(correct)),
+            "selected": share_correct(correct, selected),
+            "coverage": float(selected.mean()) if n else None}
+
+
 def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> dict:
-    """Precision of all vs selected pseudo-labels on the calibration slice, and the
-    precision-coverage curve over the entropy threshold."""
-    column = "option_entropy" if score == "option_entropy" else "entropy"
+    """Precision of all vs the applied selection's pseudo-labels on the calibration slice,
+    by path, and the precision-coverage curve over the entropy threshold."""
     rows = ws.query(
-        f"SELECT p.label, p.{column} AS score, p.selected, p.path, i.answer FROM pseudo_labels p "
-        "JOIN items i ON i.id = p.item_id WHERE p.round_id=? AND i.split='calibration'",
-        (round_id,))
+        f"SELECT p.label, p.{SCORE_COLUMNS[score]} AS score, p.selected, p.path, i.answer "
+        "FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        "WHERE p.round_id=? AND i.split='calibration'", (round_id,))
     if not rows:
         return {"n": 0}
     correct = np.array([r["label"] == r["answer"] for r in rows], dtype=bool)
     selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
-
-    def share(mask):
-        n = int(mask.sum())
-        k = int((correct & mask).sum())
-        low, high = wilson_interval(k, n)
-        return {"n": n, "correct": k, "precision": k / n if n else None,
-                "interval": [low, high]}
-
-    return {"n": len(rows), "all": share(np.ones_like(correct)), "selected": share(selected),
-            "agreed": share(agreed), "reflected": share(~agreed),
-            "coverage_selected": float(selected.mean()),
+    summary = precision_of(correct, selected)
+    return {"n": len(rows), "all": summary["all"], "selected": summary["selected"],
+            "agreed": share_correct(correct, agreed), "reflected": share_correct(correct, ~agreed),
+            "coverage_selected": summary["coverage"],
             # nan scores are never kept but count in the coverage, like coverage_selected
             "curve": precision_coverage(scores, correct)}

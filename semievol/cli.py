@@ -10,41 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from semievol.cli_engine import add_engine_commands
+from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS
+from semievol.data import IMPORT_SPLITS
 from semievol.errors import SemiEvolError
-
-
-def tqdm_progress(desc: str):
-    """A Progress callback (done, total, message): a tqdm bar on a terminal, one bar per
-    stage (a new bar when the total changes or the count goes back); in a log file (a
-    background run) plain lines at most every 5 s, so logs stay readable."""
-    import time
-
-    from tqdm import tqdm
-
-    state = {"bar": None, "total": None, "last": 0.0, "done": -1}
-    interactive = sys.stderr.isatty()
-
-    def update(done: int, total: int, message: str = desc):
-        if not interactive:
-            now = time.time()
-            if done >= total or now - state["last"] >= 5:
-                print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
-                state["last"] = now
-            return
-        bar = state["bar"]
-        if bar is None or total != state["total"] or done < state["done"]:
-            if bar is not None:
-                bar.close()
-            bar = state["bar"] = tqdm(total=total, unit="it", leave=True)
-            state["total"] = total
-        state["done"] = done
-        bar.set_description_str(message, refresh=False)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            state["bar"] = None
-
-    return update
 
 
 # -- foundation commands ----------------------------------------------------------------
@@ -82,12 +51,13 @@ def cmd_import(args) -> int:
 
 
 def cmd_index(args) -> int:
+    from semievol.progress import terminal_progress
     from semievol.retrieval import LazyEmbedder, index_workspace
     from semievol.store import Workspace
 
     ws = Workspace(args.workspace)
     embedder = LazyEmbedder(args.embedder)  # loads only if something needs embedding
-    done = index_workspace(ws, embedder, k=args.k, progress=tqdm_progress("indexing"))
+    done = index_workspace(ws, embedder, k=args.k, progress=terminal_progress("indexing"))
     if not done["embedded"] and not done["queried"]:
         print(f"Nothing to do: all items embedded, neighbours up to date (k={args.k}).")
     else:
@@ -133,9 +103,10 @@ def cmd_prepare_model(args) -> int:
 
 def cmd_demo(args) -> int:
     from semievol.demo import create_demo_workspace
+    from semievol.progress import terminal_progress
 
     created = create_demo_workspace(args.workspace, Path(args.data), embedder=args.embedder,
-                                    progress=tqdm_progress("demo"))
+                                    progress=terminal_progress("demo"))
     print(("Created" if created else "Demo workspace already exists at") + f" {args.workspace}")
     return 0
 
@@ -154,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import a CSV / JSONL / Parquet file into a split")
     p.add_argument("workspace")
     p.add_argument("file")
-    p.add_argument("--split", required=True, choices=["labeled", "unlabeled", "test"])
+    p.add_argument("--split", required=True, choices=IMPORT_SPLITS)
     p.add_argument("--question-col", default="question", help="column with the question/text")
     p.add_argument("--answer-col", default="answer", help="column with the gold answer")
     p.add_argument("--options-col", default=None, help="column with a JSON list of options")
@@ -162,11 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-answers", action="store_true",
                    help="also import answers of an unlabeled file (normally ignored)")
     task = p.add_argument_group("task (first import only)")
-    task.add_argument("--kind", choices=["choice", "open"], default=None)
+    task.add_argument("--kind", choices=TASK_KINDS, default=None)
     task.add_argument("--labels", default=None, help="comma-separated label set")
-    task.add_argument("--answer-format", choices=["letter", "words"], default="words")
-    task.add_argument("--checker", choices=["exact", "normalized", "numeric"],
-                      default="normalized")
+    task.add_argument("--answer-format", choices=ANSWER_FORMATS, default="words")
+    task.add_argument("--checker", choices=CHECKERS, default="normalized")
     task.add_argument("--instruction", default=None, help="one sentence describing the task")
     p.set_defaults(func=cmd_import)
 
@@ -190,7 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedder", default="bundled")
     p.set_defaults(func=cmd_demo)
 
-    from semievol.cli_engine import add_engine_commands
     add_engine_commands(sub)
     return parser
 

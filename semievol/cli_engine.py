@@ -1,30 +1,44 @@
-"""Engine commands of the CLI: the round's steps, runs, decisions, export.
+"""Engine commands of the CLI: the round's steps, runs, decisions, review, export.
 
-Each long step runs inside `jobs.run_context`, so a foreground run is registered exactly like
-a background one: `semievol runs` sees it, and a killed one shows as failed.
-`--background` starts the same command as a detached process and returns at once.
+Every step command goes through `launch`: `register` (validate, refuse a conflicting run,
+open the round, register the run, in one transaction), then `execute` in this process or,
+with `--background`, a worker process started with the run id alone. The same functions
+serve the app's buttons, so both are refused and recorded the same way.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from semievol.config import (CLASS_BALANCE, SELECTION_POLICIES, SELECTION_SCORES,
+                             CollaboratorConfig, SelectionConfig)
+from semievol.decisions import ACTIONS
 from semievol.errors import SemiEvolError
+from semievol.pseudo_labels import PATHS
+from semievol.review import DECISION_STATES, SORTS
 
 
-def _round_config(args):
+def _open(path: str):
+    from semievol.store import Workspace
+    return Workspace(path)
+
+
+def round_config_from_args(ws, args):
     """The round config: a saved file (--config), else the round's current config (see
     rounds.base_config), with command-line overrides on top; None when nothing was given."""
     from semievol.config import round_config_from_dict, to_dict
     from semievol.rounds import base_config
-    from semievol.store import Workspace
 
-    data = to_dict(base_config(Workspace(args.workspace)))
+    data = to_dict(base_config(ws))
     if getattr(args, "config", None):
         import yaml
-        loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SemiEvolError(f"Could not read the round config {args.config}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SemiEvolError(f"{args.config} is not a round config (a YAML mapping).")
         for key, value in loaded.items():  # a partial file overrides only what it names
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key].update(value)
@@ -43,17 +57,14 @@ def _round_config(args):
     if args.collaborators:
         data["collaborators"] = [to_dict(parse_collaborator(s))
                                  for s in args.collaborators.split(",")]
-    config = round_config_from_dict(data)
     explicit = bool(getattr(args, "config", None)) or any(
         v is not None for v in list(overrides.values()) + [args.unlabeled_limit]) \
         or bool(args.collaborators)
-    return config if explicit else None
+    return round_config_from_dict(data) if explicit else None
 
 
-def parse_collaborator(spec: str):
+def parse_collaborator(spec: str) -> CollaboratorConfig:
     """`model:demonstrations:temperature:seed`, e.g. `warmup:3:1.0:1`."""
-    from semievol.config import CollaboratorConfig
-
     parts = spec.strip().split(":")
     if len(parts) != 4:
         raise SemiEvolError(f"Collaborator {spec!r}: expected model:demonstrations:"
@@ -64,79 +75,83 @@ def parse_collaborator(spec: str):
         raise SemiEvolError(f"Collaborator {spec!r}: {exc}.") from exc
 
 
-def _progress(handle):
-    from semievol.cli import tqdm_progress
+def selection_from_args(base: SelectionConfig, args) -> SelectionConfig | None:
+    """`base` with --policy / --theta / --threshold / --score on top; None when none given."""
+    if not (args.policy or args.theta is not None or args.threshold is not None or args.score):
+        return None
+    return SelectionConfig(policy=args.policy or base.policy,
+                           theta=base.theta if args.theta is None else args.theta,
+                           threshold=base.threshold if args.threshold is None else args.threshold,
+                           score=args.score or base.score)
 
-    bar = tqdm_progress("")
 
-    def update(done, total, message=""):
-        handle.progress(done, total, message)
-        bar(done, total, message)
-    return update
+def _base_selection(ws, round_number):
+    from semievol import rounds
+    from semievol.selection_state import selection_in_force
 
-
-def _background(args, kind: str, round_id: int | None, config: dict | None) -> int:
-    # The app's buttons and `--background` start a step the same way (semievol.launch): the
-    # resolved config saved as YAML under runs/, the round number pinned on the command line.
-    from semievol.config import SelectionConfig, round_config_from_dict
-    from semievol.launch import launch_step
-    from semievol.store import Workspace
-
-    selection = None
-    if kind in ("select", "round") and (args.policy or args.theta is not None
-                                        or args.threshold is not None or args.score):
-        current = round_config_from_dict(config).selection
-        selection = SelectionConfig(policy=args.policy or current.policy,
-                                    theta=current.theta if args.theta is None else args.theta,
-                                    threshold=args.threshold if args.threshold is not None
-                                    else current.threshold, score=args.score or current.score)
-    run_id = launch_step(Workspace(args.workspace), kind, config=_round_config(args),
-                         selection=selection, round_number=args.round,
-                         force=getattr(args, "force", False))
-    print(f"Started run {run_id} ({kind}) in the background; follow it with "
-          f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
-    return 0
+    rnd = rounds.latest_round(ws) if round_number is None else rounds.get_round(ws, round_number)
+    return rnd, (selection_in_force(ws, rnd.id)[0] if rnd else rounds.base_config(ws).selection)
 
 
 def cmd_step(args) -> int:
-    from semievol import jobs, rounds
-    from semievol.config import SelectionConfig, to_dict
-    from semievol.store import Workspace
+    from semievol import launch
 
-    ws = Workspace(args.workspace)
+    ws = _open(args.workspace)
     kind = args.command
-    config = _round_config(args)
-    rnd = rounds.open_round(ws, config) if kind in ("warmup", "round") or config else \
-        rounds.get_round(ws, args.round)
-    if args.background:
-        return _background(args, kind, rnd.id, to_dict(rnd.config))
+    config = round_config_from_args(ws, args)
     selection = None
-    if kind in ("select", "round") and (args.policy or args.theta is not None
-                                        or args.threshold is not None or args.score):
-        current = rnd.config.selection
-        selection = SelectionConfig(policy=args.policy or current.policy,
-                                    theta=current.theta if args.theta is None else args.theta,
-                                    threshold=args.threshold if args.threshold is not None
-                                    else current.threshold, score=args.score or current.score)
-    with jobs.run_context(ws, kind, round_id=rnd.id, config=to_dict(rnd.config)) as handle:
-        progress = _progress(handle)
-        steps = rounds.STEPS if kind == "round" else (kind,)
-        for step in steps:
-            rnd = rounds.get_round(ws, rnd.number)  # each step sees the previous one's output
-            print(f"== round {rnd.number}: {step}", file=sys.stderr)
-            if step == "warmup":
-                result = rounds.step_warmup(ws, rnd, progress=progress, metric=handle.metric)
-            elif step == "label":
-                result = rounds.step_label(ws, rnd, progress=progress)
-            elif step == "select":
-                result = rounds.step_select(ws, rnd, selection=selection)
-            elif step == "train":
-                result = rounds.step_train(ws, rnd, progress=progress, metric=handle.metric)
-            else:
-                result = rounds.step_evaluate(ws, rnd, progress=progress,
-                                              force=getattr(args, "force", False))
-            _report(step, result)
+    if kind in launch.SELECTION_KINDS:
+        rnd, base = _base_selection(ws, args.round)
+        selection = selection_from_args(config.selection if config else base, args)
+        if kind == "select" and args.preview:
+            return _preview_selection(ws, rnd, selection or base)
+    run_id = launch.start(ws, kind, background=args.background, config=config,
+                          selection=selection, round_number=args.round,
+                          force=getattr(args, "force", False))
+    if args.background:
+        print(f"Started run {run_id} ({kind}) in the background; follow it with "
+              f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
+        return 0
+    return _execute(ws, run_id)
+
+
+def _execute(ws, run_id: int) -> int:
+    """Run a registered run here, with progress bars, and print each step's summary."""
+    from semievol import jobs, launch
+    from semievol.progress import step_banner, terminal_progress
+
+    number = jobs.get_run(ws, run_id)["request"]["round"]
+    results = launch.execute(ws, run_id, progress=terminal_progress(),
+                             on_step=step_banner(number))
+    for step, result in results.items():
+        _report(step, result)
     return 0
+
+
+def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
+    """`select --preview`: what the selection would keep, computed from stored scores and
+    written nowhere."""
+    from semievol.selection_state import compute_selection
+
+    if rnd is None:
+        raise SemiEvolError("No round yet: nothing to select from.")
+    result = compute_selection(ws, rnd.id, selection)
+    summary, calibration = result.summary(), result.calibration()
+    print(f"preview (round {rnd.number}, nothing written): {selection.policy} "
+          f"theta={selection.theta:g} threshold={selection.threshold} score={selection.score}")
+    print(f"would select {summary['selected']} of {summary['pool']} pool item(s); threshold "
+          f"{summary['threshold']}; by class {json.dumps(summary['by_class'])}; pool by class "
+          f"{json.dumps(summary['pool_by_class'])}; left out for leakage "
+          f"{summary['excluded_leakage']}")
+    for name in ("all", "selected"):
+        _print_share(f"calibration {name}", calibration[name])
+    return 0
+
+
+def _print_share(name: str, r: dict) -> None:
+    precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
+    print(f"{name:<21} n={r['n']:<4} precision {precision} "
+          f"(95% CI {r['interval'][0]:.2f}-{r['interval'][1]:.2f})")
 
 
 def _report(step: str, result: dict) -> None:
@@ -144,7 +159,7 @@ def _report(step: str, result: dict) -> None:
         print(f"label: {result['items']} item(s); responses computed {result['computed']}, "
               f"cached {result['cached']}, reused from earlier rounds {result['reused']}; "
               f"pseudo-labels agreed {result['agreed']}, reflected {result['reflected']}, "
-              f"already stored {result['skipped']}; model forward calls {result['model_calls']}")
+              f"already stored {result['skipped']}; model calls {result['model_calls']}")
     elif step == "evaluate":
         for name, r in result.items():
             f1 = "" if r["macro_f1"] is None else f", macro-F1 {r['macro_f1']:.3f}"
@@ -155,18 +170,37 @@ def _report(step: str, result: dict) -> None:
         print(f"{step}: " + json.dumps(result, default=str))
 
 
+def cmd_worker(args) -> int:
+    """The background process of a run: everything it needs is in the run's row."""
+    return _execute(_open(args.workspace), args.run_id)
+
+
+def cmd_resume(args) -> int:
+    from semievol import launch
+
+    ws = _open(args.workspace)
+    run_id = launch.resume(ws, args.run_id, background=args.background)
+    if args.background:
+        print(f"Resumed run {args.run_id} as run {run_id} in the background.")
+        return 0
+    return _execute(ws, run_id)
+
+
 def cmd_runs(args) -> int:
     import datetime
 
     from semievol.jobs import list_runs
-    from semievol.store import Workspace
+    from semievol.rounds import round_numbers
 
-    runs = list_runs(Workspace(args.workspace), limit=args.limit)
+    ws = _open(args.workspace)
+    runs = list_runs(ws, limit=args.limit)
+    numbers = round_numbers(ws)
     if not runs:
         print("No runs yet.")
     for r in runs:
         started = datetime.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        line = (f"{r['id']:>4}  {r['kind']:<9} round {r['round_id'] or '-':<3} "
+        number = numbers.get(r["round_id"], "-")
+        line = (f"{r['id']:>4}  {r['kind']:<9} round {number:<3} "
                 f"{r['status']:<10} {100 * (r['progress'] or 0):5.1f}%  pid {r['pid'] or '-':<7} "
                 f"{started}  {r['message'] or ''}")
         print(line)
@@ -177,40 +211,123 @@ def cmd_runs(args) -> int:
 
 def cmd_cancel(args) -> int:
     from semievol.jobs import cancel_run
-    from semievol.store import Workspace
 
-    sent = cancel_run(Workspace(args.workspace), args.run_id)
+    sent = cancel_run(_open(args.workspace), args.run_id)
     print(f"Run {args.run_id}: " + ("cancel signal sent." if sent else "was not running."))
     return 0
 
 
-def cmd_decide(args) -> int:
-    from semievol.curation import record_decisions
-    from semievol.store import Workspace
+def _item_ids(ws, refs: list[str], by_external: bool) -> list[int]:
+    from semievol.items import item_id_of
 
-    ws = Workspace(args.workspace)
     ids = []
-    for ref in args.items:
-        if args.by_external:
-            row = ws.query("SELECT id FROM items WHERE external_id=?", (ref,))
-        else:
-            row = ws.query("SELECT id FROM items WHERE id=?", (int(ref),)) if ref.isdigit() else []
-        if not row:
+    for ref in refs:
+        found = item_id_of(ws, ref, external=by_external)
+        if found is None:
             raise SemiEvolError(f"No item {ref!r} in this workspace"
-                                + ("." if args.by_external else " (use --external for ids "
+                                + ("." if by_external else " (use --external for ids "
                                    "from your file)."))
-        ids.append(row[0][0])
-    count = record_decisions(ws, ids, args.action, reviewer=args.reviewer, label=args.label,
-                             note=args.note)
+        ids.append(found)
+    return ids
+
+
+def cmd_decide(args) -> int:
+    from semievol.decisions import record_decisions
+
+    ws = _open(args.workspace)
+    count = record_decisions(ws, _item_ids(ws, args.items, args.by_external), args.action,
+                             reviewer=args.reviewer, label=args.label, note=args.note)
     print(f"Recorded {args.action} for {count} item(s) by {args.reviewer}.")
+    return 0
+
+
+def cmd_review(args) -> int:
+    """The Review page's listing: one page of a round's pseudo-labels, filtered and sorted."""
+    from semievol import rounds
+    from semievol.review import ReviewFilter, review_page
+
+    ws = _open(args.workspace)
+    rnd = rounds.get_round(ws, args.round)
+    flt = ReviewFilter(rnd.id, path=args.path, entropy_min=args.entropy_min,
+                       entropy_max=args.entropy_max, label=args.label, decision=args.decision,
+                       selected=None if args.selected is None else args.selected == "yes",
+                       search=args.search or "", sort=args.sort, descending=args.descending)
+    rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps({"total": total, "rows": rows}, indent=2, default=str))
+        return 0
+    print(f"round {rnd.number}: {total} item(s) match; showing {args.offset + 1}-"
+          f"{args.offset + len(rows)}")
+    for r in rows:
+        decision = r["decision"] or "-"
+        if r["decision"] == "relabel":
+            decision += f"->{r['decision_label']}"
+        entropy = "-" if r["entropy"] is None else f"{r['entropy']:.3f}"
+        print(f"{r['external_id']:<12} {r['label']:<16} {r['path']:<9} agree "
+              f"{r['agreement']:.2f} entropy {entropy:<6} "
+              f"{'selected' if r['selected'] else '-':<8} "
+              f"{decision:<14} {r['question'][:60]!r}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from semievol import audit, rounds
+
+    ws = _open(args.workspace)
+    rnd = rounds.get_round(ws, args.round)
+    rows = audit.audit_rows(ws, rnd.id, args.per_bin)
+    estimate = audit.audit_estimate(ws, rnd.id, args.per_bin)
+    if args.json:
+        print(json.dumps({"queue": rows, "estimate": estimate}, indent=2, default=str))
+        return 0
+    if not rows:
+        print("Nothing to audit: apply a selection first (`semievol select WORKSPACE`).")
+        return 0
+    print(f"audit queue of round {rnd.number} ({len(rows)} item(s), most confident bin first):")
+    for r in rows:
+        print(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score {r['score']:.3f}  "
+              f"{r['decision'] or 'undecided':<10} {r['question'][:60]!r}")
+    if estimate["error_rate"] is None:
+        print("No audited item has a decision yet: decide on them (`semievol decide`).")
+    else:
+        low, high = estimate["interval"]
+        print(f"estimated error rate of the selection: {estimate['error_rate']:.1%} "
+              f"(95% {low:.1%}-{high:.1%}; {estimate['reviewed']} of {estimate['queue']} "
+              "audited)")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from semievol.items import item_row, resolve_item
+    from semievol.lineage import item_lineage
+
+    ws = _open(args.workspace)
+    item_id = resolve_item(ws, args.item)
+    if item_id is None:
+        raise SemiEvolError(f"No item {args.item!r} in this workspace.")
+    item = item_row(ws, item_id)
+    rows = item_lineage(ws, item_id)
+    if args.json:
+        print(json.dumps({"item": item, "rounds": rows}, indent=2, default=str))
+        return 0
+    print(f"{item['external_id']} ({item['split']}): {item['question'][:120]!r}")
+    if not rows:
+        print("No round has pseudo-labeled this item.")
+    for r in rows:
+        answers = "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"])
+        decisions = "; ".join(f"{d['action']}{' -> ' + d['label'] if d['label'] else ''} by "
+                              f"{d['reviewer']}" for d in r["decisions"]) or "none"
+        print(f"round {r['round']}: {answers} => {r['pseudo_label']} ({r['path']}, entropy "
+              f"{r['entropy']}); policy {r['policy'] or 'not applied'}, threshold "
+              f"{r['threshold']}, selected {r['selected']}; decisions: {decisions}; "
+              f"trained into {r['adapter'] or '-'}")
     return 0
 
 
 def cmd_export(args) -> int:
     from semievol import export, rounds
-    from semievol.store import Workspace
 
-    ws = Workspace(args.workspace)
+    ws = _open(args.workspace)
     number = args.round or rounds.get_round(ws).number
     out = Path(args.out) if args.out else ws.path / "exports"
     what = set(args.what.split(","))
@@ -227,19 +344,16 @@ def cmd_export(args) -> int:
 def cmd_calibration(args) -> int:
     from semievol import rounds
     from semievol.calibration import calibration_report
-    from semievol.store import Workspace
+    from semievol.selection_state import selection_in_force
 
-    ws = Workspace(args.workspace)
+    ws = _open(args.workspace)
     rnd = rounds.get_round(ws, args.round)
-    report = calibration_report(ws, rnd.id, score=rnd.config.selection.score)
+    report = calibration_report(ws, rnd.id, score=selection_in_force(ws, rnd.id)[0].score)
     if not report["n"]:
         print("No calibration items are pseudo-labeled in this round.")
         return 0
     for name in ("all", "selected", "agreed", "reflected"):
-        r = report[name]
-        precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
-        print(f"{name:<9} n={r['n']:<4} precision {precision} "
-              f"(95% CI {r['interval'][0]:.2f}-{r['interval'][1]:.2f})")
+        _print_share(name, report[name])
     print(f"coverage of the selection: {report['coverage_selected']:.3f}")
     return 0
 
@@ -257,30 +371,37 @@ def add_engine_commands(sub) -> None:
         g.add_argument("--max-steps", type=int)
         g.add_argument("--lr", type=float)
         g.add_argument("--batch-size", type=int)
-        g.add_argument("--class-balance", choices=["none", "sampler", "loss"])
+        g.add_argument("--class-balance", choices=CLASS_BALANCE)
         g.add_argument("-k", type=int, dest="k", help="retrieved demonstrations per item")
         g.add_argument("--calibration", type=float, help="held-out share of the labeled set")
         g.add_argument("--unlabeled-limit", type=int, help="pseudo-label at most N items")
         g.add_argument("--collaborators", help="comma-separated model:demos:temperature:seed")
         if selection:
             s = p.add_argument_group("selection")
-            s.add_argument("--policy", choices=["percentile", "per_class", "agreement_only",
-                                                "absolute"])
+            s.add_argument("--policy", choices=SELECTION_POLICIES)
             s.add_argument("--theta", type=float, help="percentile (0-100)")
             s.add_argument("--threshold", type=float, help="entropy bound (absolute policy)")
-            s.add_argument("--score", choices=["nll", "option_entropy"])
+            s.add_argument("--score", choices=SELECTION_SCORES)
         p.set_defaults(func=cmd_step)
+        return p
 
     round_options(sub.add_parser("round", help="run a whole round: warmup, label, select, "
                                                "train, evaluate"), selection=True)
     round_options(sub.add_parser("warmup", help="LoRA warm-up on the labeled set"))
     round_options(sub.add_parser("label", help="collaborators + agreement + reflection"))
-    round_options(sub.add_parser("select", help="apply the selection policy and decisions"),
-                  selection=True)
+    p = round_options(sub.add_parser("select", help="apply the selection policy and decisions"),
+                      selection=True)
+    p.add_argument("--preview", action="store_true",
+                   help="show what the selection would keep, and write nothing")
     round_options(sub.add_parser("train", help="final LoRA training on the curated set"))
-    p = sub.add_parser("evaluate", help="test metrics of base, warm-up and the round")
-    round_options(p)
+    p = round_options(sub.add_parser("evaluate", help="test metrics of base, warm-up and the "
+                                                      "round"))
     p.add_argument("--force", action="store_true", help="recompute stored evaluations")
+
+    p = sub.add_parser("worker", help="(internal) execute a registered background run")
+    p.add_argument("workspace")
+    p.add_argument("run_id", type=int)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("runs", help="list runs (foreground and background)")
     p.add_argument("workspace")
@@ -292,15 +413,52 @@ def add_engine_commands(sub) -> None:
     p.add_argument("run_id", type=int)
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("resume", help="run a failed or cancelled run's steps again")
+    p.add_argument("workspace")
+    p.add_argument("run_id", type=int)
+    p.add_argument("--background", action="store_true", help="run as a background process")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("decide", help="accept / reject / relabel / clear pseudo-labels")
     p.add_argument("workspace")
     p.add_argument("items", nargs="+", help="item ids (or external ids with --external)")
-    p.add_argument("--action", required=True, choices=["accept", "reject", "relabel", "clear"])
+    p.add_argument("--action", required=True, choices=ACTIONS)
     p.add_argument("--label", help="the new label (relabel)")
     p.add_argument("--reviewer", required=True)
     p.add_argument("--note")
     p.add_argument("--external", dest="by_external", action="store_true")
     p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("review", help="list a round's pseudo-labels with the Review page's "
+                                      "filters")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int)
+    p.add_argument("--path", choices=PATHS)
+    p.add_argument("--label")
+    p.add_argument("--decision", choices=DECISION_STATES)
+    p.add_argument("--selected", choices=("yes", "no"))
+    p.add_argument("--entropy-min", type=float)
+    p.add_argument("--entropy-max", type=float)
+    p.add_argument("--search")
+    p.add_argument("--sort", choices=SORTS, default="entropy")
+    p.add_argument("--descending", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("audit", help="the audit queue and the selection's estimated error rate")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int)
+    p.add_argument("--per-bin", type=int, default=4, help="items per entropy bin")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("lineage", help="every round one item went through")
+    p.add_argument("workspace")
+    p.add_argument("item", help="external id (or internal number)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("calibration", help="pseudo-label precision on the calibration slice")
     p.add_argument("workspace")
@@ -313,4 +471,3 @@ def add_engine_commands(sub) -> None:
     p.add_argument("--out", help="folder (default: WORKSPACE/exports)")
     p.add_argument("--what", default="dataset,adapter", help="dataset,adapter,merged")
     p.set_defaults(func=cmd_export)
-

@@ -12,41 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 
-from semievol.backend import LocalBackend, Progress
+from semievol.backend import Backend, Progress
 from semievol.config import CollaboratorConfig, TaskConfig
+from semievol.items import Item
 from semievol.scoring import entropy as distribution_entropy
-from semievol.scoring import sample_index
+from semievol.scoring import mean_nll, sample_index
 from semievol.store import Workspace
-from semievol.tasks import (Example, build_messages, end_of_turn, option_continuations,
-                            parse_open, render_prompt)
-
-
-@dataclass
-class Item:
-    id: int
-    example: Example               # question, options, gold answer (None when unlabeled)
-    demonstrations: list[Example]  # retrieved labeled neighbours, nearest first
-
-
-def load_items(ws: Workspace, item_ids: list[int]) -> list[Item]:
-    """Items with their options (own or the task's labels) and stored neighbours."""
-    task = ws.require_task()
-    rows = {r["id"]: r for r in ws.query_in("SELECT * FROM items WHERE id IN ({})", item_ids)}
-    demos: dict[int, list[Example]] = {i: [] for i in item_ids}
-    for r in ws.query_in("SELECT n.item_id, i.question, i.options, i.answer FROM neighbours n "
-                         "JOIN items i ON i.id = n.neighbour_id WHERE n.item_id IN ({}) "
-                         "ORDER BY n.item_id, n.rank", item_ids):
-        demos[r["item_id"]].append(Example(r["question"], _options(r, task), r["answer"]))
-    return [Item(i, Example(rows[i]["question"], _options(rows[i], task), rows[i]["answer"]),
-                 demos[i]) for i in item_ids if i in rows]
-
-
-def _options(row, task: TaskConfig) -> list[str] | None:
-    return json.loads(row["options"]) if row["options"] else task.labels
+from semievol.tasks import build_messages, option_targets, parse_open, render_prompt
 
 
 def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: TaskConfig,
@@ -62,7 +37,7 @@ def collaborator_prompt(task: TaskConfig, tokenizer, item: Item, demonstrations:
 
 
 def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
-                      collaborators: list[CollaboratorConfig], backends: dict[str, LocalBackend],
+                      collaborators: list[CollaboratorConfig], backends: dict[str, Backend],
                       task: TaskConfig, *, progress: Progress | None = None,
                       batch_items: int = 64) -> dict:
     """Store every collaborator's response for every item; returns counts
@@ -121,18 +96,18 @@ def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:
     return found
 
 
-def _answer(backend: LocalBackend, task: TaskConfig, collaborator: CollaboratorConfig,
+def _answer(backend: Backend, task: TaskConfig, collaborator: CollaboratorConfig,
             batch: list) -> list[dict]:
     """Compute responses for (item, prompt, key) triples."""
     prompts = [prompt for _, prompt, _ in batch]
     if task.kind == "open":
         outputs = backend.generate(prompts, temperature=collaborator.temperature,
                                    seed=collaborator.seed, max_new_tokens=32)
+        nll = mean_nll([lp for _, lp in outputs])
         return [{"answer": parse_open(text), "text": text, "option_probs": None,
-                 "option_entropy": None,
-                 "nll": float(-np.mean(lp)) if lp else None} for text, lp in outputs]
-    eot = end_of_turn(backend.tokenizer) if task.answer_format == "words" else ""
-    continuations = [[c + eot for c in option_continuations(task, item.example.options)]
+                 "option_entropy": None, "nll": None if np.isnan(e) else float(e)}
+                for (text, _), e in zip(outputs, nll)]
+    continuations = [option_targets(task, item.example.options, backend.tokenizer)
                      for item, _, _ in batch]
     distributions = backend.option_distributions(prompts, continuations)
     responses = []

@@ -18,6 +18,7 @@ ANSWER_FORMATS = ("letter", "words")
 CHECKERS = ("exact", "normalized", "numeric")
 COLLABORATOR_MODELS = ("base", "warmup")
 SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
+SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
 
 
@@ -195,7 +196,7 @@ class SelectionConfig:
 
     def __post_init__(self):
         _check_choice("selection policy", self.policy, SELECTION_POLICIES)
-        _check_choice("selection score", self.score, ("nll", "option_entropy"))
+        _check_choice("selection score", self.score, SELECTION_SCORES)
         _check_range("theta", self.theta, 0.0, 100.0)
         if self.policy == "absolute" and self.threshold is None:
             raise SemiEvolError("The absolute policy needs a threshold (--threshold).")

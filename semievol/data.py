@@ -14,6 +14,8 @@ from semievol.config import TaskConfig
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace, now
 
+IMPORT_SPLITS = ("labeled", "unlabeled", "test")
+"""The splits a file is imported into (calibration is held out from labeled by round 1)."""
 FILE_TYPES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
               ".parquet": "parquet", ".pq": "parquet"}
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -219,8 +221,8 @@ def import_file(ws: Workspace, path: str | Path, split: str, *,
 
     `task` sets the workspace's task on its first import; later imports must agree with it.
     """
-    if split not in ("labeled", "unlabeled", "test"):
-        raise SemiEvolError(f"split must be labeled, unlabeled or test; got {split!r}.")
+    if split not in IMPORT_SPLITS:
+        raise SemiEvolError(f"split must be one of {', '.join(IMPORT_SPLITS)}; got {split!r}.")
     mapping = mapping or ColumnMapping()
     current = ws.task
     if current is None and task is None:
@@ -255,14 +257,6 @@ def import_file(ws: Workspace, path: str | Path, split: str, *,
               None if it["options"] is None else json.dumps(it["options"]), it["answer"],
               import_id, it["source_row"]) for it in items])
     return ImportReport(str(path), split, len(items), import_id)
-
-
-def item_options(ws: Workspace, row) -> list[str] | None:
-    """The options of an item row: its own, else the task's label set."""
-    if row["options"]:
-        return json.loads(row["options"])
-    task = ws.require_task()
-    return task.labels
 
 
 def _text(value) -> str:

@@ -9,16 +9,17 @@ import json
 
 import numpy as np
 
-from semievol.backend import LocalBackend, Progress
-from semievol.collaborators import Item, load_items
+from semievol.backend import Backend, Progress
 from semievol.config import TaskConfig
+from semievol.errors import SemiEvolError
+from semievol.items import Item, load_items, split_ids
 from semievol.scoring import classification_report
 from semievol.store import Workspace, now
-from semievol.tasks import (LETTERS, build_messages, end_of_turn, is_correct, option_continuations,
-                            parse_open, render_prompt)
+from semievol.tasks import (LETTERS, build_messages, is_correct, option_targets, parse_open,
+                            render_prompt)
 
 
-def predict(backend: LocalBackend, task: TaskConfig, items: list[Item], *,
+def predict(backend: Backend, task: TaskConfig, items: list[Item], *,
             demonstrations: int = 0, progress: Progress | None = None) -> list[str | None]:
     """Greedy answers: the most likely option (choice) or greedy generation (open)."""
     prompts = [render_prompt(backend.tokenizer,
@@ -27,10 +28,9 @@ def predict(backend: LocalBackend, task: TaskConfig, items: list[Item], *,
     if task.kind == "open":
         return [parse_open(text) for text, _ in
                 backend.generate(prompts, temperature=0.0, progress=progress)]
-    eot = end_of_turn(backend.tokenizer) if task.answer_format == "words" else ""
     dists = backend.option_distributions(
-        prompts, [[c + eot for c in option_continuations(task, it.example.options)]
-                  for it in items], progress=progress)
+        prompts, [option_targets(task, it.example.options, backend.tokenizer) for it in items],
+        progress=progress)
     return [it.example.options[int(np.argmax(p))] for it, p in zip(items, dists)]
 
 
@@ -40,7 +40,7 @@ def stored_evaluation(ws: Workspace, round_id: int | None, model: str) -> dict |
     return json.loads(row[0]["report"]) if row else None
 
 
-def evaluate(ws: Workspace, backend: LocalBackend, *, model: str, round_id: int | None,
+def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | None,
              demonstrations: int = 0, force: bool = False,
              progress: Progress | None = None) -> dict:
     """Evaluate on the test split and store the report; an existing report is returned as is
@@ -50,9 +50,8 @@ def evaluate(ws: Workspace, backend: LocalBackend, *, model: str, round_id: int 
         if existing is not None:
             return existing
     task = ws.require_task()
-    ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='test' ORDER BY id")]
+    ids = split_ids(ws, "test")
     if not ids:
-        from semievol.errors import SemiEvolError
         raise SemiEvolError("The workspace has no test items: import a test file to evaluate.")
     items = load_items(ws, ids)
     predicted = predict(backend, task, items, demonstrations=demonstrations, progress=progress)
@@ -83,6 +82,12 @@ def store_evaluation(ws: Workspace, report: dict, *, round_id: int | None) -> No
                      "created_at) VALUES(?,?,?,?,?,?,?)",
                      (round_id, report["model"], "test", report["accuracy"],
                       report.get("macro_f1"), json.dumps(report), now()))
+
+
+def evaluated_models(ws: Workspace, round_id: int) -> list[str]:
+    """The model variants with a stored test report for the round, sorted."""
+    return [r[0] for r in ws.query(
+        "SELECT DISTINCT model FROM evaluations WHERE round_id=? ORDER BY model", (round_id,))]
 
 
 def evaluations_table(ws: Workspace) -> list[dict]:

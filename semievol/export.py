@@ -7,7 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-from semievol.curation import training_items
+from semievol.items import external_ids
+from semievol.training_set import training_items
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace
 from semievol.tasks import Example, build_messages
@@ -25,7 +26,7 @@ def export_dataset(ws: Workspace, round_number: int, out_dir: str | Path) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl, table = out_dir / f"curated_round{round_number}.jsonl", \
         out_dir / f"curated_round{round_number}.csv"
-    external = {r[0]: r[1] for r in ws.query("SELECT id, external_id FROM items")}
+    external = external_ids(ws)
     with jsonl.open("w", encoding="utf-8") as f:
         for it in items:
             messages = build_messages(task, Example(it["question"], it["options"], it["answer"]),

@@ -1,11 +1,13 @@
 """Runs: every long step (warm-up, labeling, training, evaluation, a whole round) as a row.
 
-A step runs inside `run_context`, in the foreground or as a background process started by
-`start_run` (the same `python -m semievol <step> WORKSPACE ...` command, detached, with
-SEMIEVOL_RUN_ID telling it to adopt the row registered for it). Either way the row holds
-status, progress, a heartbeat written by a thread, and the error of a failed run, so the UI
-and `semievol runs` see the same thing. A process that died without saying so (killed,
-machine rebooted) is found by `refresh_runs`: dead pid or stale heartbeat -> 'failed'.
+A run is first registered (`register_run`: the refusal check and the insert in one write
+transaction, so two starts cannot both pass the check), then executed inside
+`run_context(ws, run_id)`, either in this process (a foreground CLI command) or in a detached
+process started by `spawn` (`python -m semievol worker WORKSPACE RUN_ID`: the worker reads
+what to do from the run's row and needs nothing else). Either way the row holds status,
+progress, a heartbeat written by a thread, and the error of a failed run, so the UI and
+`semievol runs` see the same thing. A process that died without saying so (killed, machine
+rebooted) is found by `refresh_runs`: dead pid or stale heartbeat -> 'failed'.
 
 Only one run may write a round at a time; a second one raises `RunRefused` naming the
 holder and how to cancel it. `cancel_run` sends SIGTERM, which `run_context` turns into
@@ -31,12 +33,12 @@ from typing import Iterator
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace, now
 
+RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 RUN_KINDS_WRITING_ROUND = {"warmup", "label", "select", "train", "evaluate", "round"}
 HEARTBEAT_SECONDS = 2.0  # how often a running process stamps its row's heartbeat
 STALE_SECONDS = 30.0  # a running row with an older heartbeat belongs to a process gone
 PROGRESS_INTERVAL = 0.5  # at most one progress write per this many seconds (not the last)
 CANCEL_WAIT_SECONDS = 5.0
-ENV_RUN_ID = "SEMIEVOL_RUN_ID"
 _ERROR_TRACEBACK_LINES = 12
 
 
@@ -48,18 +50,32 @@ class RunCancelled(Exception):
     """Raised in the main thread of a run by SIGTERM (`cancel_run`), so cleanup runs."""
 
 
-# -- starting and running ------------------------------------------------------------------
-def start_run(ws: Workspace, kind: str, argv: list[str], *, round_id: int | None = None,
-              config: dict | None = None, module: str = "semievol") -> int:
-    """Register a run and start `python -m <module> *argv` as a detached process that adopts
-    it (SEMIEVOL_RUN_ID). Output goes to WORKSPACE/runs/<id>.log. Returns the run id."""
-    run_id = _register(ws, kind, round_id, config, pid=None)
-    log_path = ws.path / "runs" / f"{run_id}.log"
+# -- registering and starting ------------------------------------------------------------
+def register_run(ws: Workspace, kind: str, *, round_id: int | None = None,
+                 config: dict | None = None, request: dict | None = None,
+                 pid: int | None = None) -> int:
+    """Insert a 'running' row after the refusal check, in one write transaction (no race:
+    BEGIN IMMEDIATE holds the write lock from the check to the insert). Nested inside a
+    caller's transaction (launch.register), it is part of that one."""
     with ws.transaction() as conn:
-        conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(log_path), run_id))
+        refresh_runs(ws)
+        refuse_if_busy(ws, kind, round_id)
+        return conn.execute(
+            "INSERT INTO runs(kind, round_id, status, pid, progress, config, request, "
+            "started_at, heartbeat) VALUES(?, ?, 'running', ?, 0, ?, ?, ?, ?)",
+            (kind, round_id, pid, _dumps(config), _dumps(request), now(), now())).lastrowid
+
+
+def spawn(ws: Workspace, run_id: int, argv: list[str], *, module: str = "semievol") -> int:
+    """Start `python -m <module> *argv` detached, to execute the registered run `run_id`
+    (its argv says which run; nothing else is passed). Output goes to
+    WORKSPACE/runs/<id>.log. Returns the child's pid."""
+    log_path = ws.path / "runs" / f"{run_id}.log"
+    ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(log_path), run_id))
     command = [sys.executable, "-m", module, *argv]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{ENV_RUN_ID: str(run_id)})
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    kind = ws.scalar("SELECT kind FROM runs WHERE id=?", (run_id,))
     try:
         with open(log_path, "ab") as log:
             log.write(f"# run {run_id} ({kind}) started {_clock(now())}: "
@@ -72,14 +88,18 @@ def start_run(ws: Workspace, kind: str, argv: list[str], *, round_id: int | None
         _finish(ws, run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise SemiEvolError(f"Could not start run {run_id} ({' '.join(command)}): {exc}.") \
             from exc
-    ws.conn.execute("UPDATE runs SET pid=? WHERE id=?", (process.pid, run_id))
+    ws.conn.execute("UPDATE runs SET pid=? WHERE id=? AND pid IS NULL", (process.pid, run_id))
     # Reap the child when it exits, so a long-lived parent (the app) collects no zombies.
     threading.Thread(target=process.wait, daemon=True, name=f"reap-run-{run_id}").start()
-    return run_id
+    return process.pid
 
 
 class RunHandle:
-    """What a running step uses to report: progress, metrics, the round it created."""
+    """What a running step uses to report: which step of how many, progress, metrics.
+
+    A run of several steps (a whole round) reports its progress as one number over all of
+    them: step k of n at a fraction f of its own work is (k + f) / n, and the message says
+    "step k/n <name>: ..." so a reader sees both."""
 
     def __init__(self, ws: Workspace, run_id: int, round_id: int | None):
         self.ws = ws
@@ -87,6 +107,12 @@ class RunHandle:
         self.round_id = round_id
         self._last_write = 0.0
         self._last_message: str | None = None
+        self._step: tuple[int, int, str] | None = None
+
+    def begin_step(self, index: int, count: int, name: str) -> None:
+        """Step `index` (0-based) of `count` starts."""
+        self._step = (index, count, name)
+        self.progress(0, 1, "starting")
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         """Record done/total (throttled to one write per PROGRESS_INTERVAL, except the last
@@ -97,6 +123,11 @@ class RunHandle:
             return
         self._last_write, self._last_message = t, message
         fraction = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
+        if self._step is not None:
+            index, count, name = self._step
+            fraction = (index + fraction) / count
+            message = f"step {index + 1}/{count} {name}: {message}" if count > 1 \
+                else f"{name}: {message}"
         self.ws.conn.execute("UPDATE runs SET progress=?, message=? WHERE id=?",
                              (fraction, message, self.id))
 
@@ -107,22 +138,13 @@ class RunHandle:
             (self.id, self.round_id, name, step, None if value is None else float(value),
              now()))
 
-    def set_round(self, round_id: int) -> None:
-        """For a run that creates its round: from now on the run (and its metrics) belong
-        to it."""
-        self.round_id = round_id
-        self.ws.conn.execute("UPDATE runs SET round_id=? WHERE id=?", (round_id, self.id))
-
 
 @contextlib.contextmanager
-def run_context(ws: Workspace, kind: str, *, round_id: int | None = None,
-                config: dict | None = None) -> Iterator[RunHandle]:
-    """Record the enclosed step as a run: adopt the row of SEMIEVOL_RUN_ID (a background
-    start) or register a new one (foreground, after the same refusal check as start_run).
-    Ends the row as succeeded / cancelled (SIGTERM, Ctrl-C) / failed (with the error)."""
-    run_id = _adopt(ws, kind, round_id, config)
-    if run_id is None:
-        run_id = _register(ws, kind, round_id, config, pid=os.getpid())
+def run_context(ws: Workspace, run_id: int) -> Iterator[RunHandle]:
+    """Execute the enclosed step as the registered run `run_id`: take its row over (this
+    process's pid, a heartbeat thread), and end it as succeeded / cancelled (SIGTERM,
+    Ctrl-C) / failed (with the error)."""
+    kind = _adopt(ws, run_id)
     handle = RunHandle(ws, run_id, ws.scalar("SELECT round_id FROM runs WHERE id=?", (run_id,)))
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ws.path / "workspace.db", run_id, stop),
@@ -168,39 +190,23 @@ def run_context(ws: Workspace, kind: str, *, round_id: int | None = None,
         beat.join(timeout=5)
 
 
-def _adopt(ws: Workspace, kind: str, round_id: int | None, config: dict | None) -> int | None:
-    """The pre-registered row named by SEMIEVOL_RUN_ID, taken over by this process; None
-    when there is none. The variable is removed either way, so processes this one starts
-    (and nested runs) do not adopt the same row."""
-    raw = os.environ.pop(ENV_RUN_ID, None)
-    if not raw or not raw.strip().isdigit():
-        return None
-    row = ws.conn.execute("SELECT id, kind, status FROM runs WHERE id=?",
-                          (int(raw),)).fetchone()
-    if row is None or row["kind"] != kind:
-        return None
+def _adopt(ws: Workspace, run_id: int) -> str:
+    """Take the registered row over for this process; returns the run's kind."""
+    row = ws.conn.execute("SELECT id, kind, status FROM runs WHERE id=?", (run_id,)).fetchone()
+    if row is None:
+        raise SemiEvolError(f"No run {run_id} in this workspace; `semievol runs {ws.path}` "
+                            "lists them.")
     if row["status"] == "cancelled":  # cancelled before this process got going
-        raise RunCancelled(f"Run {row['id']} was cancelled before it started.")
-    ws.conn.execute(
-        "UPDATE runs SET pid=?, status='running', heartbeat=?, error=NULL, finished_at=NULL,"
-        " round_id=COALESCE(?, round_id), config=COALESCE(?, config) WHERE id=?",
-        (os.getpid(), now(), round_id, _dumps(config), row["id"]))
-    return row["id"]
+        raise RunCancelled(f"Run {run_id} was cancelled before it started.")
+    if row["status"] != "running":
+        raise SemiEvolError(f"Run {run_id} already finished ({row['status']}); start a new "
+                            f"one (`semievol resume {ws.path} {run_id}` for a failed run).")
+    ws.conn.execute("UPDATE runs SET pid=?, heartbeat=?, error=NULL, finished_at=NULL "
+                    "WHERE id=?", (os.getpid(), now(), run_id))
+    return row["kind"]
 
 
-def _register(ws: Workspace, kind: str, round_id: int | None, config: dict | None, *,
-              pid: int | None) -> int:
-    """Insert a 'running' row; check and insert share one write transaction (no race)."""
-    refresh_runs(ws)
-    with ws.transaction() as conn:
-        _refuse_if_busy(ws, kind, round_id)
-        return conn.execute(
-            "INSERT INTO runs(kind, round_id, status, pid, progress, config, started_at,"
-            " heartbeat) VALUES(?, ?, 'running', ?, 0, ?, ?, ?)",
-            (kind, round_id, pid, _dumps(config), now(), now())).lastrowid
-
-
-def _refuse_if_busy(ws: Workspace, kind: str, round_id: int | None) -> None:
+def refuse_if_busy(ws: Workspace, kind: str, round_id: int | None) -> None:
     """Raise RunRefused when a running run already writes this round. A run of a writing
     kind with no round yet (it will create one) counts as writing every round."""
     writing = tuple(sorted(RUN_KINDS_WRITING_ROUND))
@@ -386,9 +392,19 @@ def log_tail(run: dict, lines: int = 40) -> str:
     return "\n".join(shown[-lines:])
 
 
+def running_runs(ws: Workspace, round_id: int | None = None) -> list[dict]:
+    """The runs still running (dead processes marked failed first), of one round if given."""
+    refresh_runs(ws)
+    sql, params = "SELECT * FROM runs WHERE status='running'", ()
+    if round_id is not None:
+        sql, params = sql + " AND round_id=?", (round_id,)
+    return [_run_dict(r) for r in ws.query(sql + " ORDER BY id", params)]
+
+
 def _run_dict(row: sqlite3.Row) -> dict:
     run = dict(row)
-    run["config"] = json.loads(run["config"]) if run["config"] else None
+    for key in ("config", "request"):
+        run[key] = json.loads(run[key]) if run.get(key) else None
     return run
 
 

@@ -1,117 +1,143 @@
-"""Starting a round's steps as background runs, the way the CLI's `--background` does.
+"""Starting a round's steps as a run: the one path for the CLI (foreground and
+`--background`), the app's buttons, resuming a failed run and the background worker.
 
-`launch_step` is what a button in the app (and `semievol <step> --background`) calls: it opens
-the round exactly as the foreground command would, saves the resolved config as YAML under
-WORKSPACE/runs/ (the config travels to the child as a file, and stays beside the run's log),
-and starts `python -m semievol <step> WORKSPACE --config FILE --round N ...` through
-`jobs.start_run`. `resume_run` starts a failed or cancelled run's step again: every step
-resumes from what the workspace stores (adapters, cached responses, checkpoints).
+`register` validates the request, refuses a conflicting run, opens the round and registers
+the run, all in one write transaction: a refused start changes nothing, and two starts at
+once cannot both pass the check. What the run must do (its steps, a selection override,
+`force`) and the round's resolved config are stored in the run's row, so `execute` needs
+nothing but the run id: in this process (foreground) or in a worker started by
+`start(..., background=True)` as `python -m semievol worker WORKSPACE RUN_ID`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from semievol import jobs, rounds
+from semievol import jobs, rounds, steps
 from semievol.config import RoundConfig, SelectionConfig, to_dict
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace
 
-LAUNCH_STEPS = ("round", *rounds.STEPS)
-"""What `launch_step` starts: a whole round, or one of its steps."""
-OPENING_STEPS = ("round", "warmup")
-"""Steps that open the round (a new one after a finished round), as the CLI does."""
-SELECTION_STEPS = ("round", "select")
+RUN_KINDS = ("round", *steps.STEPS)
+"""What a run may be: a whole round, or one of its steps."""
+OPENING_KINDS = ("round", "warmup")
+"""Kinds that open the round (a new one after a finished round)."""
+SELECTION_KINDS = ("round", "select")
 RESUMABLE = ("failed", "cancelled")
 
 
-def config_path(ws: Workspace, round_number: int, step: str) -> Path:
-    """Where the resolved config of a launched step is saved."""
-    return ws.path / "runs" / f"config_round{round_number}_{step}.yaml"
+def steps_of(kind: str) -> list[str]:
+    """The steps a run of `kind` executes."""
+    return list(steps.STEPS) if kind == "round" else [kind]
 
 
-def selection_flags(selection: SelectionConfig) -> list[str]:
-    """The CLI flags that give `selection` to `semievol select` / `semievol round`."""
-    flags = ["--policy", selection.policy, "--theta", repr(float(selection.theta)),
-             "--score", selection.score]
-    if selection.threshold is not None:
-        flags += ["--threshold", repr(float(selection.threshold))]
-    return flags
+def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
+             selection: SelectionConfig | None = None, round_number: int | None = None,
+             force: bool = False, pid: int | None = None) -> int:
+    """Validate, refuse while another run writes the round, open the round and register the
+    run, in one transaction; returns the run id.
 
-
-def launch_step(ws: Workspace, step: str, *, config: RoundConfig | None = None,
-                selection: SelectionConfig | None = None, round_number: int | None = None,
-                force: bool = False) -> int:
-    """Start `step` of a round in the background; returns the run id.
-
-    The round is the one the CLI would use: `round` and `warmup`, or any step given a
-    `config`, open it (`rounds.open_round`: the latest unfinished round, whose stored config
-    `config` replaces, or a new one); other steps take round `round_number` (default: the
-    latest). `selection` (select / round only) overrides the round's selection policy;
-    `force` (evaluate only) recomputes stored evaluations. Raises RunRefused, before anything
-    is changed, when another run is writing a round.
-    """
-    if step not in LAUNCH_STEPS:
-        raise SemiEvolError(f"Unknown step {step!r}: choose one of {', '.join(LAUNCH_STEPS)}.")
-    if selection is not None and step not in SELECTION_STEPS:
-        raise SemiEvolError(f"A selection policy applies to select or round, not to {step}.")
-    opens = step in OPENING_STEPS or config is not None
-    if opens:
-        # open_round may rewrite the open round's stored config: refuse first, while a run
-        # (which may be reading that config) is still going.
+    `round` and `warmup`, or any step given a `config`, open the round (`rounds.open_round`:
+    the latest unfinished round, whose stored config `config` replaces, or a new one); other
+    steps take round `round_number` (default: the latest). `selection` (select / round)
+    overrides the selection policy; `force` (evaluate / round) recomputes stored
+    evaluations."""
+    if kind not in RUN_KINDS:
+        raise SemiEvolError(f"Unknown step {kind!r}: choose one of {', '.join(RUN_KINDS)}.")
+    if selection is not None and kind not in SELECTION_KINDS:
+        raise SemiEvolError(f"A selection policy applies to select or round, not to {kind}.")
+    ws.require_task()
+    opens = kind in OPENING_KINDS or config is not None
+    with ws.transaction():
         jobs.refresh_runs(ws)
-        jobs._refuse_if_busy(ws, step, None)
-        rnd = rounds.open_round(ws, config)
-    else:
-        rnd = rounds.get_round(ws, round_number)
-    argv = [step, str(ws.path), "--round", str(rnd.number)]
-    if config is not None:
-        import yaml
-
-        path = config_path(ws, rnd.number, step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(to_dict(rnd.config), sort_keys=False))
-        argv += ["--config", str(path)]
-    if selection is not None:
-        argv += selection_flags(selection)
-    if force and step == "evaluate":
-        argv.append("--force")
-    return jobs.start_run(ws, step, argv, round_id=rnd.id, config=to_dict(rnd.config))
+        if opens:
+            # open_round may rewrite the open round's stored config: refuse first.
+            jobs.refuse_if_busy(ws, kind, None)
+            rnd = rounds.open_round(ws, config)
+        else:
+            rnd = rounds.get_round(ws, round_number)
+        request = {"steps": steps_of(kind), "round": rnd.number, "force": bool(force),
+                   "selection": None if selection is None else to_dict(selection)}
+        return jobs.register_run(ws, kind, round_id=rnd.id, config=to_dict(rnd.config),
+                                 request=request, pid=pid)
 
 
-def resume_command(ws: Workspace, run: dict) -> list[str]:
-    """The `semievol` arguments that run a failed (or cancelled) run's step again on the same
-    round; the step resumes from what is stored. Raises SemiEvolError when there is nothing
-    to resume."""
+def start(ws: Workspace, kind: str, *, background: bool, **options) -> int:
+    """Register a run (see `register`); in the background, also start its worker. A
+    foreground caller then runs it with `execute`. Returns the run id."""
+    import os
+
+    run_id = register(ws, kind, pid=None if background else os.getpid(), **options)
+    if background:
+        jobs.spawn(ws, run_id, ["worker", str(ws.path), str(run_id)])
+    return run_id
+
+
+def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None) -> dict[str, dict]:
+    """Run a registered run's steps through `run_steps`, recorded in its row (status,
+    progress over all its steps, training losses). `progress` and `on_step` also receive
+    the reports (a terminal's progress bars)."""
+    run = jobs.get_run(ws, run_id)
+    request = run["request"]
+    if not request:
+        raise SemiEvolError(f"Run {run_id} has no stored request (it was started by an older "
+                            "version); start the step again.")
+    selection = request.get("selection")
+    with jobs.run_context(ws, run_id) as handle:
+        def report(done, total, message=""):
+            handle.progress(done, total, message)
+            if progress:
+                progress(done, total, message)
+
+        def step_started(index, count, name):
+            handle.begin_step(index, count, name)
+            if on_step:
+                on_step(index, count, name)
+
+        return steps.run_steps(ws, request["round"], request["steps"],
+                               selection=None if selection is None
+                               else SelectionConfig(**selection),
+                               force=request.get("force", False), progress=report,
+                               metric=handle.metric, on_step=step_started)
+
+
+def resume_check(ws: Workspace, run: dict) -> int:
+    """The round number a failed (or cancelled) run's steps would run on again; raises
+    SemiEvolError when there is nothing to resume."""
     kind = run["kind"]
-    if kind not in LAUNCH_STEPS:
+    if kind not in RUN_KINDS:
         raise SemiEvolError(f"Run {run['id']} ({kind}) is not a round step; start it again "
                             "from its own page or command.")
     if run["status"] not in RESUMABLE:
         raise SemiEvolError(f"Run {run['id']} is {run['status']}; only a failed or cancelled "
                             "run can be resumed.")
-    argv = [kind, str(ws.path)]
     if run["round_id"] is None:
-        return argv
-    row = ws.query("SELECT number, status FROM rounds WHERE id=?", (run["round_id"],))
-    if not row:
-        raise SemiEvolError(f"Run {run['id']} belongs to a round that no longer exists.")
-    number = row[0]["number"]
-    if kind in OPENING_STEPS:
+        raise SemiEvolError(f"Run {run['id']} belongs to no round; start the step again.")
+    rnd = rounds.round_by_id(ws, run["round_id"])
+    if kind in OPENING_KINDS:
         # These open the latest unfinished round: that must still be the run's own round.
-        latest = ws.query("SELECT number, status FROM rounds ORDER BY number DESC LIMIT 1")[0]
-        if latest["number"] != number or latest["status"] == "done":
-            raise SemiEvolError(f"Round {number} is no longer the open round, so run "
+        latest = rounds.latest_round(ws)
+        if latest.number != rnd.number or latest.status == "done":
+            raise SemiEvolError(f"Round {rnd.number} is no longer the open round, so run "
                                 f"{run['id']} ({kind}) cannot be resumed; launch the step "
                                 "again from the Round setup page.")
-    return argv + ["--round", str(number)]
+    return rnd.number
 
 
-def resume_run(ws: Workspace, run_id: int) -> int:
-    """Start a failed or cancelled run's step again as a new background run; returns its id."""
+def resume(ws: Workspace, run_id: int, *, background: bool = True) -> int:
+    """Start a failed or cancelled run's request again as a new run on the same round; every
+    step continues from what the workspace stores (adapters, cached responses,
+    checkpoints). Returns the new run's id (a foreground caller then `execute`s it)."""
+    import os
+
     run = jobs.get_run(ws, run_id)
-    argv = resume_command(ws, run)
-    config = None
-    if run["round_id"] is not None:
-        config = to_dict(rounds.get_round(ws, int(argv[argv.index("--round") + 1])).config)
-    return jobs.start_run(ws, run["kind"], argv, round_id=run["round_id"], config=config)
+    number = resume_check(ws, run)
+    request = run["request"] or {"steps": steps_of(run["kind"]), "force": False,
+                                 "selection": None}
+    request = {**request, "round": number}
+    with ws.transaction():
+        rnd = rounds.get_round(ws, number)
+        new_id = jobs.register_run(ws, run["kind"], round_id=rnd.id,
+                                   config=to_dict(rnd.config), request=request,
+                                   pid=None if background else os.getpid())
+    if background:
+        jobs.spawn(ws, new_id, ["worker", str(ws.path), str(new_id)])
+    return new_id

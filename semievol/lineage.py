@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from semievol.calibration import calibration_report
 from semievol.config import SelectionConfig, round_config_from_dict
-from semievol.selection import current_decisions, threshold_for
+from semievol.decisions import current_decisions
+from semievol.pseudo_labels import scored_rows
+from semievol.selection_state import class_thresholds, policy_threshold, selection_in_force
 from semievol.store import Workspace
 
 MODELS = ("base", "base+demos", "warmup", "round")
@@ -23,15 +23,6 @@ def _latest_accuracy(ws: Workspace) -> dict[tuple[int | None, str], float]:
     return {(r["round_id"], r["model"]): r["accuracy"] for r in rows}
 
 
-def selection_config(ws: Workspace, round_row) -> tuple[SelectionConfig, bool]:
-    """(the selection config applied to the round, whether one was applied): the stored
-    `selection_round_{id}` setting, else the round config's (not applied yet)."""
-    stored = ws.get_setting(f"selection_round_{round_row['id']}")
-    if stored is not None:
-        return SelectionConfig(**stored), True
-    return round_config_from_dict(json.loads(round_row["config"])).selection, False
-
-
 def round_summaries(ws: Workspace) -> list[dict]:
     """One dict per round, oldest first: number, status, test accuracy of base, base+demos
     (shared by all rounds: evaluated once), warm-up and the round's adapter; pseudo-labels
@@ -39,8 +30,7 @@ def round_summaries(ws: Workspace) -> list[dict]:
     force on the pool's items; calibration precision of all and of the selected
     pseudo-labels (with Wilson intervals); the applied selection config; the adapters."""
     accuracy = _latest_accuracy(ws)
-    decisions = current_decisions(dict(r) for r in ws.query(
-        "SELECT item_id, action, label FROM decisions ORDER BY id"))
+    decisions = current_decisions(ws)
     out = []
     for rnd in ws.query("SELECT * FROM rounds ORDER BY number"):
         rid = rnd["id"]
@@ -57,7 +47,7 @@ def round_summaries(ws: Workspace) -> list[dict]:
         for item_id in pool:
             if item_id in decisions:
                 human[decisions[item_id]["action"]] += 1
-        config, applied = selection_config(ws, rnd)
+        config, applied = selection_in_force(ws, rid)
         calibration = calibration_report(ws, rid, score=config.score)
         calibration.pop("curve", None)
         out.append({
@@ -80,39 +70,14 @@ def round_summaries(ws: Workspace) -> list[dict]:
     return out
 
 
-def resolve_item(ws: Workspace, key: str | int) -> int | None:
-    """The item id for an external id, or for a numeric internal id; None if neither."""
-    text = str(key).strip()
-    if not text:
-        return None
-    found = ws.scalar("SELECT id FROM items WHERE external_id=?", (text,))
-    if found is None and text.isdigit():
-        found = ws.scalar("SELECT id FROM items WHERE id=?", (int(text),))
-    return found
-
-
 def _thresholds(ws: Workspace, round_id: int, config: SelectionConfig) -> tuple[float | None,
                                                                                dict]:
-    """(global threshold, {pseudo-label: threshold}) the policy used; the percentile is over
-    the round's unlabeled and calibration pseudo-labels, as in curation.compute_selection."""
-    if config.policy == "absolute":
-        return config.threshold, {}
+    """(global threshold, {pseudo-label: threshold}) the policy used, over the round's
+    unlabeled and calibration pseudo-labels as in selection_state.compute_selection."""
     if config.policy == "agreement_only":
         return None, {}
-    column = "option_entropy" if config.score == "option_entropy" else "entropy"
-    rows = ws.query(f"SELECT p.label, p.{column} FROM pseudo_labels p JOIN items i ON "
-                    "i.id = p.item_id WHERE p.round_id=? AND i.split IN "
-                    "('unlabeled','calibration')", (round_id,))
-    scores = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=float)
-    if config.policy == "percentile":
-        value = threshold_for(scores, theta=config.theta)
-        return (None if np.isnan(value) else value), {}
-    labels = np.array([r[0] for r in rows], dtype=object)
-    per_class = {}
-    for label in set(labels):
-        value = threshold_for(scores[labels == label], theta=config.theta)
-        per_class[label] = None if np.isnan(value) else value
-    return None, per_class
+    rows = scored_rows(ws, round_id, config.score)
+    return policy_threshold(rows, config), class_thresholds(rows, config)
 
 
 def _decision_rounds(ws: Workspace, item_id: int) -> list[tuple[int | None, dict]]:
@@ -156,7 +121,7 @@ def item_lineage(ws: Workspace, item_id: int) -> list[dict]:
         label = ws.query("SELECT * FROM pseudo_labels WHERE round_id=? AND item_id=?",
                          (rnd["id"], item_id))
         label = label[0] if label else None
-        selection, applied = selection_config(ws, rnd)
+        selection, applied = selection_in_force(ws, rnd["id"])
         threshold = None
         if label is not None and applied:
             overall, per_class = _thresholds(ws, rnd["id"], selection)

@@ -1,28 +1,34 @@
-"""Pseudo-labels (paper steps 4-5): agreement, self-justification, entropy.
+"""Pseudo-labels (paper steps 4-5): agreement, self-justification, entropy; and the stored
+pseudo-labels as the selection reads them.
 
 Unanimous collaborators give the pseudo-label directly (`agreed`). Otherwise the warm-up
 model sees the question and every collaborator's answer (the reflection prompt) and its
 answer becomes the pseudo-label (`reflected`). The entropy of the pseudo-response is its
-mean token NLL under the warm-up model on the plain prompt (paper eq. 6); for `choice` the
-same forward pass also gives the warm-up's option distribution, whose entropy is kept too.
+mean token NLL under the warm-up model on the plain prompt (paper eq. 6,
+`scoring.mean_nll`); for `choice` the same forward pass also gives the warm-up's option
+distribution, whose entropy is kept too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from semievol.backend import LocalBackend, Progress
-from semievol.collaborators import Item
+from semievol.backend import Backend, Progress, normalised
 from semievol.config import TaskConfig
-from semievol.scoring import agreement
+from semievol.items import Item
+from semievol.scoring import agreement, mean_nll
 from semievol.scoring import entropy as distribution_entropy
 from semievol.store import Workspace
-from semievol.tasks import (answer_text, build_messages, end_of_turn, option_continuations,
-                            parse_open, reflection_messages, render_prompt)
+from semievol.tasks import (answer_target, build_messages, option_targets, parse_open,
+                            reflection_messages, render_prompt)
+
+PATHS = ("agreed", "reflected")
+SCORE_COLUMNS = {"nll": "entropy", "option_entropy": "option_entropy"}
+"""Which pseudo_labels column holds each selection score (config.SELECTION_SCORES)."""
 
 
 def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_collaborators: int,
-                        warmup: LocalBackend, task: TaskConfig, *,
+                        warmup: Backend, task: TaskConfig, *,
                         progress: Progress | None = None, batch_items: int = 64) -> dict:
     """Write a pseudo-label row for every item that lacks one; returns path counts."""
     done_ids = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=?",
@@ -45,6 +51,16 @@ def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_colla
     return counts
 
 
+def drop_derived(ws: Workspace, round_id: int, n_collaborators: int) -> None:
+    """Forget a round's pseudo-labels (derived from all collaborators together) and the
+    responses of collaborators beyond the first `n_collaborators`: what changes when the
+    collaborators or the model change. Responses stay cached by content."""
+    with ws.transaction() as conn:
+        conn.execute("DELETE FROM pseudo_labels WHERE round_id=?", (round_id,))
+        conn.execute("DELETE FROM responses WHERE round_id=? AND collaborator >= ?",
+                     (round_id, n_collaborators))
+
+
 def _answers_by_item(ws: Workspace, round_id: int, n: int) -> dict[int, list[str | None]]:
     answers: dict[int, list[str | None]] = {}
     for r in ws.query("SELECT item_id, collaborator, answer FROM responses WHERE round_id=? "
@@ -53,7 +69,7 @@ def _answers_by_item(ws: Workspace, round_id: int, n: int) -> dict[int, list[str
     return answers
 
 
-def _label_batch(batch: list[Item], answers: dict, warmup: LocalBackend, task: TaskConfig):
+def _label_batch(batch: list[Item], answers: dict, warmup: Backend, task: TaskConfig):
     tokenizer = warmup.tokenizer
     decided, reflection_text = {}, {}
     paths, shares = {}, {}
@@ -70,10 +86,8 @@ def _label_batch(batch: list[Item], answers: dict, warmup: LocalBackend, task: T
         prompts = [render_prompt(tokenizer, reflection_messages(task, it.example, answers[it.id]))
                    for it in disputed]
         if task.kind == "choice":
-            eot = end_of_turn(tokenizer) if task.answer_format == "words" else ""
             dists = warmup.option_distributions(
-                prompts, [[c + eot for c in option_continuations(task, it.example.options)]
-                          for it in disputed])
+                prompts, [option_targets(task, it.example.options, tokenizer) for it in disputed])
             for it, probs in zip(disputed, dists):
                 best = int(np.argmax(probs))
                 decided[it.id] = it.example.options[best]
@@ -86,26 +100,62 @@ def _label_batch(batch: list[Item], answers: dict, warmup: LocalBackend, task: T
 
     # Entropy of the pseudo-response under the warm-up model, on the plain prompt (eq. 6).
     plain = [render_prompt(tokenizer, build_messages(task, it.example)) for it in batch]
-    eot = end_of_turn(tokenizer)
     rows = []
     if task.kind == "choice":
-        fmt_eot = eot if task.answer_format == "words" else ""
-        conts = [[c + fmt_eot for c in option_continuations(task, it.example.options)]
-                 for it in batch]
+        conts = [option_targets(task, it.example.options, tokenizer) for it in batch]
         scores = warmup.score_continuations(plain, conts)
-        for it, per_option in zip(batch, scores):
-            label = decided[it.id]
-            chosen = it.example.options.index(label)
-            totals = np.array([s.sum() for s in per_option])
-            probs = np.exp(totals - totals.max())
-            probs /= probs.sum()
-            rows.append((it.id, label, paths[it.id], shares[it.id], reflection_text.get(it.id),
-                         float(-per_option[chosen].mean()), float(distribution_entropy(probs))))
-    else:
-        conts = [[answer_text(task, decided[it.id], None) + eot] for it in batch]
-        scores = warmup.score_continuations(plain, conts)
-        for it, (per_token,) in zip(batch, scores):
+        chosen = [it.example.options.index(decided[it.id]) for it in batch]
+        nll = mean_nll([per_option[k] for per_option, k in zip(scores, chosen)])
+        for it, per_option, e in zip(batch, scores, nll):
             rows.append((it.id, decided[it.id], paths[it.id], shares[it.id],
-                         reflection_text.get(it.id), float(-per_token.mean()), None))
+                         reflection_text.get(it.id), float(e),
+                         float(distribution_entropy(normalised(per_option)))))
+    else:
+        conts = [[answer_target(task, decided[it.id], None, tokenizer)] for it in batch]
+        scores = warmup.score_continuations(plain, conts)
+        nll = mean_nll([per_token for (per_token,) in scores])
+        for it, e in zip(batch, nll):
+            rows.append((it.id, decided[it.id], paths[it.id], shares[it.id],
+                         reflection_text.get(it.id), float(e), None))
     return rows
 
+
+# -- the stored pseudo-labels, as selection and its evidence read them -------------------
+def scored_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dict]:
+    """The round's pseudo-labels of the unlabeled pool and the calibration slice (the
+    percentile is taken over both: calibration items are treated exactly as if unlabeled),
+    in item order: item_id, external_id, split, label, path, agreement, score (the chosen
+    selection score; nan when there is none), gold (calibration items only)."""
+    column = SCORE_COLUMNS[score]
+    rows = ws.query(
+        f"SELECT p.item_id, i.external_id, i.split, p.label, p.path, p.agreement, "
+        f"p.{column} AS score, i.answer FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        "WHERE p.round_id=? AND i.split IN ('unlabeled','calibration') ORDER BY p.item_id",
+        (round_id,))
+    return [{"item_id": r["item_id"], "external_id": r["external_id"], "split": r["split"],
+             "label": r["label"], "path": r["path"], "agreement": r["agreement"],
+             "score": np.nan if r["score"] is None else float(r["score"]),
+             "gold": r["answer"] if r["split"] == "calibration" else None} for r in rows]
+
+
+def score_range(ws: Workspace, round_id: int, score: str) -> tuple[float, float] | None:
+    """(min, max) of a round's stored score; None when no pseudo-label has one."""
+    column = SCORE_COLUMNS[score]
+    low, high = ws.query(f"SELECT MIN({column}), MAX({column}) FROM pseudo_labels "
+                         "WHERE round_id=?", (round_id,))[0]
+    return None if low is None else (float(low), float(high))
+
+
+def available_scores(ws: Workspace, round_id: int) -> list[str]:
+    """`nll`, and `option_entropy` where the round stored one (choice tasks)."""
+    has_option = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND "
+                           "option_entropy IS NOT NULL", (round_id,))
+    return list(SCORE_COLUMNS) if has_option else ["nll"]
+
+
+def path_counts(ws: Workspace, round_id: int) -> dict[str, int]:
+    """{agreed, reflected}: how many pseudo-labels of the round took each path."""
+    counts = dict.fromkeys(PATHS, 0)
+    counts.update({r[0]: r[1] for r in ws.query(
+        "SELECT path, COUNT(*) FROM pseudo_labels WHERE round_id=? GROUP BY path", (round_id,))})
+    return counts

@@ -8,9 +8,9 @@ already has serve every query (pseudo_labels (round_id, item_id) and (round_id, 
 decisions (item_id, id), neighbours (item_id, rank)); no extra index is created.
 bench/review_query.py times them at 100,000 items.
 
-A reviewer's current decision on an item is its latest row in `decisions` unless that row
-is a `clear` (the same rule as `curation.decision_map`); decisions are per item, not per
-round, as in the selection.
+A reviewer's current decision on an item is read from the `current_decisions` view (the one
+definition of that rule, see semievol.decisions); decisions are per item, not per round, as
+in the selection.
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ from dataclasses import dataclass
 
 from semievol.config import round_config_from_dict
 from semievol.errors import SemiEvolError
+from semievol.pseudo_labels import PATHS
 from semievol.store import SPLITS, Workspace
 
-PATHS = ("agreed", "reflected")
 DECISION_STATES = ("none", "accept", "reject", "relabel", "any")
 SORTS = ("entropy", "similarity", "item")
 QUESTION_CHARS = 200
 """Questions in a page's rows are cut to this many characters (the detail has all of it)."""
 
-# Ids of each item's latest decision row (decisions_item (item_id, id) covers it).
-_LATEST_IDS = "SELECT MAX(id) FROM decisions GROUP BY item_id"
 # Items whose current decision is one of a set of actions: a small list SQLite builds once.
-_DECIDED = ("p.item_id IN (SELECT d.item_id FROM decisions d "
-            f"WHERE d.id IN ({_LATEST_IDS}) AND d.action {{}})")
+_DECIDED = "p.item_id IN (SELECT d.item_id FROM current_decisions d WHERE d.action {})"
 _NEAREST = "LEFT JOIN neighbours n0 ON n0.item_id = p.item_id AND n0.rank = 0 "
 _NOT_UNLABELED = ", ".join(f"'{s}'" for s in SPLITS if s != "unlabeled")
 
@@ -110,9 +107,9 @@ def _where(flt: ReviewFilter) -> tuple[str, str, list]:
         sql.append("AND p.selected = ?")
         params.append(int(bool(flt.selected)))
     if flt.decision == "none":
-        sql.append("AND NOT " + _DECIDED.format("!= 'clear'"))
+        sql.append("AND NOT " + _DECIDED.format("IS NOT NULL"))
     elif flt.decision == "any":
-        sql.append("AND " + _DECIDED.format("!= 'clear'"))
+        sql.append("AND " + _DECIDED.format("IS NOT NULL"))
     elif flt.decision:
         sql.append("AND " + _DECIDED.format("= ?"))
         params.append(flt.decision)
@@ -173,14 +170,11 @@ def review_page(ws: Workspace, flt: ReviewFilter, *, limit: int = 50, offset: in
         "EXISTS (SELECT 1 FROM flags f WHERE f.round_id = p.round_id "
         "        AND f.item_id = p.item_id) AS flagged "
         f"FROM pseudo_labels p JOIN items i ON i.id = p.item_id {_NEAREST}"
-        "LEFT JOIN decisions d ON d.id = (SELECT MAX(x.id) FROM decisions x "
-        "                                 WHERE x.item_id = p.item_id) "
+        "LEFT JOIN current_decisions d ON d.item_id = p.item_id "
         f"WHERE p.round_id = ? AND p.item_id IN ({marks})", [flt.round_id, *ids])
     by_id = {}
     for r in rows:
         row = dict(r)
-        if row["decision"] == "clear":
-            row["decision"] = None
         if row["decision"] != "relabel":
             row["decision_label"] = None
         row["selected"] = bool(row["selected"])
@@ -197,14 +191,6 @@ def filtered_item_ids(ws: Workspace, flt: ReviewFilter) -> list[int]:
 
 
 # -- what the page needs to draw its controls ------------------------------------------
-def review_rounds(ws: Workspace) -> list[dict]:
-    """Every round, newest first: id, number, status, pseudo_labels (unlabeled items)."""
-    return [dict(r) for r in ws.query(
-        "SELECT r.id, r.number, r.status, (SELECT COUNT(*) FROM pseudo_labels p "
-        "WHERE p.round_id = r.id AND p.item_id NOT IN (SELECT id FROM items WHERE split IN "
-        f"({_NOT_UNLABELED}))) AS pseudo_labels FROM rounds r ORDER BY r.number DESC")]
-
-
 MAX_LABEL_CHOICES = 500
 
 
@@ -252,17 +238,13 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     probability), option_entropy, nll}], flags: [{kind, detail}], history: [decision rows,
     oldest first], decision: the current decision row or None}.
     """
-    from semievol.curation import decision_history
+    from semievol.decisions import current_decision, decision_history
+    from semievol.items import item_row
     from semievol.retrieval import neighbours_of
 
-    rows = ws.query("SELECT id, external_id, split, question, options, answer FROM items "
-                    "WHERE id = ?", (item_id,))
-    if not rows:
+    item = item_row(ws, item_id)
+    if item is None:
         raise SemiEvolError(f"No item with id {item_id} in this workspace.")
-    item = dict(rows[0])
-    task = ws.task
-    item["options"] = _json(item["options"]) or (list(task.labels) if task and task.labels
-                                                 else None)
     pseudo = ws.query("SELECT label, path, agreement, entropy, option_entropy, selected, "
                       "reflection_text FROM pseudo_labels WHERE round_id = ? AND item_id = ?",
                       (round_id, item_id))
@@ -299,7 +281,7 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         "SELECT kind, detail FROM flags WHERE round_id = ? AND item_id = ? ORDER BY kind",
         (round_id, item_id))]
     history = decision_history(ws, item_id)
-    current = history[-1] if history and history[-1]["action"] != "clear" else None
+    current = current_decision(ws, item_id)
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,
             "collaborators": collaborators, "flags": flags, "history": history,
             "decision": current}

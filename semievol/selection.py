@@ -1,7 +1,7 @@
-"""Adaptive selection (paper step 5) and the human decisions that override it.
+"""Adaptive selection (paper step 5): which pseudo-labels a policy keeps.
 
-Pure functions over arrays: which pseudo-labels a policy keeps, what each reviewer's
-decision history currently says, and the final (selected, label) pairs that training uses.
+Pure functions over arrays (no database, no model). Human decisions override the policy's
+mask afterwards (`decisions.apply_decisions`).
 
 Policies (entropy in nats, lower = more confident):
 - `percentile`: keep entropy <= the theta-th percentile over all finite entropies
@@ -14,13 +14,11 @@ A nan entropy (nothing to score) is never kept, except by `agreement_only`.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
-POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
-ACTIONS = ("accept", "reject", "relabel", "clear")
-SOURCES = ("policy", "accepted", "rejected", "relabeled")
+from semievol.config import SELECTION_POLICIES
 
 
 def threshold_for(entropy: np.ndarray, *, theta: float) -> float:
@@ -46,8 +44,9 @@ def select(
     whether all collaborators agreed. `theta` is a percentile in [0, 100]; `threshold` is
     required by `absolute` only.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy not in SELECTION_POLICIES:
+        raise ValueError(f"unknown selection policy {policy!r}; choose one of "
+                         f"{', '.join(SELECTION_POLICIES)}")
     e = np.asarray(entropy, dtype=float).ravel()
     agreed = np.asarray(agreed, dtype=bool).ravel()
     if not (len(labels) == agreed.size == e.size):
@@ -72,66 +71,6 @@ def select(
         in_group = groups == label
         keep[in_group] = _at_or_below(e[in_group], threshold_for(e[in_group], theta=theta))
     return keep
-
-
-def current_decisions(history: Iterable[Mapping]) -> dict[int, dict]:
-    """The decision now in force per item: the last row of its history, in the order given
-    (oldest first); a `clear` row removes the item's decision.
-
-    Rows carry item_id, action (accept | reject | relabel | clear), label, reviewer,
-    created_at; the returned values are plain dict copies of the deciding rows.
-    """
-    current: dict[int, dict] = {}
-    for row in history:
-        action = row["action"]
-        if action not in ACTIONS:
-            raise ValueError(f"unknown decision action {action!r}; expected one of {ACTIONS}")
-        item_id = int(row["item_id"])
-        if action == "clear":
-            current.pop(item_id, None)
-        else:
-            current[item_id] = dict(row)
-    return current
-
-
-def apply_decisions(
-    item_ids: Sequence[int],
-    selected: np.ndarray,
-    labels: Sequence[str],
-    decisions: Mapping[int, Mapping],
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """Let human decisions override the policy's mask.
-
-    accept -> kept with its pseudo-label; reject -> dropped; relabel -> kept with the
-    decision's label. Returns (final_selected, final_labels, source) where source[i] is
-    one of "policy", "accepted", "rejected", "relabeled". Decisions for items not in
-    `item_ids` are ignored.
-    """
-    final = np.asarray(selected, dtype=bool).ravel().copy()
-    if not (len(item_ids) == final.size == len(labels)):
-        raise ValueError(
-            f"item_ids ({len(item_ids)}), selected ({final.size}) and labels ({len(labels)}) "
-            "must have the same length"
-        )
-    final_labels = list(labels)
-    source = ["policy"] * final.size
-    for i, item_id in enumerate(item_ids):
-        decision = decisions.get(int(item_id))
-        if decision is None:
-            continue
-        action = decision["action"]
-        if action == "accept":
-            final[i], source[i] = True, "accepted"
-        elif action == "reject":
-            final[i], source[i] = False, "rejected"
-        elif action == "relabel":
-            new_label = decision.get("label")
-            if new_label is None or new_label == "":
-                raise ValueError(f"relabel decision for item {item_id} has no label")
-            final[i], final_labels[i], source[i] = True, new_label, "relabeled"
-        else:
-            raise ValueError(f"unknown decision action {action!r} for item {item_id}")
-    return final, final_labels, source
 
 
 def class_counts(labels: Sequence[str], mask: np.ndarray) -> dict[str, int]:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from semievol.config import to_dict
+from semievol.rounds import round_overview
 from semievol.store import SCHEMA_VERSION, Workspace
 
 
 def workspace_status(ws: Workspace) -> dict:
     task = ws.task
-    rounds = [dict(r) for r in ws.query(
-        "SELECT r.number, r.status, "
-        "(SELECT COUNT(*) FROM pseudo_labels p WHERE p.round_id = r.id) AS pseudo_labels, "
-        "(SELECT COUNT(*) FROM pseudo_labels p WHERE p.round_id = r.id AND p.selected) AS selected "
-        "FROM rounds r ORDER BY r.number")]
+    rounds = [{k: r[k] for k in ("number", "status", "pseudo_labels", "calibration_labels",
+                                 "selected")} for r in reversed(round_overview(ws))]
     return {
         "path": str(ws.path),
         "schema_version": SCHEMA_VERSION,

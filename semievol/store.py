@@ -17,8 +17,6 @@ from semievol.config import TaskConfig, task_config_from_dict, to_dict
 from semievol.errors import SemiEvolError
 
 SPLITS = ("labeled", "unlabeled", "test", "calibration")
-DECISION_ACTIONS = ("accept", "reject", "relabel", "clear")
-RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 
 # Each migration moves the schema from version i to i+1; never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -103,6 +101,23 @@ MIGRATIONS: list[str] = [
         round_id INTEGER, item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
         kind TEXT NOT NULL, detail TEXT, PRIMARY KEY (round_id, item_id, kind));
     """,
+    # 3: one place for a round's applied selection (it was a per-round setting); the
+    # current decision per item as a view (the one definition both Python and SQL read);
+    # what a run was asked to do, so a background worker needs nothing but its run id.
+    """
+    CREATE TABLE selections (
+        round_id INTEGER PRIMARY KEY REFERENCES rounds(id) ON DELETE CASCADE,
+        config TEXT NOT NULL, applied_at REAL NOT NULL);
+    INSERT INTO selections(round_id, config, applied_at)
+        SELECT CAST(SUBSTR(key, 17) AS INTEGER), value, 0 FROM settings
+        WHERE key LIKE 'selection\\_round\\_%' ESCAPE '\\'
+        AND CAST(SUBSTR(key, 17) AS INTEGER) IN (SELECT id FROM rounds);
+    DELETE FROM settings WHERE key LIKE 'selection\\_round\\_%' ESCAPE '\\';
+    CREATE VIEW current_decisions AS
+        SELECT d.* FROM decisions d
+        WHERE d.id IN (SELECT MAX(id) FROM decisions GROUP BY item_id) AND d.action != 'clear';
+    ALTER TABLE runs ADD COLUMN request TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -124,6 +139,7 @@ class Workspace:
         self.conn = sqlite3.connect(db, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
+        self._depth = 0  # nesting of transaction() blocks (savepoints)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -132,7 +148,26 @@ class Workspace:
     # -- basics -----------------------------------------------------------------------
     @contextlib.contextmanager
     def transaction(self):
-        """All-or-nothing writes: BEGIN IMMEDIATE takes the write lock up front."""
+        """All-or-nothing writes: BEGIN IMMEDIATE takes the write lock up front, so a check
+        made inside holds until the commit (no other writer can slip in between).
+
+        Nested, it is a savepoint: the inner block rolls back alone on an error, and
+        nothing is committed before the outermost block ends."""
+        if self.conn.in_transaction:
+            name = f"sp{self._depth}"
+            self._depth += 1
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+                raise
+            else:
+                self.conn.execute(f"RELEASE {name}")
+            finally:
+                self._depth -= 1
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn

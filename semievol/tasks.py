@@ -63,6 +63,27 @@ def option_continuations(task: TaskConfig, options: list[str]) -> list[str]:
     return list(options)
 
 
+def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn (ChatML: <|im_end|>)."""
+    return tokenizer.eos_token or ""
+
+
+def option_targets(task: TaskConfig, options: list[str], tokenizer) -> list[str]:
+    """The continuations scored for each option (collaborators, reflection, eq. 6, evaluation).
+
+    Option words end with the end-of-turn token, so that a short option is not preferred
+    just for being a prefix of a longer answer; a letter is one token and needs none (its
+    probability is read from the prompt's last position)."""
+    eot = end_of_turn(tokenizer) if task.answer_format == "words" else ""
+    return [c + eot for c in option_continuations(task, options)]
+
+
+def answer_target(task: TaskConfig, answer: str, options: list[str] | None, tokenizer) -> str:
+    """The assistant turn a model is trained on (and an open answer is scored as): the
+    answer's text or letter, closed by the end-of-turn token."""
+    return answer_text(task, answer, options) + end_of_turn(tokenizer)
+
+
 def build_messages(task: TaskConfig, example: Example, demonstrations: list[Example] = (),
                    *, with_answer: bool = False) -> list[dict]:
     """System turn, one user/assistant pair per demonstration, then the question."""
@@ -92,12 +113,6 @@ def reflection_messages(task: TaskConfig, example: Example, answers: list[str | 
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     """The chat-templated prompt text, ending where the assistant's answer starts."""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def end_of_turn(tokenizer) -> str:
-    """The token that closes an assistant turn (ChatML: <|im_end|>); scored after an option so
-    that a short option is not preferred just for being a prefix of a longer answer."""
-    return tokenizer.eos_token or ""
 
 
 # -- parsing and checking ----------------------------------------------------------------

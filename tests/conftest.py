@@ -7,6 +7,8 @@
 - `write_csv` (function and fixture): write a list of dicts as a UTF-8 CSV.
 - `small_task_files`: labeled / unlabeled / test CSVs (id,text,label) about broadband support.
 - `filled_workspace`: `workspace` with those files imported and indexed (FakeEmbedder, k=3).
+- `pool`: `filled_workspace` with round 1 and nine stored pseudo-labels (SQL, no model);
+  `ids_of`, `add_round`, `add_pseudo` write such rows.
 - `tiny_model_dir` (session): a tiny random-weight Llama saved with the real bundled tokenizer.
 """
 
@@ -20,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semievol.config import TaskConfig
-from semievol.store import Workspace
+from semievol.config import RoundConfig, TaskConfig, to_json
+from semievol.store import Workspace, now
 
 LABELS = ["billing", "outage", "equipment"]
 
@@ -176,6 +178,50 @@ def filled_workspace(workspace, task, small_task_files, fake_embedder):
         import_file(workspace, small_task_files[split], split, mapping=mapping, task=task)
     index_workspace(workspace, fake_embedder, k=3)
     return workspace
+
+
+# -- a round with stored pseudo-labels (no model) -----------------------------------------
+# Eight pseudo-labels: billing is the confident half, outage the uncertain half.
+POOL_ENTROPIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+POOL_LABELS = ["billing"] * 4 + ["outage"] * 4
+POOL_PATHS = ["agreed", "reflected", "agreed", "reflected", "agreed", "reflected",
+              "reflected", "agreed"]
+
+
+def ids_of(ws, split: str) -> list[int]:
+    return [r[0] for r in ws.query("SELECT id FROM items WHERE split=? ORDER BY id", (split,))]
+
+
+def add_round(ws, number: int = 1) -> int:
+    with ws.transaction() as conn:
+        return conn.execute("INSERT INTO rounds(number, status, config, created_at) "
+                            "VALUES(?,?,?,?)",
+                            (number, "open", to_json(RoundConfig()), now())).lastrowid
+
+
+def add_pseudo(ws, round_id: int, rows) -> None:
+    """rows: (item_id, label, path, entropy, option_entropy[, selected])."""
+    with ws.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement, entropy, "
+            "option_entropy, selected) VALUES(?,?,?,?,?,?,?,?)",
+            [(round_id, r[0], r[1], r[2], 1.0 if r[2] == "agreed" else 0.5, r[3], r[4],
+              r[5] if len(r) > 5 else 0) for r in rows])
+
+
+@pytest.fixture
+def pool(filled_workspace):
+    """Round 1 with the eight pseudo-labels above on the first eight unlabeled items (option
+    entropies in the reverse order) and a ninth with no entropy, agreed.
+    Returns (ws, round_id, item ids)."""
+    ws = filled_workspace
+    rid = add_round(ws)
+    items = ids_of(ws, "unlabeled")[:9]
+    add_pseudo(ws, rid, [(i, lab, path, e, 1.0 - e) for i, lab, path, e
+                         in zip(items, POOL_LABELS, POOL_PATHS, POOL_ENTROPIES)]
+               + [(items[8], "equipment", "agreed", None, None)])
+    return ws, rid, items
+
 
 
 # -- tiny model ----------------------------------------------------------------------------

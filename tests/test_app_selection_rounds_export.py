@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from semievol.config import RoundConfig, SelectionConfig, to_json
+from semievol.pseudo_labels import available_scores
+from semievol.selection_state import applied_selection
 from semievol.store import Workspace
 from test_lineage_audit import ids, prepare_rounds
 
@@ -150,7 +152,7 @@ def test_apply_writes_the_selection(prepared, monkeypatch):
         chosen = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=2 "
                                          "AND selected=1")}
         assert chosen == {item[x] for x in ("U05", "U06", "U07", "U08")}
-        assert ws.get_setting("selection_round_2")["theta"] == 80.0
+        assert applied_selection(ws, 2).theta == 80.0
     at.run()  # the applied setting is now where the controls start, and the audit has a queue
     assert at.slider(key="selection_theta_2").value == 80.0
     assert len(frame_with(at, "bin")) == 4
@@ -159,12 +161,12 @@ def test_apply_writes_the_selection(prepared, monkeypatch):
 def test_selection_view_functions(prepared):
     config = SelectionConfig(policy="per_class", theta=50.0)
     frame = selection_view.selection_frame(prepared, 2, config)
-    assert selection_view.class_thresholds(frame, config) == pytest.approx(
+    assert frame.attrs["class_thresholds"] == pytest.approx(
         {"outage": 0.30, "equipment": 0.425})
     frame = selection_view.selection_frame(prepared, 1, SelectionConfig())
     assert selection_view.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
-    assert selection_view.score_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
-    assert selection_view.available_scores(prepared, 1) == ["nll", "option_entropy"]
+    assert selection_view.slider_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
+    assert available_scores(prepared, 1) == ["nll", "option_entropy"]
 
 
 # -- Rounds -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from semievol import jobs, launch, rounds
-from semievol.config import CollaboratorConfig, RoundConfig
+from semievol.config import CollaboratorConfig, RoundConfig, SelectionConfig, to_json
 from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
 from semievol.scoring import classification_report
@@ -42,13 +42,15 @@ def task_workspace(workspace, task, small_task_files):
 
 @pytest.fixture
 def launched(monkeypatch):
-    """Replace launch_step: record (step, kwargs), return run id 41."""
+    """Replace launch.start: record (step, kwargs), return run id 41; the app always starts
+    in the background."""
     calls = []
 
-    def fake(ws, step, **kwargs):
+    def fake(ws, step, *, background, **kwargs):
+        assert background is True
         calls.append((step, kwargs))
         return 41
-    monkeypatch.setattr(launch, "launch_step", fake)
+    monkeypatch.setattr(launch, "start", fake)
     return calls
 
 
@@ -169,7 +171,7 @@ def test_round_setup_shows_what_the_round_has_done_and_a_refusal(task_workspace,
 
     def refuse(*args, **kwargs):
         raise jobs.RunRefused("Run 7 (label, pid 1) is already writing round 1; cancel it.")
-    monkeypatch.setattr(launch, "launch_step", refuse)
+    monkeypatch.setattr(launch, "start", refuse)
     at = page(ws, SETUP, monkeypatch)
     assert not at.exception
     steps = frame_with(at, "detail")
@@ -207,7 +209,7 @@ def test_runs_page_lists_runs_and_offers_resume_for_a_failed_one(task_workspace,
     failed = _insert_run(ws, "label", rnd.id, "failed", progress=0.4,
                          error="RuntimeError: CUDA out of memory\n  File x.py, line 3")
     resumed = []
-    monkeypatch.setattr(launch, "resume_run", lambda w, run_id: resumed.append(run_id) or 99)
+    monkeypatch.setattr(launch, "resume", lambda w, run_id: resumed.append(run_id) or 99)
     at = page(ws, RUNS, monkeypatch)
     assert not at.exception
     table = frame_with(at, "kind")
@@ -264,6 +266,8 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
                         " selected) VALUES(?, ?, ?, 'agreed', 1.0, ?)",
                         [(rnd.id, ids[0], "outage", 1), (rnd.id, ids[1], "outage", 1),
                          (rnd.id, ids[2], "billing", 1), (rnd.id, ids[3], "billing", 0)])
+    ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
+                    (rnd.id, to_json(SelectionConfig())))  # as apply_selection records it
     at.run()
     assert "no selection yet" not in texts(at.warning)
     counts = frame_with(at, "pseudo")

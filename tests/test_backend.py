@@ -117,19 +117,19 @@ def test_letter_continuations_need_only_the_prompt_forward(backend):
     letters = option_continuations(task, task.labels)
     assert letters == ["A", "B", "C"]
     conts = [letters] * len(PROMPTS)
-    before = backend.forward_calls
+    before = backend.calls
     result = backend.score_continuations(PROMPTS, conts)
-    assert backend.forward_calls == before + 1      # one batch, one forward
+    assert backend.calls == before + 1      # one batch, one forward
     assert all(len(s) == 1 for scores in result for s in scores)
     assert_matches_naive(backend, PROMPTS, conts, result)
 
     small = LocalBackend(backend.model, backend.tokenizer, name="x", batch_size=2)
     small.score_continuations(PROMPTS, conts)
-    assert small.forward_calls == 2                 # two batches
+    assert small.calls == 2                 # two batches
     # Multi-token options cost one extra small forward per option position.
-    small.forward_calls = 0
+    small.calls = 0
     small.score_continuations(PROMPTS[:2], [["billing account", "A"], ["yy zz"]])
-    assert small.forward_calls == 1 + 1             # prompt + option 0 (option 1 is one token)
+    assert small.calls == 1 + 1             # prompt + option 0 (option 1 is one token)
 
 
 def naive_greedy(backend, prompt: str, steps: int):
@@ -174,11 +174,11 @@ def test_lazy_backend_loads_weights_on_first_score(tiny_model_dir):
 
     config = tiny_config(tiny_model_dir)
     lazy = LazyBackend(config)
-    assert lazy._backend is None and lazy.forward_calls == 0
+    assert lazy._backend is None and lazy.calls == 0
     assert lazy.name == backend_name(config)
     assert lazy.tokenizer.padding_side == "left"     # prompts can be built without weights
     assert lazy._backend is None
     scores = lazy.score_continuations(["Hello"], [["A", "B"]])
     assert isinstance(lazy._backend, LocalBackend)
-    assert lazy.forward_calls == 1
+    assert lazy.calls == 1
     assert len(scores[0]) == 2

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from semievol import rounds
+from semievol import rounds, steps
 from semievol.config import CalibrationConfig, ModelConfig, RoundConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,7 @@ def round_workspace(filled_workspace, tiny_model_dir, fake_embedder):
                          train=TrainConfig(max_steps=2, batch_size=4),
                          calibration=CalibrationConfig(fraction=0.25, min_per_class=1))
     rnd = rounds.open_round(ws, config)
-    rounds.step_warmup(ws, rnd, embedder=fake_embedder)
-    rounds.step_label(ws, rounds.get_round(ws))
-    rounds.step_select(ws, rounds.get_round(ws), embedder=fake_embedder)
-    rounds.step_train(ws, rounds.get_round(ws))
-    rounds.step_evaluate(ws, rounds.get_round(ws))
+    steps.run_steps(ws, rnd.number, steps.STEPS, embedder=fake_embedder)
     return ws
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semievol.store import Workspace
+from semievol.store import SCHEMA_VERSION, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "chromadb", "sentence_transformers", "peft", "pandas",
@@ -116,7 +116,7 @@ def test_init_import_status_end_to_end(tmp_path, small_task_files, write_csv):
     assert "Decisions: 0; runs: 0" in out
     status = json.loads(semievol("status", ws, "--json").stdout)
     assert status["splits"] == {"labeled": 12, "unlabeled": 20, "test": 9, "calibration": 0}
-    assert status["schema_version"] == 2
+    assert status["schema_version"] == SCHEMA_VERSION
 
 
 def test_commands_on_a_missing_workspace_fail_cleanly(tmp_path, small_task_files):

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from semievol.config import TaskConfig
-from semievol.data import ColumnMapping, import_file, item_options, parse_options, resolve_answer
+from semievol.data import ColumnMapping, import_file, parse_options, resolve_answer
+from semievol.items import options_of
 from semievol.errors import SemiEvolError
 
 TEXT_MAP = ColumnMapping(question="text", answer="label", id="id")
@@ -81,7 +82,7 @@ def test_csv_with_label_set(workspace, task, small_task_files):
     assert {i["answer"] for i in items.values()} == set(task.labels)
     assert all(i["import_id"] == 1 for i in items.values())
     row = workspace.query("SELECT * FROM items WHERE external_id='L10'")[0]
-    assert item_options(workspace, row) == task.labels
+    assert options_of(row, workspace.task) == task.labels
     imp = workspace.query("SELECT file, split, rows, mapping FROM imports")[0]
     assert (imp["file"], imp["split"], imp["rows"]) == ("labeled.csv", "labeled", 12)
     assert json.loads(imp["mapping"])["question"] == "text"
@@ -116,7 +117,7 @@ def test_jsonl_with_per_item_options(workspace, tmp_path):
     assert {k: v["answer"] for k, v in items.items()} == EXPECTED_ANSWERS
     assert json.loads(items["q2"]["options"]) == ["3", "4", "7"]
     row = workspace.query("SELECT * FROM items WHERE external_id='q1'")[0]
-    assert item_options(workspace, row) == ["blue", "green", "red"]
+    assert options_of(row, workspace.task) == ["blue", "green", "red"]
 
 
 def test_csv_with_json_options_column(workspace, tmp_path, write_csv):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import numpy as np
 import pytest
 
 from conftest import LABELED_TEXTS, LABELS, TEST_ROWS, UNLABELED_TEXTS, FakeEmbedder
-from semievol import jobs, rounds
+from semievol import jobs, rounds, steps
 from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig, RoundConfig,
                              SelectionConfig, TrainConfig)
-from semievol.curation import compute_selection, record_decisions, training_items
+from semievol.decisions import record_decisions
+from semievol.selection_state import compute_selection
+from semievol.training_set import training_items
 from semievol.guards import leakage_flags
 
 COLLABORATORS = [CollaboratorConfig("base", 0, 1.0, 0),
@@ -61,10 +64,10 @@ def selected_ids(ws, round_id: int, split: str = "unlabeled") -> set[int]:
 
 def label_and_select(ws, rnd, embedder):
     """warmup -> label -> select; returns the refreshed round."""
-    rounds.step_warmup(ws, rnd, embedder=embedder)
+    steps.step_warmup(ws, rnd, embedder=embedder)
     rnd = rounds.get_round(ws, rnd.number)
-    rounds.step_label(ws, rnd)
-    rounds.step_select(ws, rnd, embedder=embedder)
+    steps.step_label(ws, rnd)
+    steps.step_select(ws, rnd, embedder=embedder)
     return rounds.get_round(ws, rnd.number)
 
 
@@ -77,7 +80,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
 
     # -- warm-up: calibration held out (stratified), not trained on, retrieval refreshed
     losses = []
-    summary = rounds.step_warmup(ws, rnd, embedder=fake_embedder,
+    summary = steps.step_warmup(ws, rnd, embedder=fake_embedder,
                                  metric=lambda *point: losses.append(point))
     calibration = ids_of(ws, "calibration")
     labeled = ids_of(ws, "labeled")
@@ -94,7 +97,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     trained = json.loads((warmup_dir / "training.json").read_text())
     assert trained["steps"] == MAX_STEPS and len(trained["losses"]) == MAX_STEPS
     # The metric callback got every step; nothing was written to the store by itself.
-    assert [(n, s) for n, s, _ in losses] == [("train_loss", s + 1) for s in range(MAX_STEPS)]
+    assert [(n, s) for n, s, _ in losses] == [("warmup_loss", s + 1) for s in range(MAX_STEPS)]
     assert all(math.isfinite(v) for _, _, v in losses)
     assert ws.scalar("SELECT COUNT(*) FROM metrics") == 0
     # Every non-labeled item has k neighbours, drawn from the labeled items only: a held-out
@@ -108,9 +111,9 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert demo_splits == {"labeled"}
 
     # -- label: items x collaborators responses, one pseudo-label per pool item
-    pool = rounds.pool_item_ids(ws, rnd)
+    pool = steps.pool_item_ids(ws, rnd)
     assert pool == unlabeled + calibration
-    result = rounds.step_label(ws, rnd)
+    result = steps.step_label(ws, rnd)
     n = len(COLLABORATORS)
     assert (result["items"], result["computed"], result["cached"]) == (len(pool), len(pool) * n, 0)
     assert result["model_calls"] > 0
@@ -146,13 +149,13 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
         raise AssertionError("a cached label step loaded a model")
     with monkeypatch.context() as patch:
         patch.setattr("semievol.backend.load_backend", no_model)
-        again = rounds.step_label(ws, rnd)
+        again = steps.step_label(ws, rnd)
     assert (again["computed"], again["cached"], again["model_calls"]) == (0, len(pool) * n, 0)
     assert (again["agreed"], again["reflected"], again["skipped"]) == (0, 0, len(pool))
     assert ws.scalar("SELECT COUNT(*) FROM responses WHERE round_id=?", (rnd.id,)) == len(pool) * n
 
     # -- select: what is stored is exactly compute_selection's result
-    summary = rounds.step_select(ws, rnd, embedder=fake_embedder)
+    summary = steps.step_select(ws, rnd, embedder=fake_embedder)
     expected = compute_selection(ws, rnd.id, rnd.config.selection)
     chosen = {i for i, s in zip(expected.item_ids, expected.selected) if s}
     stored = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=? AND "
@@ -163,9 +166,11 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert summary["flagged_leakage"] == 0 and summary["calibration"]["n"] == len(calibration)
 
     # -- train, as a recorded run: its metrics rows come from the callback
-    with jobs.run_context(ws, "train", round_id=rnd.id) as run:
-        summary = rounds.step_train(ws, rnd, metric=run.metric)
-    assert summary["examples"] == {"gold": 9, "pseudo": len(picked)}  # no calibration item
+    run_id = jobs.register_run(ws, "train", round_id=rnd.id, pid=os.getpid())
+    with jobs.run_context(ws, run_id) as run:
+        summary = steps.step_train(ws, rnd, metric=run.metric)
+    # no calibration item is trained on
+    assert summary["examples"] == {"gold": 9, "human": 0, "pseudo": len(picked)}
     metrics = jobs.run_metrics(ws, run.id, "train_loss")
     assert [m["step"] for m in metrics] == list(range(1, MAX_STEPS + 1))
     assert ws.scalar("SELECT COUNT(*) FROM metrics WHERE round_id=? AND name='train_loss'",
@@ -176,10 +181,10 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert (final_dir / "adapter_config.json").exists()
     assert json.loads((final_dir / "semievol_config.json").read_text())["examples"] == \
         9 + len(picked)
-    assert rounds.step_train(ws, rnd) == {"skipped": True, "adapter": rnd.final_adapter}
+    assert steps.step_train(ws, rnd) == {"skipped": True, "adapter": rnd.final_adapter}
 
     # -- evaluate: base, base+demos (no round), warm-up and round; the round is done
-    results = rounds.step_evaluate(ws, rnd)
+    results = steps.step_evaluate(ws, rnd)
     assert set(results) == {"base", "base+demos", "warmup", "round"}
     evaluations = {(r["round_id"], r["model"]): r for r in ws.query(
         "SELECT * FROM evaluations WHERE split='test'")}
@@ -203,17 +208,17 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     def no_training(*args, **kwargs):
         raise AssertionError("round 2's warm-up trained a new adapter")
     monkeypatch.setattr("semievol.finetune.train_lora", no_training)
-    summary = rounds.step_warmup(ws, second, embedder=fake_embedder)
+    summary = steps.step_warmup(ws, second, embedder=fake_embedder)
     assert summary == {"adapter": first.final_adapter, "from_round": 1}
     second = rounds.get_round(ws, 2)
     assert second.warmup_adapter == first.final_adapter
     assert not (ws.path / "adapters" / "round2").exists()
     assert ids_of(ws, "calibration") == calibration  # held out once, in round 1
 
-    pool2 = rounds.pool_item_ids(ws, second)
+    pool2 = steps.pool_item_ids(ws, second)
     assert pool2 == sorted(set(unlabeled) - picked - {relabeled}) + calibration
     # Its base collaborator asks exactly what round 1's asked: copied, not recomputed.
-    result = rounds.step_label(ws, second)
+    result = steps.step_label(ws, second)
     n_warmup = sum(c.model == "warmup" for c in COLLABORATORS)
     assert (result["reused"], result["computed"]) == (len(pool2), n_warmup * len(pool2))
     base = {}
@@ -225,7 +230,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert len(entropies) == len(pool2) and np.isfinite(entropies).all()
 
     # Round 2 trains on both rounds' selections (eq. 9); round 1's set is unchanged.
-    rounds.step_select(ws, second, embedder=fake_embedder)
+    steps.step_select(ws, second, embedder=fake_embedder)
     picked2 = selected_ids(ws, second.id)
     assert picked2 and not picked2 & picked
     sources = {it["item_id"]: it["source"] for it in training_items(ws, 2)}
@@ -239,9 +244,9 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     from semievol.evaluate import stored_evaluation
     round1 = stored_evaluation(ws, first.id, "round")
     warmup = LazyBackend(second.config.model, second.warmup_adapter)
-    rounds.step_evaluate(ws, rounds.get_round(ws, 2),
+    steps.step_evaluate(ws, rounds.get_round(ws, 2),
                          backends={"base": warmup, "warmup": warmup})
-    assert warmup.forward_calls == 0  # base reports are shared, the warm-up's inherited
+    assert warmup.calls == 0  # base reports are shared, the warm-up's inherited
     inherited = stored_evaluation(ws, second.id, "warmup")
     assert inherited["accuracy"] == round1["accuracy"]
     assert inherited["predictions"] == round1["predictions"]
@@ -267,7 +272,7 @@ def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_mod
     assert rejected not in items
     assert (items[relabeled]["answer"], items[relabeled]["source"]) == (human, "human")
 
-    summary = rounds.step_select(ws, rnd, embedder=fake_embedder)
+    summary = steps.step_select(ws, rnd, embedder=fake_embedder)
     now_picked = selected_ids(ws, rnd.id)
     assert rejected not in now_picked and relabeled in now_picked
     assert now_picked == (picked - {rejected}) | {relabeled}
@@ -329,7 +334,7 @@ def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, wr
 
     # A reviewer who looked at it may let it in; the flag stays visible.
     record_decisions(ws, [leaked], "accept", reviewer="ann", note="not the same ticket")
-    summary = rounds.step_select(ws, rnd, embedder=embedder)
+    summary = steps.step_select(ws, rnd, embedder=embedder)
     assert leaked in selected_ids(ws, rnd.id) and summary["flagged_leakage"] == 1
     assert [f["item_id"] for f in leakage_flags(ws, rnd.id)] == [leaked]
     assert leaked in {it["item_id"] for it in training_items(ws, rnd.number)}

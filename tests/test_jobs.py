@@ -1,6 +1,6 @@
 """Runs: statuses, heartbeat, refusal, and real background processes (started, killed,
 cancelled). The background child is a small module written into tmp_path and started through
-`start_run(..., module=...)`, so these tests need no model and no CLI command."""
+`spawn(..., module=...)` with the run id, so these tests need no model and no CLI command."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from semievol.errors import SemiEvolError
 from semievol.store import now
 
 CHILD = '''
-"""A stand-in for a long CLI step: python -m jobchild WORKSPACE KIND MODE."""
+"""A stand-in for a long CLI step: python -m jobchild WORKSPACE RUN_ID MODE."""
 import sys, time
 from semievol import jobs
 from semievol.store import Workspace
@@ -27,7 +27,7 @@ from semievol.store import Workspace
 ws = Workspace(sys.argv[1])
 mode = sys.argv[3]
 try:
-    with jobs.run_context(ws, sys.argv[2], round_id=1) as run:
+    with jobs.run_context(ws, int(sys.argv[2])) as run:
         print(f"child adopted run {run.id}", flush=True)
         if mode == "quick":
             for step in range(3):
@@ -64,6 +64,19 @@ def _insert_running(ws, *, kind="label", round_id=1, pid=None, heartbeat=None):
         (kind, round_id, pid, now(), now() if heartbeat is None else heartbeat)).lastrowid
 
 
+def foreground(ws, kind, *, round_id=None, config=None):
+    """Register a run for this process and execute the block as it (as the CLI does)."""
+    run_id = jobs.register_run(ws, kind, round_id=round_id, config=config, pid=os.getpid())
+    return jobs.run_context(ws, run_id)
+
+
+def background(ws, kind, mode, module, *, round_id=1, config=None):
+    """Register a run and spawn the child module to execute it; returns the run id."""
+    run_id = jobs.register_run(ws, kind, round_id=round_id, config=config)
+    jobs.spawn(ws, run_id, [str(ws.path), str(run_id), mode], module=module)
+    return run_id
+
+
 def _dead_pid():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
@@ -95,7 +108,7 @@ def children(workspace):
 
 # -- run_context in this process -----------------------------------------------------------
 def test_run_context_success_records_progress_metrics_and_config(workspace):
-    with jobs.run_context(workspace, "train", round_id=3, config={"lr": 0.1}) as run:
+    with foreground(workspace, "train", round_id=3, config={"lr": 0.1}) as run:
         row = _row(workspace, run.id)
         assert (row["status"], row["pid"], row["round_id"]) == ("running", os.getpid(), 3)
         run.progress(1, 4, "training")
@@ -116,17 +129,30 @@ def test_run_context_success_records_progress_metrics_and_config(workspace):
 
 
 def test_progress_writes_the_last_step_and_a_new_message_at_once(workspace):
-    with jobs.run_context(workspace, "label", round_id=1) as run:
+    with foreground(workspace, "label", round_id=1) as run:
         run.progress(1, 10, "a")
         run.progress(2, 10, "b")
         assert (_row(workspace, run.id)["progress"], _row(workspace, run.id)["message"]) \
             == (pytest.approx(0.2), "b")
         run.progress(10, 10, "b")
         assert _row(workspace, run.id)["progress"] == 1
-        run.set_round(7)
         run.metric("x", 0, 1.0)
-    assert _row(workspace, run.id)["round_id"] == 7
-    assert workspace.scalar("SELECT round_id FROM metrics WHERE run_id=?", (run.id,)) == 7
+    assert workspace.scalar("SELECT round_id FROM metrics WHERE run_id=?", (run.id,)) == 1
+
+
+def test_progress_of_a_run_of_several_steps_spans_them_all(workspace):
+    with foreground(workspace, "round", round_id=1) as run:
+        run.begin_step(0, 4, "warmup")
+        assert _row(workspace, run.id)["message"] == "step 1/4 warmup: starting"
+        run.progress(5, 10, "training")
+        run.begin_step(2, 4, "select")
+        run.progress(1, 2, "flags")
+        row = _row(workspace, run.id)
+        assert row["progress"] == pytest.approx((2 + 0.5) / 4)
+        assert row["message"] == "step 3/4 select: flags"
+        run.begin_step(3, 4, "train")
+        run.progress(4, 4, "done")
+        assert _row(workspace, run.id)["progress"] == 1
 
 
 def test_run_context_failure_records_error_and_traceback(workspace, capsys):
@@ -134,7 +160,7 @@ def test_run_context_failure_records_error_and_traceback(workspace, capsys):
         raise ValueError("boom in step")
 
     with pytest.raises(ValueError):
-        with jobs.run_context(workspace, "warmup", round_id=1) as run:
+        with foreground(workspace, "warmup", round_id=1) as run:
             fail()
     row = _row(workspace, run.id)
     assert row["status"] == "failed" and row["finished_at"] is not None
@@ -146,7 +172,7 @@ def test_run_context_failure_records_error_and_traceback(workspace, capsys):
 @pytest.mark.parametrize("exc", [jobs.RunCancelled, KeyboardInterrupt])
 def test_run_context_cancel_and_interrupt_are_cancelled(workspace, exc):
     with pytest.raises(exc):
-        with jobs.run_context(workspace, "label", round_id=1) as run:
+        with foreground(workspace, "label", round_id=1) as run:
             raise exc()
     row = _row(workspace, run.id)
     assert row["status"] == "cancelled" and row["error"] is None
@@ -155,7 +181,7 @@ def test_run_context_cancel_and_interrupt_are_cancelled(workspace, exc):
 def test_sigterm_raises_run_cancelled_and_handler_is_restored(workspace):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(jobs.RunCancelled):
-        with jobs.run_context(workspace, "train", round_id=1) as run:
+        with foreground(workspace, "train", round_id=1) as run:
             assert signal.getsignal(signal.SIGTERM) is not before
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # interrupted by the handler
@@ -165,40 +191,49 @@ def test_sigterm_raises_run_cancelled_and_handler_is_restored(workspace):
 
 def test_heartbeat_advances_while_running(workspace, monkeypatch):
     monkeypatch.setattr(jobs, "HEARTBEAT_SECONDS", 0.1)
-    with jobs.run_context(workspace, "train", round_id=1) as run:
+    with foreground(workspace, "train", round_id=1) as run:
         first = _row(workspace, run.id)["heartbeat"]
         _wait(lambda: _row(workspace, run.id)["heartbeat"] > first, timeout=3)
     threads = [t.name for t in threading.enumerate()]
     assert f"heartbeat-run-{run.id}" not in threads
 
 
-def test_adopts_the_row_named_by_the_environment(workspace, monkeypatch):
-    run_id = _insert_running(workspace, kind="evaluate", round_id=None)
-    monkeypatch.setenv(jobs.ENV_RUN_ID, str(run_id))
-    with jobs.run_context(workspace, "evaluate", round_id=2, config={"a": 1}) as run:
-        assert run.id == run_id
-        assert jobs.ENV_RUN_ID not in os.environ  # nested runs / children do not adopt it
-    row = _row(workspace, run_id)
+def test_run_context_adopts_the_registered_row(workspace):
+    run_id = jobs.register_run(workspace, "evaluate", round_id=2, config={"a": 1},
+                               request={"steps": ["evaluate"], "round": 2})
+    assert _row(workspace, run_id)["pid"] is None  # a background start, before its worker
+    with jobs.run_context(workspace, run_id) as run:
+        assert run.id == run_id and run.round_id == 2
+    row = jobs.get_run(workspace, run_id)
     assert (row["status"], row["pid"], row["round_id"]) == ("succeeded", os.getpid(), 2)
+    assert row["request"] == {"steps": ["evaluate"], "round": 2}
     assert workspace.scalar("SELECT COUNT(*) FROM runs") == 1
+    with pytest.raises(SemiEvolError, match="already finished"):
+        with jobs.run_context(workspace, run_id):
+            pass
+    cancelled = jobs.register_run(workspace, "evaluate", round_id=2)
+    jobs.cancel_run(workspace, cancelled)  # before any process took it over
+    with pytest.raises(jobs.RunCancelled):
+        with jobs.run_context(workspace, cancelled):
+            pass
 
 
 # -- refusal and refresh -------------------------------------------------------------------
 def test_second_run_on_the_same_round_is_refused(workspace):
-    with jobs.run_context(workspace, "label", round_id=1) as holder:
+    with foreground(workspace, "label", round_id=1) as holder:
         with pytest.raises(jobs.RunRefused) as refused:
-            with jobs.run_context(workspace, "train", round_id=1):
+            with foreground(workspace, "train", round_id=1):
                 pass
         message = str(refused.value)
         assert f"Run {holder.id} (label, pid {os.getpid()})" in message
         assert f"semievol cancel {workspace.path} {holder.id}" in message
         with pytest.raises(jobs.RunRefused):
-            jobs.start_run(workspace, "train", ["train", str(workspace.path)], round_id=1)
+            jobs.register_run(workspace, "train", round_id=1)
         with pytest.raises(jobs.RunRefused):  # a writing run with no round yet
-            jobs.start_run(workspace, "round", ["round", str(workspace.path)])
-        with jobs.run_context(workspace, "evaluate", round_id=2):  # another round is free
+            jobs.register_run(workspace, "round")
+        with foreground(workspace, "evaluate", round_id=2):  # another round is free
             pass
-        with jobs.run_context(workspace, "index"):  # writes no round
+        with foreground(workspace, "index"):  # writes no round
             pass
     assert workspace.scalar("SELECT COUNT(*) FROM runs WHERE status='running'") == 0
     assert workspace.scalar("SELECT COUNT(*) FROM runs") == 3  # refused runs left no row
@@ -218,7 +253,7 @@ def test_refresh_marks_dead_and_silent_runs_failed(workspace):
         assert row["error"].endswith("run the same command again to resume")
     assert {_row(workspace, i)["status"] for i in (alive, starting)} == {"running"}
     # A dead holder does not block its round.
-    with jobs.run_context(workspace, "label", round_id=1):
+    with foreground(workspace, "label", round_id=1):
         pass
 
 
@@ -235,7 +270,7 @@ def test_a_zombie_counts_as_dead():
 
 def test_listing_getting_and_log_tail(workspace, tmp_path):
     first = _insert_running(workspace, pid=os.getpid(), round_id=1)
-    with jobs.run_context(workspace, "evaluate", round_id=2, config={"k": 3}):
+    with foreground(workspace, "evaluate", round_id=2, config={"k": 3}):
         pass
     runs = jobs.list_runs(workspace)
     assert [r["id"] for r in runs] == [first + 1, first]
@@ -253,7 +288,7 @@ def test_listing_getting_and_log_tail(workspace, tmp_path):
 
 
 def test_cancel_of_a_finished_run_says_so(workspace):
-    with jobs.run_context(workspace, "train", round_id=1) as run:
+    with foreground(workspace, "train", round_id=1) as run:
         pass
     with pytest.raises(SemiEvolError, match="already finished with status succeeded"):
         jobs.cancel_run(workspace, run.id)
@@ -261,9 +296,7 @@ def test_cancel_of_a_finished_run_says_so(workspace):
 
 # -- real background processes -------------------------------------------------------------
 def test_background_run_succeeds_and_logs(workspace, child_module, children):
-    ws_path = str(workspace.path)
-    run_id = jobs.start_run(workspace, "label", [ws_path, "label", "quick"], round_id=1,
-                            config={"mode": "quick"}, module=child_module)
+    run_id = background(workspace, "label", "quick", child_module, config={"mode": "quick"})
     run = _wait(lambda: (r := jobs.get_run(workspace, run_id))["status"] != "running" and r,
                 timeout=20)
     assert run["status"] == "succeeded", jobs.log_tail(run)
@@ -278,8 +311,7 @@ def test_background_run_succeeds_and_logs(workspace, child_module, children):
 
 
 def _start_sleeper(workspace, child_module):
-    run_id = jobs.start_run(workspace, "train", [str(workspace.path), "train", "sleep"],
-                            round_id=1, module=child_module)
+    run_id = background(workspace, "train", "sleep", child_module)
     _wait(lambda: _row(workspace, run_id)["message"] == "sleeping", timeout=20)
     return run_id, _row(workspace, run_id)["pid"]
 
@@ -293,7 +325,7 @@ def test_killed_background_run_is_seen_as_failed(workspace, child_module, childr
     run = jobs.get_run(workspace, run_id)
     assert run["status"] == "failed" and "the process died" in run["error"]
     # The round is free again.
-    with jobs.run_context(workspace, "train", round_id=1):
+    with foreground(workspace, "train", round_id=1):
         pass
 
 

@@ -6,12 +6,15 @@ rows written with SQL: no model anywhere.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from semievol import audit
 from semievol.config import RoundConfig, to_json
-from semievol.lineage import item_lineage, resolve_item, round_summaries
+from semievol.items import resolve_item
+from semievol.lineage import item_lineage, round_summaries
 from semievol.scoring import wilson_interval
 
 # Round 1 pool: U00..U09 with entropy 0.1 .. 1.0; agreed on even positions.
@@ -67,8 +70,9 @@ def prepare_rounds(ws) -> dict:
                          "report, created_at) VALUES(?,?,'test',?,NULL,'{}',0)",
                          [(None, "base", 0.10), (None, "base", 0.33), (None, "base+demos", 0.44),
                           (1, "warmup", 0.55), (1, "round", 0.66)])
-        ws.set_setting("selection_round_1", {"policy": "percentile", "theta": 50.0,
-                                             "threshold": None, "score": "nll"}, conn)
+        conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(1, ?, 0)",
+                     (json.dumps({"policy": "percentile", "theta": 50.0, "threshold": None,
+                                  "score": "nll"}),))
     return {"round1": 1, "round2": 2, "adapter": adapter}
 
 
@@ -214,8 +218,9 @@ def test_item_lineage_across_two_rounds(rounds_ws):
     assert second["policy"] is None and second["threshold"] is None  # nothing applied yet
     assert second["labeled_by"].endswith("round1/final")  # round 2 starts from round 1's R
     # A per_class policy on round 2: the threshold is the median of the item's class.
-    rounds_ws.set_setting("selection_round_2", {"policy": "per_class", "theta": 50.0,
-                                                "threshold": None, "score": "nll"})
+    rounds_ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(2, ?, 0)",
+                           (json.dumps({"policy": "per_class", "theta": 50.0, "threshold": None,
+                                        "score": "nll"}),))
     second = item_lineage(rounds_ws, item["U05"])[1]
     assert second["threshold"] == pytest.approx(np.median([0.25, 0.30, 0.35]))
 

@@ -9,11 +9,12 @@ import time
 import pytest
 
 from semievol.config import RoundConfig, to_json
-from semievol.curation import record_decisions
+from semievol.decisions import record_decisions
 from semievol.errors import SemiEvolError
 from semievol.retrieval import neighbours_of
+from semievol.rounds import round_overview
 from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
-                             review_page, review_rounds, round_facets)
+                             review_page, round_facets)
 
 LABELS = ["billing", "outage", "equipment"]
 
@@ -244,8 +245,9 @@ def test_item_detail_refuses_unknown_items(review_ws):
 
 def test_rounds_and_facets_for_the_controls(review_ws):
     ws, round_id = review_ws
-    assert review_rounds(ws) == [{"id": round_id, "number": 1, "status": "open",
-                                  "pseudo_labels": 20}]
+    assert round_overview(ws) == [{"id": round_id, "number": 1, "status": "open",
+                                   "final_adapter": None, "pseudo_labels": 20,
+                                   "calibration_labels": 1, "selected": 10}]
     assert round_facets(ws, round_id) == {"entropy_min": 0.0, "entropy_max": 1.9,
                                           "labels": LABELS}  # the task's label set
     ws.conn.execute("DELETE FROM settings WHERE key='task'")  # open answers: the labels seen

@@ -1,14 +1,8 @@
 import numpy as np
 import pytest
 
-from semievol.selection import (
-    POLICIES,
-    apply_decisions,
-    class_counts,
-    current_decisions,
-    select,
-    threshold_for,
-)
+from semievol.config import SELECTION_POLICIES as POLICIES
+from semievol.selection import class_counts, select, threshold_for
 
 NAN = np.nan
 E = np.array([0.4, 0.1, 0.3, 0.2, NAN])
@@ -83,60 +77,3 @@ def test_unknown_policy_and_length_mismatch():
     with pytest.raises(ValueError):
         select(E, LABELS[:3], AGREED)
 
-
-# decisions ------------------------------------------------------------------------------
-
-def _row(item_id, action, label=None, reviewer="ann", at="2024-01-01"):
-    return {"item_id": item_id, "action": action, "label": label, "reviewer": reviewer,
-            "created_at": at}
-
-
-def test_current_decisions_last_wins_and_clear_removes():
-    history = [
-        _row(1, "accept"),
-        _row(2, "reject"),
-        _row(1, "relabel", "b", reviewer="bob"),
-        _row(3, "accept"),
-        _row(3, "clear"),
-        _row(2, "clear"),
-        _row(2, "accept"),
-        _row(4, "clear"),  # clearing an item with no decision is harmless
-    ]
-    current = current_decisions(history)
-    assert set(current) == {1, 2}
-    assert current[1]["action"] == "relabel" and current[1]["label"] == "b"
-    assert current[1]["reviewer"] == "bob"
-    assert current[2]["action"] == "accept"
-    with pytest.raises(ValueError):
-        current_decisions([_row(1, "approve")])
-
-
-def test_apply_decisions_each_action():
-    ids = [10, 11, 12, 13, 14]
-    selected = np.array([False, True, True, False, True])
-    labels = ["a", "a", "b", "b", "a"]
-    decisions = {
-        10: _row(10, "accept"),
-        11: _row(11, "reject"),
-        13: _row(13, "relabel", "c"),
-        99: _row(99, "reject"),  # not in this batch: ignored
-    }
-    final, final_labels, source = apply_decisions(ids, selected, labels, decisions)
-    assert final.tolist() == [True, False, True, True, True]
-    assert final_labels == ["a", "a", "b", "c", "a"]
-    assert source == ["accepted", "rejected", "policy", "relabeled", "policy"]
-    assert selected.tolist() == [False, True, True, False, True]  # input untouched
-    assert labels[3] == "b"
-
-
-def test_apply_decisions_from_history_roundtrip():
-    history = [_row(1, "reject"), _row(1, "clear"), _row(2, "relabel", "z")]
-    final, final_labels, source = apply_decisions(
-        [1, 2], np.array([True, False]), ["x", "y"], current_decisions(history))
-    assert final.tolist() == [True, True]
-    assert final_labels == ["x", "z"] and source == ["policy", "relabeled"]
-
-
-def test_apply_decisions_relabel_without_label_fails():
-    with pytest.raises(ValueError):
-        apply_decisions([1], np.array([True]), ["x"], {1: _row(1, "relabel", None)})

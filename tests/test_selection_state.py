@@ -1,163 +1,26 @@
-"""Human decisions, selection over stored entropies, the training set, the calibration
-slice and its report, the training-set guard and the dataset export. Rounds and
-pseudo-labels are written with SQL: no model runs here."""
+"""Selection over stored entropies (with decisions and the leakage guard on top), the
+training set, the calibration slice and its report, the training-set guard and the dataset
+export. Rounds and pseudo-labels are written with SQL: no model runs here."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 import sys
 
 import numpy as np
 import pytest
 
+from conftest import POOL_LABELS as LABELS
+from conftest import add_pseudo, add_round, ids_of
 from semievol.calibration import calibration_report, hold_out
-from semievol.config import CalibrationConfig, RoundConfig, SelectionConfig, TaskConfig, to_json
-from semievol.curation import (apply_selection, compute_selection, decision_history,
-                               decision_map, record_decisions, training_items)
+from semievol.config import CalibrationConfig, SelectionConfig, TaskConfig
+from semievol.decisions import record_decisions
 from semievol.errors import SemiEvolError
 from semievol.export import export_dataset
 from semievol.guards import validate_training_set
-from semievol.store import now
-
-# Eight pseudo-labels: billing is the confident half, outage the uncertain half.
-ENTROPIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-LABELS = ["billing"] * 4 + ["outage"] * 4
-PATHS = ["agreed", "reflected", "agreed", "reflected", "agreed", "reflected", "reflected",
-         "agreed"]
-
-
-def ids_of(ws, split: str) -> list[int]:
-    return [r[0] for r in ws.query("SELECT id FROM items WHERE split=? ORDER BY id", (split,))]
-
-
-def add_round(ws, number: int = 1) -> int:
-    with ws.transaction() as conn:
-        return conn.execute("INSERT INTO rounds(number, status, config, created_at) "
-                            "VALUES(?,?,?,?)",
-                            (number, "open", to_json(RoundConfig()), now())).lastrowid
-
-
-def add_pseudo(ws, round_id: int, rows) -> None:
-    """rows: (item_id, label, path, entropy, option_entropy[, selected])."""
-    with ws.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement, entropy, "
-            "option_entropy, selected) VALUES(?,?,?,?,?,?,?,?)",
-            [(round_id, r[0], r[1], r[2], 1.0 if r[2] == "agreed" else 0.5, r[3], r[4],
-              r[5] if len(r) > 5 else 0) for r in rows])
-
-
-@pytest.fixture
-def pool(filled_workspace):
-    """Round 1 with the eight pseudo-labels above on the first eight unlabeled items (option
-    entropies in the reverse order) and a ninth with no entropy, agreed.
-    Returns (ws, round_id, item ids)."""
-    ws = filled_workspace
-    rid = add_round(ws)
-    items = ids_of(ws, "unlabeled")[:9]
-    add_pseudo(ws, rid, [(i, lab, path, e, 1.0 - e) for i, lab, path, e
-                         in zip(items, LABELS, PATHS, ENTROPIES)]
-               + [(items[8], "equipment", "agreed", None, None)])
-    return ws, rid, items
-
-
-def decision_count(ws) -> int:
-    return ws.scalar("SELECT COUNT(*) FROM decisions")
-
-
-# -- decisions -----------------------------------------------------------------------------
-@pytest.mark.parametrize("case, message", [
-    ("unknown", "No item with id 999999"),
-    ("labeled", "not in the unlabeled pool"),
-    ("bad_label", "not an option"),
-    ("no_label", "needs the new label"),
-    ("no_reviewer", "reviewer"),
-    ("blank_reviewer", "reviewer"),
-    ("bad_action", "action must be one of"),
-])
-def test_invalid_decisions_raise_and_write_nothing(filled_workspace, case, message):
-    ws = filled_workspace
-    good = ids_of(ws, "unlabeled")[:3]
-    calls = {
-        "unknown": lambda: record_decisions(ws, good + [999999], "accept", reviewer="ann"),
-        "labeled": lambda: record_decisions(ws, good + ids_of(ws, "labeled")[:1], "reject",
-                                            reviewer="ann"),
-        "bad_label": lambda: record_decisions(ws, good, "relabel", label="cats", reviewer="ann"),
-        "no_label": lambda: record_decisions(ws, good, "relabel", reviewer="ann"),
-        "no_reviewer": lambda: record_decisions(ws, good, "accept", reviewer=""),
-        "blank_reviewer": lambda: record_decisions(ws, good, "accept", reviewer="   "),
-        "bad_action": lambda: record_decisions(ws, good, "approve", reviewer="ann"),
-    }
-    with pytest.raises(SemiEvolError, match=message):
-        calls[case]()
-    assert decision_count(ws) == 0
-
-
-def test_relabel_checks_each_items_own_options(workspace):
-    task = TaskConfig(kind="choice", labels=None)
-    workspace.set_task(task)
-    with workspace.transaction() as conn:
-        for n, options in enumerate((["red", "blue"], ["green", "blue"])):
-            conn.execute("INSERT INTO items(external_id, split, question, options) "
-                         "VALUES(?,?,?,?)", (f"u{n}", "unlabeled", f"q{n}", json.dumps(options)))
-    ids = ids_of(workspace, "unlabeled")
-    assert record_decisions(workspace, ids, "relabel", label="blue", reviewer="ann") == 2
-    with pytest.raises(SemiEvolError, match="not an option of item"):
-        record_decisions(workspace, ids, "relabel", label="red", reviewer="ann")
-    assert decision_count(workspace) == 2
-
-
-def test_bulk_decisions_write_one_row_each_in_one_transaction(filled_workspace):
-    ws = filled_workspace
-    rid = add_round(ws)
-    items = ids_of(ws, "unlabeled")[:5]
-    statements = []
-    ws.conn.set_trace_callback(statements.append)
-    try:
-        assert record_decisions(ws, items, "accept", reviewer="  ann ", note="looks right",
-                                round_id=rid) == 5
-    finally:
-        ws.conn.set_trace_callback(None)
-    assert sum(s.startswith("BEGIN") for s in statements) == 1
-    assert sum(s.startswith("COMMIT") for s in statements) == 1
-    rows = ws.query("SELECT item_id, action, label, reviewer, note, round_id FROM decisions "
-                    "ORDER BY id")
-    assert [r["item_id"] for r in rows] == items
-    assert {(r["action"], r["label"], r["reviewer"], r["note"], r["round_id"]) for r in rows} \
-        == {("accept", None, "ann", "looks right", rid)}
-    assert record_decisions(ws, [], "reject", reviewer="ann") == 0
-    assert decision_count(ws) == 5
-
-
-def test_decisions_are_append_only(filled_workspace):
-    ws = filled_workspace
-    item = ids_of(ws, "unlabeled")[0]
-    record_decisions(ws, [item], "relabel", label="outage", reviewer="ann")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        ws.conn.execute("UPDATE decisions SET label='billing'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        ws.conn.execute("DELETE FROM decisions")
-    assert [tuple(r) for r in ws.query("SELECT action, label FROM decisions")] == \
-        [("relabel", "outage")]
-
-
-def test_decision_map_keeps_the_latest_and_clear_removes(filled_workspace):
-    ws = filled_workspace
-    a, b, c = ids_of(ws, "unlabeled")[:3]
-    record_decisions(ws, [a, b], "accept", reviewer="ann")
-    record_decisions(ws, [a], "relabel", label="outage", reviewer="bob")
-    record_decisions(ws, [b, c], "reject", reviewer="bob")
-    record_decisions(ws, [b], "clear", reviewer="ann")
-    current = decision_map(ws)
-    assert set(current) == {a, c}
-    assert (current[a]["action"], current[a]["label"], current[a]["reviewer"]) == \
-        ("relabel", "outage", "bob")
-    assert current[c]["action"] == "reject"
-    assert [h["action"] for h in decision_history(ws, b)] == ["accept", "reject", "clear"]
-    assert [h["action"] for h in decision_history(ws, a)] == ["accept", "relabel"]
-
+from semievol.selection_state import applied_selection, apply_selection, compute_selection
+from semievol.training_set import training_items
 
 # -- selection -----------------------------------------------------------------------------
 def chosen(result, items) -> list[int]:
@@ -251,8 +114,7 @@ def test_apply_selection_writes_selected(pool):
     assert stored() == items[:4]
     apply_selection(ws, rid, SelectionConfig(policy="agreement_only"))
     assert stored() == [items[k] for k in (0, 2, 4, 7, 8)]   # the earlier choice is replaced
-    assert ws.get_setting(f"selection_round_{rid}") == {
-        "policy": "agreement_only", "theta": 50.0, "threshold": None, "score": "nll"}
+    assert applied_selection(ws, rid) == SelectionConfig(policy="agreement_only")
 
 
 # -- the training set ----------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_migration_from_version_1_keeps_rows(tmp_path):
     conn.close()
 
     ws = Workspace(folder)
-    assert ws.scalar("PRAGMA user_version") == SCHEMA_VERSION == 2
+    assert ws.scalar("PRAGMA user_version") == SCHEMA_VERSION
     rows = ws.query("SELECT external_id, question FROM items")
     assert [tuple(r) for r in rows] == [("old-1", "question old-1")]
     decision = ws.query("SELECT item_id, action, reviewer, round_id FROM decisions")
@@ -174,3 +174,29 @@ def test_split_sql_keeps_statements_whole():
     assert len(statements) == 5
     assert statements[0].startswith("CREATE TRIGGER") and statements[0].endswith("END;")
     assert all(sqlite3.complete_statement(s) for s in statements)
+
+
+def test_migration_3_moves_applied_selections_into_their_table(tmp_path):
+    """Version 2 kept a round's applied selection as a setting named after the round; the
+    migration moves it to the `selections` table (for rounds that exist) and drops the
+    settings, leaving every other setting alone."""
+    folder = tmp_path / "v2"
+    folder.mkdir()
+    conn = sqlite3.connect(folder / "workspace.db", isolation_level=None)
+    for script in MIGRATIONS[:2]:
+        for statement in _split_sql(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version=2")
+    conn.execute("INSERT INTO rounds(id, number, status, config, created_at) "
+                 "VALUES(4, 1, 'open', '{}', 0)")
+    applied = '{"policy": "per_class", "theta": 60.0, "threshold": null, "score": "nll"}'
+    conn.executemany("INSERT INTO settings(key, value) VALUES(?, ?)",
+                     [("selection" + "_round_4", applied), ("selection" + "_round_9", applied),
+                      ("selectionXroundX5", "1"), ("retrieval_k", "3")])
+    conn.close()
+    with Workspace(folder) as ws:
+        assert [tuple(r) for r in ws.query("SELECT round_id, config FROM selections")] == \
+            [(4, applied)]
+        assert sorted(r[0] for r in ws.query("SELECT key FROM settings")) == \
+            ["retrieval_k", "selectionXroundX5"]  # LIKE's "_" is escaped: no stray match
+        assert ws.scalar("SELECT COUNT(*) FROM current_decisions") == 0

@@ -90,7 +90,7 @@ def test_open_task_asks_for_a_short_answer():
 
 
 def test_demonstrations_from_the_workspace_are_nearest_first(filled_workspace):
-    from semievol.collaborators import load_items
+    from semievol.items import load_items
 
     item_id = filled_workspace.scalar("SELECT id FROM items WHERE split='unlabeled' ORDER BY id")
     ranked = [r["question"] for r in filled_workspace.query(

@@ -1,0 +1,301 @@
+"""The steps of a SemiEvol round and `run_steps`, the one runner every caller goes through
+(the CLI in the foreground, a background worker given its run id, the app's launches, the
+benches).
+
+warmup   -> adapter W (round 1: LoRA on the labeled set; round N: round N-1's adapter)
+label    -> collaborators' responses, pseudo-labels (agreed / reflected) and entropies
+select   -> leakage flags, then the selection policy and human decisions
+train    -> adapter R on labeled + human labels + selected pseudo-labels (paper eq. 9)
+evaluate -> test metrics of base, base + demonstrations, warm-up and R
+
+Every step checks what the workspace already holds and does only what is missing, so a
+killed step resumes where it stopped and a repeated one does nothing. This module only
+coordinates: each step calls the module that owns its work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from semievol import rounds
+from semievol.config import SelectionConfig
+from semievol.errors import SemiEvolError
+from semievol.rounds import Round
+from semievol.store import Workspace
+
+Progress = Callable[[int, int, str], None]
+Metric = Callable[[str, int, float], None]
+OnStep = Callable[[int, int, str], None]
+STEPS = ("warmup", "label", "select", "train", "evaluate")
+"""A round's steps, in order (the CLI's commands, the app's buttons)."""
+
+
+def _embedder(config, embedder):
+    if embedder is not None:
+        return embedder
+    from semievol.retrieval import LazyEmbedder
+    return LazyEmbedder(config.retrieval.embedder)
+
+
+def _named(metric: Metric | None, name: str) -> Metric | None:
+    """The training loss reported under the step's own name (warmup_loss, train_loss)."""
+    return None if metric is None else (lambda _, step, value: metric(name, step, value))
+
+
+def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress | None = None,
+                metric: Metric | None = None) -> dict:
+    """In-weight propagation. Round 1 holds out the calibration slice, refreshes retrieval
+    (the demonstrations pool lost those items) and trains W on the labeled set."""
+    from semievol.calibration import hold_out
+    from semievol.retrieval import index_workspace
+
+    if rnd.warmup_adapter and Path(rnd.warmup_adapter, "adapter_config.json").exists():
+        return {"skipped": True, "adapter": rnd.warmup_adapter}
+    config = rnd.config
+    if rnd.number > 1:
+        previous = rounds.get_round(ws, rnd.number - 1)
+        if not previous.final_adapter:
+            raise SemiEvolError(f"Round {rnd.number - 1} has no trained adapter; finish it first.")
+        adapter = previous.final_adapter
+        summary = {"adapter": adapter, "from_round": rnd.number - 1}
+    else:
+        from semievol.finetune import train_lora
+        from semievol.models import load_tokenizer, resolve_model_path
+        from semievol.training_set import gold_items, training_examples
+
+        held_out = hold_out(ws, config.calibration)
+        index_workspace(ws, _embedder(config, embedder), k=config.retrieval.k, progress=progress)
+        tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
+        gold = gold_items(ws)
+        adapter = str(rounds.adapter_dir(ws, rnd, "warmup"))
+        summary = train_lora(training_examples(ws.require_task(), gold, tokenizer), adapter,
+                             model=config.model, lora=config.lora, train=config.train,
+                             progress=progress, metric=_named(metric, "warmup_loss"))
+        summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold))
+    rounds.set_adapter(ws, rnd, "warmup", adapter)
+    return summary
+
+
+def pool_item_ids(ws: Workspace, rnd: Round) -> list[int]:
+    """Unlabeled items still to pseudo-label this round (not selected in an earlier round,
+    not already labeled by a reviewer), capped by `unlabeled_limit`; then calibration items."""
+    from semievol.decisions import current_decisions
+    from semievol.items import split_ids
+
+    ids = [r[0] for r in ws.query(
+        "SELECT i.id FROM items i WHERE i.split='unlabeled' AND NOT EXISTS ("
+        " SELECT 1 FROM pseudo_labels p JOIN rounds r ON r.id = p.round_id"
+        " WHERE p.item_id = i.id AND p.selected = 1 AND r.number < ?) ORDER BY i.id",
+        (rnd.number,))]
+    decided = {i for i, d in current_decisions(ws).items()
+               if d["action"] in ("accept", "relabel") and rnd.number > 1}
+    ids = [i for i in ids if i not in decided]
+    if rnd.config.unlabeled_limit:
+        ids = ids[:rnd.config.unlabeled_limit]
+    return ids + split_ids(ws, "calibration")
+
+
+def load_backends(rnd: Round, cache: dict | None = None) -> dict:
+    """Base, warm-up and (once trained) final backends of the round, each loading its model
+    on first use (adapters merged in for speed). With a `cache`, a backend for the same
+    model and adapter is made once and shared by the steps of one run."""
+    from semievol.backend import LazyBackend
+
+    cache = {} if cache is None else cache
+    out = {}
+    for role, adapter in (("base", None), ("warmup", rnd.warmup_adapter),
+                          ("final", rnd.final_adapter)):
+        if role != "base" and adapter is None:
+            continue
+        key = (role, adapter, repr(rnd.config.model))
+        if key not in cache:
+            cache[key] = LazyBackend(rnd.config.model, adapter)
+        out[role] = cache[key]
+    return out
+
+
+def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
+               progress: Progress | None = None) -> dict:
+    """Collaborators answer every pool item; agreement / reflection give pseudo-labels."""
+    from semievol.collaborators import run_collaborators
+    from semievol.items import load_items
+    from semievol.pseudo_labels import build_pseudo_labels
+
+    if not rnd.warmup_adapter:
+        raise SemiEvolError(f"Round {rnd.number} has no warm-up adapter yet; run "
+                            "`semievol warmup WORKSPACE` first.")
+    config = rnd.config
+    task = ws.require_task()
+    items = load_items(ws, pool_item_ids(ws, rnd))
+    missing = [it.id for it in items if len(it.demonstrations) < max(
+        c.demonstrations for c in config.collaborators)]
+    if missing:
+        raise SemiEvolError(f"{len(missing)} item(s) lack retrieved demonstrations; run "
+                            "`semievol index WORKSPACE` (or the warm-up step) first.")
+    backends = backends if backends is not None else load_backends(rnd)
+    stats = run_collaborators(ws, rnd.id, items, config.collaborators, backends, task,
+                              progress=progress)
+    paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators),
+                                backends["warmup"], task, progress=progress)
+    calls = sum(b.calls for b in {id(b): b for b in backends.values()}.values())
+    return {"items": len(items), **stats, **paths, "model_calls": calls}
+
+
+def step_select(ws: Workspace, rnd: Round, *, selection: SelectionConfig | None = None,
+                embedder=None) -> dict:
+    """Flag test near-duplicates, then apply the selection: `selection` when given, else the
+    one applied before (a re-run keeps a reviewer's tuning), else the round config's."""
+    from semievol.calibration import calibration_report
+    from semievol.guards import flag_leakage
+    from semievol.selection_state import apply_selection, selection_in_force
+
+    if not ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=?", (rnd.id,)):
+        raise SemiEvolError(f"Round {rnd.number} has no pseudo-labels yet; run "
+                            "`semievol label WORKSPACE` first.")
+    config = selection or selection_in_force(ws, rnd.id)[0]
+    flagged = flag_leakage(ws, rnd.id, _embedder(rnd.config, embedder),
+                           similarity=rnd.config.leakage_similarity)
+    summary = apply_selection(ws, rnd.id, config)
+    summary["flagged_leakage"] = flagged
+    summary["calibration"] = calibration_report(ws, rnd.id, score=config.score)
+    summary["calibration"].pop("curve", None)
+    return summary
+
+
+def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
+               metric: Metric | None = None) -> dict:
+    """Final training on the curated set (paper eq. 9)."""
+    from semievol.finetune import train_lora
+    from semievol.guards import validate_training_set
+    from semievol.models import load_tokenizer, resolve_model_path
+    from semievol.selection_state import applied_selection
+    from semievol.training_set import source_counts, training_examples, training_items
+
+    if rnd.final_adapter and Path(rnd.final_adapter, "adapter_config.json").exists():
+        return {"skipped": True, "adapter": rnd.final_adapter}
+    if applied_selection(ws, rnd.id) is None:
+        raise SemiEvolError(f"Round {rnd.number} has no selection yet; run "
+                            "`semievol select WORKSPACE` first.")
+    config = rnd.config
+    task = ws.require_task()
+    items = training_items(ws, rnd.number)
+    validate_training_set(task, items)
+    tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
+    adapter = str(rounds.adapter_dir(ws, rnd, "final"))
+    summary = train_lora(training_examples(task, items, tokenizer), adapter, model=config.model,
+                         lora=config.lora, train=config.train,
+                         init_adapter=rnd.warmup_adapter if config.continue_from_warmup else None,
+                         progress=progress, metric=_named(metric, "train_loss"))
+    rounds.set_adapter(ws, rnd, "final", adapter)
+    return {**summary, "adapter": adapter, "examples": source_counts(items)}
+
+
+def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
+                  progress: Progress | None = None, force: bool = False) -> dict:
+    """Base (zero-shot and with k demonstrations), warm-up and the round's adapter on test."""
+    from semievol.evaluate import evaluate, store_evaluation, stored_evaluation
+
+    config = rnd.config
+    backends = backends if backends is not None else load_backends(rnd)
+    results = {
+        "base": evaluate(ws, backends["base"], model="base", round_id=None, force=force,
+                         progress=progress),
+        "base+demos": evaluate(ws, backends["base"], model="base+demos", round_id=None,
+                               demonstrations=config.retrieval.k, force=force, progress=progress)}
+    # Round N's warm-up is round N-1's final adapter: its test report is already stored.
+    previous = rounds.get_round(ws, rnd.number - 1) if rnd.number > 1 else None
+    inherited = stored_evaluation(ws, previous.id, "round") if previous and not force else None
+    if inherited is not None and stored_evaluation(ws, rnd.id, "warmup") is None:
+        store_evaluation(ws, {**inherited, "model": "warmup"}, round_id=rnd.id)
+    results["warmup"] = evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id,
+                                 force=force, progress=progress)
+    if rnd.final_adapter:
+        from semievol.backend import LazyBackend
+
+        final = backends.get("final") or LazyBackend(config.model, rnd.final_adapter)
+        results["round"] = evaluate(ws, final, model="round", round_id=rnd.id, force=force,
+                                    progress=progress)
+        rounds.finish_round(ws, rnd)
+    return {name: {"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1"),
+                   "majority_baseline": r.get("majority_baseline")}
+            for name, r in results.items()}
+
+
+def step_states(ws: Workspace, rnd: Round) -> list[dict]:
+    """What each step of `rnd` has produced: [{step, done, detail}], in step order."""
+    from semievol.evaluate import evaluated_models
+    from semievol.pseudo_labels import path_counts
+    from semievol.selection_state import applied_selection
+
+    responses = ws.scalar("SELECT COUNT(*) FROM responses WHERE round_id=?", (rnd.id,))
+    paths = path_counts(ws, rnd.id)
+    pseudo = sum(paths.values())
+    selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
+                         (rnd.id,))
+    selection = applied_selection(ws, rnd.id)
+    evaluated = evaluated_models(ws, rnd.id)
+    if selection:
+        theta = (f" θ={selection.theta:g}" if selection.policy in ("percentile", "per_class")
+                 else f" threshold={selection.threshold}" if selection.threshold is not None
+                 else "")
+        select_detail = f"{selected} selected ({selection.policy}{theta})"
+    else:
+        select_detail = "not applied yet"
+    return [
+        {"step": "warmup", "done": bool(rnd.warmup_adapter),
+         "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
+        {"step": "label", "done": pseudo > 0,
+         "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
+                   f"({paths['agreed']} agreed, {paths['reflected']} reflected)"},
+        {"step": "select", "done": selection is not None, "detail": select_detail},
+        {"step": "train", "done": bool(rnd.final_adapter),
+         "detail": rnd.final_adapter or "no final adapter yet"},
+        {"step": "evaluate", "done": "round" in evaluated,
+         "detail": ("evaluated: " + ", ".join(evaluated)) if evaluated else "not evaluated yet"},
+    ]
+
+
+def check_steps(steps) -> list[str]:
+    """The steps as a list, or a clear error naming the unknown ones."""
+    steps = list(steps)
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown or not steps:
+        raise SemiEvolError(f"Unknown step(s) {', '.join(map(repr, unknown)) or '(none)'}: "
+                            f"choose from {', '.join(STEPS)}.")
+    return steps
+
+
+def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig | None = None,
+              force: bool = False, progress: Progress | None = None,
+              metric: Metric | None = None, on_step: OnStep | None = None,
+              backends: dict | None = None, embedder=None) -> dict[str, dict]:
+    """Run `steps` (in the order given) of round `number`; returns each step's summary.
+
+    Each step sees the round as the previous one left it. `selection` applies to the
+    select step, `force` to evaluate (recompute stored reports). `on_step(index, count,
+    name)` is called as each step starts; `progress` and `metric` receive that step's
+    progress and training losses. Backends are loaded lazily and shared by the steps;
+    `backends` (e.g. {"base": ...}) and `embedder` replace the ones the steps would load
+    (the benches share one base model across workspaces)."""
+    steps = check_steps(steps)
+    results: dict[str, dict] = {}
+    cache: dict = {}
+    for index, step in enumerate(steps):
+        rnd = rounds.get_round(ws, number)
+        if on_step:
+            on_step(index, len(steps), step)
+        shared = {**load_backends(rnd, cache), **(backends or {})}
+        if step == "warmup":
+            results[step] = step_warmup(ws, rnd, embedder=embedder, progress=progress,
+                                        metric=metric)
+        elif step == "label":
+            results[step] = step_label(ws, rnd, backends=shared, progress=progress)
+        elif step == "select":
+            results[step] = step_select(ws, rnd, selection=selection, embedder=embedder)
+        elif step == "train":
+            results[step] = step_train(ws, rnd, progress=progress, metric=metric)
+        else:
+            results[step] = step_evaluate(ws, rnd, backends=shared, progress=progress,
+                                          force=force)
+    return results

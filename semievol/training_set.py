@@ -1,0 +1,79 @@
+"""What a round trains on (paper eq. 9) and the prompts it trains with.
+
+The training set of round N: the labeled items, the human labels, and the pseudo-labels
+selected in rounds <= N, with the current decisions on top (a decision counts at once:
+reject keeps an item out whatever an earlier round selected, accept brings in its latest
+pseudo-label, relabel brings it in with the human label).
+"""
+
+from __future__ import annotations
+
+from semievol.config import TaskConfig
+from semievol.decisions import current_decisions
+from semievol.items import options_of
+from semievol.store import Workspace
+from semievol.tasks import Example, answer_target, build_messages, render_prompt
+
+SOURCES = ("gold", "human", "pseudo")
+"""Where a training example's answer comes from."""
+
+
+def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
+    """Labeled items, human labels, and selected pseudo-labels of rounds <= up_to_round.
+
+    Each: {item_id, question, options, answer, source}. Membership is the stored selection
+    with the *current* decisions on top.
+    """
+    task = ws.require_task()
+    decisions = current_decisions(ws)
+
+    def entry(item_id, row, answer, source):
+        return {"item_id": item_id, "question": row["question"],
+                "options": options_of(row, task), "answer": answer, "source": source}
+
+    out = [entry(r["id"], r, r["answer"], "gold") for r in ws.query(
+        "SELECT id, question, options, answer FROM items WHERE split='labeled' ORDER BY id")]
+    # The latest pseudo-label of every unlabeled item, and whether any round selected it.
+    latest = {}
+    for r in ws.query(
+            "SELECT p.item_id, p.label, p.selected, i.question, i.options FROM pseudo_labels p "
+            "JOIN items i ON i.id = p.item_id JOIN rounds r ON r.id = p.round_id "
+            "WHERE i.split='unlabeled' AND r.number <= ? ORDER BY r.number, p.item_id",
+            (up_to_round,)):
+        was_selected = latest.get(r["item_id"], {}).get("selected", False)
+        latest[r["item_id"]] = {**dict(r), "selected": was_selected or bool(r["selected"])}
+    for item_id, row in latest.items():
+        action = decisions.get(item_id, {}).get("action")
+        if action == "relabel":
+            out.append(entry(item_id, row, decisions[item_id]["label"], "human"))
+        elif action == "accept" or (row["selected"] and action != "reject"):
+            out.append(entry(item_id, row, row["label"], "pseudo"))
+    # Items a reviewer labeled that no round has pseudo-labeled yet.
+    unseen = [i for i, d in decisions.items() if d["action"] == "relabel" and i not in latest]
+    for r in ws.query_in("SELECT id, question, options FROM items WHERE id IN ({})", unseen):
+        out.append(entry(r["id"], r, decisions[r["id"]]["label"], "human"))
+    return out
+
+
+def gold_items(ws: Workspace) -> list[dict]:
+    """The labeled split alone (what the warm-up trains on), in the same form."""
+    return [it for it in training_items(ws, 0) if it["source"] == "gold"]
+
+
+def source_counts(items: list[dict]) -> dict[str, int]:
+    """{gold, human, pseudo}: how many training items come from each source."""
+    counts = dict.fromkeys(SOURCES, 0)
+    for it in items:
+        counts[it["source"]] += 1
+    return counts
+
+
+def training_examples(task: TaskConfig, items: list[dict], tokenizer):
+    """The prompts and answer targets training sees: the plain prompt (no demonstrations,
+    as the eq. 6 entropy and zero-shot evaluation see it) and the answer's target."""
+    from semievol.finetune import TrainExample
+
+    return [TrainExample(
+        render_prompt(tokenizer, build_messages(task, Example(it["question"], it["options"]))),
+        answer_target(task, it["answer"], it["options"], tokenizer), it["answer"])
+        for it in items]
