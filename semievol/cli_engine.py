@@ -107,25 +107,45 @@ def cmd_step(args) -> int:
             return _preview_selection(ws, rnd, selection or base)
     run_id = launch.start(ws, kind, background=args.background, config=config,
                           selection=selection, round_number=args.round,
-                          force=getattr(args, "force", False))
+                          force=getattr(args, "force", False),
+                          review=not getattr(args, "no_review", False),
+                          confirm=_confirmer(args))
     if args.background:
         print(f"Started run {run_id} ({kind}) in the background; follow it with "
               f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
         return 0
-    return _execute(ws, run_id)
+    return _execute(ws, run_id, keep_log=True)
 
 
-def _execute(ws, run_id: int) -> int:
-    """Run a registered run here, with progress bars, and print each step's summary."""
+def _execute(ws, run_id: int, *, keep_log: bool) -> int:
+    """Run a registered run here, with progress bars, and print each step's summary and
+    what to do next."""
     from semievol import jobs, launch
     from semievol.progress import step_banner, terminal_progress
+    from semievol.workflow import round_state
 
     number = jobs.get_run(ws, run_id)["request"]["round"]
     results = launch.execute(ws, run_id, progress=terminal_progress(),
-                             on_step=step_banner(number))
+                             on_step=step_banner(number), keep_log=keep_log)
     for step, result in results.items():
         _report(step, result)
+    if "select" in results and "train" not in results:
+        from semievol.guards import training_warnings
+
+        for warning in training_warnings(ws, jobs.get_run(ws, run_id)["round_id"]):
+            print(f"WARNING: {warning['message']}")
+    state = round_state(ws)
+    print(f"next: {state['action']} (`{state['command']}`)")
     return 0
+
+
+def _confirmer(args) -> str | None:
+    """Who confirms training despite the evidence's warnings (`train --confirm`)."""
+    import getpass
+
+    if not getattr(args, "confirm", False):
+        return None
+    return args.reviewer or getpass.getuser()
 
 
 def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
@@ -156,23 +176,29 @@ def _print_share(name: str, r: dict) -> None:
 
 def _report(step: str, result: dict) -> None:
     if step == "label":
+        if result.get("warning"):
+            print(f"WARNING: {result['warning']}")
         print(f"label: {result['items']} item(s); responses computed {result['computed']}, "
               f"cached {result['cached']}, reused from earlier rounds {result['reused']}; "
               f"pseudo-labels agreed {result['agreed']}, reflected {result['reflected']}, "
               f"already stored {result['skipped']}; model calls {result['model_calls']}")
     elif step == "evaluate":
         for name, r in result.items():
+            if name == "regression":
+                continue
             f1 = "" if r["macro_f1"] is None else f", macro-F1 {r['macro_f1']:.3f}"
-            print(f"evaluate: {name:<11} accuracy {r['accuracy']:.3f}{f1}"
+            print(f"evaluate: {name:<11} {r['split']} accuracy {r['accuracy']:.3f}{f1}"
                   + (f" (majority baseline {r['majority_baseline']:.3f})"
                      if r.get("majority_baseline") is not None else ""))
+        if "regression" in result:
+            print(f"WARNING: {result['regression']['message']}")
     else:
         print(f"{step}: " + json.dumps(result, default=str))
 
 
 def cmd_worker(args) -> int:
     """The background process of a run: everything it needs is in the run's row."""
-    return _execute(_open(args.workspace), args.run_id)
+    return _execute(_open(args.workspace), args.run_id, keep_log=False)
 
 
 def cmd_resume(args) -> int:
@@ -183,7 +209,7 @@ def cmd_resume(args) -> int:
     if args.background:
         print(f"Resumed run {args.run_id} as run {run_id} in the background.")
         return 0
-    return _execute(ws, run_id)
+    return _execute(ws, run_id, keep_log=True)
 
 
 def cmd_runs(args) -> int:
@@ -385,15 +411,25 @@ def add_engine_commands(sub) -> None:
         p.set_defaults(func=cmd_step)
         return p
 
-    round_options(sub.add_parser("round", help="run a whole round: warmup, label, select, "
-                                               "train, evaluate"), selection=True)
+    p = round_options(sub.add_parser(
+        "round", help="run a round: warmup, label, select, then wait for review (train with "
+                      "`semievol train`); --no-review also trains and evaluates"),
+        selection=True)
+    p.add_argument("--no-review", action="store_true",
+                   help="unattended: train and evaluate right after selection, without "
+                        "waiting for a reviewer (scripts, benchmarks)")
     round_options(sub.add_parser("warmup", help="LoRA warm-up on the labeled set"))
     round_options(sub.add_parser("label", help="collaborators + agreement + reflection"))
     p = round_options(sub.add_parser("select", help="apply the selection policy and decisions"),
                       selection=True)
     p.add_argument("--preview", action="store_true",
                    help="show what the selection would keep, and write nothing")
-    round_options(sub.add_parser("train", help="final LoRA training on the curated set"))
+    p = round_options(sub.add_parser("train", help="final LoRA training on the curated set "
+                                                   "(then evaluation, when there is a test set)"))
+    p.add_argument("--confirm", action="store_true",
+                   help="train although the workspace's evidence warns against it (the "
+                        "warnings and who confirmed are recorded with the round)")
+    p.add_argument("--reviewer", help="who confirms (default: the user name)")
     p = round_options(sub.add_parser("evaluate", help="test metrics of base, warm-up and the "
                                                       "round"))
     p.add_argument("--force", action="store_true", help="recompute stored evaluations")

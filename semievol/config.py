@@ -20,6 +20,7 @@ COLLABORATOR_MODELS = ("base", "warmup")
 SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
+START_FROM = ("best", "previous")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -153,7 +154,21 @@ class CollaboratorConfig:
 
     @property
     def label(self) -> str:
+        """A compact id, e.g. `warmup/k3/t1/s1` (logs, lineage)."""
         return f"{self.model}/k{self.demonstrations}/t{self.temperature:g}/s{self.seed}"
+
+    @property
+    def display_name(self) -> str:
+        """In words, e.g. "warm-up model, 3 examples" (what a reviewer reads)."""
+        model = "warm-up model" if self.model == "warmup" else "base model"
+        examples = {0: "no examples", 1: "1 example"}.get(self.demonstrations,
+                                                           f"{self.demonstrations} examples")
+        return f"{model}, {examples}"
+
+    @property
+    def decoding(self) -> str:
+        return ("most likely answer" if self.temperature == 0 else
+                f"sampled at temperature {self.temperature:g}, seed {self.seed}")
 
 
 def default_collaborators() -> list[CollaboratorConfig]:
@@ -230,6 +245,10 @@ class RoundConfig:
     """Final training continues the warm-up adapter instead of starting from the base model."""
     unlabeled_limit: int | None = None
     """Label at most this many unlabeled items per round (the rest wait); None = all."""
+    start_from: str = "best"
+    """Where round N > 1 starts (its warm-up model): `best` (the best-scoring adapter of the
+    earlier rounds, warm-ups included, on the test set or else the calibration slice) or
+    `previous` (round N-1's trained adapter, as in the paper)."""
 
     def __post_init__(self):
         if not self.collaborators:
@@ -240,6 +259,7 @@ class RoundConfig:
                     f"Collaborator {c.label} asks for {c.demonstrations} demonstrations but "
                     f"retrieval keeps k={self.retrieval.k}; raise k or lower demonstrations.")
         _check_range("leakage similarity", self.leakage_similarity, 0.5, 1.0)
+        _check_choice("start from", self.start_from, START_FROM)
 
 
 def to_dict(config: Any) -> dict:

@@ -34,25 +34,38 @@ def predict(backend: Backend, task: TaskConfig, items: list[Item], *,
     return [it.example.options[int(np.argmax(p))] for it, p in zip(items, dists)]
 
 
-def stored_evaluation(ws: Workspace, round_id: int | None, model: str) -> dict | None:
-    row = ws.query("SELECT * FROM evaluations WHERE model=? AND split='test' AND "
-                   "round_id IS ? ORDER BY id DESC LIMIT 1", (model, round_id))
+EVAL_SPLITS = ("test", "calibration")
+
+
+def evaluation_split(ws: Workspace) -> str | None:
+    """Where models are measured: the test split, else (no test file imported) the
+    calibration slice held out of the labeled set; None when there is neither."""
+    counts = ws.split_counts()
+    return next((s for s in EVAL_SPLITS if counts[s]), None)
+
+
+def stored_evaluation(ws: Workspace, round_id: int | None, model: str,
+                      split: str = "test") -> dict | None:
+    row = ws.query("SELECT * FROM evaluations WHERE model=? AND split=? AND "
+                   "round_id IS ? ORDER BY id DESC LIMIT 1", (model, split, round_id))
     return json.loads(row[0]["report"]) if row else None
 
 
 def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | None,
              demonstrations: int = 0, force: bool = False,
-             progress: Progress | None = None) -> dict:
-    """Evaluate on the test split and store the report; an existing report is returned as is
-    unless `force` (the same model on the same items gives the same numbers)."""
+             progress: Progress | None = None, split: str = "test") -> dict:
+    """Evaluate on `split` (test, or the calibration slice) and store the report; an
+    existing report is returned as is unless `force` (the same model on the same items
+    gives the same numbers)."""
     if not force:
-        existing = stored_evaluation(ws, round_id, model)
+        existing = stored_evaluation(ws, round_id, model, split)
         if existing is not None:
             return existing
     task = ws.require_task()
-    ids = split_ids(ws, "test")
+    ids = split_ids(ws, split)
     if not ids:
-        raise SemiEvolError("The workspace has no test items: import a test file to evaluate.")
+        raise SemiEvolError(f"The workspace has no {split} items: import a test file to "
+                            "evaluate.")
     items = load_items(ws, ids)
     predicted = predict(backend, task, items, demonstrations=demonstrations, progress=progress)
     gold = [it.example.answer for it in items]
@@ -72,6 +85,7 @@ def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | Non
     report["model"] = model
     report["demonstrations"] = demonstrations
     report["predictions"] = [[it.id, p] for it, p in zip(items, predicted)]
+    report["split"] = split
     store_evaluation(ws, report, round_id=round_id)
     return report
 
@@ -80,7 +94,8 @@ def store_evaluation(ws: Workspace, report: dict, *, round_id: int | None) -> No
     with ws.transaction() as conn:
         conn.execute("INSERT INTO evaluations(round_id, model, split, accuracy, macro_f1, report, "
                      "created_at) VALUES(?,?,?,?,?,?,?)",
-                     (round_id, report["model"], "test", report["accuracy"],
+                     (round_id, report["model"], report.get("split", "test"),
+                      report["accuracy"],
                       report.get("macro_f1"), json.dumps(report), now()))
 
 

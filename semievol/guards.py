@@ -56,3 +56,114 @@ def leakage_flags(ws: Workspace, round_id: int) -> list[dict]:
                     (round_id,))
     return [{"item_id": r["item_id"], "question": r["question"], **json.loads(r["detail"])}
             for r in rows]
+
+
+# -- evidence before training ------------------------------------------------------------
+COLLAPSE_SHARE = 0.9
+"""A model predicting one class for this share of items (or more) has collapsed, unless
+that class is as frequent in the gold labels."""
+TRUST_MIN_ITEMS = 30
+"""Below this many calibration items, a precision is a hint, not an estimate."""
+
+
+def collapse_message(report: dict, what: str, *, share: float = COLLAPSE_SHARE) -> str | None:
+    """Why an evaluation report shows a model collapsed onto one class, or None."""
+    distribution = report.get("predicted_distribution") or {}
+    n = report.get("n") or 0
+    if not distribution or not n:
+        return None
+    top, count = max(distribution.items(), key=lambda kv: kv[1])
+    gold = (report.get("per_class") or {}).get(top, {}).get("support", 0) / n
+    if count / n >= share and gold < share:
+        return (f"{what} predicts {top!r} for {count} of {n} {report.get('split', 'test')} "
+                f"items ({count / n:.0%}; {gold:.0%} of the gold labels are {top!r}): it has "
+                "collapsed onto one class, and pseudo-labels from it will mostly say the same.")
+    return None
+
+
+def training_warnings(ws: Workspace, round_id: int) -> list[dict]:
+    """What the workspace's own evidence says against training round `round_id` now:
+    [{kind, message}]. Kinds: `collapsed_warmup` (the warm-up predicts one class),
+    `selection_no_better` (on the calibration slice the selected pseudo-labels are no more
+    precise than all of them), `selection_below_majority` (less precise than always
+    answering the majority class), `class_dropped` (a class of the pool has no selected
+    item)."""
+    from semievol.calibration import calibration_report
+    from semievol.evaluate import evaluation_split, stored_evaluation
+    from semievol.selection_state import applied_selection
+
+    out = []
+    for split in ("calibration", evaluation_split(ws)):
+        report = stored_evaluation(ws, round_id, "warmup", split) if split else None
+        message = report and collapse_message(report, "The warm-up model")
+        if message:
+            out.append({"kind": "collapsed_warmup", "message": message})
+            break
+    config = applied_selection(ws, round_id)
+    if config is None:
+        return out
+    calibration = calibration_report(ws, round_id, score=config.score)
+    if calibration.get("n"):
+        everything, chosen = calibration["all"], calibration["selected"]
+        few = (f" (only {calibration['n']} calibration items: a hint, not an estimate)"
+               if calibration["n"] < TRUST_MIN_ITEMS else "")
+        if chosen["n"] and chosen["precision"] <= everything["precision"]:
+            out.append({"kind": "selection_no_better", "message": (
+                f"On the calibration slice the selected pseudo-labels are "
+                f"{chosen['precision']:.0%} right ({chosen['correct']}/{chosen['n']}), no better "
+                f"than all of them ({everything['precision']:.0%}){few}: the entropy threshold "
+                "is not separating right from wrong.")})
+        majority = _majority_share(ws)
+        if chosen["n"] and majority is not None and chosen["precision"] < majority:
+            out.append({"kind": "selection_below_majority", "message": (
+                f"On the calibration slice the selected pseudo-labels are "
+                f"{chosen['precision']:.0%} right, below the {majority:.0%} of always answering "
+                f"the most frequent class{few}.")})
+    dropped = dropped_classes(ws, round_id)
+    if dropped:
+        out.append({"kind": "class_dropped", "message": (
+            f"The selection keeps no item of {', '.join(map(repr, dropped))} (present in the "
+            "pool): training would see that class only in the labeled set. Use the per-class "
+            "policy, or accept some of its items.")})
+    return out
+
+
+def dropped_classes(ws: Workspace, round_id: int) -> list[str]:
+    """Pseudo-label classes of the round's pool of which training would keep no item (what
+    training_set would train on: the applied selection with the decisions on top)."""
+    from semievol.training_set import live_training_items
+
+    pool = {r[0]: r[1] for r in ws.query(
+        "SELECT p.item_id, p.label FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        "WHERE p.round_id=? AND i.split='unlabeled'", (round_id,))}
+    number = ws.scalar("SELECT number FROM rounds WHERE id=?", (round_id,))
+    kept = {it["answer"] for it in live_training_items(ws, number)
+            if it["item_id"] in pool and it["source"] != "gold"}
+    return [c for c in dict.fromkeys(pool.values()) if c not in kept]
+
+
+def _majority_share(ws: Workspace) -> float | None:
+    """The most frequent gold class's share of the labeled and calibration items."""
+    rows = ws.query("SELECT answer, COUNT(*) FROM items WHERE split IN ('labeled', "
+                    "'calibration') GROUP BY answer")
+    total = sum(r[1] for r in rows)
+    return max(r[1] for r in rows) / total if total else None
+
+
+def record_confirmation(ws: Workspace, round_id: int, warnings: list[dict], *,
+                        reviewer: str) -> None:
+    """Record that `reviewer` read `warnings` and trains round `round_id` anyway."""
+    from semievol.store import now
+
+    with ws.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO confirmations(round_id, kind, message, reviewer, created_at) "
+            "VALUES(?,?,?,?,?)",
+            [(round_id, w["kind"], w["message"], reviewer, now()) for w in warnings])
+
+
+def confirmations(ws: Workspace, round_id: int) -> list[dict]:
+    """The warnings confirmed for a round, oldest first."""
+    return [dict(r) for r in ws.query(
+        "SELECT kind, message, reviewer, created_at FROM confirmations WHERE round_id=? "
+        "ORDER BY id", (round_id,))]

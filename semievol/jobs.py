@@ -108,10 +108,26 @@ class RunHandle:
         self._last_write = 0.0
         self._last_message: str | None = None
         self._step: tuple[int, int, str] | None = None
+        self._log: Path | None = None
+        self._last_logged = 0.0
+
+    def keep_log(self) -> None:
+        """Write a plain log of this run to WORKSPACE/runs/<id>.log (a foreground run; a
+        background run's output already goes there)."""
+        self._log = self.ws.path / "runs" / f"{self.id}.log"
+        self._log.parent.mkdir(parents=True, exist_ok=True)
+        self.ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(self._log), self.id))
+        self.log(f"# run {self.id} started {_clock(now())} in the foreground (pid {os.getpid()})")
+
+    def log(self, line: str) -> None:
+        if self._log is not None:
+            with open(self._log, "a", encoding="utf-8") as fh:
+                fh.write(line.rstrip("\n") + "\n")
 
     def begin_step(self, index: int, count: int, name: str) -> None:
         """Step `index` (0-based) of `count` starts."""
         self._step = (index, count, name)
+        self.log(f"== step {index + 1}/{count}: {name}")
         self.progress(0, 1, "starting")
 
     def progress(self, done: int, total: int, message: str = "") -> None:
@@ -130,6 +146,9 @@ class RunHandle:
                 else f"{name}: {message}"
         self.ws.conn.execute("UPDATE runs SET progress=?, message=? WHERE id=?",
                              (fraction, message, self.id))
+        if done >= total or t - self._last_logged >= 5:
+            self._last_logged = t
+            self.log(f"[{100 * fraction:5.1f}%] {message}")
 
     def metric(self, name: str, step: int | None, value: float) -> None:
         self.ws.conn.execute(

@@ -24,14 +24,28 @@ SELECTION_KINDS = ("round", "select")
 RESUMABLE = ("failed", "cancelled")
 
 
-def steps_of(kind: str) -> list[str]:
-    """The steps a run of `kind` executes."""
-    return list(steps.STEPS) if kind == "round" else [kind]
+REVIEW_STEPS = ("warmup", "label", "select")
+"""A round with review: it stops after selection, awaiting a reviewer (the paper's round
+without the human stop is `review=False`)."""
+
+
+def steps_of(ws: Workspace, kind: str, *, review: bool = True) -> list[str]:
+    """The steps a run of `kind` executes: a round stops for review after selection unless
+    `review` is False (unattended: every step); training is followed by an evaluation
+    when there is something to evaluate on."""
+    from semievol.evaluate import evaluation_split
+
+    if kind == "round":
+        return list(REVIEW_STEPS if review else steps.STEPS)
+    if kind == "train" and evaluation_split(ws) is not None:
+        return ["train", "evaluate"]
+    return [kind]
 
 
 def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
              selection: SelectionConfig | None = None, round_number: int | None = None,
-             force: bool = False, pid: int | None = None) -> int:
+             force: bool = False, review: bool = True, confirm: str | None = None,
+             pid: int | None = None) -> int:
     """Validate, refuse while another run writes the round, open the round and register the
     run, in one transaction; returns the run id.
 
@@ -39,7 +53,10 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
     the latest unfinished round, whose stored config `config` replaces, or a new one); other
     steps take round `round_number` (default: the latest). `selection` (select / round)
     overrides the selection policy; `force` (evaluate / round) recomputes stored
-    evaluations."""
+    evaluations; `review=False` runs a whole round unattended (training without review,
+    its evidence warnings recorded as confirmed by "unattended"); `confirm` names who trains
+    despite the workspace's evidence warnings (guards.training_warnings): a train run is
+    refused, before anything changes, while there are warnings and no confirmation."""
     if kind not in RUN_KINDS:
         raise SemiEvolError(f"Unknown step {kind!r}: choose one of {', '.join(RUN_KINDS)}.")
     if selection is not None and kind not in SELECTION_KINDS:
@@ -54,7 +71,12 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
             rnd = rounds.open_round(ws, config)
         else:
             rnd = rounds.get_round(ws, round_number)
-        request = {"steps": steps_of(kind), "round": rnd.number, "force": bool(force),
+        if kind == "train" and not confirm:
+            steps.check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
+        if kind == "round" and not review:
+            confirm = confirm or "unattended (no review)"
+        request = {"steps": steps_of(ws, kind, review=review), "round": rnd.number,
+                   "force": bool(force), "confirm": confirm,
                    "selection": None if selection is None else to_dict(selection)}
         return jobs.register_run(ws, kind, round_id=rnd.id, config=to_dict(rnd.config),
                                  request=request, pid=pid)
@@ -71,10 +93,13 @@ def start(ws: Workspace, kind: str, *, background: bool, **options) -> int:
     return run_id
 
 
-def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None) -> dict[str, dict]:
+def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None,
+            keep_log: bool = False) -> dict[str, dict]:
     """Run a registered run's steps through `run_steps`, recorded in its row (status,
     progress over all its steps, training losses). `progress` and `on_step` also receive
-    the reports (a terminal's progress bars)."""
+    the reports (a terminal's progress bars); `keep_log` writes the run's log file (a
+    foreground run: a worker's output is its log already)."""
+    import json
     run = jobs.get_run(ws, run_id)
     request = run["request"]
     if not request:
@@ -82,6 +107,9 @@ def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None) -> dict[
                             "version); start the step again.")
     selection = request.get("selection")
     with jobs.run_context(ws, run_id) as handle:
+        if keep_log:
+            handle.keep_log()
+
         def report(done, total, message=""):
             handle.progress(done, total, message)
             if progress:
@@ -92,11 +120,15 @@ def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None) -> dict[
             if on_step:
                 on_step(index, count, name)
 
-        return steps.run_steps(ws, request["round"], request["steps"],
-                               selection=None if selection is None
-                               else SelectionConfig(**selection),
-                               force=request.get("force", False), progress=report,
-                               metric=handle.metric, on_step=step_started)
+        results = steps.run_steps(ws, request["round"], request["steps"],
+                                  selection=None if selection is None
+                                  else SelectionConfig(**selection),
+                                  force=request.get("force", False),
+                                  confirm=request.get("confirm"), progress=report,
+                                  metric=handle.metric, on_step=step_started)
+        for name, result in results.items():
+            handle.log(f"{name}: {json.dumps(result, default=str)}")
+        return results
 
 
 def resume_check(ws: Workspace, run: dict) -> int:
@@ -115,7 +147,7 @@ def resume_check(ws: Workspace, run: dict) -> int:
     if kind in OPENING_KINDS:
         # These open the latest unfinished round: that must still be the run's own round.
         latest = rounds.latest_round(ws)
-        if latest.number != rnd.number or latest.status == "done":
+        if latest.number != rnd.number or latest.status in rounds.FINISHED:
             raise SemiEvolError(f"Round {rnd.number} is no longer the open round, so run "
                                 f"{run['id']} ({kind}) cannot be resumed; launch the step "
                                 "again from the Round setup page.")
@@ -130,7 +162,7 @@ def resume(ws: Workspace, run_id: int, *, background: bool = True) -> int:
 
     run = jobs.get_run(ws, run_id)
     number = resume_check(ws, run)
-    request = run["request"] or {"steps": steps_of(run["kind"]), "force": False,
+    request = run["request"] or {"steps": steps_of(ws, run["kind"]), "force": False,
                                  "selection": None}
     request = {**request, "round": number}
     with ws.transaction():

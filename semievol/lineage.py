@@ -10,6 +10,8 @@ from semievol.calibration import calibration_report
 from semievol.config import SelectionConfig, round_config_from_dict
 from semievol.decisions import current_decisions
 from semievol.pseudo_labels import scored_rows
+from semievol.round_scores import regression
+from semievol.rounds import round_by_id
 from semievol.selection_state import class_thresholds, policy_threshold, selection_in_force
 from semievol.store import Workspace
 
@@ -66,8 +68,15 @@ def round_summaries(ws: Workspace) -> list[dict]:
             "selection": ({"policy": config.policy, "theta": config.theta,
                            "threshold": config.threshold, "score": config.score}
                           if applied else None),
-            "warmup_adapter": rnd["warmup_adapter"], "final_adapter": rnd["final_adapter"]})
+            "warmup_adapter": rnd["warmup_adapter"], "final_adapter": rnd["final_adapter"],
+            "regression": _regression_message(ws, rid)})
     return out
+
+
+def _regression_message(ws: Workspace, round_id: int) -> str:
+    """The regression guard's warning for a round, or "" (not worse, or not evaluated)."""
+    check = regression(ws, round_by_id(ws, round_id))
+    return check["message"] if check else ""
 
 
 def _thresholds(ws: Workspace, round_id: int, config: SelectionConfig) -> tuple[float | None,

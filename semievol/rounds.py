@@ -15,8 +15,14 @@ from semievol.config import RoundConfig, round_config_from_dict, to_json
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace, now
 
-ROUND_STATUSES = ("open", "done")
-"""open: steps are still to run (or running); done: trained and evaluated."""
+ROUND_STATUSES = ("open", "awaiting_review", "training", "trained", "done")
+"""open: warm-up and labeling to run; awaiting_review: pseudo-labels selected, waiting for a
+reviewer to say train; training: its training set is frozen and training runs (or failed
+and waits to resume); trained: it has its adapter; done: trained and evaluated."""
+FINISHED = ("trained", "done")
+"""A round in one of these states is finished: the next launch opens a new round."""
+STATUS_NAMES = {"open": "open", "awaiting_review": "awaiting review", "training": "training",
+                "trained": "trained (not evaluated)", "done": "done"}
 
 
 @dataclass
@@ -111,7 +117,7 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
     ws.require_task()
     with ws.transaction() as conn:
         latest = latest_round(ws)
-        if latest is not None and latest.status != "done":
+        if latest is not None and latest.status not in FINISHED:
             if config is not None and config != latest.config:
                 conn.execute("UPDATE rounds SET config=? WHERE id=?",
                              (to_json(config), latest.id))
@@ -135,11 +141,13 @@ def set_adapter(ws: Workspace, rnd: Round, which: str, path: str | Path) -> None
                      (relative_path(ws, path), rnd.id))
 
 
-def finish_round(ws: Workspace, rnd: Round) -> None:
-    """A trained round that has been evaluated is done."""
+def set_status(ws: Workspace, rnd: Round, status: str) -> None:
+    """Move the round to `status` (ROUND_STATUSES); `done` also stamps finished_at."""
+    if status not in ROUND_STATUSES:
+        raise ValueError(f"unknown round status {status!r}")
     with ws.transaction() as conn:
-        conn.execute("UPDATE rounds SET status='done', finished_at=? WHERE id=?",
-                     (now(), rnd.id))
+        conn.execute("UPDATE rounds SET status=?, finished_at=COALESCE(?, finished_at) "
+                     "WHERE id=?", (status, now() if status == "done" else None, rnd.id))
 
 
 def adapter_dir(ws: Workspace, rnd: Round, which: str) -> Path:

@@ -54,11 +54,14 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
         return {"skipped": True, "adapter": rnd.warmup_adapter}
     config = rnd.config
     if rnd.number > 1:
-        previous = rounds.get_round(ws, rnd.number - 1)
-        if not previous.final_adapter:
+        from semievol.round_scores import start_adapter
+
+        if not rounds.get_round(ws, rnd.number - 1).final_adapter:
             raise SemiEvolError(f"Round {rnd.number - 1} has no trained adapter; finish it first.")
-        adapter = previous.final_adapter
-        summary = {"adapter": adapter, "from_round": rnd.number - 1}
+        start = start_adapter(ws, rnd)
+        adapter = start["adapter"]
+        summary = {"adapter": adapter, "from_round": start["round"], "from": start["model"],
+                   "reason": start["reason"]}
     else:
         from semievol.finetune import train_lora
         from semievol.models import load_tokenizer, resolve_model_path
@@ -134,12 +137,29 @@ def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
         raise SemiEvolError(f"{len(missing)} item(s) lack retrieved demonstrations; run "
                             "`semievol index WORKSPACE` (or the warm-up step) first.")
     backends = backends if backends is not None else load_backends(rnd)
+    warning = _check_warmup(ws, rnd, backends["warmup"], progress)
     stats = run_collaborators(ws, rnd.id, items, config.collaborators, backends, task,
                               progress=progress)
     paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators),
                                 backends["warmup"], task, progress=progress)
     calls = sum(b.calls for b in {id(b): b for b in backends.values()}.values())
-    return {"items": len(items), **stats, **paths, "model_calls": calls}
+    summary = {"items": len(items), **stats, **paths, "model_calls": calls}
+    if warning:
+        summary["warning"] = warning
+    return summary
+
+
+def _check_warmup(ws: Workspace, rnd: Round, warmup, progress) -> str | None:
+    """Before labeling: the warm-up model on the calibration slice (stored, a few items), and
+    whether it has collapsed onto one class (guards.collapse_message)."""
+    from semievol.evaluate import evaluate
+    from semievol.guards import collapse_message
+
+    if not ws.split_counts()["calibration"] or ws.require_task().kind != "choice":
+        return None
+    report = evaluate(ws, warmup, model="warmup", round_id=rnd.id, split="calibration",
+                      progress=progress)
+    return collapse_message(report, f"Round {rnd.number}'s warm-up model")
 
 
 def step_select(ws: Workspace, rnd: Round, *, selection: SelectionConfig | None = None,
@@ -157,6 +177,8 @@ def step_select(ws: Workspace, rnd: Round, *, selection: SelectionConfig | None 
     flagged = flag_leakage(ws, rnd.id, _embedder(rnd.config, embedder),
                            similarity=rnd.config.leakage_similarity)
     summary = apply_selection(ws, rnd.id, config)
+    if rnd.status == "open":  # the round now waits for a reviewer to say train
+        rounds.set_status(ws, rnd, "awaiting_review")
     summary["flagged_leakage"] = flagged
     summary["calibration"] = calibration_report(ws, rnd.id, score=config.score)
     summary["calibration"].pop("curve", None)
@@ -164,62 +186,118 @@ def step_select(ws: Workspace, rnd: Round, *, selection: SelectionConfig | None 
 
 
 def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
-               metric: Metric | None = None) -> dict:
-    """Final training on the curated set (paper eq. 9)."""
+               metric: Metric | None = None, confirm: str | None = None) -> dict:
+    """Final training on the curated set (paper eq. 9).
+
+    Refused while the workspace's evidence warns against it (guards.training_warnings)
+    unless `confirm` names who read the warnings and trains anyway; that is recorded with
+    the round."""
     from semievol.finetune import train_lora
     from semievol.guards import validate_training_set
     from semievol.models import load_tokenizer, resolve_model_path
     from semievol.selection_state import applied_selection
-    from semievol.training_set import source_counts, training_examples, training_items
+    from semievol.training_set import freeze, source_counts, training_examples, training_items
 
     if rnd.final_adapter and Path(rnd.final_adapter, "adapter_config.json").exists():
         return {"skipped": True, "adapter": rnd.final_adapter}
     if applied_selection(ws, rnd.id) is None:
         raise SemiEvolError(f"Round {rnd.number} has no selection yet; run "
                             "`semievol select WORKSPACE` first.")
+    check_training_warnings(ws, rnd, confirm)
     config = rnd.config
     task = ws.require_task()
-    items = training_items(ws, rnd.number)
+    items = training_items(ws, rnd.number)  # the frozen rows, if training started before
     validate_training_set(task, items)
     tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
+    # From here on the round trains on exactly these rows (a resume too); decisions made
+    # later belong to the next round.
+    freeze(ws, rnd.id, items)
+    rounds.set_status(ws, rnd, "training")
     adapter = str(rounds.adapter_dir(ws, rnd, "final"))
     summary = train_lora(training_examples(task, items, tokenizer), adapter, model=config.model,
                          lora=config.lora, train=config.train,
                          init_adapter=rnd.warmup_adapter if config.continue_from_warmup else None,
                          progress=progress, metric=_named(metric, "train_loss"))
     rounds.set_adapter(ws, rnd, "final", adapter)
+    rounds.set_status(ws, rnd, "trained")
     return {**summary, "adapter": adapter, "examples": source_counts(items)}
+
+
+def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
+    """The pre-training warnings of an untrained round: raised as one error unless
+    `confirm` (who trains anyway) is given, then recorded with the round."""
+    from semievol.guards import confirmations, record_confirmation, training_warnings
+
+    if rnd.final_adapter or ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (rnd.id,)):
+        return []  # training started already: it was decided then
+    warnings = training_warnings(ws, rnd.id)
+    if not warnings:
+        return []
+    if not confirm:
+        raise SemiEvolError(
+            f"The workspace's evidence warns against training round {rnd.number} now; "
+            "read the warnings, then confirm to train anyway (`--confirm` on the command "
+            "line, the confirmation box in the app), or change the selection.",
+            [w["message"] for w in warnings])
+    seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
+    fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
+    record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
+    return warnings
 
 
 def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
                   progress: Progress | None = None, force: bool = False) -> dict:
-    """Base (zero-shot and with k demonstrations), warm-up and the round's adapter on test."""
-    from semievol.evaluate import evaluate, store_evaluation, stored_evaluation
+    """Base (zero-shot and with k demonstrations), warm-up and the round's adapter on the
+    test split (or, with no test set, the calibration slice); a trained round is then done.
+    The summary carries the regression guard's verdict."""
+    from semievol.evaluate import evaluate, evaluation_split, store_evaluation, stored_evaluation
+    from semievol.round_scores import regression
 
+    split = evaluation_split(ws)
+    if split is None:
+        raise SemiEvolError("The workspace has no test items (and no calibration slice) to "
+                            "evaluate on: import a test file.")
     config = rnd.config
     backends = backends if backends is not None else load_backends(rnd)
     results = {
         "base": evaluate(ws, backends["base"], model="base", round_id=None, force=force,
-                         progress=progress),
+                         progress=progress, split=split),
         "base+demos": evaluate(ws, backends["base"], model="base+demos", round_id=None,
-                               demonstrations=config.retrieval.k, force=force, progress=progress)}
-    # Round N's warm-up is round N-1's final adapter: its test report is already stored.
-    previous = rounds.get_round(ws, rnd.number - 1) if rnd.number > 1 else None
-    inherited = stored_evaluation(ws, previous.id, "round") if previous and not force else None
-    if inherited is not None and stored_evaluation(ws, rnd.id, "warmup") is None:
+                               demonstrations=config.retrieval.k, force=force,
+                               progress=progress, split=split)}
+    # Round N's warm-up is an adapter of an earlier round: its report is already stored.
+    source = _warmup_source(ws, rnd)
+    inherited = None if source is None or force else stored_evaluation(ws, *source, split)
+    if inherited is not None and stored_evaluation(ws, rnd.id, "warmup", split) is None:
         store_evaluation(ws, {**inherited, "model": "warmup"}, round_id=rnd.id)
     results["warmup"] = evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id,
-                                 force=force, progress=progress)
+                                 force=force, progress=progress, split=split)
     if rnd.final_adapter:
         from semievol.backend import LazyBackend
 
         final = backends.get("final") or LazyBackend(config.model, rnd.final_adapter)
         results["round"] = evaluate(ws, final, model="round", round_id=rnd.id, force=force,
-                                    progress=progress)
-        rounds.finish_round(ws, rnd)
-    return {name: {"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1"),
-                   "majority_baseline": r.get("majority_baseline")}
-            for name, r in results.items()}
+                                    progress=progress, split=split)
+        rounds.set_status(ws, rnd, "done")
+    summary = {name: {"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1"),
+                      "majority_baseline": r.get("majority_baseline"), "split": split}
+               for name, r in results.items()}
+    check = regression(ws, rnd)
+    if check and check["message"]:
+        summary["regression"] = check
+    return summary
+
+
+def _warmup_source(ws: Workspace, rnd: Round) -> tuple[int, str] | None:
+    """(round id, model) of the earlier adapter that round `rnd` started from, if any."""
+    if rnd.number == 1 or not rnd.warmup_adapter:
+        return None
+    for earlier in range(rnd.number - 1, 0, -1):
+        other = rounds.get_round(ws, earlier)
+        for model, path in (("round", other.final_adapter), ("warmup", other.warmup_adapter)):
+            if path and Path(path) == Path(rnd.warmup_adapter):
+                return other.id, model
+    return None
 
 
 def step_states(ws: Workspace, rnd: Round) -> list[dict]:
@@ -267,13 +345,15 @@ def check_steps(steps) -> list[str]:
 
 
 def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig | None = None,
-              force: bool = False, progress: Progress | None = None,
+              force: bool = False, confirm: str | None = None,
+              progress: Progress | None = None,
               metric: Metric | None = None, on_step: OnStep | None = None,
               backends: dict | None = None, embedder=None) -> dict[str, dict]:
     """Run `steps` (in the order given) of round `number`; returns each step's summary.
 
     Each step sees the round as the previous one left it. `selection` applies to the
-    select step, `force` to evaluate (recompute stored reports). `on_step(index, count,
+    select step, `force` to evaluate (recompute stored reports), `confirm` (who trains
+    despite the evidence's warnings) to train. `on_step(index, count,
     name)` is called as each step starts; `progress` and `metric` receive that step's
     progress and training losses. Backends are loaded lazily and shared by the steps;
     `backends` (e.g. {"base": ...}) and `embedder` replace the ones the steps would load
@@ -294,7 +374,8 @@ def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig |
         elif step == "select":
             results[step] = step_select(ws, rnd, selection=selection, embedder=embedder)
         elif step == "train":
-            results[step] = step_train(ws, rnd, progress=progress, metric=metric)
+            results[step] = step_train(ws, rnd, progress=progress, metric=metric,
+                                       confirm=confirm)
         else:
             results[step] = step_evaluate(ws, rnd, backends=shared, progress=progress,
                                           force=force)

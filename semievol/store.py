@@ -118,6 +118,21 @@ MIGRATIONS: list[str] = [
         WHERE d.id IN (SELECT MAX(id) FROM decisions GROUP BY item_id) AND d.action != 'clear';
     ALTER TABLE runs ADD COLUMN request TEXT;
     """,
+    # 4: a trained round's training set, frozen when its training starts (decisions made
+    # afterwards belong to the next round); warnings a reviewer confirmed before training.
+    """
+    CREATE TABLE training_rows (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL, answer TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('gold','human','pseudo')),
+        PRIMARY KEY (round_id, item_id));
+    ALTER TABLE rounds ADD COLUMN frozen_at REAL;
+    CREATE TABLE confirmations (
+        id INTEGER PRIMARY KEY,
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL, message TEXT NOT NULL, reviewer TEXT, created_at REAL NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -4,6 +4,11 @@ The training set of round N: the labeled items, the human labels, and the pseudo
 selected in rounds <= N, with the current decisions on top (a decision counts at once:
 reject keeps an item out whatever an earlier round selected, accept brings in its latest
 pseudo-label, relabel brings it in with the human label).
+
+When a round's training starts, the rows it trains on are frozen (`freeze`, table
+training_rows): from then on everything shown for that round (counts, export, lineage) is
+what it trained on, a resumed training trains on the same rows, and decisions made
+afterwards belong to the next round.
 """
 
 from __future__ import annotations
@@ -19,11 +24,57 @@ SOURCES = ("gold", "human", "pseudo")
 
 
 def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
-    """Labeled items, human labels, and selected pseudo-labels of rounds <= up_to_round.
+    """What round `up_to_round` trains on: its frozen rows once its training has started,
+    else the labeled items, human labels, and selected pseudo-labels of rounds <=
+    up_to_round with the current decisions on top (`live_training_items`).
 
-    Each: {item_id, question, options, answer, source}. Membership is the stored selection
-    with the *current* decisions on top.
+    Each: {item_id, question, options, answer, source}.
     """
+    frozen = frozen_items(ws, up_to_round)
+    return frozen if frozen is not None else live_training_items(ws, up_to_round)
+
+
+def frozen_items(ws: Workspace, round_number: int) -> list[dict] | None:
+    """The rows round `round_number` froze when its training started, in training order;
+    None when it has not started training."""
+    task = ws.require_task()
+    if not ws.scalar("SELECT frozen_at FROM rounds WHERE number=?", (round_number,)):
+        return None
+    rows = ws.query("SELECT t.item_id, t.answer, t.source, i.question, i.options "
+                    "FROM training_rows t JOIN rounds r ON r.id = t.round_id "
+                    "JOIN items i ON i.id = t.item_id WHERE r.number=? ORDER BY t.position",
+                    (round_number,))
+    return [{"item_id": r["item_id"], "question": r["question"], "options": options_of(r, task),
+             "answer": r["answer"], "source": r["source"]} for r in rows]
+
+
+def freeze(ws: Workspace, round_id: int, items: list[dict]) -> None:
+    """Store `items` as what the round trains on (once; a frozen round keeps its rows)."""
+    from semievol.store import now
+
+    with ws.transaction() as conn:
+        if ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (round_id,)):
+            return
+        conn.executemany(
+            "INSERT INTO training_rows(round_id, item_id, position, answer, source) "
+            "VALUES(?,?,?,?,?)",
+            [(round_id, it["item_id"], k, it["answer"], it["source"])
+             for k, it in enumerate(items)])
+        conn.execute("UPDATE rounds SET frozen_at=? WHERE id=?", (now(), round_id))
+
+
+def decisions_since_freeze(ws: Workspace, round_id: int) -> int:
+    """Decisions recorded after the round's training set was frozen (they count for the
+    next round)."""
+    frozen_at = ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (round_id,))
+    if not frozen_at:
+        return 0
+    return ws.scalar("SELECT COUNT(*) FROM decisions WHERE created_at > ?", (frozen_at,))
+
+
+def live_training_items(ws: Workspace, up_to_round: int) -> list[dict]:
+    """Labeled items, human labels, and selected pseudo-labels of rounds <= up_to_round,
+    with the *current* decisions on top."""
     task = ws.require_task()
     decisions = current_decisions(ws)
 
@@ -57,7 +108,7 @@ def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
 
 def gold_items(ws: Workspace) -> list[dict]:
     """The labeled split alone (what the warm-up trains on), in the same form."""
-    return [it for it in training_items(ws, 0) if it["source"] == "gold"]
+    return [it for it in live_training_items(ws, 0) if it["source"] == "gold"]
 
 
 def source_counts(items: list[dict]) -> dict[str, int]:

@@ -63,7 +63,7 @@ def round_workspace(filled_workspace, tiny_model_dir, fake_embedder):
                          train=TrainConfig(max_steps=2, batch_size=4),
                          calibration=CalibrationConfig(fraction=0.25, min_per_class=1))
     rnd = rounds.open_round(ws, config)
-    steps.run_steps(ws, rnd.number, steps.STEPS, embedder=fake_embedder)
+    steps.run_steps(ws, rnd.number, steps.STEPS, embedder=fake_embedder, confirm="tester")
     return ws
 
 

@@ -137,7 +137,15 @@ def resumed(selected, tmp_path_factory) -> dict:
              "state.json")
     seen: dict = {}
 
-    started = semievol("train", ws_path, "--background", "--config", endless)
+    # The tiny random model's evidence warns against training: refused until confirmed.
+    with Workspace(ws_path) as ws:
+        before = ws.table_counts()
+    seen["unconfirmed"] = semievol("train", ws_path, "--background", "--config", endless,
+                                   check=False)
+    with Workspace(ws_path) as ws:
+        seen["counts_after_unconfirmed"] = (before, ws.table_counts())
+    started = semievol("train", ws_path, "--background", "--config", endless, "--confirm",
+                       "--reviewer", "ann")
     run_id = int(re.search(r"Started run (\d+) \(train\)", started.stdout).group(1))
     seen["run_id"] = run_id
     killed = False
@@ -237,6 +245,17 @@ def test_calibration_prints_precision(selected):
         precision = report[name]["precision"]
         assert ("precision -" if precision is None else f"precision {precision:.3f}") in line
     assert f"coverage of the selection: {report['coverage_selected']:.3f}" in out
+
+
+def test_training_against_the_evidence_needs_a_confirmation(resumed, selected):
+    refused = resumed["unconfirmed"]
+    assert refused.returncode == 2 and "evidence warns against training" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    before, after = resumed["counts_after_unconfirmed"]
+    assert before == after  # refused before anything changed
+    with Workspace(selected) as ws:
+        rows = ws.query("SELECT reviewer FROM confirmations")
+        assert rows and {r[0] for r in rows} == {"ann"}  # recorded with the round
 
 
 def test_a_second_background_run_on_the_round_is_refused(resumed):

@@ -23,6 +23,7 @@ from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig,
 from semievol.decisions import record_decisions
 from semievol.selection_state import compute_selection
 from semievol.training_set import training_items
+from semievol.evaluate import stored_evaluation
 from semievol.guards import leakage_flags
 
 COLLABORATORS = [CollaboratorConfig("base", 0, 1.0, 0),
@@ -168,7 +169,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     # -- train, as a recorded run: its metrics rows come from the callback
     run_id = jobs.register_run(ws, "train", round_id=rnd.id, pid=os.getpid())
     with jobs.run_context(ws, run_id) as run:
-        summary = steps.step_train(ws, rnd, metric=run.metric)
+        summary = steps.step_train(ws, rnd, metric=run.metric, confirm="tester")
     # no calibration item is trained on
     assert summary["examples"] == {"gold": 9, "human": 0, "pseudo": len(picked)}
     metrics = jobs.run_metrics(ws, run.id, "train_loss")
@@ -209,9 +210,13 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
         raise AssertionError("round 2's warm-up trained a new adapter")
     monkeypatch.setattr("semievol.finetune.train_lora", no_training)
     summary = steps.step_warmup(ws, second, embedder=fake_embedder)
-    assert summary == {"adapter": first.final_adapter, "from_round": 1}
+    # It starts from round 1's best adapter on the test set (warm-up or trained).
+    accuracy = {m: stored_evaluation(ws, first.id, m)["accuracy"] for m in ("warmup", "round")}
+    best = "round" if accuracy["round"] >= accuracy["warmup"] else "warmup"
+    assert (summary["from_round"], summary["from"]) == (1, best)
+    assert summary["adapter"] == (first.final_adapter if best == "round" else first.warmup_adapter)
     second = rounds.get_round(ws, 2)
-    assert second.warmup_adapter == first.final_adapter
+    assert second.warmup_adapter == summary["adapter"]
     assert not (ws.path / "adapters" / "round2").exists()
     assert ids_of(ws, "calibration") == calibration  # held out once, in round 1
 
@@ -237,12 +242,12 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert {i for i, s in sources.items() if s == "gold"} == set(labeled)
     assert {i for i, s in sources.items() if s == "pseudo"} == picked | picked2
     assert {i for i, s in sources.items() if s == "human"} == {relabeled}
-    assert {it["item_id"] for it in training_items(ws, 1)} == set(labeled) | picked | {relabeled}
+    # Round 1's set is what it trained on: the relabel came after, so it counts for round 2.
+    assert {it["item_id"] for it in training_items(ws, 1)} == set(labeled) | picked
 
     # Round 2's warm-up is round 1's adapter: its test report is inherited, not recomputed.
     from semievol.backend import LazyBackend
-    from semievol.evaluate import stored_evaluation
-    round1 = stored_evaluation(ws, first.id, "round")
+    round1 = stored_evaluation(ws, first.id, best)
     warmup = LazyBackend(second.config.model, second.warmup_adapter)
     steps.step_evaluate(ws, rounds.get_round(ws, 2),
                          backends={"base": warmup, "warmup": warmup})

@@ -82,7 +82,7 @@ def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(fil
     row = jobs.get_run(ws, run_id)
     assert (row["kind"], row["round_id"]) == ("select", rnd.id)
     assert row["config"] == to_dict(config)
-    assert row["request"] == {"steps": ["select"], "round": 1, "force": False,
+    assert row["request"] == {"steps": ["select"], "round": 1, "force": False, "confirm": None,
                               "selection": to_dict(SelectionConfig(policy="absolute",
                                                                    threshold=0.45))}
     run = _wait_finished(ws, run_id)
@@ -211,5 +211,5 @@ def test_resume_starts_the_step_again_as_a_new_run(filled_workspace):
     # A real child ran `train` on round 1, which has no selection yet: it fails saying so.
     assert (run["kind"], run["round_id"], run["status"]) == ("train", rnd.id, "failed")
     assert "no selection yet" in run["error"]
-    assert run["request"]["steps"] == ["train"]
+    assert run["request"]["steps"] == ["train", "evaluate"]  # there is a test set
     assert jobs.get_run(ws, failed)["status"] == "failed"  # the old row is left as it was
