@@ -5,10 +5,11 @@ Pages in app/pages/ are discovered by Streamlit; each starts with `page_setup()`
 
 import streamlit as st
 
-from common import page_setup
+from common import page_setup, show_round_state
 from workspace_view import show_overview
 
 ws = page_setup("SemiEvol Studio")
+show_round_state(ws, here="home")
 st.markdown(
     "Adapt a small language model to your task from **a few labeled examples and many "
     "unlabeled ones** (SemiEvol, Luo et al. 2024). Each round fine-tunes a warm-up adapter on "

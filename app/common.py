@@ -19,6 +19,7 @@ from semievol.store import Workspace
 
 APP_NAME = "SemiEvol Studio"
 RUNS_PAGE = "pages/3_Runs.py"
+REVIEW_PAGE = "pages/4_Review.py"
 WORKSPACE_KEY = "workspace_path"
 REVIEWER_KEY = "reviewer"
 FLASH_KEY = "flash"
@@ -129,19 +130,108 @@ def show_flash() -> None:
         st.success(message)
 
 
-def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None) -> None:
-    """Start a step as a background run and say so, with a link to the Runs page; a refusal
-    (another run holds the round) is a warning, any other user error a readable message."""
+def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None,
+                         review: bool = True, confirm: str | None = None) -> int | None:
+    """Start a step as a background run, say so and rerun the page (so it follows the run
+    live); a refusal (another run holds the round) is a warning, any other user error a
+    readable message. Returns None when nothing was started (a start reruns the page)."""
     from semievol import launch
     from semievol.jobs import RunRefused
 
     try:
-        run_id = launch.start(ws, step, background=True, config=config)
+        run_id = launch.start(ws, step, background=True, config=config, review=review,
+                              confirm=confirm)
     except RunRefused as exc:
         st.warning(str(exc), icon=":material/hourglass_top:")
-        return
+        return None
     except SemiEvolError as exc:
         show_error(exc)
+        return None
+    flash(f"Started run {run_id}: {what}. It is followed live on this page and on Runs.")
+    st.rerun()
+
+
+GLOSSARY = {
+    "Pseudo-label": "the answer the round proposes for an unlabeled item: the collaborators' "
+                    "common answer, or the warm-up model's choice when they disagreed.",
+    "Collaborator": "one way of asking a model: the base or the warm-up model, with 0 to k "
+                    "retrieved labeled examples shown before the question.",
+    "Agreement": "how many collaborators gave the same answer (4 of 4 is the strongest "
+                 "signal).",
+    "Reflection": "when collaborators disagree, the warm-up model is shown every answer and "
+                  "picks one; that pick becomes the pseudo-label.",
+    "Confidence": "how likely the warm-up model finds the pseudo-label (exp of minus the "
+                  "entropy): 90 % means sure; about one over the number of classes is a "
+                  "guess. Higher is better.",
+    "Entropy": "the raw score behind confidence: the mean negative log-probability of the "
+               "pseudo-label's tokens (paper eq. 6). Lower is more confident.",
+    "Selection": "the pseudo-labels the round trains on: those at or below an entropy "
+                 "threshold (by default the most confident half, a percentile), plus your "
+                 "accepts and relabels, minus your rejects.",
+    "Calibration slice": "labeled items held out and labeled by the collaborators as if "
+                         "unlabeled: their precision shows how right the selected "
+                         "pseudo-labels are before training. Under 30 items it is a hint, "
+                         "not an estimate.",
+    "Coverage": "the share of the pool the selection keeps; higher coverage usually costs "
+                "precision.",
+}
+
+
+def show_glossary() -> None:
+    """A short glossary of the words the pages use."""
+    with st.expander("What do these words mean?", icon=":material/help:"):
+        for word, meaning in GLOSSARY.items():
+            st.markdown(f"**{word}**: {meaning}")
+
+
+def show_round_state(ws: Workspace, *, here: str | None = None) -> dict:
+    """The latest round's state and the next action (semievol.workflow.round_state), with a
+    link to the page that does it (unless it is this page, `here`), a running run, and the
+    regression guard's warning. Returns the state."""
+    from semievol.workflow import PAGE_TITLES, PAGES, round_state
+
+    state = round_state(ws)
+    where = f"Round {state['round']}: **{state['status_name']}**" if state["round"] else \
+        "**No round yet**"
+    box = st.container(border=True)
+    box.markdown(f"{where} · next: {state['action']}")
+    if state["page"] != here:
+        box.page_link(PAGES[state["page"]], label=f"Go to {PAGE_TITLES[state['page']]}",
+                      icon=":material/arrow_forward:")
+    if state["regression"]:
+        box.error(state["regression"], icon=":material/trending_down:")
+    return state
+
+
+def show_train_action(ws: Workspace, rnd: dict, *, key: str) -> None:
+    """"Train on the curated set" for a round awaiting review (a round_overview row): what it
+    would train on, the evidence's warnings (to be confirmed, and then recorded), and the
+    button; disabled while a run writes the workspace's rounds."""
+    from semievol import jobs
+    from semievol.guards import training_warnings
+    from semievol.training_set import source_counts, training_items
+
+    if rnd["status"] != "awaiting_review":
         return
-    st.success(f"Started run {run_id}: {what}. Follow it on the Runs page.")
-    st.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
+    box = st.container(border=True)
+    counts = source_counts(training_items(ws, rnd["number"]))
+    box.markdown(f"**Round {rnd['number']} is awaiting review.** Training now uses "
+                 f"{sum(counts.values())} item(s): {counts['gold']} labeled, {counts['human']} "
+                 f"labeled by a reviewer, {counts['pseudo']} selected pseudo-labels.")
+    warnings = training_warnings(ws, rnd["id"])
+    for warning in warnings:
+        box.warning(warning["message"], icon=":material/warning:")
+    confirmed = not warnings or box.checkbox(
+        "I have read these warnings and want to train anyway (recorded with the round)",
+        key=f"{key}_confirm")
+    running = jobs.running_runs(ws)
+    if running:
+        box.caption(f"Run {running[0]['id']} ({running[0]['kind']}) is running: training can "
+                    "start once it has finished.")
+        box.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
+    if box.button("Train on the curated set", type="primary", key=key,
+                  disabled=bool(running) or not confirmed,
+                  help="Freezes this training set, trains the round's adapter on it and "
+                       "evaluates it. Decisions made afterwards count for the next round."):
+        launch_with_feedback(ws, "train", f"training round {rnd['number']}",
+                             confirm=st.session_state.get(REVIEWER_KEY) if warnings else None)

@@ -151,34 +151,34 @@ def _fmt(value, digits: int = 3) -> str:
 def collaborators_frame(collaborators: list[dict]) -> pd.DataFrame:
     def probs(c):
         if c["probs"]:
-            return " · ".join(f"{o} {p:.2f}" for o, p in c["probs"].items())
+            return " · ".join(f"{o} {p:.0%}" for o, p in c["probs"].items())
         return "" if not c["option_probs"] else ", ".join(f"{p:.2f}" for p in c["option_probs"])
 
     return pd.DataFrame({
-        "collaborator": [c["collaborator"] for c in collaborators],
-        "config": [c["config"] for c in collaborators],
-        "answer": [c["answer"] for c in collaborators],
-        "option entropy": [c["option_entropy"] for c in collaborators],
-        "nll": [c["nll"] for c in collaborators],
+        "collaborator": [c["name"] for c in collaborators],
+        "answer": [c["answer"] or "(no answer)" for c in collaborators],
+        "confidence": [c["confidence"] for c in collaborators],
+        "decoding": [c["decoding"] for c in collaborators],
         "option probabilities": [probs(c) for c in collaborators],
-    }, columns=["collaborator", "config", "answer", "option entropy", "nll",
-                "option probabilities"])
+    }, columns=["collaborator", "answer", "confidence", "decoding", "option probabilities"])
 
 
 def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     detail = item_detail(ws, round_id, item_id)
     item, pseudo = detail["item"], detail["pseudo_label"]
     st.subheader(f"Item {item['external_id']}")
-    st.markdown(item["question"])
+    st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
     if item["options"]:
         st.caption("Options: " + " · ".join(item["options"]))
-    cols = st.columns(6)
+    cols = st.columns(4)
     cols[0].metric("Pseudo-label", pseudo["label"])
-    cols[1].metric("Path", pseudo["path"])
-    cols[2].metric("Agreement", _fmt(pseudo["agreement"], 2))
-    cols[3].metric("Entropy", _fmt(pseudo["entropy"]))
-    cols[4].metric("Option entropy", _fmt(pseudo["option_entropy"]))
-    cols[5].metric("Selected", "yes" if pseudo["selected"] else "no")
+    cols[1].metric("Confidence", "—" if pseudo["confidence"] is None
+                   else f"{pseudo['confidence']:.0%}",
+                   help=f"entropy (mean token NLL) {_fmt(pseudo['entropy'])}, option entropy "
+                        f"{_fmt(pseudo['option_entropy'])}")
+    cols[2].metric("Collaborators", pseudo["agreement_text"].split(" gave")[0],
+                   help=pseudo["agreement_text"])
+    cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
     current = detail["decision"]
     if current:
         label = f" → **{current['label']}**" if current["action"] == "relabel" else ""
@@ -190,30 +190,34 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         st.warning(f"Flagged: {flag['kind'].replace('_', ' ')} {flag['detail'] or ''}",
                    icon=":material/flag:")
 
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Demonstrations** (retrieved labeled neighbours)")
-        if detail["neighbours"]:
-            st.dataframe(pd.DataFrame(detail["neighbours"])[
-                ["rank", "similarity", "label", "question", "external_id"]], hide_index=True)
-        else:
+    st.markdown("**Collaborators**")
+    if detail["collaborators"]:
+        st.dataframe(collaborators_frame(detail["collaborators"]), hide_index=True,
+                     column_config={"confidence": st.column_config.NumberColumn(
+                         format="percent")})
+    else:
+        st.caption("No collaborator responses stored for this item.")
+    reflection = detail["reflection"]
+    if reflection:
+        with st.expander(f"Reflection: the warm-up model was shown every answer and chose "
+                         f"{reflection['chose']}"):
+            st.text(reflection["shown"])
+            st.caption(f"Its scores: {reflection['scores'] or '—'}")
+    with st.expander(f"Demonstrations ({len(detail['neighbours'])} retrieved labeled "
+                     "neighbours)"):
+        for n in detail["neighbours"]:
+            st.markdown(f"**{n['label']}** · similarity {n['similarity']:.2f} · "
+                        f"{n['external_id']}")
+            st.text(n["question"])
+        if not detail["neighbours"]:
             st.caption("No neighbours stored for this item.")
-    with right:
-        st.markdown("**Collaborators**")
-        if detail["collaborators"]:
-            st.dataframe(collaborators_frame(detail["collaborators"]), hide_index=True)
-        else:
-            st.caption("No collaborator responses stored for this item.")
-        if pseudo["path"] == "reflected":
-            st.markdown("**Reflection** (the warm-up model, shown every answer)")
-            st.code(pseudo["reflection_text"] or "(no text)", language=None, wrap_lines=True)
     st.markdown("**Decision history**")
     if detail["history"]:
         st.dataframe(pd.DataFrame([{**h, "created_at": _when(h["created_at"])}
                                    for h in detail["history"]]), hide_index=True)
     else:
         st.caption("No decisions yet.")
-    show_actions(ws, round_id, item)
+    show_actions(ws, round_id, {**item, "pseudo_label": pseudo["label"]})
     return detail
 
 
@@ -239,7 +243,9 @@ def show_actions(ws: Workspace, round_id: int, item: dict) -> None:
                    help="Keep out of the training set.")
     options = item["options"] or []
     if options:
+        current = item.get("pseudo_label")  # relabel starts at the current pseudo-label
         cols[2].selectbox("Relabel as", options, key=f"review_relabel_{item['id']}",
+                          index=options.index(current) if current in options else 0,
                           label_visibility="collapsed")
         cols[3].button("Relabel", key="review_relabel", on_click=_decide,
                        args=(*args, "relabel"), help="Train on this label instead.")
@@ -299,7 +305,14 @@ def _round_name(rounds: dict[int, dict]):
     return name
 
 
+MODES = {"focus": "Focus: one item, keyboard", "table": "Table: filter, sort, bulk"}
+
+
 def show_review(ws: Workspace) -> None:
+    from common import show_glossary, show_round_state, show_train_action
+    from focus_view import show_focus
+
+    show_round_state(ws, here="review")
     rounds = {r["id"]: r for r in round_overview(ws)}
     if not rounds:
         st.info(NO_ROUND)
@@ -310,6 +323,17 @@ def show_review(ws: Workspace) -> None:
     if not rnd["pseudo_labels"]:
         st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step (the "
                 "**Round setup** page, or `semievol label WORKSPACE`), then come back.")
+        return
+    if rnd["status"] in ("training", "trained", "done"):
+        st.info(f"Round {rnd['number']} has started training: it trains on the rows frozen "
+                f"then. Decisions you make now belong to round {rnd['number'] + 1}.",
+                icon=":material/lock:")
+    show_train_action(ws, rnd, key="review_train")
+    show_glossary()
+    mode = st.segmented_control("Mode", list(MODES), default="focus", format_func=MODES.get,
+                                key="review_mode")
+    if mode != "table":
+        show_focus(ws, rnd)
         return
     facets = round_facets(ws, round_id)
     flt = show_filters(round_id, facets)

@@ -54,6 +54,7 @@ def round_table(summaries: list[dict]) -> pd.DataFrame:
             "95% interval": _interval(s["calibration_selected"]),
             "calib. precision (all)": _precision(s["calibration_all"]),
             "selection": _policy(s["selection"]),
+            "warning": s["regression"] or "",
             "adapter": s["final_adapter"] or "",
         })
     return pd.DataFrame(rows)
@@ -116,6 +117,9 @@ def show_rounds(ws: Workspace) -> None:
         st.info("No round yet: launch round 1 on the **Round setup** page. Each round's "
                 "accuracy, pseudo-labels and estimated precision will line up here.")
         return
+    for s in summaries:
+        if s["regression"]:
+            st.error(s["regression"], icon=":material/trending_down:")
     st.dataframe(round_table(summaries), hide_index=True)
     import plotly.express as px
 

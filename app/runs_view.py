@@ -65,8 +65,12 @@ def run_label(run: dict, numbers: dict[int, int]) -> str:
 
 
 # -- rendering ----------------------------------------------------------------------------
+LOSS_NAMES = {"warmup_loss": "warm-up training", "train_loss": "final training"}
+
+
 def show_loss(ws: Workspace, run: dict) -> None:
-    points = jobs.run_metrics(ws, run["id"], "train_loss")
+    """The run's training losses, one curve per training (warm-up and final apart)."""
+    points = [p for name in LOSS_NAMES for p in jobs.run_metrics(ws, run["id"], name)]
     if not points:
         if run["kind"] in LOSS_KINDS:
             st.caption("No training loss recorded yet.")
@@ -74,7 +78,9 @@ def show_loss(ws: Workspace, run: dict) -> None:
     import plotly.express as px
 
     frame = pd.DataFrame(points)
-    figure = px.line(frame, x="step", y="value", markers=len(frame) < 50,
+    frame["training"] = frame["name"].map(LOSS_NAMES)
+    figure = px.line(frame, x="step", y="value", color="training",
+                     markers=len(frame) < 50,
                      labels={"value": "training loss", "step": "optimizer step"},
                      title="Training loss")
     if frame["step"].nunique() <= 20:
@@ -105,12 +111,21 @@ def _resume(ws: Workspace, run_id: int) -> None:
     st.rerun()
 
 
-def live_run_detail(ws: Workspace, run_id: int) -> None:
-    """`show_run_detail` as the body of a polling fragment: when no run is left running,
-    the whole page is drawn again (statically, so the polling stops)."""
-    if not jobs.running_runs(ws):
+def live_runs(ws: Workspace, run_id: int) -> None:
+    """The runs table and the chosen run's detail as the body of a polling fragment (so the
+    two always agree): when no run is left running, the whole page is drawn again
+    (statically, so the polling stops)."""
+    runs = jobs.list_runs(ws)
+    show_table(runs, round_numbers(ws))
+    if not any(r["status"] == "running" for r in runs):
         st.rerun()
     show_run_detail(ws, run_id)
+
+
+def show_table(runs: list[dict], numbers: dict[int, int]) -> None:
+    st.dataframe(runs_frame(runs, numbers), hide_index=True,
+                 column_config={"progress": st.column_config.ProgressColumn(
+                     "progress", min_value=0, max_value=100, format="%.0f%%")})
 
 
 def show_run_detail(ws: Workspace, run_id: int) -> None:
@@ -169,9 +184,6 @@ def show_runs(ws: Workspace) -> None:
         st.page_link(SETUP_PAGE, label="Open Round setup", icon=":material/settings:")
         return
     numbers = round_numbers(ws)
-    st.dataframe(runs_frame(runs, numbers), hide_index=True,
-                 column_config={"progress": st.column_config.ProgressColumn(
-                     "progress", min_value=0, max_value=100, format="%.0f%%")})
     ids = [r["id"] for r in runs]
     labels = {r["id"]: run_label(r, numbers) for r in runs}
     chosen = st.session_state.pop("runs_pending_select", None) or \
@@ -183,6 +195,7 @@ def show_runs(ws: Workspace) -> None:
     run_id = st.selectbox("Run", ids, key="runs_selected", format_func=labels.get)
     if any(r["status"] == "running" for r in runs):
         # Polls only while something runs; when nothing does, the page is redrawn statically.
-        st.fragment(live_run_detail, run_every=POLL_SECONDS)(ws, run_id)
+        st.fragment(live_runs, run_every=POLL_SECONDS)(ws, run_id)
     else:
+        show_table(runs, numbers)
         show_run_detail(ws, run_id)

@@ -19,7 +19,7 @@ from semievol import audit
 from semievol.calibration import calibration_report
 from semievol.config import SELECTION_POLICIES, SelectionConfig
 from semievol.errors import SemiEvolError
-from semievol.guards import leakage_flags
+from semievol.guards import TRUST_MIN_ITEMS, leakage_flags, training_warnings
 from semievol.items import label_counts
 from semievol.pseudo_labels import available_scores, score_range
 from semievol.rounds import round_overview
@@ -134,7 +134,8 @@ def choose_round(ws: Workspace) -> dict | None:
     return rnd
 
 
-def policy_controls(ws: Workspace, round_id: int) -> SelectionConfig | None:
+def policy_controls(ws: Workspace, round_id: int, *,
+                    disabled: bool = False) -> SelectionConfig | None:
     """Policy, θ, absolute threshold and score widgets (keyed per round, starting from the
     round's applied selection); returns the SelectionConfig they describe."""
     start = selection_in_force(ws, round_id)[0]
@@ -143,23 +144,26 @@ def policy_controls(ws: Workspace, round_id: int) -> SelectionConfig | None:
     policy = cols[0].radio("Policy", SELECTION_POLICIES, horizontal=True,
                            index=SELECTION_POLICIES.index(start.policy),
                            format_func=lambda p: p.replace("_", " "),
-                           key=f"selection_policy_{round_id}",
+                           key=f"selection_policy_{round_id}", disabled=disabled,
                            help="; ".join(f"{k}: {v}" for k, v in POLICY_HELP.items()))
     score = cols[1].radio("Score", scores, horizontal=True,
                           index=scores.index(start.score) if start.score in scores else 0,
-                          key=f"selection_score_{round_id}",
+                          key=f"selection_score_{round_id}", disabled=disabled,
                           help="nll: mean token NLL of the pseudo-response under the warm-up "
                                "model (paper eq. 6); option_entropy: entropy of the options.")
     low, high = slider_range(ws, round_id, score)
     cols = st.columns(2)
-    theta = cols[0].slider("θ (percentile)", 0.0, 100.0, float(start.theta), step=1.0,
+    theta = cols[0].slider("Keep the most confident θ % (percentile)", 0.0, 100.0,
+                           float(start.theta), step=1.0,
+                           help="50 keeps the most confident half (the paper's setting); "
+                                "lower keeps fewer, surer pseudo-labels.",
                            key=f"selection_theta_{round_id}",
-                           disabled=policy not in ("percentile", "per_class"))
+                           disabled=disabled or policy not in ("percentile", "per_class"))
     default = start.threshold if start.threshold is not None else (low + high) / 2
     threshold = cols[1].slider(f"Absolute threshold ({score})", low, high,
                                float(min(max(default, low), high)), step=(high - low) / 200,
                                format="%.4f", key=f"selection_threshold_{round_id}_{score}",
-                               disabled=policy != "absolute")
+                               disabled=disabled or policy != "absolute")
     try:
         return SelectionConfig(policy=policy, theta=float(theta), threshold=float(threshold)
                                if policy == "absolute" else None, score=score)
@@ -185,30 +189,49 @@ def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
     st.dataframe(class_table(ws, frame), hide_index=True)
 
 
+def log_axis(scores: pd.Series) -> bool:
+    """Whether the scores pile up near zero (the median below a tenth of the maximum), so
+    that a log axis shows them apart."""
+    positive = scores[scores > 0]
+    return len(positive) > 1 and positive.median() < 0.1 * positive.max()
+
+
 def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
                     per_class: dict[str, float] | None = None) -> None:
+    import numpy as np
     import plotly.express as px
 
-    pool = frame[(frame["split"] == "unlabeled") & frame["score"].notna()]
+    pool = frame[(frame["split"] == "unlabeled") & frame["score"].notna()].copy()
     if pool.empty:
         st.info(f"No {score} scores stored for this round's pool.")
         return
+    logged = log_axis(pool["score"])
+    floor = pool.loc[pool["score"] > 0, "score"].min() if logged else 0.0
+    # On a log axis the bins are even in log space (a zero score sits at the smallest one).
+    pool["x"] = np.log10(pool["score"].clip(lower=floor)) if logged else pool["score"]
+
+    def at(value):
+        return float(np.log10(max(value, floor))) if logged else value
+
+    axis = f"log10 {score} (lower = more confident)" if logged else \
+        f"{score} (lower = more confident)"
     left, right = st.columns(2)
     for column, colour, title in ((left, "path", "by agreement"),
                                   (right, "pseudo_label", "by pseudo-label")):
-        figure = px.histogram(pool, x="score", color=colour, nbins=30, barmode="stack",
+        figure = px.histogram(pool, x="x", color=colour, nbins=40, barmode="stack",
                               title=f"Entropy ({score}) {title}",
-                              labels={"score": score, "pseudo_label": "class"})
+                              labels={"x": axis, "pseudo_label": "class"})
         if threshold is not None:
-            figure.add_vline(x=threshold, line_dash="dash", line_color="black",
-                             annotation_text="threshold")
+            figure.add_vline(x=at(threshold), line_dash="dash", line_color="black",
+                             annotation_text="threshold", annotation_position="top right")
         elif per_class and colour == "pseudo_label":
             for label, value in per_class.items():
-                figure.add_vline(x=value, line_dash="dot", annotation_text=str(label))
+                figure.add_vline(x=at(value), line_dash="dot", annotation_text=str(label))
         figure.update_layout(height=320, margin=dict(t=40, b=10))
         column.plotly_chart(figure, key=f"histogram_{colour}")
-    st.caption("The unlabeled pool. Percentiles are taken over the pool and the calibration "
-               "items together, as if the calibration items were unlabeled.")
+    st.caption("The unlabeled pool" + (", on a log axis: most scores sit near zero" if logged
+                                       else "") + ". Percentiles are taken over the pool and "
+               "the calibration items together, as if the calibration items were unlabeled.")
 
 
 def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: str) -> None:
@@ -220,6 +243,11 @@ def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: s
     cols = st.columns(2)
     cols[0].metric("Calibration precision, all", _share(stats["all"]))
     cols[1].metric("Calibration precision, selected", _share(stats["selected"]))
+    if stats["n"] < TRUST_MIN_ITEMS:
+        st.warning(f"Too few items to trust: {stats['n']} calibration items (under "
+                   f"{TRUST_MIN_ITEMS}) give an interval as wide as the one above. Raise the "
+                   "calibration fraction on Round setup for the next workspace or round 1, or "
+                   "audit more items below.", icon=":material/help:")
     curve = calibration_report(ws, round_id, score=score).get("curve") or {}
     if not curve.get("threshold"):
         return
@@ -308,10 +336,19 @@ def show_apply(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
 
 
 def show_selection(ws: Workspace) -> None:
+    from common import show_glossary, show_round_state, show_train_action
+
+    show_round_state(ws, here="selection")
     rnd = choose_round(ws)
     if rnd is None:
         return
-    config = policy_controls(ws, rnd["id"])
+    trained = rnd["status"] in ("training", "trained", "done")
+    if trained:
+        st.info(f"Round {rnd['number']} has started training: its selection is what it "
+                "trained on and the controls are read-only. Change the selection of the next "
+                "round instead.", icon=":material/lock:")
+    show_glossary()
+    config = policy_controls(ws, rnd["id"], disabled=trained)
     if config is None:
         return
     try:
@@ -320,7 +357,11 @@ def show_selection(ws: Workspace) -> None:
         show_error(exc)
         return
     show_counts(ws, frame)
-    show_apply(ws, rnd, config)
+    if not trained:
+        show_apply(ws, rnd, config)
+        for warning in training_warnings(ws, rnd["id"]):
+            st.warning(warning["message"], icon=":material/warning:")
+        show_train_action(ws, rnd, key="selection_train")
     st.subheader("Entropy")
     show_histograms(frame, frame.attrs["summary"]["threshold"], config.score,
                     frame.attrs["class_thresholds"])

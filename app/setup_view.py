@@ -13,11 +13,13 @@ import math
 import pandas as pd
 import streamlit as st
 
-from common import launch_with_feedback, show_error
+from common import RUNS_PAGE, launch_with_feedback, show_error
+from semievol import jobs
 from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES,
-                             SELECTION_SCORES, RoundConfig, round_config_from_dict, to_dict)
+                             SELECTION_SCORES, START_FROM, RoundConfig, round_config_from_dict,
+                             to_dict)
 from semievol.errors import SemiEvolError
-from semievol.rounds import Round, latest_round
+from semievol.rounds import FINISHED, Round, latest_round
 from semievol.steps import STEPS, step_states
 from semievol.store import Workspace
 
@@ -88,21 +90,21 @@ def config_yaml(config: RoundConfig) -> str:
 
 # -- rendering ----------------------------------------------------------------------------
 def show_round_status(ws: Workspace, rnd: Round | None) -> None:
+    from common import show_round_state
+
+    show_round_state(ws, here="setup")
     if rnd is None:
-        st.info("No round yet: set it up below and press **Launch whole round**, or run the "
-                "steps one at a time starting with **warmup**.")
         return
     steps = step_states(ws, rnd)
-    st.markdown(f"**Round {rnd.number}** · status `{rnd.status}`")
     frame = pd.DataFrame([{"step": s["step"], "done": "✓" if s["done"] else "",
                            "detail": s["detail"]} for s in steps])
     st.dataframe(frame, hide_index=True)
     upcoming = next_step(steps)
-    if rnd.status == "done":
-        st.success(f"Round {rnd.number} is done. Launching now opens round {rnd.number + 1} "
-                   "(from this round's adapter).")
+    if rnd.status in FINISHED:
+        st.success(f"Round {rnd.number} is finished. Launching now opens round "
+                   f"{rnd.number + 1}.")
     elif upcoming:
-        st.markdown(f"Next: **{upcoming}**.")
+        st.markdown(f"Next step: **{upcoming}**.")
 
 
 def _model_fields(config: RoundConfig) -> dict:
@@ -168,6 +170,13 @@ def _round_fields(config: RoundConfig) -> dict:
     fields["continue_from_warmup"] = st.checkbox(
         "Final training continues from the warm-up adapter", value=config.continue_from_warmup,
         key="setup_continue")
+    fields["start_from"] = st.radio(
+        "Round 2 and later start from", START_FROM, horizontal=True,
+        index=START_FROM.index(config.start_from), key="setup_start_from",
+        format_func={"best": "the best adapter so far", "previous": "the previous round's "
+                     "adapter (paper)"}.get,
+        help="The best: the earlier adapter (warm-ups included) with the highest accuracy on "
+             "the test set (or calibration slice), so a round that got worse is not built on.")
     return fields
 
 
@@ -225,9 +234,10 @@ def read_form(ws: Workspace) -> tuple[RoundConfig | None, SemiEvolError | None]:
         return None, exc
 
 
-def _launch(ws: Workspace, step: str, config: RoundConfig) -> None:
-    what = "the whole round" if step == "round" else f"step {step}"
-    launch_with_feedback(ws, step, what, config=config)
+def _launch(ws: Workspace, step: str, config: RoundConfig, *, review: bool = True) -> None:
+    what = (("the whole round, unattended" if not review else "the round up to review")
+            if step == "round" else f"step {step}")
+    launch_with_feedback(ws, step, what, config=config, review=review)
 
 
 def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
@@ -237,21 +247,32 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
         show_error(error)
         st.caption("Fix the settings above to launch.")
     # Steps after warm-up work on an open round; a finished round's next one starts at warmup.
-    open_round = rnd is not None and rnd.status != "done"
+    open_round = rnd is not None and rnd.status not in FINISHED
+    running = jobs.running_runs(ws)
+    if running:
+        st.warning(f"Run {running[0]['id']} ({running[0]['kind']}) is writing a round: "
+                   "launching waits until it has finished.", icon=":material/hourglass_top:")
+        st.page_link(RUNS_PAGE, label="Follow it on the Runs page", icon=":material/monitoring:")
+    busy = bool(running)
+    unattended = st.checkbox(
+        "Unattended: also train and evaluate, without waiting for review", key="unattended",
+        help="For scripts and benchmarks. By default a round stops after selection and "
+             "waits for you to review its pseudo-labels and press Train.")
     left, right = st.columns([1, 2])
-    if left.button("Launch whole round", type="primary", key="launch_round",
-                   disabled=config is None):
-        _launch(ws, "round", config)
-    right.caption("Runs warm-up, labeling, selection, training and evaluation in one "
-                  "background run. To review pseudo-labels before training, run the steps "
-                  "one at a time.")
+    if left.button("Launch round", type="primary", key="launch_round",
+                   disabled=config is None or busy):
+        _launch(ws, "round", config, review=not unattended)
+    right.caption("Warm-up, labeling and selection in one background run; the round then "
+                  "waits for your review (Review page) before training"
+                  + (" — unless unattended is ticked." if unattended else "."))
+    st.caption("Or one step at a time:")
     columns = st.columns(len(STEPS))
     for column, step in zip(columns, STEPS):
-        disabled = config is None or (step != "warmup" and not open_round)
+        disabled = config is None or busy or (step != "warmup" and not open_round)
         if column.button(f"Run {step}", key=f"launch_{step}", disabled=disabled):
             _launch(ws, step, config)
     if config is not None:
-        name = f"round{rnd.number + (rnd.status == 'done') if rnd else 1}_config.yaml"
+        name = f"round{rnd.number + (rnd.status in FINISHED) if rnd else 1}_config.yaml"
         st.download_button("Save as YAML", config_yaml(config), file_name=name,
                            mime="application/x-yaml", key="save_yaml",
                            help="Use it with `semievol round WORKSPACE --config FILE`.")

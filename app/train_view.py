@@ -13,11 +13,14 @@ import streamlit as st
 from common import launch_with_feedback
 from semievol import jobs
 from semievol.errors import SemiEvolError
-from semievol.evaluate import stored_evaluation
+from semievol.evaluate import evaluation_split, stored_evaluation
 from semievol.rounds import Round, get_round
 from semievol.selection_state import applied_selection
 from semievol.store import Workspace
-from semievol.training_set import SOURCES, training_items
+from semievol.guards import confirmations
+from semievol.round_scores import regression
+from semievol.rounds import FINISHED
+from semievol.training_set import SOURCES, decisions_since_freeze, training_items
 
 SETUP_PAGE = "pages/2_Round_setup.py"
 VARIANTS = ("base", "base+demos", "warmup", "round")
@@ -50,9 +53,10 @@ def training_counts(ws: Workspace, rnd: Round) -> pd.DataFrame:
 def evaluation_reports(ws: Workspace, rnd: Round) -> dict[str, dict]:
     """The stored test report of each model variant (base ones belong to no round)."""
     out = {}
+    split = evaluation_split(ws) or "test"
     for variant in VARIANTS:
         round_id = None if variant in ("base", "base+demos") else rnd.id
-        report = stored_evaluation(ws, round_id, variant)
+        report = stored_evaluation(ws, round_id, variant, split)
         if report is not None:
             out[variant] = report
     return out
@@ -92,24 +96,43 @@ def _launch(ws: Workspace, step: str, done_message: str) -> None:
 
 
 def show_training(ws: Workspace, rnd: Round, busy: dict | None) -> None:
+    from common import show_train_action
+
     st.subheader("Training set")
     counts = training_counts(ws, rnd)
-    selected = has_selection(ws, rnd)
-    if not selected:
-        st.warning(f"Round {rnd.number} has no selection yet: apply one on the Selection page, "
-                   "or run the select step (Round setup). Until then only the labeled set "
-                   "would be trained on.")
     totals = counts[list(SOURCES)].sum() if len(counts) else pd.Series(0, index=list(SOURCES))
-    st.markdown(f"Round {rnd.number} trains on **{int(totals.sum())}** item(s): "
-                f"{int(totals['gold'])} labeled, {int(totals['human'])} human-labeled, "
-                f"{int(totals['pseudo'])} selected pseudo-labels.")
+    frozen = rnd.status in ("training", "trained", "done")
+    if frozen:
+        st.markdown(f"Round {rnd.number} trained on **{int(totals.sum())}** item(s), frozen when "
+                    f"its training started: {int(totals['gold'])} labeled, "
+                    f"{int(totals['human'])} human-labeled, {int(totals['pseudo'])} selected "
+                    "pseudo-labels.")
+        later = decisions_since_freeze(ws, rnd.id)
+        if later:
+            st.info(f"{later} decision(s) were made after this round started training: they "
+                    f"count for round {rnd.number + 1}, not for these numbers.",
+                    icon=":material/lock:")
+    else:
+        if not has_selection(ws, rnd):
+            st.warning(f"Round {rnd.number} has no selection yet: it selects when its round "
+                       "runs (Round setup), or apply one on the Selection page. Until then "
+                       "only the labeled set would be trained on.")
+        st.markdown(f"Round {rnd.number} would train on **{int(totals.sum())}** item(s): "
+                    f"{int(totals['gold'])} labeled, {int(totals['human'])} human-labeled, "
+                    f"{int(totals['pseudo'])} selected pseudo-labels.")
     if len(counts):
         st.dataframe(counts, hide_index=True)
     if rnd.final_adapter:
-        st.success(f"Round {rnd.number} is trained: `{rnd.final_adapter}`.")
-    disabled = not selected or bool(rnd.final_adapter) or busy is not None
-    if st.button("Train on the curated set", type="primary", key="train", disabled=disabled):
-        _launch(ws, "train", f"training round {rnd.number}")
+        check = regression(ws, rnd)
+        if check and check["message"]:
+            st.error(check["message"], icon=":material/trending_down:")
+        else:
+            st.success(f"Round {rnd.number} is trained: `{rnd.final_adapter}`.")
+    for confirmed in confirmations(ws, rnd.id):
+        st.caption(f"Confirmed by {confirmed['reviewer']} before training: "
+                   f"{confirmed['message']}")
+    show_train_action(ws, {"id": rnd.id, "number": rnd.number, "status": rnd.status},
+                      key="train")
 
 
 def show_live(ws: Workspace, run: dict) -> None:
@@ -130,10 +153,14 @@ def show_live(ws: Workspace, run: dict) -> None:
 
 def show_evaluate_button(ws: Workspace, rnd: Round, busy: dict | None) -> None:
     st.subheader("Evaluation")
-    if not ws.split_counts()["test"]:
+    split = evaluation_split(ws)
+    if split is None:
         st.warning("The workspace has no test items: import a test file on the Workspace page "
                    "to evaluate.")
         return
+    if split != "test":
+        st.caption("No test file: models are measured on the calibration slice (held out of "
+                   "training), a small and rough estimate.")
     if not rnd.warmup_adapter:
         st.caption("Evaluation compares the warm-up adapter too: run the warm-up step first.")
     if not rnd.final_adapter:
@@ -199,21 +226,33 @@ def show_results(ws: Workspace, rnd: Round) -> None:
 
 
 def show_next_round(ws: Workspace, rnd: Round, busy: dict | None) -> None:
-    if rnd.status != "done":
+    if rnd.status not in FINISHED:
         return
     st.subheader("Next round")
-    st.markdown(f"Round {rnd.number} is done. Round {rnd.number + 1} starts from its adapter, "
-                "over the unlabeled items not selected yet, with the same settings (change "
-                "them on Round setup first if you like).")
-    left, right = st.columns(2)
-    if left.button("Start next round", type="primary", key="next_round",
-                   disabled=busy is not None,
-                   help="All steps in one run: warm-up, label, select, train, evaluate."):
-        _launch(ws, "round", f"round {rnd.number + 1} (all steps)")
-    if right.button("Next round: warm-up only", key="next_warmup", disabled=busy is not None,
-                    help="Open the round and stop after warm-up, to label and review step by "
-                         "step from Round setup."):
-        _launch(ws, "warmup", f"round {rnd.number + 1} warm-up")
+    nxt = next_round_start(ws, rnd)
+    st.markdown(f"Round {rnd.number + 1} will start from **{nxt}**, over the unlabeled items "
+                "not selected yet, with the same settings (change them, and where to start "
+                "from, on Round setup). It warms up, labels and selects, then waits for your "
+                "review.")
+    check = regression(ws, rnd)
+    worse = bool(check and check["message"])
+    if st.button("Start next round", type="secondary" if worse else "primary",
+                 key="next_round", disabled=busy is not None,
+                 help="Warm-up, label and select in one run; then it waits for review."):
+        launch_with_feedback(ws, "round", f"round {rnd.number + 1} (up to review)")
+
+
+def next_round_start(ws: Workspace, rnd: Round) -> str:
+    """In words, where the round after `rnd` starts (round_scores.start_adapter)."""
+    from semievol.round_scores import adapter_scores, describe
+
+    if rnd.config.start_from != "best":
+        return f"round {rnd.number}'s trained adapter (start from: previous)"
+    scores = adapter_scores(ws, before_round=rnd.number + 1)
+    if not scores:
+        return f"round {rnd.number}'s trained adapter (nothing evaluated yet)"
+    best = max(reversed(scores), key=lambda s: s["accuracy"])
+    return f"{describe(best)}, the best so far"
 
 
 def show_train_and_evaluate(ws: Workspace) -> None:
@@ -223,7 +262,9 @@ def show_train_and_evaluate(ws: Workspace) -> None:
         st.info("No round yet: set up and launch round 1 on the Round setup page.")
         st.page_link(SETUP_PAGE, label="Open Round setup", icon=":material/settings:")
         return
-    st.markdown(f"**Round {rnd.number}** · status `{rnd.status}`")
+    from common import show_round_state
+
+    show_round_state(ws, here="train")
     running = jobs.running_runs(ws, rnd.id)
     busy = running[0] if running else None
     if busy is not None:

@@ -19,11 +19,12 @@ import streamlit as st
 from common import flash, show_error, user_errors
 from semievol import items
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
-from semievol.data import (FILE_TYPES, IMPORT_SPLITS, ColumnMapping, ImportReport, import_file,
-                           read_table)
+from semievol.data import (FILE_TYPES, IMPORT_SPLITS, ColumnMapping, ImportReport,
+                           guess_mapping, import_file, read_table)
 from semievol.items import label_counts
 from semievol.errors import SemiEvolError
 from semievol.status import workspace_status
+from semievol.workflow import next_steps
 from semievol.store import SPLITS, Workspace
 
 MAX_BARS = 30
@@ -55,37 +56,6 @@ def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
     """One page (1-based) of a split's items, in import order, with their neighbour count."""
     return pd.DataFrame(items.preview_rows(ws, split, page, search=search, page_size=page_size),
                         columns=["id", "question", "answer", "options", "neighbours"])
-
-
-def next_steps(status: dict) -> list[str]:
-    """What the reviewer should do next, from `workspace_status()`; first is most urgent."""
-    splits = status["splits"]
-    steps = []
-    if status["task"] is None or not splits["labeled"]:
-        steps.append("Import a **labeled** file (it also sets the task) on the Workspace page.")
-    if not splits["unlabeled"]:
-        steps.append("Import the **unlabeled** items you want pseudo-labeled.")
-    if splits["labeled"] and splits["unlabeled"] and \
-            (status["unlabeled_with_neighbours"] or 0) < splits["unlabeled"]:
-        steps.append("Run **Index / retrieve neighbours** on the Workspace page.")
-    rounds = status["rounds"]
-    latest = rounds[-1] if rounds else None
-    if steps:  # the data comes first
-        pass
-    elif latest is None:
-        steps.append("The data is ready: set up and launch round 1 on the **Round setup** page.")
-    elif latest["status"] == "done":
-        steps.append(f"Round {latest['number']} is done: compare it on **Train and evaluate** "
-                     f"and **Rounds**, then start round {latest['number'] + 1} there.")
-    elif not latest["pseudo_labels"]:
-        steps.append(f"Round {latest['number']} is open: launch its steps on **Round setup** "
-                     "and follow them on **Runs**.")
-    else:
-        steps.append(f"Review round {latest['number']}'s pseudo-labels on **Review**, pick the "
-                     "threshold on **Selection**, then train on **Train and evaluate**.")
-    if not splits["test"]:
-        steps.append("Optionally import a **test** file, to measure each round.")
-    return steps
 
 
 # -- changes ------------------------------------------------------------------------------
@@ -172,7 +142,7 @@ def show_overview(ws: Workspace) -> None:
         st.dataframe(pd.DataFrame(status["rounds"]), hide_index=True)
     st.caption(f"Decisions recorded: {status['decisions']} · runs: {status['runs']}")
     st.subheader("What to do next")
-    for step in next_steps(status):
+    for step in next_steps(ws):
         st.markdown(f"- {step}")
     links = st.columns(4)
     for column, (page, label, icon) in zip(links, PAGE_LINKS):
@@ -184,7 +154,7 @@ def show_statistics(ws: Workspace) -> None:
     show_split_metrics(ws.split_counts())
     labels = split_label_counts(ws)
     if labels.empty:
-        st.info("No labeled or test items yet: import a file below.")
+        st.info("No labeled or test items yet: import a file on the **Import a file** tab.")
     else:
         import plotly.express as px
 
@@ -222,11 +192,6 @@ def show_preview(ws: Workspace) -> None:
     st.dataframe(rows, hide_index=True)
 
 
-def _guess(columns: list[str], names: tuple[str, ...], fallback: str | None) -> str | None:
-    lowered = {c.lower(): c for c in columns}
-    return next((lowered[n] for n in names if n in lowered), fallback)
-
-
 def show_import(ws: Workspace) -> None:
     upload = st.file_uploader("Upload a labeled, unlabeled or test file",
                               type=sorted(t.lstrip(".") for t in FILE_TYPES))
@@ -245,16 +210,19 @@ def show_import(ws: Workspace) -> None:
                 + ", ".join(f"`{c}`" for c in columns))
     st.dataframe(frame.head(5), hide_index=True)
 
+    guess = guess_mapping(frame)
     cols = st.columns(5)
-    question = cols[0].selectbox("Question column", columns, index=columns.index(
-        _guess(columns, ("question", "text", "prompt"), columns[0])), key="map_question")
+    question = cols[0].selectbox("Question column", columns,
+                                 index=columns.index(guess.question), key="map_question",
+                                 help="The text the model reads; guessed by name, else the "
+                                      "column with the longest texts.")
     optional = [NONE, *columns]
-    picks = [cols[i + 1].selectbox(label, optional, index=optional.index(
-        _guess(columns, names, NONE)), key=f"map_{field}")
-        for i, (label, field, names) in enumerate((
-            ("Answer column", "answer", ("answer", "label", "gold")),
-            ("Options column", "options", ("options", "choices")),
-            ("Id column", "id", ("id", "item_id", "uid"))))]
+    picks = [cols[i + 1].selectbox(label, optional, index=optional.index(value or NONE),
+                                   key=f"map_{field}")
+             for i, (label, field, value) in enumerate((
+                 ("Answer column", "answer", guess.answer),
+                 ("Options column", "options", guess.options),
+                 ("Id column", "id", guess.id)))]
     split = cols[4].selectbox("Split", IMPORT_SPLITS, key="import_split")
     mapping = mapping_from_choices(question, *picks)
 

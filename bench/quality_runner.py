@@ -106,7 +106,7 @@ class Runner:
 
         return steps.run_steps(ws, rnd.number, [step], progress=progress,
                                embedder=self.embedder, backends={"base": self.base},
-                               **options)[step]
+                               confirm="quality bench", **options)[step]
 
     # -- steps ---------------------------------------------------------------------------
     def warmup(self, ws, rnd, fmt: str, name: str) -> None:

@@ -117,6 +117,39 @@ def _read_jsonl(text: str, name: str):
     return pd.DataFrame.from_records(records)
 
 
+COLUMN_NAMES = {"question": ("question", "text", "prompt", "input", "sentence", "content"),
+                "answer": ("answer", "label", "gold", "target", "output"),
+                "options": ("options", "choices"),
+                "id": ("id", "item_id", "uid", "key")}
+"""Column names each field is guessed from (case-insensitive), in preference order."""
+
+
+def guess_mapping(frame) -> ColumnMapping:
+    """A first guess of the column mapping: answer, options and id by their names; the
+    question by name, else by content (the column with the longest texts, since an id or
+    a label is short)."""
+    columns = [str(c) for c in frame.columns]
+    lowered = {c.lower(): c for c in columns}
+
+    def by_name(field):
+        return next((lowered[n] for n in COLUMN_NAMES[field] if n in lowered), None)
+
+    found = {field: by_name(field) for field in ("answer", "options", "id")}
+    question = by_name("question")
+    if question is None:
+        taken = {c for c in found.values() if c}
+        candidates = [c for c in columns if c not in taken] or columns
+        sample = frame.head(200)
+
+        def mean_length(column):
+            values = [str(v) for v in sample[column].tolist() if v is not None]
+            return sum(map(len, values)) / len(values) if values else 0.0
+
+        question = max(candidates, key=mean_length) if candidates else "question"
+    return ColumnMapping(question=question, answer=found["answer"], options=found["options"],
+                         id=found["id"])
+
+
 def parse_options(value) -> list[str] | None:
     """Options as a list of strings, from a JSON list (text) or an actual list; else None."""
     if isinstance(value, str):

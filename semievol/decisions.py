@@ -109,14 +109,47 @@ def decision_history(ws: Workspace, item_id: int) -> list[dict]:
         "WHERE item_id=? ORDER BY id", (item_id,))]
 
 
+UNDO_NOTE = "undo of decision #"
+"""The note of a decision that takes an earlier one back (`undo_last`)."""
+
+
 def last_decision(ws: Workspace, *, reviewer: str | None = None) -> dict | None:
-    """The newest decision row (of one reviewer, if given): what "undo" takes back."""
-    sql = "SELECT id, item_id, action, label, reviewer, created_at FROM decisions"
+    """The newest decision row (of one reviewer, if given)."""
+    sql = "SELECT id, item_id, action, label, reviewer, note, created_at FROM decisions"
     params: tuple = ()
     if reviewer:
         sql, params = sql + " WHERE reviewer=?", (reviewer,)
     rows = ws.query(sql + " ORDER BY id DESC LIMIT 1", params)
     return dict(rows[0]) if rows else None
+
+
+def undo_last(ws: Workspace, *, reviewer: str, round_id: int | None = None) -> dict | None:
+    """Take back the reviewer's newest decision that is not itself an undo and not undone
+    yet. Decisions are append-only, so a new row (noted "undo of decision #N") puts in
+    force what would be there had the undone decision never been made: the item's latest
+    decision that is neither undone nor an undo (another reviewer's later one stays), else
+    `clear`. Returns the undone row, or None when there is nothing to undo."""
+    def is_undo(row):
+        return (row["note"] or "").startswith(UNDO_NOTE)
+
+    rows = [dict(r) for r in ws.query(
+        "SELECT id, item_id, action, label, reviewer, note FROM decisions ORDER BY id")]
+    undone = {int(r["note"][len(UNDO_NOTE):]) for r in rows if is_undo(r)}
+    target = next((r for r in reversed(rows) if r["reviewer"] == reviewer.strip()
+                   and not is_undo(r) and r["id"] not in undone), None)
+    if target is None:
+        return None
+    undone.add(target["id"])
+    standing = [r for r in rows if r["item_id"] == target["item_id"] and not is_undo(r)
+                and r["id"] not in undone]
+    action, label = (standing[-1]["action"], standing[-1]["label"]) if standing \
+        else ("clear", None)
+    with ws.transaction() as conn:
+        conn.execute("INSERT INTO decisions(item_id, action, label, reviewer, note, created_at,"
+                     " round_id) VALUES(?,?,?,?,?,?,?)",
+                     (target["item_id"], action, label, reviewer.strip(),
+                      f"{UNDO_NOTE}{target['id']}", now(), round_id))
+    return target
 
 
 # -- the override rule (pure) ------------------------------------------------------------

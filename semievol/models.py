@@ -28,10 +28,16 @@ def set_offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
     import transformers
 
     transformers.logging.disable_progress_bar()  # our own progress bars say what is happening
     transformers.logging.set_verbosity_error()
+    # PEFT asks for a renamed attribute on every LoRA step; the warning is for library
+    # authors, and it hid our progress in a terminal.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                            category=FutureWarning)
 
 
 def cache_dir() -> Path:

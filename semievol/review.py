@@ -253,6 +253,7 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
                             "from the review table.")
     pseudo_label = dict(pseudo[0])
     pseudo_label["selected"] = bool(pseudo_label["selected"])
+    pseudo_label["confidence"] = confidence(pseudo_label["entropy"])
 
     configs = _collaborator_configs(ws, round_id)
     collaborators = []
@@ -263,9 +264,15 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         config = configs[index] if index < len(configs) else None
         probs = _json(r["option_probs"])
         options = item["options"] or []
+        answer_prob = None
+        if probs and r["answer"] in options and len(probs) == len(options):
+            answer_prob = probs[options.index(r["answer"])]
         collaborators.append({
             "collaborator": index,
             "config": config.label if config else f"collaborator {index}",
+            "name": config.display_name if config else f"collaborator {index + 1}",
+            "decoding": config.decoding if config else "",
+            "confidence": answer_prob if answer_prob is not None else confidence(r["nll"]),
             "model": config.model if config else None,
             "demonstrations": config.demonstrations if config else None,
             "temperature": config.temperature if config else None,
@@ -282,6 +289,33 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         (round_id, item_id))]
     history = decision_history(ws, item_id)
     current = current_decision(ws, item_id)
+    answers = [c["answer"] for c in collaborators]
+    agreeing = sum(1 for a in answers if a == pseudo_label["label"])
+    pseudo_label["agreement_text"] = (f"{agreeing} of {len(answers)} collaborators gave this "
+                                      "answer" if answers else "no collaborator answers stored")
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,
             "collaborators": collaborators, "flags": flags, "history": history,
-            "decision": current}
+            "decision": current, "reflection": _reflection(ws, item, pseudo_label, answers)}
+
+
+def confidence(nll: float | None) -> float | None:
+    """A plain 0..1 scale for a mean token NLL: exp(-NLL), the geometric-mean probability
+    the model gave the answer's tokens (0.9 = sure; about 1/n_options = a guess)."""
+    import math
+
+    return None if nll is None else math.exp(-nll)
+
+
+def _reflection(ws: Workspace, item: dict, pseudo_label: dict, answers: list) -> dict | None:
+    """What the reflecting (warm-up) model was shown when collaborators disagreed, and what
+    it chose: {shown (the prompt's text), chose, scores (its text, e.g. option
+    probabilities)}; None for an agreed item."""
+    from semievol.tasks import Example, reflection_messages
+
+    if pseudo_label["path"] != "reflected":
+        return None
+    task = ws.require_task()
+    messages = reflection_messages(task, Example(item["question"], item["options"]), answers)
+    shown = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+    return {"shown": shown, "chose": pseudo_label["label"],
+            "scores": pseudo_label["reflection_text"]}

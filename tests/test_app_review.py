@@ -1,5 +1,6 @@
-"""The Review page (AppTest): the table and detail render, a decision made through the page
-and a bulk decision on a filtered set land in the decisions table, empty states."""
+"""The Review page (AppTest): focus mode (one item, keyboard shortcuts, auto-advance, undo),
+the table and detail, a decision made through the page and a bulk decision on a filtered
+set land in the decisions table, the training action, empty states."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from semievol.guards import training_warnings
 from semievol.review import ReviewFilter, filtered_item_ids
 from test_review import add_round, unlabeled_ids
 
@@ -16,16 +18,17 @@ sys.path.insert(0, str(APP))  # the page imports `common` and `review_view` from
 
 import common  # noqa: E402
 
-PAGE = APP / "pages" / "4_Review.py"
+PAGE = "pages/4_Review.py"
 
 
-def page_at(ws, monkeypatch, reviewer="ana"):
+def page_at(ws, monkeypatch, reviewer="ana", mode="table"):
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("SEMIEVOL_WORKSPACE", str(ws.path))
-    at = AppTest.from_file(str(PAGE), default_timeout=30)
+    at = AppTest.from_file(str(APP / "Home.py"), default_timeout=30)
     at.session_state[common.REVIEWER_KEY] = reviewer
-    return at.run()
+    at.session_state["review_mode"] = mode
+    return at.run().switch_page(PAGE).run()
 
 
 def frame_with(at, column):
@@ -52,12 +55,11 @@ def test_page_shows_the_round_table_and_the_first_items_detail(review_ws, monkey
     # The default item is the page's first row: the lowest entropy, U00 (agreed, flagged).
     assert at.selectbox(key="review_item").value == unlabeled_ids(ws)[0]
     assert "Item U00" in [h.value for h in at.subheader]
-    collaborators = frame_with(at, "config")
-    assert list(collaborators["config"]) == ["warmup/k0/t1/s0", "warmup/k3/t1/s1",
-                                             "base/k3/t1/s2", "warmup/k1/t1/s3"]
-    demonstrations = frame_with(at, "rank")
-    assert list(demonstrations["rank"]) == [0, 1, 2] and set(demonstrations["label"]) <= {
-        "billing", "outage", "equipment"}
+    collaborators = frame_with(at, "collaborator")
+    assert list(collaborators["collaborator"]) == [
+        "warm-up model, no examples", "warm-up model, 3 examples", "base model, 3 examples",
+        "warm-up model, 1 example"]
+    assert any(e.label.startswith("Demonstrations (3 retrieved") for e in at.expander)
     assert any("near duplicate test" in w.value for w in at.warning)
     at.slider(key=f"review_entropy_{round_id}").set_value((0.5, 1.0)).run()
     entropies = frame_with(at, "pseudo-label")["entropy"]
@@ -67,7 +69,7 @@ def test_page_shows_the_round_table_and_the_first_items_detail(review_ws, monkey
     at.selectbox(key="review_path").set_value("reflected").run()
     assert set(frame_with(at, "pseudo-label")["path"]) == {"reflected"}
     assert at.selectbox(key="review_item").value in unlabeled_ids(ws)[1::2]
-    assert any("Reflection" in m.value for m in at.markdown)
+    assert any(e.label.startswith("Reflection: the warm-up model was shown") for e in at.expander)
 
 
 def test_accept_on_the_selected_item_is_saved_with_the_reviewer(review_ws, monkeypatch):
@@ -84,6 +86,9 @@ def test_accept_on_the_selected_item_is_saved_with_the_reviewer(review_ws, monke
     table = frame_with(at, "pseudo-label")
     assert table.loc[table["item"] == "U02", "decision"].item() == "accept"
 
+    # Relabel starts at the current pseudo-label.
+    pseudo = ws.scalar("SELECT label FROM pseudo_labels WHERE item_id=?", (item,))
+    assert at.selectbox(key=f"review_relabel_{item}").value == pseudo
     at.selectbox(key=f"review_relabel_{item}").set_value("equipment").run()
     at.button(key="review_relabel").click().run()
     at.button(key="review_clear").click().run()
@@ -126,3 +131,65 @@ def test_empty_states(filled_workspace, monkeypatch):
     at.text_input(key="review_search").set_value("no such words anywhere").run()
     assert not at.exception
     assert any("No items match these filters" in i.value for i in at.info)
+
+
+# -- focus mode -----------------------------------------------------------------------------
+def shown_item(at) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("#### Item "))[10:]
+
+
+def test_focus_mode_decides_from_the_keyboard_and_moves_on(review_ws, monkeypatch):
+    ws, round_id = review_ws
+    at = page_at(ws, monkeypatch, reviewer="ana", mode="focus")
+    assert not at.exception and not at.error
+    keys = {b.key: b for b in at.button}
+    assert {"focus_accept", "focus_reject", "focus_relabel_1", "focus_skip", "focus_back",
+            "focus_undo"} <= set(keys)
+    at.segmented_control(key="focus_order").set_value("least_confident").run()
+    first = shown_item(at)
+    assert any("0 of 20 reviewed" in p.proto.text for p in at.get("progress"))
+    at.button(key="focus_accept").click().run()               # A
+    second = shown_item(at)
+    assert second != first                                     # auto-advance
+    at.button(key="focus_relabel_3").click().run()             # 3: the third label
+    third = shown_item(at)
+    at.button(key="focus_reject").click().run()                # X
+    assert any("3 of 20 reviewed" in p.proto.text for p in at.get("progress"))
+    by_external = {r[1]: r[0] for r in ws.query("SELECT id, external_id FROM items")}
+    assert [(d["item_id"], d["action"], d["label"]) for d in decisions(ws)] == [
+        (by_external[first], "accept", None), (by_external[second], "relabel", "equipment"),
+        (by_external[third], "reject", None)]
+    at.button(key="focus_undo").click().run()                  # U: the reject is taken back
+    assert shown_item(at) == third
+    assert decisions(ws)[-1]["action"] == "clear"
+    at.button(key="focus_back").click().run()                  # <-
+    assert shown_item(at) == second
+    at.button(key="focus_skip").click().run()                  # ->
+    assert shown_item(at) == third
+    # Reloading the page shows the same decisions (they live in the workspace).
+    again = page_at(ws, monkeypatch, reviewer="ana", mode="focus")
+    again.segmented_control(key="focus_order").set_value("least_confident").run()
+    assert any("2 of 20 reviewed" in p.proto.text for p in again.get("progress"))
+
+
+def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
+    from semievol import launch, rounds
+
+    ws, round_id = review_ws
+    rounds.set_status(ws, rounds.get_round(ws, 1), "awaiting_review")
+    ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
+                    (round_id, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
+                               '"score": "nll"}'))
+    started = []
+    monkeypatch.setattr(launch, "start",
+                        lambda ws_, kind, **kw: started.append((kind, kw)) or 7)
+    at = page_at(ws, monkeypatch, mode="focus")
+    assert not at.exception
+    assert any("awaiting review" in m.value for m in at.markdown)
+    warnings = training_warnings(ws, round_id)
+    if warnings:  # the evidence warns: the button waits for an explicit confirmation
+        assert at.button(key="review_train").disabled
+        at.checkbox(key="review_train_confirm").check().run()
+    at.button(key="review_train").click().run()
+    assert started and started[0][0] == "train" and started[0][1]["background"] is True
+    assert started[0][1]["confirm"] == ("ana" if warnings else None)

@@ -123,7 +123,9 @@ def test_selection_page_shows_round_one_evidence(prepared, monkeypatch):
             shown["Relabeled by a reviewer"]) == ("1", "1", "1")
     assert shown["Calibration precision, selected"].startswith("50% (1/2")
     assert shown["Calibration precision, all"].startswith("67% (2/3")
-    assert any("already trained" in i.value for i in at.info)  # no Apply on a trained round
+    assert any("controls are read-only" in i.value for i in at.info)  # a trained round
+    assert at.slider(key="selection_theta_1").disabled
+    assert not [b for b in at.button if b.key == "apply_selection"]
     queue = frame_with(at, "bin")
     assert list(queue["id"]) == ["U00", "U01", "U02", "U03", "U04"][:len(queue)]
     assert shown["Audited"] == "3 of 5" and shown["Estimated error rate"] == "67%"

@@ -23,6 +23,7 @@ from semievol.store import Workspace, now
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules from app/
 
+import common  # noqa: E402
 import setup_view  # noqa: E402
 import train_view  # noqa: E402
 
@@ -113,7 +114,7 @@ def test_round_setup_shows_the_defaults_and_launches_the_whole_round(task_worksp
                                                                      monkeypatch):
     at = page(task_workspace, SETUP, monkeypatch)
     assert not at.exception
-    assert "No round yet" in texts(at.info)
+    assert "No round yet" in texts(at.markdown)
     assert at.text_input(key="setup_model").value == "bundled"
     editor = setup_view.collaborator_frame(RoundConfig())
     shown = frame_with(at, "demonstrations")
@@ -129,7 +130,11 @@ def test_round_setup_shows_the_defaults_and_launches_the_whole_round(task_worksp
     expected = RoundConfig()
     expected.train.max_steps = 5
     assert kwargs["config"] == expected
+    assert kwargs["review"] is True  # the round stops for review unless told otherwise
     assert "Started run 41" in texts(at.success)
+    at.checkbox(key="unattended").check().run()
+    at.button(key="launch_round").click().run()
+    assert launched[-1][1]["review"] is False
 
 
 def test_round_setup_shows_a_validation_error_instead_of_launching(task_workspace, launched,
@@ -177,7 +182,7 @@ def test_round_setup_shows_what_the_round_has_done_and_a_refusal(task_workspace,
     steps = frame_with(at, "detail")
     assert list(steps["done"]) == ["✓", "✓", "", "", ""]
     assert "3 pseudo-label(s) (3 agreed, 0 reflected)" in steps["detail"][1]
-    assert "Next: **select**" in texts(at.markdown)
+    assert "Next step: **select**" in texts(at.markdown)
     assert not at.button(key="launch_select").disabled
     at.button(key="launch_select").click().run()
     assert not at.exception
@@ -260,14 +265,15 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
     at = page(ws, TRAIN, monkeypatch)
     assert not at.exception
     assert "no selection yet" in texts(at.warning)
-    assert at.button(key="train").disabled
+    assert not [b for b in at.button if b.key == "train"]  # not awaiting review yet
     ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 4")]
     ws.conn.executemany("INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement,"
                         " selected) VALUES(?, ?, ?, 'agreed', 1.0, ?)",
                         [(rnd.id, ids[0], "outage", 1), (rnd.id, ids[1], "outage", 1),
-                         (rnd.id, ids[2], "billing", 1), (rnd.id, ids[3], "billing", 0)])
+                         (rnd.id, ids[2], "billing", 1), (rnd.id, ids[3], "equipment", 0)])
     ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
                     (rnd.id, to_json(SelectionConfig())))  # as apply_selection records it
+    rounds.set_status(ws, rnd, "awaiting_review")
     at.run()
     assert "no selection yet" not in texts(at.warning)
     counts = frame_with(at, "pseudo")
@@ -275,9 +281,15 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
                                                              "equipment": 0}
     assert list(counts["gold"]) == [4, 4, 4]
     assert "**15** item(s)" in texts(at.markdown)
+    assert any("awaiting review" in m for m in texts(at.markdown).split("\n"))
+    # The pool's only equipment item is left out: the evidence guard asks for a confirmation.
+    assert "keeps no item of 'equipment'" in texts(at.warning)
+    assert at.button(key="train").disabled
+    at.checkbox(key="train_confirm").check().run()
     at.button(key="train").click().run()
     assert not at.exception
-    assert launched == [("train", {"config": None})]
+    assert launched == [("train", {"config": None, "review": True,
+                                   "confirm": at.session_state[common.REVIEWER_KEY]})]
 
 
 def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspace, launched,
@@ -307,9 +319,10 @@ def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspac
     at.selectbox(key="eval_variant").set_value("base").run()
     assert frame_with(at, "recall").set_index("class")["predicted"].to_dict() == {
         "billing": 9, "outage": 0, "equipment": 0}
+    assert "round 1's trained adapter (88.9% on test), the best so far" in texts(at.markdown)
     at.button(key="next_round").click().run()
     assert not at.exception
-    assert launched == [("round", {"config": None})]
+    assert launched == [("round", {"config": None, "review": True, "confirm": None})]
 
 
 def test_training_counts_and_distribution_frames(task_workspace):

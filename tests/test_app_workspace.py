@@ -13,7 +13,6 @@ import pytest
 
 from semievol.config import TaskConfig
 from semievol.data import ColumnMapping, import_file
-from semievol.status import workspace_status
 from semievol.store import Workspace
 
 APP = Path(__file__).resolve().parents[1] / "app"
@@ -21,6 +20,7 @@ sys.path.insert(0, str(APP))  # the pages import `common` and `workspace_view` f
 
 import common  # noqa: E402
 import workspace_view  # noqa: E402
+from semievol.workflow import next_steps  # noqa: E402
 
 LABELS = ["billing", "outage", "equipment"]
 LABELED = [("Charged twice on my bill", "billing"), ("Refund the late fee", "billing"),
@@ -219,8 +219,8 @@ def test_run_index_reports_progress_then_nothing_to_do(ws_path):
         assert calls and calls[-1][0] == calls[-1][1]
         again = workspace_view.run_index(ws, 2, None, FakeEmbedder())
         assert workspace_view.index_summary(again, 2).startswith("Nothing to do")
-        steps = workspace_view.next_steps(workspace_status(ws))
-        assert steps[0].startswith("The data is ready")
+        steps = next_steps(ws)
+        assert steps[0].startswith("Set up and launch round 1")
 
 
 def _import_form(ws_path, upload_path):
@@ -302,16 +302,20 @@ def test_import_form_asks_for_the_task_on_a_fresh_workspace(tmp_path):
         assert ws.task.labels == LABELS and ws.split_counts()["labeled"] == 2
 
 
-def test_next_steps_follow_the_workspace():
-    status = {"task": {"kind": "choice"}, "unlabeled_with_neighbours": 4, "rounds": [],
-              "splits": {"labeled": 6, "unlabeled": 4, "test": 0, "calibration": 0}}
-    steps = workspace_view.next_steps(status)
-    assert steps[0].startswith("The data is ready") and "test" in steps[1]
-    status["rounds"] = [{"number": 1, "status": "open", "pseudo_labels": 0, "selected": 0}]
-    assert "Round setup" in workspace_view.next_steps(status)[0]
-    status["rounds"][0]["pseudo_labels"] = 4
-    assert "**Review**" in workspace_view.next_steps(status)[0]
-    status["rounds"][0]["status"] = "done"
-    assert "start round 2" in workspace_view.next_steps(status)[0]
-    status["unlabeled_with_neighbours"] = 2
-    assert "Index" in workspace_view.next_steps(status)[0]
+def test_next_steps_follow_the_workspace(ws_path):
+    from semievol import rounds
+    from semievol.config import RoundConfig
+
+    with Workspace(ws_path) as ws:
+        assert "Index" in next_steps(ws)[0]  # not indexed yet: the data comes first
+        from semievol.retrieval import index_workspace
+        index_workspace(ws, FakeEmbedder(), k=2)
+        assert next_steps(ws)[0].startswith("Set up and launch round 1")
+        rnd = rounds.open_round(ws, RoundConfig())
+        assert "launch it" in next_steps(ws)[0]
+        rounds.set_status(ws, rnd, "awaiting_review")
+        assert "awaiting review" in next_steps(ws)[0]
+        rounds.set_status(ws, rnd, "done")
+        assert "start round 2" in next_steps(ws)[0]
+
+

@@ -4,6 +4,7 @@ pagination, the decision state, and one item's detail."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -204,7 +205,9 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
     assert detail["pseudo_label"] == {
         "label": "outage", "path": "reflected", "agreement": 0.5, "entropy": 0.7,
         "option_entropy": 0.35, "selected": True,
-        "reflection_text": f"reflected on item {ids[1]}"}
+        "reflection_text": f"reflected on item {ids[1]}",
+        "confidence": pytest.approx(math.exp(-0.7)),  # plain scale: exp(-entropy)
+        "agreement_text": "2 of 4 collaborators gave this answer"}
     neighbours = detail["neighbours"]
     assert len(neighbours) == 3
     assert [n["similarity"] for n in neighbours] == sorted(
@@ -221,6 +224,14 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
     assert [c["answer"] for c in collaborators] == ["equipment", "outage", "equipment", "outage"]
     assert collaborators[0]["probs"] == {"billing": 0.1, "outage": 0.1, "equipment": 0.8}
     assert [c["nll"] for c in collaborators] == pytest.approx([1.0, 1.1, 1.2, 1.3])
+    assert [c["name"] for c in collaborators] == [
+        "warm-up model, no examples", "warm-up model, 3 examples", "base model, 3 examples",
+        "warm-up model, 1 example"]
+    assert collaborators[0]["decoding"] == "sampled at temperature 1, seed 0"
+    assert collaborators[0]["confidence"] == pytest.approx(0.8)  # its answer's probability
+    reflection = detail["reflection"]
+    assert reflection["chose"] == "outage" and "Assistant 1: equipment" in reflection["shown"]
+    assert "Several assistants answered this differently" in reflection["shown"]
     assert [(h["action"], h["reviewer"], h["note"]) for h in detail["history"]] == [
         ("reject", "ana", "off topic"), ("relabel", "bo", None)]
     assert detail["decision"]["label"] == "outage" and detail["flags"] == []
@@ -229,6 +240,7 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
     assert first["flags"] == [{"kind": "near_duplicate_test",
                                "detail": {"test_item": 1, "similarity": 0.97}}]
     assert first["decision"] is None and first["pseudo_label"]["reflection_text"] is None
+    assert first["reflection"] is None  # agreed: nothing was reflected on
     record_decisions(ws, [ids[0]], "accept", reviewer="ana")
     record_decisions(ws, [ids[0]], "clear", reviewer="ana")
     assert item_detail(ws, round_id, ids[0])["decision"] is None

@@ -1,0 +1,178 @@
+"""Focus review: one item at a time with its full text, the pseudo-label and confidence,
+every collaborator's answer, the demonstrations and the reflection, decided from the
+keyboard (A accept, X reject, 1-9 relabel, arrows to move, U undo) with auto-advance.
+
+The panel is a fragment: a key press reruns only the panel, not the page. Every decision is
+written at once (semievol.decisions); `st.session_state` holds only which item is shown.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from common import REVIEWER_KEY, user_errors
+from semievol.decisions import record_decisions, undo_last
+from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
+from semievol.review import item_detail
+from semievol.store import Workspace
+
+MAX_NUMBER_KEYS = 9
+PAST = {"accept": "Accepted", "reject": "Rejected", "relabel": "Relabeled"}
+
+
+def _item_key(round_id: int, order: str) -> str:
+    return f"focus_item_{round_id}_{order}"
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def score(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
+            label: str | None = None) -> None:
+    """Button callback: record the decision, then show the next undecided item."""
+    with user_errors():
+        record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+                         label=label, round_id=round_id)
+        queue = focus_queue(ws, round_id, order)
+        decided = queue_progress(ws, queue)["decided"]
+        following = next_item(queue, item_id, decided)
+        st.session_state[_item_key(round_id, order)] = following if following is not None \
+            else next_item(queue, None, decided)
+        st.toast(f"{PAST[action]}" + (f" as {label}" if label else ""), icon=":material/check:")
+
+
+def _move(round_id: int, order: str, queue: list[int], current: int, step: int) -> None:
+    target = next_item(queue, current, set(), step=step, skip_decided=False)
+    if target is not None:
+        st.session_state[_item_key(round_id, order)] = target
+
+
+def _undo(ws: Workspace, round_id: int, order: str) -> None:
+    with user_errors():
+        undone = undo_last(ws, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+                           round_id=round_id)
+        if undone is None:
+            st.toast("Nothing to undo.", icon=":material/info:")
+            return
+        st.session_state[_item_key(round_id, order)] = undone["item_id"]
+        st.toast(f"Undid {undone['action']}.", icon=":material/undo:")
+
+
+def show_focus(ws: Workspace, rnd: dict) -> None:
+    """The queue order and the focus panel for round `rnd` (a round_overview row)."""
+    order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default="audit",
+                                 format_func=FOCUS_ORDERS.get, key="focus_order",
+                                 help="Audit queue: a stratified sample first, so the error "
+                                      "estimate fills in. Least confident: where a reviewer "
+                                      "changes most. Disagreements: items the collaborators "
+                                      "disagreed on. By class: one class at a time.")
+    st.fragment(focus_panel)(ws, rnd["id"], order or "audit")
+
+
+def focus_panel(ws: Workspace, round_id: int, order: str) -> None:
+    queue = focus_queue(ws, round_id, order)
+    if not queue:
+        st.info("This round has no pseudo-labeled items to review.")
+        return
+    progress = queue_progress(ws, queue)
+    key = _item_key(round_id, order)
+    current = st.session_state.get(key)
+    if current not in queue:
+        current = st.session_state[key] = next_item(queue, None, progress["decided"])
+    st.progress(progress["reviewed"] / progress["total"],
+                text=f"{progress['reviewed']} of {progress['total']} reviewed · item "
+                     f"{queue.index(current) + 1} of {len(queue)} in this order")
+    detail = item_detail(ws, round_id, current)
+    _show_item(detail)
+    _show_keys(ws, round_id, order, queue, detail)
+    _show_evidence(detail)
+
+
+def _show_item(detail: dict) -> None:
+    item, pseudo = detail["item"], detail["pseudo_label"]
+    decision = detail["decision"]
+    st.markdown(f"#### Item {item['external_id']}")
+    st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
+    cols = st.columns(4)
+    cols[0].metric("Pseudo-label", pseudo["label"])
+    cols[1].metric("Confidence", percent(pseudo["confidence"]),
+                   help=f"entropy (mean token NLL) {score(pseudo['entropy'])}; 90 % = sure, "
+                        "about one over the number of options = a guess")
+    cols[2].metric("Collaborators", pseudo["agreement_text"].split(" gave")[0],
+                   help=pseudo["agreement_text"] + ("; they disagreed, so the warm-up model "
+                                                    "chose" if pseudo["path"] == "reflected"
+                                                    else ""))
+    cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
+    if decision:
+        label = f" → {decision['label']}" if decision["action"] == "relabel" else ""
+        st.success(f"Your decision: {decision['action']}{label} ({decision['reviewer']})",
+                   icon=":material/task_alt:")
+    for flag in detail["flags"]:
+        st.warning(f"Flagged: {flag['kind'].replace('_', ' ')}", icon=":material/flag:")
+
+
+def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
+               detail: dict) -> None:
+    item, pseudo = detail["item"], detail["pseudo_label"]
+    item_id = item["id"]
+    args = (ws, round_id, order, item_id)
+    row = st.container(horizontal=True)
+    row.button("Accept", key="focus_accept", type="primary", shortcut="A", on_click=_decide,
+               args=(*args, "accept"), help="The pseudo-label is right: train on it.")
+    row.button("Reject", key="focus_reject", shortcut="X", on_click=_decide,
+               args=(*args, "reject"), help="Wrong or unclear: keep it out of training.")
+    options = item["options"] or []
+    for number, option in enumerate(options[:MAX_NUMBER_KEYS], start=1):
+        current = " (current)" if option == pseudo["label"] else ""
+        row.button(f"{option}{current}", key=f"focus_relabel_{number}", shortcut=str(number),
+                   on_click=_decide, args=(*args, "relabel", option),
+                   help=f"Relabel as {option}: train on this gold label.")
+    row = st.container(horizontal=True)
+    row.button("Back", key="focus_back", shortcut="Left", icon=":material/arrow_back:",
+               on_click=_move, args=(round_id, order, queue, item_id, -1))
+    row.button("Skip", key="focus_skip", shortcut="Right", icon=":material/arrow_forward:",
+               on_click=_move, args=(round_id, order, queue, item_id, 1))
+    row.button("Undo last", key="focus_undo", shortcut="U", icon=":material/undo:",
+               on_click=_undo, args=(ws, round_id, order))
+    if len(options) > MAX_NUMBER_KEYS:
+        pick = st.selectbox("Relabel as", options, key=f"focus_relabel_pick_{item_id}",
+                            index=options.index(pseudo["label"]) if pseudo["label"] in options
+                            else 0)
+        st.button("Relabel", key="focus_relabel_other", on_click=_decide,
+                  args=(*args, "relabel", pick))
+    st.caption("Keys: **A** accept · **X** reject · **1–9** relabel · **←/→** back/skip · "
+               "**U** undo. A decision moves on to the next undecided item.")
+
+
+def _show_evidence(detail: dict) -> None:
+    collaborators = detail["collaborators"]
+    if collaborators:
+        st.markdown("**What each collaborator answered**")
+        for column, c in zip(st.columns(len(collaborators)), collaborators):
+            with column.container(border=True):
+                st.markdown(f"**{c['name']}**")
+                st.text(f"{c['answer'] if c['answer'] is not None else '(no answer)'} · "
+                        f"{percent(c['confidence'])}")
+                st.caption(c["decoding"])
+                if c["probs"]:
+                    st.caption(" · ".join(f"{o} {p:.0%}" for o, p in c["probs"].items()))
+    neighbours = detail["neighbours"]
+    with st.expander(f"Demonstrations shown to the collaborators ({len(neighbours)})"):
+        for n in neighbours:
+            st.markdown(f"**{n['label']}** · similarity {n['similarity']:.2f} · "
+                        f"{n['external_id']}")
+            st.text(n["question"])
+        if not neighbours:
+            st.caption("No neighbours stored for this item.")
+    reflection = detail["reflection"]
+    if reflection:
+        with st.expander("Reflection: what the warm-up model was shown, and what it chose"):
+            st.text(reflection["shown"])
+            st.markdown(f"It chose **{reflection['chose']}**.")
+            if reflection["scores"]:
+                st.caption(f"Its scores: {reflection['scores']}")
