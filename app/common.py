@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,19 +26,47 @@ REVIEWER_KEY = "reviewer"
 FLASH_KEY = "flash"
 
 
-def default_workspace(argv: list[str] | None = None, environ=None) -> str:
-    """`--workspace X` from the script arguments (`streamlit run app/Home.py -- --workspace X`),
-    else $SEMIEVOL_WORKSPACE, else workspaces/demo."""
+def _script_arg(name: str, argv: list[str] | None) -> str | None:
+    """`--name X` or `--name=X` from the script arguments (after `--`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    environ = os.environ if environ is None else environ
     if "--" in argv:
         argv = argv[argv.index("--") + 1:]
     for i, arg in enumerate(argv):
-        if arg == "--workspace" and i + 1 < len(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--workspace="):
+        if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
-    return environ.get("SEMIEVOL_WORKSPACE") or "workspaces/demo"
+    return None
+
+
+def default_workspace(argv: list[str] | None = None, environ=None) -> str:
+    """`--workspace X` from the script arguments (`streamlit run app/Home.py -- --workspace X`),
+    else $SEMIEVOL_WORKSPACE, else workspaces/demo."""
+    environ = os.environ if environ is None else environ
+    return (_script_arg("workspace", argv) or environ.get("SEMIEVOL_WORKSPACE")
+            or "workspaces/demo")
+
+
+def workspace_root(argv: list[str] | None = None, environ=None) -> Path:
+    """The folder the app opens and creates workspaces in, and nowhere else:
+    `--workspace-root X`, else $SEMIEVOL_WORKSPACE_ROOT, else the folder of the default
+    workspace (workspaces/ for workspaces/demo)."""
+    environ = os.environ if environ is None else environ
+    root = _script_arg("workspace-root", argv) or environ.get("SEMIEVOL_WORKSPACE_ROOT")
+    if root is None:
+        root = Path(default_workspace(argv, environ)).expanduser().resolve().parent
+    return Path(root).expanduser().resolve()
+
+
+def under_root(path: str, root: Path) -> Path:
+    """The workspace folder `path` names (relative to the root, or absolute inside it);
+    SemiEvolError when it would be outside the root."""
+    candidate = Path(path).expanduser()
+    candidate = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if candidate != root and not candidate.is_relative_to(root):
+        raise SemiEvolError(f"Workspaces live under {root}: {path!r} is outside it. Give a "
+                            "folder name inside it (the server's --workspace-root sets it).")
+    return candidate
 
 
 def default_reviewer(environ=None) -> str:
@@ -66,9 +95,10 @@ def page_setup(title: str, *, icon: str = ":material/science:") -> Workspace:
     the page; a workspace that cannot be opened is shown as an error, also stopping.
     """
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=icon, layout="wide")
+    root = workspace_root()
     path = _sidebar_input("Workspace folder", WORKSPACE_KEY, default_workspace(),
-                          "A folder holding workspace.db; relative paths are from where the "
-                          "app was started.")
+                          f"A folder holding workspace.db, under {root} (a name there, or a "
+                          "path inside it).")
     _sidebar_input("Reviewer", REVIEWER_KEY, default_reviewer(),
                    "Recorded with every review decision you make.")
     st.title(title)
@@ -76,37 +106,53 @@ def page_setup(title: str, *, icon: str = ":material/science:") -> Workspace:
     if not path:
         st.info("Enter a workspace folder in the sidebar.")
         st.stop()
-    if not (Path(path).expanduser() / "workspace.db").exists():
-        _empty_state(path)
+    try:
+        folder = under_root(path, root)
+    except SemiEvolError as exc:
+        show_error(exc)
+        st.stop()
+    if not (folder / "workspace.db").exists():
+        _empty_state(folder)
         st.stop()
     try:
-        ws = Workspace(path)
+        ws = Workspace(folder)
     except (SemiEvolError, OSError) as exc:
         show_error(exc)
         st.stop()
-    st.sidebar.caption(f"Open: `{ws.path}`")
+    st.sidebar.caption(f"Open: {literal(ws.path)}")
     return ws
 
 
-def _empty_state(path: str) -> None:
-    st.info(f"No workspace at {path}: create it here, or enter another folder in the sidebar.")
+def _empty_state(path: Path) -> None:
+    st.info(f"No workspace at {literal(path)}: create it here, or enter another folder in the "
+            "sidebar.")
     if st.button("Create workspace", type="primary", key="create_workspace"):
         try:
             Workspace(path, create=True).close()
         except (SemiEvolError, OSError) as exc:
             show_error(exc)
             return
-        flash(f"Created an empty workspace at {path}. Import a labeled file next.")
+        flash(f"Created an empty workspace at {literal(path)}. Import a labeled file next.")
         st.rerun()
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def literal(text) -> str:
+    """Data (a label, an id, a file name, a question) made safe inside Markdown: every
+    character Markdown would act on is escaped, so a link or an image in imported data is
+    shown as text and never rendered or loaded."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
 
 
 def show_error(exc: BaseException) -> None:
     """A user-caused error as a message and the list of its problems; never a traceback."""
     message = exc.args[0] if isinstance(exc, SemiEvolError) and exc.args else str(exc)
     problems = getattr(exc, "problems", None) or []
-    text = str(message)
+    text = literal(message)  # messages quote file names and values from the data
     if problems:
-        text += "\n\n" + "\n".join(f"- {p}" for p in problems)
+        text += "\n\n" + "\n".join(f"- {literal(p)}" for p in problems)
     st.error(text, icon=":material/error:")
 
 

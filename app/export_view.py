@@ -15,8 +15,8 @@ from pathlib import Path
 import streamlit as st
 
 from common import flash, user_errors
-from semievol.export import export_adapter, export_dataset, export_merged
-from semievol.rounds import round_overview
+from semievol.export import export_adapter, export_dataset, export_merged, versions
+from semievol.rounds import STATUS_NAMES, round_overview
 from semievol.store import Workspace
 
 
@@ -25,13 +25,13 @@ def export_dir(ws: Workspace) -> Path:
 
 
 def exported_files(ws: Workspace, number: int) -> dict[str, Path]:
-    """What exports/ holds for round `number`: jsonl, csv, adapter, merged (those present)."""
+    """The newest export of round `number` of each kind (exports never overwrite: a second
+    one is `name-2`): jsonl, csv, adapter, merged (those present)."""
     folder = export_dir(ws)
-    paths = {"jsonl": folder / f"curated_round{number}.jsonl",
-             "csv": folder / f"curated_round{number}.csv",
-             "adapter": folder / f"adapter_round{number}",
-             "merged": folder / f"merged_round{number}"}
-    return {k: p for k, p in paths.items() if p.exists()}
+    names = {"jsonl": f"curated_round{number}.jsonl", "csv": f"curated_round{number}.csv",
+             "adapter": f"adapter_round{number}", "merged": f"merged_round{number}"}
+    return {kind: written[-1] for kind, name in names.items()
+            if (written := versions(folder / name))}
 
 
 def zip_folder(folder: Path) -> bytes:
@@ -60,7 +60,7 @@ def show_export(ws: Workspace) -> None:
                 "round can be exported once it has run (launch one on **Round setup**).")
         return
     number = st.selectbox("Round", list(rounds), key="export_round",
-                          format_func=lambda n: f"Round {n} ({rounds[n]['status']})")
+                          format_func=lambda n: f"Round {n} ({STATUS_NAMES[rounds[n]['status']]})")
     st.caption(f"Files are written to `{export_dir(ws)}`.")
     dataset, adapter, merged = st.columns(3)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from common import REVIEWER_KEY, user_errors
+from common import REVIEWER_KEY, literal, user_errors
 from semievol.decisions import record_decisions, undo_last
 from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
 from semievol.review import item_detail
@@ -43,7 +43,8 @@ def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
         following = next_item(queue, item_id, decided)
         st.session_state[_item_key(round_id, order)] = following if following is not None \
             else next_item(queue, None, decided)
-        st.toast(f"{PAST[action]}" + (f" as {label}" if label else ""), icon=":material/check:")
+        st.toast(f"{PAST[action]}" + (f" as {literal(label)}" if label else ""),
+                 icon=":material/check:")
 
 
 def _move(round_id: int, order: str, queue: list[int], current: int, step: int) -> None:
@@ -96,21 +97,21 @@ def focus_panel(ws: Workspace, round_id: int, order: str) -> None:
 def _show_item(detail: dict) -> None:
     item, pseudo = detail["item"], detail["pseudo_label"]
     decision = detail["decision"]
-    st.markdown(f"#### Item {item['external_id']}")
+    st.markdown(f"#### Item {literal(item['external_id'])}")
     st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
     cols = st.columns(4)
     cols[0].metric("Pseudo-label", pseudo["label"])
     cols[1].metric("Confidence", percent(pseudo["confidence"]),
                    help=f"entropy (mean token NLL) {score(pseudo['entropy'])}; 90 % = sure, "
                         "about one over the number of options = a guess")
-    cols[2].metric("Collaborators", pseudo["agreement_text"].split(" gave")[0],
+    cols[2].metric("Collaborators agreeing", pseudo["agreeing"],
                    help=pseudo["agreement_text"] + ("; they disagreed, so the warm-up model "
                                                     "chose" if pseudo["path"] == "reflected"
                                                     else ""))
     cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
     if decision:
-        label = f" → {decision['label']}" if decision["action"] == "relabel" else ""
-        st.success(f"Your decision: {decision['action']}{label} ({decision['reviewer']})",
+        label = f" → {literal(decision['label'])}" if decision["action"] == "relabel" else ""
+        st.success(f"Your decision: {decision['action']}{label} ({literal(decision['reviewer'])})",
                    icon=":material/task_alt:")
     for flag in detail["flags"]:
         st.warning(f"Flagged: {flag['kind'].replace('_', ' ')}", icon=":material/flag:")
@@ -160,12 +161,13 @@ def _show_evidence(detail: dict) -> None:
                         f"{percent(c['confidence'])}")
                 st.caption(c["decoding"])
                 if c["probs"]:
-                    st.caption(" · ".join(f"{o} {p:.0%}" for o, p in c["probs"].items()))
+                    st.caption(" · ".join(f"{literal(o)} {p:.0%}"
+                                          for o, p in c["probs"].items()))
     neighbours = detail["neighbours"]
     with st.expander(f"Demonstrations shown to the collaborators ({len(neighbours)})"):
         for n in neighbours:
-            st.markdown(f"**{n['label']}** · similarity {n['similarity']:.2f} · "
-                        f"{n['external_id']}")
+            st.markdown(f"**{literal(n['label'])}** · similarity {n['similarity']:.2f} · "
+                        f"{literal(n['external_id'])}")
             st.text(n["question"])
         if not neighbours:
             st.caption("No neighbours stored for this item.")
@@ -173,6 +175,6 @@ def _show_evidence(detail: dict) -> None:
     if reflection:
         with st.expander("Reflection: what the warm-up model was shown, and what it chose"):
             st.text(reflection["shown"])
-            st.markdown(f"It chose **{reflection['chose']}**.")
+            st.markdown(f"It chose **{literal(reflection['chose'])}**.")
             if reflection["scores"]:
-                st.caption(f"Its scores: {reflection['scores']}")
+                st.caption(f"Its scores: {literal(reflection['scores'])}")

@@ -16,12 +16,12 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
-from common import REVIEWER_KEY, user_errors
+from common import REVIEWER_KEY, literal, user_errors
 from semievol.decisions import ACTIONS, record_decisions
 from semievol.pseudo_labels import PATHS
 from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
                              review_page, round_facets)
-from semievol.rounds import round_overview
+from semievol.rounds import STATUS_NAMES, round_overview
 from semievol.store import Workspace
 
 PAGE_SIZES = (25, 50, 100)
@@ -176,13 +176,14 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
                    else f"{pseudo['confidence']:.0%}",
                    help=f"entropy (mean token NLL) {_fmt(pseudo['entropy'])}, option entropy "
                         f"{_fmt(pseudo['option_entropy'])}")
-    cols[2].metric("Collaborators", pseudo["agreement_text"].split(" gave")[0],
+    cols[2].metric("Collaborators agreeing", pseudo["agreeing"],
                    help=pseudo["agreement_text"])
     cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
     current = detail["decision"]
     if current:
         label = f" → **{current['label']}**" if current["action"] == "relabel" else ""
-        st.markdown(f"Current decision: **{current['action']}**{label} by {current['reviewer']} "
+        st.markdown(f"Current decision: **{current['action']}**{label} by "
+                    f"{literal(current['reviewer'])} "
                     f"({_when(current['created_at'])})")
     else:
         st.markdown("Current decision: none (the selection policy decides).")
@@ -202,12 +203,12 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         with st.expander(f"Reflection: the warm-up model was shown every answer and chose "
                          f"{reflection['chose']}"):
             st.text(reflection["shown"])
-            st.caption(f"Its scores: {reflection['scores'] or '—'}")
+            st.caption(f"Its scores: {literal(reflection['scores'] or '—')}")
     with st.expander(f"Demonstrations ({len(detail['neighbours'])} retrieved labeled "
                      "neighbours)"):
         for n in detail["neighbours"]:
-            st.markdown(f"**{n['label']}** · similarity {n['similarity']:.2f} · "
-                        f"{n['external_id']}")
+            st.markdown(f"**{literal(n['label'])}** · similarity {n['similarity']:.2f} · "
+                        f"{literal(n['external_id'])}")
             st.text(n["question"])
         if not detail["neighbours"]:
             st.caption("No neighbours stored for this item.")
@@ -229,7 +230,8 @@ def _decide(ws_path: str, round_id: int, item_id: int, external_id: str, action:
         record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
                          label=label, note=note.strip() or None, round_id=round_id)
         st.session_state["review_note"] = ""
-        st.toast(f"{PAST[action]} {external_id}" + (f" as {label}" if label else "") + ".",
+        st.toast(f"{PAST[action]} {literal(external_id)}"
+                 + (f" as {literal(label)}" if label else "") + ".",
                  icon=":material/check:")
 
 
@@ -273,7 +275,8 @@ def _bulk(ws_path: str, flt: ReviewFilter, action: str, expected: int, confirm_k
             return
         done = record_decisions(ws, ids, action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
                                 label=label, note=note.strip() or None, round_id=flt.round_id)
-        st.toast(f"{PAST[action]} {done} item(s)" + (f" as {label}" if label else "") + ".",
+        st.toast(f"{PAST[action]} {done} item(s)" + (f" as {literal(label)}" if label else "")
+                 + ".",
                  icon=":material/done_all:")
 
 
@@ -301,7 +304,8 @@ def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -
 def _round_name(rounds: dict[int, dict]):
     def name(round_id: int) -> str:
         r = rounds[round_id]
-        return f"Round {r['number']} ({r['status']}, {r['pseudo_labels']} pseudo-labels)"
+        return (f"Round {r['number']} ({STATUS_NAMES[r['status']]}, {r['pseudo_labels']} "
+                "pseudo-labels)")
     return name
 
 

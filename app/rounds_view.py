@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from common import literal
 from semievol import audit
 from semievol.items import item_row, resolve_item
 from semievol.lineage import MODELS, item_lineage, round_summaries
@@ -165,11 +166,12 @@ def show_lineage(ws: Workspace) -> None:
         return
     item_id = resolve_item(ws, key)
     if item_id is None:
-        st.warning(f"No item {key!r} in this workspace.")
+        st.warning(f"No item {literal(repr(key))} in this workspace.")
         return
     item = item_row(ws, item_id)
-    st.markdown(f"**{item['external_id']}** ({item['split']}): {item['question']}"
-                + (f" · gold answer **{item['answer']}**" if item["answer"] else ""))
+    st.markdown(f"**{literal(item['external_id'])}** ({item['split']})"
+                + (f" · gold answer **{literal(item['answer'])}**" if item["answer"] else ""))
+    st.text(item["question"])
     rows = item_lineage(ws, item_id)
     if not rows:
         st.info("No round has pseudo-labeled this item"

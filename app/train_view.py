@@ -10,14 +10,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from common import launch_with_feedback
+from common import launch_with_feedback, literal
 from semievol import jobs
 from semievol.errors import SemiEvolError
 from semievol.evaluate import evaluation_split, stored_evaluation
 from semievol.rounds import Round, get_round
 from semievol.selection_state import applied_selection
 from semievol.store import Workspace
-from semievol.guards import confirmations
+from semievol.guards import collapse_message, confirmations
 from semievol.round_scores import regression
 from semievol.rounds import FINISHED
 from semievol.training_set import SOURCES, decisions_since_freeze, training_items
@@ -129,8 +129,8 @@ def show_training(ws: Workspace, rnd: Round, busy: dict | None) -> None:
         else:
             st.success(f"Round {rnd.number} is trained: `{rnd.final_adapter}`.")
     for confirmed in confirmations(ws, rnd.id):
-        st.caption(f"Confirmed by {confirmed['reviewer']} before training: "
-                   f"{confirmed['message']}")
+        st.caption(f"Confirmed by {literal(confirmed['reviewer'])} before training: "
+                   f"{literal(confirmed['message'])}")
     show_train_action(ws, {"id": rnd.id, "number": rnd.number, "status": rnd.status},
                       key="train")
 
@@ -177,6 +177,10 @@ def show_results(ws: Workspace, rnd: Round) -> None:
         return
     import plotly.express as px
 
+    for variant, report in reports.items():
+        message = collapse_message(report, VARIANT_NAMES[variant].capitalize())
+        if message and variant in ("warmup", "round"):
+            st.warning(literal(message), icon=":material/warning:")
     table = comparison_frame(reports)
     st.dataframe(table, hide_index=True, column_config={
         c: st.column_config.NumberColumn(c, format="%.3f")

@@ -8,7 +8,9 @@ SQLite on each run; item previews are paginated in SQL, never loaded whole.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -16,11 +18,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from common import flash, show_error, user_errors
+from common import flash, literal, show_error, user_errors
 from semievol import items
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
-from semievol.data import (FILE_TYPES, IMPORT_SPLITS, ColumnMapping, ImportReport,
-                           guess_mapping, import_file, read_table)
+from semievol.data import (IMPORT_SPLITS, ColumnMapping, ImportReport, guess_mapping,
+                           import_file)
+from semievol.readers import FILE_TYPES, read_sample
 from semievol.items import label_counts
 from semievol.errors import SemiEvolError
 from semievol.status import workspace_status
@@ -59,15 +62,32 @@ def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
 
 
 # -- changes ------------------------------------------------------------------------------
+def upload_root() -> Path:
+    """A folder only this user can read (0700): uploads wait there until imported."""
+    root = Path(tempfile.gettempdir()) / f"semievol-uploads-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)  # an existing folder too
+    return root
+
+
 def save_upload(name: str, data: bytes, file_id: str) -> Path:
-    """Write an uploaded file to a temp folder under its own name (the name is recorded with
-    the import and, without an id column, makes the item ids), once per upload."""
-    folder = Path(tempfile.gettempdir()) / "semievol-uploads" / re.sub(r"\W", "_", file_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write an uploaded file to the private upload folder under its own name (the name is
+    recorded with the import and, without an id column, makes the item ids), once per
+    upload; `discard_upload` deletes it once imported."""
+    folder = upload_root() / re.sub(r"\W", "_", file_id)
+    folder.mkdir(mode=0o700, exist_ok=True)
     path = folder / (Path(name).name or "upload")
     if not path.exists():
         path.write_bytes(data)
+        os.chmod(path, 0o600)
     return path
+
+
+def discard_upload(path: Path) -> None:
+    """Delete an imported upload and its folder."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def mapping_from_choices(question: str, answer: str, options: str, id: str) -> ColumnMapping:
@@ -122,11 +142,11 @@ def show_overview(ws: Workspace) -> None:
     status = workspace_status(ws)
     task = status["task"]
     if task:
-        labels = ", ".join(task["labels"]) if task["labels"] else "options per item"
+        labels = literal(", ".join(task["labels"])) if task["labels"] else "options per item"
         st.markdown(f"**Task:** `{task['kind']}` · labels: {labels} · answer format "
                     f"`{task['answer_format']}`")
         if task.get("instruction"):
-            st.caption(task["instruction"])
+            st.caption(literal(task["instruction"]))
     else:
         st.markdown("**Task:** not set yet (the first import sets it).")
     show_split_metrics(status["splits"])
@@ -185,7 +205,8 @@ def show_preview(ws: Workspace) -> None:
                               step=1, key=f"preview_page_{split}_{pages}")
     rows = preview_items(ws, split, int(page), search=search)
     if rows.empty:
-        st.info(f"No {split} items" + (f" matching {search!r}." if search else " yet."))
+        st.info(f"No {split} items" + (f" matching {literal(repr(search))}." if search
+                                         else " yet."))
         return
     first = (int(page) - 1) * items.PREVIEW_PAGE_SIZE + 1
     st.caption(f"Items {first}–{first + len(rows) - 1} of {total}")
@@ -201,16 +222,15 @@ def show_import(ws: Workspace) -> None:
         return
     path = save_upload(upload.name, upload.getvalue(), upload.file_id)
     try:
-        frame = read_table(path)
+        columns, sample, total = read_sample(path, 200)
     except SemiEvolError as exc:
         show_error(exc)
         return
-    columns = [str(c) for c in frame.columns]
-    st.markdown(f"**{upload.name}**: {len(frame)} row(s); columns: "
-                + ", ".join(f"`{c}`" for c in columns))
-    st.dataframe(frame.head(5), hide_index=True)
+    st.text(f"{upload.name}: {'many' if total is None else total} row(s); columns: "
+            + ", ".join(columns))
+    st.dataframe(pd.DataFrame(sample[:5], columns=columns).astype(str), hide_index=True)
 
-    guess = guess_mapping(frame)
+    guess = guess_mapping(columns, sample)
     cols = st.columns(5)
     question = cols[0].selectbox("Question column", columns,
                                  index=columns.index(guess.question), key="map_question",
@@ -254,13 +274,15 @@ def show_import(ws: Workspace) -> None:
     if error is not None:
         show_validation_report(error)
         return
-    flash(f"Imported {report.rows} {split} item(s) from {upload.name}.")
+    discard_upload(path)
+    flash(f"Imported {report.rows} {split} item(s) from {upload.name}."
+          + "".join(f"\n\n{literal(note)}" for note in report.notes))
     st.rerun()
 
 
 def show_validation_report(error: SemiEvolError) -> None:
     """The message, every problem as a table row, and that nothing was imported."""
-    st.error(error.args[0] if error.args else str(error), icon=":material/error:")
+    st.error(literal(error.args[0] if error.args else str(error)), icon=":material/error:")
     if error.problems:
         found = [re.match(r"(?:row|line) (\d+): (.*)", p) for p in error.problems]
         table = pd.DataFrame(

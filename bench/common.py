@@ -323,7 +323,7 @@ def true_option(row, options: list[str]) -> str:
     """The option text a row's answer names (letter, digit or text), via the importer's rule."""
     from semievol.data import resolve_answer
 
-    answer = resolve_answer(str(row["answer"]), options)
+    answer = resolve_answer(str(row["answer"]), options, letters=True)
     if answer is None:
         raise SystemExit(f"answer {row['answer']!r} is not among the options {options}")
     return answer

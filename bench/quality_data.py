@@ -46,8 +46,8 @@ def write_split_files(task: dict, sizes: dict, seed: int, folder: Path) -> tuple
                 out["options"] = row["options"]
             if split == "unlabeled":
                 hidden[out["id"]] = true_option(row, options)
-            else:
-                out["answer"] = row["answer"]
+            else:  # the option's text: the dataset's letters name options in its own order
+                out["answer"] = true_option(row, options)
             rows.append(out)
         path = folder / f"{split}.csv"
         pd.DataFrame(rows).to_csv(path, index=False)

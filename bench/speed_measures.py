@@ -94,8 +94,8 @@ def build_workspace(path: Path, task_dir: Path, labeled: int, items: int, embedd
                 out["options"] = row["options"]
             if split == "unlabeled":
                 hidden[out["id"]] = true_option(row, json.loads(row["options"]))
-            else:
-                out["answer"] = row["answer"]
+            else:  # the option's text: the dataset's letters name options in its own order
+                out["answer"] = true_option(row, json.loads(row["options"]))
             rows.append(out)
         file = path.parent / f"{split}.csv"
         pd.DataFrame(rows).to_csv(file, index=False)

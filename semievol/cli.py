@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from semievol.errors import SemiEvolError
 def cmd_init(args) -> int:
     from semievol.store import Workspace
 
+    existed = (Path(args.workspace).expanduser() / "workspace.db").exists()
     ws = Workspace(args.workspace, create=True)
-    print(f"Workspace ready at {ws.path}")
+    print(f"Workspace already exists at {ws.path}; nothing changed." if existed
+          else f"Workspace ready at {ws.path}")
     return 0
 
 
@@ -41,12 +44,14 @@ def cmd_import(args) -> int:
     from semievol.store import Workspace
 
     ws = Workspace(args.workspace)
+    # An unlabeled file's answers are never read: the pool is labeled by the round.
     mapping = ColumnMapping(question=args.question_col,
-                            answer=None if args.split == "unlabeled" and not args.keep_answers
-                            else args.answer_col,
+                            answer=None if args.split == "unlabeled" else args.answer_col,
                             options=args.options_col, id=args.id_col)
     report = import_file(ws, args.file, args.split, mapping=mapping, task=_task_from_args(args))
     print(f"Imported {report.rows} {report.split} item(s) from {Path(args.file).name}.")
+    for note in report.notes:
+        print(f"note: {note}")
     return 0
 
 
@@ -70,11 +75,18 @@ def cmd_status(args) -> int:
     from semievol.status import workspace_status
     from semievol.store import Workspace
 
-    status = workspace_status(Workspace(args.workspace))
+    ws = Workspace(args.workspace)
+    status = workspace_status(ws)
+    status["integrity"] = ws.integrity()
     if args.json:
         print(json.dumps(status, indent=2))
-        return 0
+        return 2 if status["integrity"] != "ok" else 0
     print(f"Workspace {status['path']} (schema v{status['schema_version']})")
+    if status["integrity"] != "ok":
+        print(f"DAMAGED: the database's integrity check found: {status['integrity']}. Restore "
+              "it from a backup, or export what you need and start a new workspace.")
+    else:
+        print("Database: integrity check ok")
     task = status["task"]
     if task:
         labels = ", ".join(task["labels"]) if task["labels"] else "per-item options"
@@ -86,6 +98,18 @@ def cmd_status(args) -> int:
         print(f"Round {r['number']}: {r['status']}; {r['pseudo_labels']} pseudo-label(s), "
               f"{r['selected']} selected")
     print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
+    return 2 if status["integrity"] != "ok" else 0
+
+
+def cmd_backup(args) -> int:
+    import datetime
+
+    from semievol.store import Workspace
+
+    ws = Workspace(args.workspace)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    target = Path(args.out) if args.out else ws.path / "backups" / f"workspace-{stamp}.db"
+    print(f"Backed up {ws.path / 'workspace.db'} to {ws.backup(target)}")
     return 0
 
 
@@ -130,8 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer-col", default="answer", help="column with the gold answer")
     p.add_argument("--options-col", default=None, help="column with a JSON list of options")
     p.add_argument("--id-col", default=None, help="column with a unique item id")
-    p.add_argument("--keep-answers", action="store_true",
-                   help="also import answers of an unlabeled file (normally ignored)")
     task = p.add_argument_group("task (first import only)")
     task.add_argument("--kind", choices=TASK_KINDS, default=None)
     task.add_argument("--labels", default=None, help="comma-separated label set")
@@ -151,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    p = sub.add_parser("backup", help="a consistent copy of the workspace database (safe while "
+                                      "runs write)")
+    p.add_argument("workspace")
+    p.add_argument("--out", help="the backup file (default: WORKSPACE/backups/workspace-TIME.db)")
+    p.set_defaults(func=cmd_backup)
+
     p = sub.add_parser("prepare-model", help="convert the bundled model once (cached)")
     p.set_defaults(func=cmd_prepare_model)
 
@@ -165,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Every expected failure is one clear line and exit code 2; an
+    unexpected one is one line naming a log file that holds the traceback."""
+    import sqlite3
+
     from semievol.jobs import RunCancelled
 
     parser = build_parser()
@@ -183,3 +215,49 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except sqlite3.OperationalError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            print("error: the workspace database is locked by another process (a run or an "
+                  "import); try again when it has finished.", file=sys.stderr)
+        elif "disk" in text or "full" in text:
+            print(f"error: the disk is full ({text}); nothing was half-written: free some "
+                  "space and run the command again.", file=sys.stderr)
+        else:
+            print(f"error: the workspace database refused the command ({text}); "
+                  "`semievol status WORKSPACE` checks it.", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:
+        print(f"error: the workspace database is damaged ({exc}); restore it from a backup "
+              "(`semievol status WORKSPACE` checks it).", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ENOSPC:
+            print("error: the disk is full; free some space and run the command again.",
+                  file=sys.stderr)
+        else:
+            print(f"error: {exc.strerror or exc}"
+                  + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line here, the traceback in a log
+        log = crash_log(exc)
+        print(f"error: unexpected {type(exc).__name__}: {exc}. This is a bug; the traceback "
+              f"is in {log}.", file=sys.stderr)
+        return 1
+
+
+def crash_log(exc: BaseException) -> Path:
+    """Write the traceback of an unexpected error to a log file; returns its path."""
+    import datetime
+    import traceback
+
+    from semievol.models import cache_dir
+
+    folder = cache_dir() / "crash-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"semievol {' '.join(sys.argv[1:])}\n\n" + "".join(
+        traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return path

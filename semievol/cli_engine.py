@@ -354,9 +354,9 @@ def cmd_export(args) -> int:
     from semievol import export, rounds
 
     ws = _open(args.workspace)
-    number = args.round or rounds.get_round(ws).number
+    what = set(export.parse_what(args.what))
+    number = rounds.get_round(ws, args.round).number  # latest when not given; 0/unknown: error
     out = Path(args.out) if args.out else ws.path / "exports"
-    what = set(args.what.split(","))
     if "dataset" in what:
         for kind, path in export.export_dataset(ws, number, out).items():
             print(f"{kind}: {path}")

@@ -60,6 +60,13 @@ class TaskConfig:
                 raise SemiEvolError("A label set needs at least two non-empty labels.")
             if len(set(labels)) != len(labels):
                 raise SemiEvolError(f"The label set has duplicates: {labels}.")
+            folded = {}
+            for label in labels:
+                other = folded.setdefault(label.casefold(), label)
+                if other != label:
+                    raise SemiEvolError(
+                        f"The labels {other!r} and {label!r} differ only by case: a model and a "
+                        "reviewer cannot tell them apart. Keep one of them.")
             self.labels = labels
         if self.kind == "open" and self.labels:
             raise SemiEvolError("An `open` task has no label set; use kind `choice` for labels.")

@@ -1,4 +1,10 @@
-"""Export: the curated training set (chat JSONL and CSV), the adapter, the merged model."""
+"""Export: the curated training set (chat JSONL and CSV), the adapter, the merged model.
+
+Exports never overwrite or delete: a name that is taken gets a numbered sibling (`-2`,
+`-3`, ...). CSV cells that a spreadsheet would read as a formula (starting with =, +, -, @,
+a tab or a carriage return) are written with a leading apostrophe, so opening the file
+cannot run anything; the JSONL holds the texts exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +13,102 @@ import json
 import shutil
 from pathlib import Path
 
-from semievol.items import external_ids
-from semievol.training_set import training_items
 from semievol.errors import SemiEvolError
+from semievol.items import external_ids
 from semievol.store import Workspace
 from semievol.tasks import Example, build_messages
+from semievol.training_set import training_items
+
+EXPORT_KINDS = ("dataset", "adapter", "merged")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _numbered(path: Path, n: int) -> Path:
+    if n == 1:
+        return path
+    stem, suffix = (path.stem, path.suffix) if path.suffix else (path.name, "")
+    return path.with_name(f"{stem}-{n}{suffix}")
+
+
+def versions(path: Path) -> list[Path]:
+    """The exports written under `path`'s name, oldest first: path, path-2, path-3, ..."""
+    found, n = [], 1
+    while _numbered(path, n).exists():
+        found.append(_numbered(path, n))
+        n += 1
+    return found
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or the first of path-2, path-3, ... that does not exist yet."""
+    return _numbered(path, len(versions(path)) + 1)
+
+
+def spreadsheet_safe(value) -> str:
+    """A CSV cell a spreadsheet shows as text: a leading apostrophe before a formula start."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def parse_what(what: str) -> list[str]:
+    """The export kinds of a comma-separated list, or an error naming the unknown ones."""
+    kinds = [w.strip() for w in what.split(",") if w.strip()]
+    unknown = [w for w in kinds if w not in EXPORT_KINDS]
+    if unknown or not kinds:
+        raise SemiEvolError(f"Unknown export {', '.join(map(repr, unknown)) or '(none)'}: "
+                            f"choose from {', '.join(EXPORT_KINDS)} (comma-separated).")
+    return kinds
 
 
 def export_dataset(ws: Workspace, round_number: int, out_dir: str | Path) -> dict[str, Path]:
-    """The set round `round_number` trains on: labeled + human labels + selected pseudo-labels.
+    """The set round `round_number` trains on (its frozen rows once trained): labeled +
+    human labels + selected pseudo-labels.
 
     JSONL rows are {"messages": [...]} in the chat format most trainers read (system, user,
     assistant), plus the item id and where its label came from; the CSV is the flat view.
     """
+    from semievol.rounds import get_round
+
+    get_round(ws, round_number)  # an unknown round is an error, before anything is written
     task = ws.require_task()
     items = training_items(ws, round_number)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl, table = out_dir / f"curated_round{round_number}.jsonl", \
-        out_dir / f"curated_round{round_number}.csv"
+    jsonl = free_path(out_dir / f"curated_round{round_number}.jsonl")
+    table = free_path(out_dir / f"curated_round{round_number}.csv")
     external = external_ids(ws)
-    with jsonl.open("w", encoding="utf-8") as f:
+    with jsonl.open("x", encoding="utf-8") as f:
         for it in items:
             messages = build_messages(task, Example(it["question"], it["options"], it["answer"]),
                                       with_answer=True)
             f.write(json.dumps({"messages": messages, "id": external[it["item_id"]],
                                 "source": it["source"]}, ensure_ascii=False) + "\n")
-    with table.open("w", encoding="utf-8", newline="") as f:
+    with table.open("x", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "question", "options", "answer", "source"])
         for it in items:
-            writer.writerow([external[it["item_id"]], it["question"],
-                             json.dumps(it["options"]) if it["options"] else "", it["answer"],
-                             it["source"]])
+            writer.writerow([spreadsheet_safe(v) for v in (
+                external[it["item_id"]], it["question"],
+                json.dumps(it["options"]) if it["options"] else "", it["answer"],
+                it["source"])])
     return {"jsonl": jsonl, "csv": table}
 
 
 def _final_adapter(ws: Workspace, round_number: int) -> Path:
+    from semievol.models import require_adapter
     from semievol.rounds import get_round
 
     rnd = get_round(ws, round_number)
-    if not rnd.final_adapter or not Path(rnd.final_adapter, "adapter_config.json").exists():
+    if not rnd.final_adapter:
         raise SemiEvolError(f"Round {round_number} has no trained adapter to export; run "
                             "`semievol train WORKSPACE` first.")
-    return Path(rnd.final_adapter)
+    return require_adapter(rnd.final_adapter)
 
 
 def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
-    target = Path(out_dir) / f"adapter_round{round_number}"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(_final_adapter(ws, round_number), target,
-                    ignore=shutil.ignore_patterns("checkpoint*"))
+    source = _final_adapter(ws, round_number)
+    target = free_path(Path(out_dir) / f"adapter_round{round_number}")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint*"))
     return target
 
 
@@ -69,10 +120,9 @@ def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path
     from semievol.rounds import get_round
 
     config = get_round(ws, round_number).config.model
-    model, tokenizer = load_model(config, adapter=_final_adapter(ws, round_number),
-                                  dtype=torch.float32)
-    target = Path(out_dir) / f"merged_round{round_number}"
-    shutil.rmtree(target, ignore_errors=True)
+    adapter = _final_adapter(ws, round_number)
+    model, tokenizer = load_model(config, adapter=adapter, dtype=torch.float32)
+    target = free_path(Path(out_dir) / f"merged_round{round_number}")
     model.save_pretrained(target)
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(target)

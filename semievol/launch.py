@@ -71,6 +71,8 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
             rnd = rounds.open_round(ws, config)
         else:
             rnd = rounds.get_round(ws, round_number)
+            jobs.refuse_if_busy(ws, kind, rnd.id)  # the most useful refusal comes first
+        steps.preflight(ws, rnd, steps_of(ws, kind, review=review))
         if kind == "train" and not confirm:
             steps.check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
         if kind == "round" and not review:

@@ -291,6 +291,7 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     current = current_decision(ws, item_id)
     answers = [c["answer"] for c in collaborators]
     agreeing = sum(1 for a in answers if a == pseudo_label["label"])
+    pseudo_label["agreeing"] = f"{agreeing} of {len(answers)}"
     pseudo_label["agreement_text"] = (f"{agreeing} of {len(answers)} collaborators gave this "
                                       "answer" if answers else "no collaborator answers stored")
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,

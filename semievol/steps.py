@@ -334,6 +334,23 @@ def step_states(ws: Workspace, rnd: Round) -> list[dict]:
     ]
 
 
+def preflight(ws: Workspace, rnd: Round, steps: list[str]) -> None:
+    """Check, before any work, that the model and every adapter the steps need are there:
+    a missing adapter fails now with what to do, not after minutes of other work."""
+    from semievol.models import require_adapter, resolve_model_path
+
+    resolve_model_path(rnd.config.model.name_or_path)
+    needs_warmup = "warmup" not in steps and any(s in steps for s in ("label", "evaluate")) \
+        or ("train" in steps and rnd.config.continue_from_warmup and "warmup" not in steps)
+    if needs_warmup:
+        if not rnd.warmup_adapter:
+            raise SemiEvolError(f"Round {rnd.number} has no warm-up adapter yet; run "
+                                "`semievol warmup WORKSPACE` first.")
+        require_adapter(rnd.warmup_adapter)
+    if "evaluate" in steps and "train" not in steps and rnd.final_adapter:
+        require_adapter(rnd.final_adapter)
+
+
 def check_steps(steps) -> list[str]:
     """The steps as a list, or a clear error naming the unknown ones."""
     steps = list(steps)
@@ -359,6 +376,7 @@ def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig |
     `backends` (e.g. {"base": ...}) and `embedder` replace the ones the steps would load
     (the benches share one base model across workspaces)."""
     steps = check_steps(steps)
+    preflight(ws, rounds.get_round(ws, number), steps)
     results: dict[str, dict] = {}
     cache: dict = {}
     for index, step in enumerate(steps):

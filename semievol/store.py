@@ -141,24 +141,66 @@ class Workspace:
     """An open workspace folder. Cheap to create; open one per thread or process."""
 
     def __init__(self, path: str | Path, *, create: bool = False):
+        """Open the workspace at `path`; only `create=True` (init, the app's Create button)
+        makes a new one. A damaged database is refused with what to do, never re-created."""
         self.path = Path(path).expanduser().resolve()
         db = self.path / "workspace.db"
+        if self.path.exists() and not self.path.is_dir():
+            raise SemiEvolError(f"{self.path} is a file, not a workspace folder: give a folder "
+                                "(a new one for `semievol init`).")
         if not db.exists() and not create:
             raise SemiEvolError(
                 f"No workspace at {self.path}. Create it with `semievol init {path}` "
                 "(or pick an existing workspace folder).")
-        self.path.mkdir(parents=True, exist_ok=True)
-        for sub in ("chroma", "adapters", "runs", "exports"):
-            (self.path / sub).mkdir(exist_ok=True)
+        if db.exists() and db.stat().st_size == 0:
+            raise SemiEvolError(damaged_message(db, "it is empty (0 bytes)"))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for sub in ("chroma", "adapters", "runs", "exports"):
+                (self.path / sub).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise SemiEvolError(f"Cannot create the workspace folder {self.path}: "
+                                f"{exc.strerror or exc}. Choose a folder you can write to.") \
+                from exc
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see transaction()).
         self.conn = sqlite3.connect(db, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
         self._depth = 0  # nesting of transaction() blocks (savepoints)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        migrate(self.conn)
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            migrate(self.conn, db)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise SemiEvolError(f"{db} is locked by another process for too long; try "
+                                    "again when it has finished.") from exc
+            raise SemiEvolError(damaged_message(db, str(exc))) from exc
+
+    def integrity(self) -> str:
+        """SQLite's quick integrity check: "ok", or what it found."""
+        try:
+            rows = self.conn.execute("PRAGMA quick_check(20)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+        found = [r[0] for r in rows]
+        return "ok" if found == ["ok"] else "; ".join(found)
+
+    def backup(self, target: str | Path) -> Path:
+        """A consistent copy of the database at `target` (SQLite's online backup: safe
+        while other processes read and write). Refuses to overwrite a file."""
+        target = Path(target).expanduser()
+        if target.exists():
+            raise SemiEvolError(f"{target} exists already: choose a new file for the backup.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy = sqlite3.connect(target)
+        try:
+            self.conn.backup(copy)
+        finally:
+            copy.close()
+        return target
 
     # -- basics -----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -255,13 +297,29 @@ class Workspace:
         return {n: self.scalar(f"SELECT COUNT(*) FROM {n}") for n in sorted(names)}
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the database to SCHEMA_VERSION, one transaction per migration."""
+def damaged_message(db: Path, found: str) -> str:
+    return (f"The workspace database {db} is damaged ({found}). Nothing was changed. Restore "
+            "it from a backup (`semievol backup` writes one; a schema upgrade leaves "
+            "workspace.db.vN.bak beside it), or move it away and create a new workspace with "
+            "`semievol init`.")
+
+
+def migrate(conn: sqlite3.Connection, db: Path | None = None) -> int:
+    """Bring the database to SCHEMA_VERSION, one transaction per migration; an existing
+    database is first copied to workspace.db.v<version>.bak beside it."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SemiEvolError(
             f"This workspace was written by a newer SemiEvol (schema {version}, this one "
             f"knows {SCHEMA_VERSION}); upgrade semievol to open it.")
+    if 0 < version < SCHEMA_VERSION and db is not None:
+        backup = db.with_name(f"{db.name}.v{version}.bak")
+        if not backup.exists():
+            copy = sqlite3.connect(backup)
+            try:
+                conn.backup(copy)
+            finally:
+                copy.close()
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:

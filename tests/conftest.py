@@ -224,6 +224,16 @@ def pool(filled_workspace):
 
 
 
+def fake_adapter(ws, relative: str) -> str:
+    """Files where an adapter would be (what the preflight checks is there), for tests whose
+    steps never load it; returns the relative path to store in the round."""
+    folder = ws.path / relative
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_text("{}")
+    return relative
+
+
 # -- tiny model ----------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

@@ -334,3 +334,45 @@ def test_training_counts_and_distribution_frames(task_workspace):
     frame = train_view.distribution_frame(report)
     predicted = frame[frame["kind"] == "predicted"].set_index("class")["items"].to_dict()
     assert predicted == {"billing": 1, "outage": 0, "equipment": 0, "(none)": 1}
+
+
+def test_a_round_worse_than_its_warmup_is_flagged_everywhere(task_workspace, launched,
+                                                             monkeypatch):
+    ws = task_workspace
+    rnd = rounds.open_round(ws, RoundConfig())
+    ws.conn.execute("UPDATE rounds SET status='done', warmup_adapter='adapters/w', "
+                    "final_adapter='adapters/f' WHERE id=?", (rnd.id,))
+    _insert_evaluation(ws, rnd.id, "warmup", ["billing"] * 3 + ["outage"] * 3
+                       + ["equipment"] * 3)                      # 100 %
+    _insert_evaluation(ws, rnd.id, "round", ["billing"] * 9)     # 33 %
+    at = page(ws, TRAIN, monkeypatch)
+    assert not at.exception
+    assert "Round 1 scores 33.3% on test, below its warm-up 100.0%" in texts(at.error)
+    # The next round starts from the warm-up (the best so far), and says so.
+    assert "round 1's warm-up adapter (100.0% on test), the best so far" in texts(at.markdown)
+    assert at.button(key="next_round").proto.type != "primary"
+    at.switch_page("pages/7_Rounds.py").run()
+    assert not at.exception and "below its warm-up" in texts(at.error)
+    at.switch_page("Home.py").run()
+    assert "below its warm-up" in texts(at.error)
+
+
+def test_a_trained_round_shows_its_frozen_training_set(task_workspace, launched, monkeypatch):
+    from semievol.decisions import record_decisions
+    from semievol.training_set import freeze, training_items
+
+    ws = task_workspace
+    rnd = rounds.open_round(ws, RoundConfig())
+    ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 3")]
+    ws.conn.executemany("INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement,"
+                        " selected) VALUES(?, ?, 'outage', 'agreed', 1.0, 1)",
+                        [(rnd.id, i) for i in ids])
+    freeze(ws, rnd.id, training_items(ws, 1))           # 12 labeled + 3 pseudo
+    ws.conn.execute("UPDATE rounds SET status='trained', final_adapter='adapters/f' "
+                    "WHERE id=?", (rnd.id,))
+    record_decisions(ws, ids[:2], "reject", reviewer="ann")  # after training started
+    at = page(ws, TRAIN, monkeypatch)
+    assert not at.exception
+    assert "trained on **15** item(s), frozen when its training started" in texts(at.markdown)
+    assert "2 decision(s) were made after this round started training" in texts(at.info)
+    assert frame_with(at, "pseudo").set_index("class")["pseudo"].to_dict()["outage"] == 3

@@ -150,3 +150,38 @@ def test_index_with_the_real_embedder(tmp_path, small_task_files):
         assert opened.get_setting("retrieval_k") == 2
     out = semievol("status", ws).stdout
     assert "Neighbours: 20 of 20 unlabeled item(s) have retrieved demonstrations" in out
+
+
+def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, monkeypatch,
+                                                                     capsys):
+    import semievol.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setenv("SEMIEVOL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "cmd_status", broken)
+    assert cli.main(["status", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected RuntimeError: a bug" in err
+    log = Path(err.split("traceback is in ")[1].strip().rstrip("."))
+    assert log.is_file() and "Traceback" in log.read_text() and "in broken" in log.read_text()
+
+
+def test_a_full_disk_and_a_locked_database_are_clear_lines(tmp_path, monkeypatch, capsys):
+    import errno
+    import sqlite3
+
+    import semievol.cli as cli
+
+    for error, words in ((OSError(errno.ENOSPC, "No space left on device"), "disk is full"),
+                         (sqlite3.OperationalError("database is locked"), "locked"),
+                         (sqlite3.OperationalError("database or disk is full"), "disk is full"),
+                         (sqlite3.DatabaseError("database disk image is malformed"),
+                          "damaged")):
+        def fail(args, error=error):
+            raise error
+        monkeypatch.setattr(cli, "cmd_status", fail)
+        assert cli.main(["status", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err, err

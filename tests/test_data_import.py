@@ -97,17 +97,35 @@ def test_csv_with_label_set(workspace, task, small_task_files):
                             "AND answer IS NOT NULL") == 0
 
 
-def test_label_answers_match_case_insensitively_and_by_number(workspace, task, tmp_path,
-                                                              write_csv):
+def test_label_answers_match_case_and_spacing_and_say_so(workspace, task, tmp_path,
+                                                         write_csv):
     path = write_csv(tmp_path / "l.csv", [
         {"id": "a", "text": "t1", "label": "BILLING"},
         {"id": "b", "text": "t2", "label": " outage "},
+        {"id": "c", "text": "t3", "label": "equipment"},
+    ])
+    report = import_file(workspace, path, "labeled", mapping=TEXT_MAP, task=task)
+    assert {k: v["answer"] for k, v in stored(workspace).items()} == {
+        "a": "billing", "b": "outage", "c": "equipment"}
+    assert any("1 answer(s) matched a label only ignoring case" in n and "'BILLING'" in n
+               for n in report.notes)
+
+
+def test_letters_and_numbers_name_labels_only_in_a_letter_task(workspace, task, tmp_path,
+                                                                write_csv):
+    path = write_csv(tmp_path / "l.csv", [
         {"id": "c", "text": "t3", "label": "3"},
         {"id": "d", "text": "t4", "label": "A"},
     ])
-    import_file(workspace, path, "labeled", mapping=TEXT_MAP, task=task)
+    before = workspace.table_counts()
+    with pytest.raises(SemiEvolError) as refused:
+        import_file(workspace, path, "labeled", mapping=TEXT_MAP, task=task)
+    assert all("letter-format task" in p for p in refused.value.problems)
+    assert workspace.table_counts() == before
+    letters = TaskConfig(kind="choice", labels=task.labels, answer_format="letter")
+    import_file(workspace, path, "labeled", mapping=TEXT_MAP, task=letters)
     assert {k: v["answer"] for k, v in stored(workspace).items()} == {
-        "a": "billing", "b": "outage", "c": "equipment", "d": "billing"}
+        "c": "equipment", "d": "billing"}
 
 
 def test_jsonl_with_per_item_options(workspace, tmp_path):
@@ -183,15 +201,16 @@ def test_tsv_and_utf8_bom(workspace, task, tmp_path):
 
 def test_parse_options_and_resolve_answer_units():
     assert parse_options('["a", "b"]') == ["a", "b"]
-    assert parse_options(["a", 2]) == ["a", "2"]
-    for bad in ("a,b", '["only"]', '{"a": 1}', '["a", "a"]', '["a", ""]', None, 3.0):
-        assert parse_options(bad) is None, bad
+    for bad in ("a,b", '["only"]', '{"a": 1}', '["a", "a"]', '["a", ""]', None, 3.0,
+                ["a", 2], "[1, 2, null]", '["a", null]'):
+        assert parse_options(bad) is None, bad  # options are non-empty strings, no null
     options = ["red", "green", "blue"]
     assert resolve_answer("Green", options) == "green"
-    assert resolve_answer("c", options) == "blue"
-    assert resolve_answer("1", options) == "red"
+    assert resolve_answer("c", options) is None and resolve_answer("1", options) is None
+    assert resolve_answer("c", options, letters=True) == "blue"
+    assert resolve_answer("1", options, letters=True) == "red"
     for bad in ("D", "4", "0", "purple", ""):
-        assert resolve_answer(bad, options) is None, bad
+        assert resolve_answer(bad, options, letters=True) is None, bad
 
 
 # -- refusals: SemiEvolError, every problem named, nothing written --------------------------

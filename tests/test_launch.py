@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fake_adapter
 from semievol import jobs, launch, rounds
 from semievol.config import (CalibrationConfig, RoundConfig, SelectionConfig, TrainConfig,
                              to_dict, to_json)
@@ -102,7 +103,8 @@ def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
 
     ws = filled_workspace
     rnd = rounds.open_round(ws, _config())
-    ws.conn.execute("UPDATE rounds SET warmup_adapter='adapters/w' WHERE id=?", (rnd.id,))
+    ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
+                    (fake_adapter(ws, "adapters/w"), rnd.id))
     for model, round_id in (("base", None), ("base+demos", None), ("warmup", rnd.id)):
         ws.conn.execute("INSERT INTO evaluations(round_id, model, split, accuracy, macro_f1, "
                         "report, created_at) VALUES(?, ?, 'test', 0.5, 0.4, ?, ?)",
@@ -126,6 +128,8 @@ def test_every_entry_point_reaches_the_same_run_steps(filled_workspace, monkeypa
 
     ws = filled_workspace
     rnd = rounds.open_round(ws, _config())
+    ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
+                    (fake_adapter(ws, "adapters/w"), rnd.id))
     calls = []
 
     def recorder(ws_, number, names, **options):
@@ -204,6 +208,8 @@ def test_resume_check_for_failed_and_other_runs(filled_workspace):
 def test_resume_starts_the_step_again_as_a_new_run(filled_workspace):
     ws = filled_workspace
     rnd = rounds.open_round(ws, _config())
+    ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
+                    (fake_adapter(ws, "adapters/w"), rnd.id))
     failed = _insert_run(ws, "train", rnd.id, "failed", error="the process died")
     new_id = launch.resume(ws, failed)
     assert new_id != failed

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import add_pseudo, add_round, ids_of
+from conftest import add_pseudo, add_round, fake_adapter, ids_of
 from semievol import launch, rounds
 from semievol.calibration import hold_out
 from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig, RoundConfig,
@@ -110,8 +110,8 @@ def test_training_is_refused_while_the_evidence_warns_until_confirmed(filled_wor
              for k, i in enumerate(unlabeled[:4])]
     rows += [(i, "equipment", "agreed", 9.0, 0.1) for i in unlabeled[4:]]
     add_pseudo(ws, rid, rows)
-    ws.conn.execute("UPDATE rounds SET warmup_adapter='adapters/w', status='awaiting_review' "
-                    "WHERE id=?", (rid,))
+    ws.conn.execute("UPDATE rounds SET warmup_adapter=?, status='awaiting_review' WHERE id=?",
+                    (fake_adapter(ws, "adapters/w"), rid))
     apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
     kinds = {w["kind"] for w in training_warnings(ws, rid)}
     assert {"selection_no_better", "class_dropped"} <= kinds

@@ -1,0 +1,74 @@
+"""What the browser test and the review timing bench share: starting the app's Streamlit
+server on a workspace, finding Debian chromium, and opening a page once it has rendered."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def browser_or_skip() -> str:
+    chromium = shutil.which("chromium")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        message = "needs Debian chromium and playwright (`make test` installs them)"
+        if os.environ.get("SEMIEVOL_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return chromium
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workspace: Path):
+    """Start `streamlit run app/Home.py` on a free port; (process, url) once healthy."""
+    port = _free_port()
+    log = open(Path(workspace) / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
+         "--server.headless", "true", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--", "--workspace", str(workspace)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("the Streamlit server did not become healthy: "
+                       + (Path(workspace) / "streamlit.log").read_text()[-2000:])
+
+
+def open_page(page, url: str, title: str) -> None:
+    page.goto(url)
+    # The first session after start takes seconds to render: wait for the page's title.
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=90_000)
+    page.wait_for_load_state("networkidle")
+    exceptions = page.locator('[data-testid="stException"]')
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+
+
