@@ -115,6 +115,10 @@ def _show_item(detail: dict) -> None:
                    icon=":material/task_alt:")
     for flag in detail["flags"]:
         st.warning(f"Flagged: {flag['kind'].replace('_', ' ')}", icon=":material/flag:")
+    if pseudo["cut_tokens"]:
+        st.warning(f"This text is longer than the context budget: the models saw its "
+                   f"beginning and end, with {pseudo['cut_tokens']} tokens cut from its "
+                   "middle.", icon=":material/content_cut:")
 
 
 def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
@@ -160,6 +164,10 @@ def _show_evidence(detail: dict) -> None:
                 st.text(f"{c['answer'] if c['answer'] is not None else '(no answer)'} · "
                         f"{percent(c['confidence'])}")
                 st.caption(c["decoding"])
+                if c["demos_shown"] is not None and c["demonstrations"] and \
+                        c["demos_shown"] < c["demonstrations"]:
+                    st.caption(f"{c['demos_shown']} of {c['demonstrations']} examples fit the "
+                               "context budget")
                 if c["probs"]:
                     st.caption(" · ".join(f"{literal(o)} {p:.0%}"
                                           for o, p in c["probs"].items()))

@@ -187,6 +187,10 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
                     f"({_when(current['created_at'])})")
     else:
         st.markdown("Current decision: none (the selection policy decides).")
+    if pseudo["cut_tokens"]:
+        st.warning(f"This text is longer than the context budget: the models saw its "
+                   f"beginning and end, with {pseudo['cut_tokens']} tokens cut from its "
+                   "middle.", icon=":material/content_cut:")
     for flag in detail["flags"]:
         st.warning(f"Flagged: {flag['kind'].replace('_', ' ')} {flag['detail'] or ''}",
                    icon=":material/flag:")

@@ -164,9 +164,17 @@ def policy_controls(ws: Workspace, round_id: int, *,
                                float(min(max(default, low), high)), step=(high - low) / 200,
                                format="%.4f", key=f"selection_threshold_{round_id}_{score}",
                                disabled=disabled or policy != "absolute")
+    floor = st.slider("Keep at least this share of every class", 0.0, 1.0,
+                      float(start.class_floor), step=0.05, format="%.2f",
+                      key=f"selection_floor_{round_id}",
+                      disabled=disabled or policy == "agreement_only",
+                      help="The most confident items of a class the policy would drop are "
+                           "kept up to this share, so no class the pool has is left out of "
+                           "training (0 = the policy alone).")
     try:
         return SelectionConfig(policy=policy, theta=float(theta), threshold=float(threshold)
-                               if policy == "absolute" else None, score=score)
+                               if policy == "absolute" else None, score=score,
+                               class_floor=float(floor))
     except SemiEvolError as exc:
         show_error(exc)
         return None

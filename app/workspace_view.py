@@ -26,7 +26,7 @@ from semievol.data import (IMPORT_SPLITS, ColumnMapping, ImportReport, guess_map
 from semievol.readers import FILE_TYPES, read_sample
 from semievol.items import label_counts
 from semievol.errors import SemiEvolError
-from semievol.status import workspace_status
+from semievol.status import length_line, length_report, workspace_status
 from semievol.workflow import next_steps
 from semievol.store import SPLITS, Workspace
 
@@ -193,6 +193,13 @@ def show_statistics(ws: Workspace) -> None:
     if not lengths.empty:
         st.markdown("**Question length** (characters)")
         st.dataframe(lengths, hide_index=True)
+        report = length_report(ws, cached_only=True)
+        if report is None and st.button("Check lengths against the context budget",
+                                        key="check_lengths",
+                                        help="Tokenizes every item's prompt once (seconds)."):
+            report = length_report(ws)
+        if report is not None:
+            (st.warning if report["over"] else st.caption)(length_line(report))
 
 
 def show_preview(ws: Workspace) -> None:

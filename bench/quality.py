@@ -73,8 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--calibration", type=float, default=0.2,
                    help="share of the labeled set held out for calibration")
-    p.add_argument("--instruction", default="Classify the sentiment of the financial news "
-                   "sentence.", help="task instruction shown in every prompt")
+    p.add_argument("--instruction", default=None,
+                   help="task instruction shown in every prompt (default: the task's own, "
+                        "from its task.json or bench/tasks.json)")
     p.add_argument("--reduced", action="store_true",
                    help=f"tiny sizes for a smoke run under 10 minutes: {REDUCED}")
     p.add_argument("--out", type=Path, default=None,
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
 
     set_offline()
     task = load_task(args.task)
+    args.instruction = args.instruction or task["description"]["instruction"]
     if args.ablations is None:
         args.ablations = []
     model_config = ModelConfig(name_or_path=args.model, dtype=args.dtype)

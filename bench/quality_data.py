@@ -11,14 +11,34 @@ from common import load_split, progress_printer, true_option
 
 
 # -- data --------------------------------------------------------------------------------
+TASKS = Path(__file__).resolve().parent / "tasks.json"
+
+
+def task_description(task_dir: Path) -> dict:
+    """The task's instruction (and answer formats): from task.json beside its CSVs when
+    there is one, else from bench/tasks.json by the folder's name; a task with neither is
+    refused rather than run with another task's instruction."""
+    own = task_dir / "task.json"
+    if own.exists():
+        return json.loads(own.read_text())
+    known = json.loads(TASKS.read_text())
+    name = task_dir.resolve().name
+    if name not in known:
+        raise SystemExit(f"{task_dir} has no task.json and bench/tasks.json does not describe "
+                         f"{name!r}: write its instruction in either (or pass --instruction).")
+    return known[name]
+
+
 def load_task(task_dir: Path) -> dict:
-    """The three splits, the option list(s) and whether the task has one fixed label set."""
+    """The three splits, the option list(s), whether the task has one fixed label set, and
+    its description (task_description)."""
     frames = {s: load_split(task_dir, s) for s in ("labeled", "unlabeled", "test")}
     if "options" not in frames["labeled"].columns:
         raise SystemExit(f"{task_dir}: the bench expects an `options` column (JSON list).")
     distinct = {o for f in frames.values() for o in f["options"]}
     fixed = [json.loads(o) for o in distinct][0] if len(distinct) == 1 else None
-    return {"frames": frames, "labels": fixed, "name": task_dir.resolve().name}
+    return {"frames": frames, "labels": fixed, "name": task_dir.resolve().name,
+            "description": task_description(task_dir)}
 
 
 def subsample(frame, n: int | None, seed: int):

@@ -112,7 +112,7 @@ class Runner:
     def warmup(self, ws, rnd, fmt: str, name: str) -> None:
         from semievol import rounds
         from semievol.evaluate import evaluate
-        from semievol.steps import load_backends
+        from semievol.steps import budget_of, load_backends
 
         with self.stage(fmt, f"{name}: train") as rec:
             summary = self.run_step(ws, rnd, "warmup", progress=progress_printer("warm-up", 30))
@@ -122,7 +122,8 @@ class Runner:
         rnd = rounds.get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: evaluate"):
             report = evaluate(ws, load_backends(rnd)["warmup"], model="warmup",
-                              round_id=rnd.id, progress=progress_printer("evaluate"))
+                              round_id=rnd.id, budget=budget_of(rnd),
+                              progress=progress_printer("evaluate"))
         self.add_variant(fmt, name, report, round=rnd.number)
         return rnd
 
@@ -159,6 +160,7 @@ class Runner:
         from semievol.config import (CalibrationConfig, CollaboratorConfig, SelectionConfig,
                                      TaskConfig)
         from semievol.evaluate import evaluate
+        from semievol.prompts import resolve_budget
 
         args = self.args
         task_config = TaskConfig(kind="choice", labels=self.task["labels"], answer_format=fmt,
@@ -172,6 +174,7 @@ class Runner:
         for name, demos in (("base", 0), ("base+demos", args.k)):
             with self.stage(fmt, f"{name}: evaluate"):
                 report = evaluate(ws, self.base, model=name, round_id=None,
+                                  budget=resolve_budget(self.base.model_config),
                                   demonstrations=demos, progress=progress_printer("evaluate"))
             self.add_variant(fmt, name, report)
 

@@ -39,10 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REPO, RESULTS, Stages, command_line, load_split, log,  # noqa: E402
                     machine_info, model_dtype_name, pct, progress_printer, write_json, write_text)
 from readme_summary import update_readmes  # noqa: E402
+from quality_data import task_description  # noqa: E402
 from speed_measures import (TokenCounter, build_workspace, matmul_peak,  # noqa: E402
                             ours_pseudo_labels, repeat_run, training_examples, truth_by_item,
                             utilisation)
-from speed_reference import reference_pseudo_labels, reference_train  # noqa: E402
+from speed_reference import PAD_TO, reference_pseudo_labels, reference_train  # noqa: E402
 from speed_report import markdown  # noqa: E402
 
 DEFAULT_TASK = Path(__file__).resolve().parents[1] / "../shared/datasets/fpb"
@@ -69,8 +70,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="bundled")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--k", type=int, default=3)
-    p.add_argument("--instruction", default="Classify the sentiment of the financial news "
-                   "sentence.")
+    p.add_argument("--instruction", default=None,
+                   help="task instruction (default: the task's own, from its task.json or "
+                        "bench/tasks.json)")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the slow reference-style baselines")
     p.add_argument("--reduced", action="store_true",
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
     set_offline()
     for split in ("labeled", "unlabeled"):  # a wrong --task fails now, not after the peak
         load_split(args.task, split)
+    args.instruction = args.instruction or task_description(args.task)["instruction"]
     started = time.time()
     model_config = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     machine = machine_info(model_dtype_name(model_config))
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
                 for e in examples]
         ours_train["example_tokens_mean"] = float(np.mean(rows))
         result["training"] = {"ours": ours_train, "examples": len(examples),
-                              "max_length": config.train.max_length}
+                              "max_length": PAD_TO}
         if not args.skip_reference:
             with stages.measure("train reference: padded to max_length, full logits") as rec:
                 ref = reference_train(examples, tokenizer, config,

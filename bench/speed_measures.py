@@ -131,7 +131,7 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
     from semievol.collaborators import run_collaborators
     from semievol.items import load_items
     from semievol.pseudo_labels import build_pseudo_labels
-    from semievol.steps import pool_item_ids
+    from semievol.steps import budget_of, pool_item_ids
 
     task = ws.require_task()
     items = load_items(ws, pool_item_ids(ws, rnd))
@@ -140,12 +140,13 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
     t0 = time.perf_counter()
     with stages.measure("pseudo-label ours: collaborators (run_collaborators)") as rec:
         stats = run_collaborators(ws, rnd.id, items, rnd.config.collaborators, backends, task,
+                                  budget=budget_of(rnd),
                                   progress=progress_printer("collaborators"))
         rec.update(stats)
     with stages.measure("pseudo-label ours: agreement, reflection, entropy "
                         "(build_pseudo_labels)") as rec:
         paths = build_pseudo_labels(ws, rnd.id, items, len(rnd.config.collaborators),
-                                    backends["warmup"], task,
+                                    backends["warmup"], task, budget=budget_of(rnd),
                                     progress=progress_printer("pseudo-labels"))
         rec.update(paths)
     seconds = time.perf_counter() - t0
@@ -172,7 +173,10 @@ def training_examples(ws, rnd):
     from semievol.training_set import gold_items, training_examples as examples_of
 
     tokenizer = load_tokenizer(resolve_model_path(rnd.config.model.name_or_path))
-    return examples_of(ws.require_task(), gold_items(ws), tokenizer), tokenizer
+    from semievol.steps import budget_of
+
+    examples, _ = examples_of(ws.require_task(), gold_items(ws), tokenizer, budget_of(rnd))
+    return examples, tokenizer
 
 
 def utilisation(flops: float, seconds: float, peak: dict, dtype: str) -> dict:

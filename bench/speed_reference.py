@@ -13,6 +13,10 @@ from common import Stages, progress_printer
 from speed_measures import precision
 
 
+PAD_TO = 256
+"""The HF-style reference pads every training batch to this length (Trainer's max_length)."""
+
+
 def _generate_one(backend, prompt: str, *, seed: int, max_new_tokens: int):
     """One unbatched sampled generation at temperature 1 with per-token log-probabilities,
     as the reference pipeline asks its server for (n=1, logprobs) per request."""
@@ -44,9 +48,14 @@ def reference_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Sta
     from semievol.scoring import agreement
     from semievol.tasks import parse_choice, reflection_messages, render_prompt
 
+    from semievol.prompts import PromptBuilder
+    from semievol.steps import budget_of
+
     task = ws.require_task()
     items = load_items(ws, pool_item_ids(ws, rnd))
     collaborators = rnd.config.collaborators
+    builders = {name: PromptBuilder(task, b.tokenizer, budget_of(rnd))
+                for name, b in backends.items()}
     before = [c.snapshot() for c in counters]
     labels, entropies, agreed, generated, generations = [], [], [], 0, 0
     progress = progress_printer("reference loop")
@@ -57,7 +66,7 @@ def reference_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Sta
             answers, nlls = [], []
             for c in collaborators:
                 backend = backends[c.model]
-                prompt = collaborator_prompt(task, backend.tokenizer, item, c.demonstrations)
+                prompt = collaborator_prompt(builders[c.model], item, c.demonstrations).text
                 text, logprobs, length = _generate_one(backend, prompt, seed=c.seed * 100003
                                                        + item.id, max_new_tokens=max_new_tokens)
                 answers.append(parse_choice(text, item.example.options, task.answer_format))
@@ -119,7 +128,7 @@ def reference_train(examples, tokenizer, config, progress=None) -> dict:
                                                 lora_dropout=lora.dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
     model.train()
-    rows = tokenize(tokenizer, examples, train.max_length)
+    rows = tokenize(tokenizer, examples, PAD_TO)
     labels = [e.label for e in examples]
     micro, steps = train.batch_size, train.max_steps
     order = sample_order(labels, steps * train.grad_accum, micro,
@@ -127,7 +136,7 @@ def reference_train(examples, tokenizer, config, progress=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
     warmup = int(round(train.warmup_ratio * steps))
-    pad, width = tokenizer.pad_token_id, train.max_length
+    pad, width = tokenizer.pad_token_id, PAD_TO
     losses, real, processed = [], 0, 0
     t0 = time.perf_counter()
     for step in range(steps):

@@ -61,11 +61,13 @@ def normalised(per_option: list[np.ndarray]) -> np.ndarray:
 
 class LocalBackend:
     def __init__(self, model, tokenizer, *, name: str, batch_size: int = 16,
-                 max_length: int = 512):
+                 max_length: int = 1024):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name  # goes into cache keys: model path, adapter digest, dtype
         self.batch_size = batch_size
+        # The context budget: prompts are built to fit it (semievol.prompts); cutting from
+        # the left here is only a last guard for a prompt built some other way.
         self.max_length = max_length
         self.calls = 0  # forward passes, counted so a cached re-run shows it computed nothing
         # (prompt, continuations) -> token log-probs, for this process's lifetime: the entropy
@@ -210,10 +212,11 @@ def backend_name(model_config, adapter=None) -> str:
 def load_backend(model_config, *, adapter=None, batch_size: int = 16) -> LocalBackend:
     """A LocalBackend for the base model, or the base with `adapter` merged in."""
     from semievol.models import load_model
+    from semievol.prompts import resolve_budget
 
     model, tokenizer = load_model(model_config, adapter=adapter)
     return LocalBackend(model, tokenizer, name=backend_name(model_config, adapter),
-                        batch_size=batch_size, max_length=model_config.max_length)
+                        batch_size=batch_size, max_length=resolve_budget(model_config))
 
 
 class LazyBackend:

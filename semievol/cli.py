@@ -52,6 +52,9 @@ def cmd_import(args) -> int:
     print(f"Imported {report.rows} {report.split} item(s) from {Path(args.file).name}.")
     for note in report.notes:
         print(f"note: {note}")
+    from semievol.status import length_line, length_report
+
+    print(f"lengths: {length_line(length_report(ws))}")
     return 0
 
 
@@ -98,6 +101,10 @@ def cmd_status(args) -> int:
         print(f"Round {r['number']}: {r['status']}; {r['pseudo_labels']} pseudo-label(s), "
               f"{r['selected']} selected")
     print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
+    if status["integrity"] == "ok" and status["task"]:
+        from semievol.status import length_line, length_report
+
+        print(f"Lengths: {length_line(length_report(ws))}")
     return 2 if status["integrity"] != "ok" else 0
 
 

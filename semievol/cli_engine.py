@@ -48,6 +48,7 @@ def round_config_from_args(ws, args):
                  ("train", "learning_rate"): args.lr, ("train", "batch_size"): args.batch_size,
                  ("train", "class_balance"): args.class_balance, ("retrieval", "k"): args.k,
                  ("model", "name_or_path"): args.model, ("model", "dtype"): args.dtype,
+                 ("model", "context_budget"): args.context_budget,
                  ("calibration", "fraction"): args.calibration}
     for (section, key), value in overrides.items():
         if value is not None:
@@ -194,6 +195,10 @@ def _report(step: str, result: dict) -> None:
             print(f"WARNING: {result['regression']['message']}")
     else:
         print(f"{step}: " + json.dumps(result, default=str))
+    if isinstance(result.get("prompts"), dict):
+        from semievol.prompts import PromptStats
+
+        print(f"{step} context budget: {PromptStats(**result['prompts']).line()}")
 
 
 def cmd_worker(args) -> int:
@@ -393,6 +398,9 @@ def add_engine_commands(sub) -> None:
         g.add_argument("--config", help="YAML file with a saved round config")
         g.add_argument("--model", help="`bundled`, a local folder or a cached hub id")
         g.add_argument("--dtype", choices=["auto", "bfloat16", "float32"])
+        g.add_argument("--context-budget", type=int,
+                       help="tokens every prompt and its answer fit in, in training and "
+                            "inference alike (default: the model's window, capped at 1024)")
         g.add_argument("--epochs", type=float)
         g.add_argument("--max-steps", type=int)
         g.add_argument("--lr", type=float)

@@ -21,7 +21,8 @@ from semievol.items import Item
 from semievol.scoring import entropy as distribution_entropy
 from semievol.scoring import mean_nll, sample_index
 from semievol.store import Workspace
-from semievol.tasks import build_messages, option_targets, parse_open, render_prompt
+from semievol.prompts import Prompt, PromptBuilder, PromptStats
+from semievol.tasks import option_targets, parse_open
 
 
 def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: TaskConfig,
@@ -31,29 +32,38 @@ def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: T
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-def collaborator_prompt(task: TaskConfig, tokenizer, item: Item, demonstrations: int) -> str:
-    return render_prompt(tokenizer, build_messages(task, item.example,
-                                                   item.demonstrations[:demonstrations]))
+GENERATED_TOKENS = 32
+"""Tokens an open answer (or an open reflection) may generate: kept free in the budget."""
+
+
+def collaborator_prompt(builder: PromptBuilder, item: Item, demonstrations: int) -> Prompt:
+    """The question with the collaborator's demonstrations, within the context budget."""
+    reserve = GENERATED_TOKENS if builder.task.kind == "open" else None
+    return builder.item(item.example, item.demonstrations[:demonstrations], reserve=reserve)
 
 
 def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
                       collaborators: list[CollaboratorConfig], backends: dict[str, Backend],
-                      task: TaskConfig, *, progress: Progress | None = None,
+                      task: TaskConfig, *, budget: int, progress: Progress | None = None,
                       batch_items: int = 64) -> dict:
     """Store every collaborator's response for every item; returns counts
-    {'computed', 'cached', 'reused'} (reused = copied from an identical earlier request)."""
+    {'computed', 'cached', 'reused'} (reused = copied from an identical earlier request)
+    and `prompts`, what the context budget cut (prompts.PromptStats)."""
     stats = {"computed": 0, "cached": 0, "reused": 0}
+    builders: dict[int, PromptBuilder] = {}
     total = len(items) * len(collaborators)
     done = 0
     for index, collaborator in enumerate(collaborators):
         backend = backends[collaborator.model]
+        builder = builders.setdefault(id(backend.tokenizer),
+                                      PromptBuilder(task, backend.tokenizer, budget))
         have = {r[0]: r[1] for r in ws.query(
             "SELECT item_id, cache_key FROM responses WHERE round_id=? AND collaborator=?",
             (round_id, index))}
         pending = []
         for item in items:
-            prompt = collaborator_prompt(task, backend.tokenizer, item, collaborator.demonstrations)
-            key = cache_key(backend.name, prompt, item.example.options, task, collaborator)
+            prompt = collaborator_prompt(builder, item, collaborator.demonstrations)
+            key = cache_key(backend.name, prompt.text, item.example.options, task, collaborator)
             if have.get(item.id) == key:
                 stats["cached"] += 1
             else:
@@ -67,16 +77,17 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
             computed = dict(zip((p[2] for p in fresh),
                                 _answer(backend, task, collaborator, fresh) if fresh else []))
             rows = []
-            for item, _, key in batch:
+            for item, prompt, key in batch:
                 response = computed.get(key) or earlier[key]
                 rows.append((round_id, item.id, index, key, response["answer"], response["text"],
                              response["option_probs"], response["option_entropy"],
-                             response["nll"]))
+                             response["nll"], prompt.tokens, prompt.cut_tokens,
+                             prompt.demos_shown))
             with ws.transaction() as conn:  # per batch: a killed run keeps what it finished
                 conn.executemany(
                     "INSERT OR REPLACE INTO responses(round_id, item_id, collaborator, cache_key, "
-                    "answer, text, option_probs, option_entropy, nll) VALUES(?,?,?,?,?,?,?,?,?)",
-                    rows)
+                    "answer, text, option_probs, option_entropy, nll, prompt_tokens, cut_tokens, "
+                    "demos_shown) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             stats["computed"] += len(fresh)
             stats["reused"] += len(batch) - len(fresh)
             done += len(batch)
@@ -85,6 +96,10 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
                                       f"({collaborator.label})")
     if progress and total:
         progress(total, total, "collaborators done")
+    merged = PromptStats()
+    for builder in builders.values():
+        merged.merge(builder.stats)
+    stats["prompts"] = merged
     return stats
 
 
@@ -99,10 +114,10 @@ def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:
 def _answer(backend: Backend, task: TaskConfig, collaborator: CollaboratorConfig,
             batch: list) -> list[dict]:
     """Compute responses for (item, prompt, key) triples."""
-    prompts = [prompt for _, prompt, _ in batch]
+    prompts = [prompt.text for _, prompt, _ in batch]
     if task.kind == "open":
         outputs = backend.generate(prompts, temperature=collaborator.temperature,
-                                   seed=collaborator.seed, max_new_tokens=32)
+                                   seed=collaborator.seed, max_new_tokens=GENERATED_TOKENS)
         nll = mean_nll([lp for _, lp in outputs])
         return [{"answer": parse_open(text), "text": text, "option_probs": None,
                  "option_entropy": None, "nll": None if np.isnan(e) else float(e)}

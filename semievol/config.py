@@ -81,12 +81,17 @@ class ModelConfig:
     """`auto` (CUDA when present, else CPU), `cpu` or `cuda`."""
     dtype: str = "auto"
     """`auto` (bf16 on CUDA and on CPUs with bf16 support, else float32), `bfloat16`, `float32`."""
-    max_length: int = 512
-    """Prompts longer than this many tokens are cut from the left (the question end is kept)."""
+    context_budget: int | None = None
+    """Tokens every prompt and its answer must fit in, the same for training, the
+    collaborators, reflection, the eq. 6 entropy and evaluation (semievol.prompts); None =
+    the model's context window, capped at 1,024. Resolved and stored when a round opens."""
 
     def __post_init__(self):
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
         _check_choice("dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        if self.context_budget is not None and self.context_budget < 64:
+            raise SemiEvolError(f"The context budget must be at least 64 tokens; got "
+                                f"{self.context_budget}.")
 
 
 @dataclass
@@ -124,8 +129,6 @@ class TrainConfig:
     """`none`, `sampler` (draw examples with inverse class frequency) or `loss` (weight the
     loss by inverse class frequency). Small imbalanced sets collapse to the majority class
     without it."""
-    max_length: int = 256
-    """Training sequences are cut to this many tokens (from the left)."""
     gradient_checkpointing: bool = False
     """Trade compute for memory."""
     checkpoint_every: int = 25
@@ -215,11 +218,16 @@ class SelectionConfig:
     score: str = "nll"
     """Which entropy ranks items: `nll` (mean token NLL of the pseudo-response under the
     warm-up model, paper eq. 6) or `option_entropy` (entropy of the option distribution)."""
+    class_floor: float = 0.1
+    """Each pseudo-label class keeps at least this share of its pool items (its most
+    confident ones, at least one), whatever the policy but agreement_only: the global
+    percentile alone can drop a whole class the warm-up model is less sure of. 0 = off."""
 
     def __post_init__(self):
         _check_choice("selection policy", self.policy, SELECTION_POLICIES)
         _check_choice("selection score", self.score, SELECTION_SCORES)
         _check_range("theta", self.theta, 0.0, 100.0)
+        _check_range("class floor", self.class_floor, 0.0, 1.0)
         if self.policy == "absolute" and self.threshold is None:
             raise SemiEvolError("The absolute policy needs a threshold (--threshold).")
 
@@ -277,8 +285,26 @@ def to_json(config: Any) -> str:
     return json.dumps(to_dict(config), sort_keys=True)
 
 
+LEGACY = {("ModelConfig", "max_length"): "context_budget", ("TrainConfig", "max_length"): None}
+"""Fields of configs saved by older versions: renamed (to the new name) or dropped (None;
+training now uses the model's context budget)."""
+ADDED_LATER = {("SelectionConfig", "class_floor"): 0.0}
+"""Fields added after configs were saved without them: a saved config means what it meant
+when it was saved, so the field takes the value that keeps that meaning (not the new
+default)."""
+
+
 def _build(cls, data: dict):
     """Build a (nested) dataclass from a dict, refusing unknown keys with a clear message."""
+    data = dict(data)
+    for (owner, old), new in LEGACY.items():
+        if cls.__name__ == owner and old in data:
+            value = data.pop(old)
+            if new is not None:
+                data.setdefault(new, value)
+    for (owner, name), value in ADDED_LATER.items():
+        if cls.__name__ == owner:
+            data.setdefault(name, value)
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
@@ -312,3 +338,7 @@ def round_config_from_dict(data: dict) -> RoundConfig:
 
 def task_config_from_dict(data: dict) -> TaskConfig:
     return _build(TaskConfig, data)
+
+
+def selection_config_from_dict(data: dict) -> SelectionConfig:
+    return _build(SelectionConfig, data)

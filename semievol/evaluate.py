@@ -15,23 +15,28 @@ from semievol.errors import SemiEvolError
 from semievol.items import Item, load_items, split_ids
 from semievol.scoring import classification_report
 from semievol.store import Workspace, now
-from semievol.tasks import (LETTERS, build_messages, is_correct, option_targets, parse_open,
-                            render_prompt)
+from semievol.collaborators import GENERATED_TOKENS
+from semievol.prompts import PromptBuilder, PromptStats
+from semievol.tasks import LETTERS, is_correct, option_targets, parse_open
 
 
-def predict(backend: Backend, task: TaskConfig, items: list[Item], *,
-            demonstrations: int = 0, progress: Progress | None = None) -> list[str | None]:
-    """Greedy answers: the most likely option (choice) or greedy generation (open)."""
-    prompts = [render_prompt(backend.tokenizer,
-                             build_messages(task, it.example, it.demonstrations[:demonstrations]))
+def predict(backend: Backend, task: TaskConfig, items: list[Item], *, budget: int,
+            demonstrations: int = 0, progress: Progress | None = None
+            ) -> tuple[list[str | None], PromptStats]:
+    """Greedy answers: the most likely option (choice) or greedy generation (open), with
+    what the context budget cut in their prompts."""
+    builder = PromptBuilder(task, backend.tokenizer, budget)
+    reserve = GENERATED_TOKENS if task.kind == "open" else None
+    prompts = [builder.item(it.example, it.demonstrations[:demonstrations], reserve=reserve).text
                for it in items]
     if task.kind == "open":
         return [parse_open(text) for text, _ in
-                backend.generate(prompts, temperature=0.0, progress=progress)]
+                backend.generate(prompts, temperature=0.0, max_new_tokens=GENERATED_TOKENS,
+                                 progress=progress)], builder.stats
     dists = backend.option_distributions(
         prompts, [option_targets(task, it.example.options, backend.tokenizer) for it in items],
         progress=progress)
-    return [it.example.options[int(np.argmax(p))] for it, p in zip(items, dists)]
+    return [it.example.options[int(np.argmax(p))] for it, p in zip(items, dists)], builder.stats
 
 
 EVAL_SPLITS = ("test", "calibration")
@@ -52,7 +57,7 @@ def stored_evaluation(ws: Workspace, round_id: int | None, model: str,
 
 
 def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | None,
-             demonstrations: int = 0, force: bool = False,
+             budget: int, demonstrations: int = 0, force: bool = False,
              progress: Progress | None = None, split: str = "test") -> dict:
     """Evaluate on `split` (test, or the calibration slice) and store the report; an
     existing report is returned as is unless `force` (the same model on the same items
@@ -67,7 +72,8 @@ def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | Non
         raise SemiEvolError(f"The workspace has no {split} items: import a test file to "
                             "evaluate.")
     items = load_items(ws, ids)
-    predicted = predict(backend, task, items, demonstrations=demonstrations, progress=progress)
+    predicted, prompts = predict(backend, task, items, budget=budget,
+                                 demonstrations=demonstrations, progress=progress)
     gold = [it.example.answer for it in items]
     if task.kind == "choice" and task.labels:
         report = classification_report(gold, predicted, task.labels)
@@ -86,6 +92,7 @@ def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | Non
     report["demonstrations"] = demonstrations
     report["predictions"] = [[it.id, p] for it, p in zip(items, predicted)]
     report["split"] = split
+    report["budget"], report["prompts"] = budget, prompts.summary()
     store_evaluation(ws, report, round_id=round_id)
     return report
 

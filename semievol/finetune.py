@@ -40,7 +40,8 @@ class TrainExample:
 
 
 def tokenize(tokenizer, examples: list[TrainExample], max_length: int):
-    """(input_ids, answer_start) per example; prompts are cut from the left to fit."""
+    """(input_ids, answer_start) per example. Prompts are built to fit the context budget
+    (semievol.prompts); cutting from the left here is only a last guard."""
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
     answers = tokenizer([e.answer for e in examples], add_special_tokens=False)["input_ids"]
     rows = []
@@ -142,7 +143,9 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
             target_modules=targets, task_type="CAUSAL_LM"))
     peft_model.train()
 
-    rows = tokenize(tokenizer, examples, train.max_length)
+    from semievol.prompts import resolve_budget
+
+    rows = tokenize(tokenizer, examples, resolve_budget(model))
     labels = [e.label for e in examples]
     per_step = train.batch_size * train.grad_accum
     total_steps = train.max_steps or max(1, math.ceil(train.epochs * len(rows) / per_step))

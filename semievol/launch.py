@@ -12,7 +12,7 @@ nothing but the run id: in this process (foreground) or in a worker started by
 from __future__ import annotations
 
 from semievol import jobs, rounds, steps
-from semievol.config import RoundConfig, SelectionConfig, to_dict
+from semievol.config import RoundConfig, SelectionConfig, selection_config_from_dict, to_dict
 from semievol.errors import SemiEvolError
 from semievol.store import Workspace
 
@@ -124,7 +124,7 @@ def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None,
 
         results = steps.run_steps(ws, request["round"], request["steps"],
                                   selection=None if selection is None
-                                  else SelectionConfig(**selection),
+                                  else selection_config_from_dict(selection),
                                   force=request.get("force", False),
                                   confirm=request.get("confirm"), progress=report,
                                   metric=handle.metric, on_step=step_started)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from semievol.backend import Backend, Progress, normalised
+from semievol.collaborators import GENERATED_TOKENS
 from semievol.config import TaskConfig
 from semievol.items import Item
 from semievol.scoring import agreement, mean_nll
 from semievol.scoring import entropy as distribution_entropy
 from semievol.store import Workspace
-from semievol.tasks import (answer_target, build_messages, option_targets, parse_open,
-                            reflection_messages, render_prompt)
+from semievol.prompts import PromptBuilder
+from semievol.tasks import answer_target, option_targets, parse_open
 
 PATHS = ("agreed", "reflected")
 SCORE_COLUMNS = {"nll": "entropy", "option_entropy": "option_entropy"}
@@ -28,17 +29,19 @@ SCORE_COLUMNS = {"nll": "entropy", "option_entropy": "option_entropy"}
 
 
 def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_collaborators: int,
-                        warmup: Backend, task: TaskConfig, *,
+                        warmup: Backend, task: TaskConfig, *, budget: int,
                         progress: Progress | None = None, batch_items: int = 64) -> dict:
-    """Write a pseudo-label row for every item that lacks one; returns path counts."""
+    """Write a pseudo-label row for every item that lacks one; returns path counts and
+    `prompts` (what the context budget cut in the reflection and entropy prompts)."""
     done_ids = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=?",
                                        (round_id,))}
     todo = [it for it in items if it.id not in done_ids]
     answers = _answers_by_item(ws, round_id, n_collaborators)
     counts = {"agreed": 0, "reflected": 0, "skipped": len(items) - len(todo)}
+    builder = PromptBuilder(task, warmup.tokenizer, budget)
     for start in range(0, len(todo), batch_items):
         batch = todo[start:start + batch_items]
-        rows = _label_batch(batch, answers, warmup, task)
+        rows = _label_batch(batch, answers, warmup, builder)
         with ws.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO pseudo_labels(round_id, item_id, label, path, agreement, "
@@ -48,6 +51,7 @@ def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_colla
             counts[row[2]] += 1
         if progress:
             progress(start + len(batch), len(todo), "pseudo-labels")
+    counts["prompts"] = builder.stats
     return counts
 
 
@@ -69,8 +73,8 @@ def _answers_by_item(ws: Workspace, round_id: int, n: int) -> dict[int, list[str
     return answers
 
 
-def _label_batch(batch: list[Item], answers: dict, warmup: Backend, task: TaskConfig):
-    tokenizer = warmup.tokenizer
+def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: PromptBuilder):
+    task, tokenizer = builder.task, warmup.tokenizer
     decided, reflection_text = {}, {}
     paths, shares = {}, {}
     disputed = []
@@ -83,7 +87,8 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, task: TaskCo
             disputed.append(item)
             paths[item.id] = "reflected"
     if disputed:
-        prompts = [render_prompt(tokenizer, reflection_messages(task, it.example, answers[it.id]))
+        reserve = GENERATED_TOKENS if task.kind == "open" else None
+        prompts = [builder.reflection(it.example, answers[it.id], reserve=reserve).text
                    for it in disputed]
         if task.kind == "choice":
             dists = warmup.option_distributions(
@@ -94,14 +99,15 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, task: TaskCo
                 reflection_text[it.id] = ", ".join(
                     f"{o} {p:.2f}" for o, p in zip(it.example.options, probs))
         else:
-            for it, (text, _) in zip(disputed, warmup.generate(prompts, temperature=0.0)):
+            for it, (text, _) in zip(disputed, warmup.generate(
+                    prompts, temperature=0.0, max_new_tokens=GENERATED_TOKENS)):
                 decided[it.id] = parse_open(text) or answers[it.id][0] or ""
                 reflection_text[it.id] = text
 
     # Entropy of the pseudo-response under the warm-up model, on the plain prompt (eq. 6).
-    plain = [render_prompt(tokenizer, build_messages(task, it.example)) for it in batch]
     rows = []
     if task.kind == "choice":
+        plain = [builder.item(it.example).text for it in batch]
         conts = [option_targets(task, it.example.options, tokenizer) for it in batch]
         scores = warmup.score_continuations(plain, conts)
         chosen = [it.example.options.index(decided[it.id]) for it in batch]
@@ -112,6 +118,8 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, task: TaskCo
                          float(distribution_entropy(normalised(per_option)))))
     else:
         conts = [[answer_target(task, decided[it.id], None, tokenizer)] for it in batch]
+        plain = [builder.item(it.example, reserve=builder.count(c[0])).text
+                 for it, c in zip(batch, conts)]
         scores = warmup.score_continuations(plain, conts)
         nll = mean_nll([per_token for (per_token,) in scores])
         for it, e in zip(batch, nll):

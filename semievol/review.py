@@ -257,9 +257,9 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
 
     configs = _collaborator_configs(ws, round_id)
     collaborators = []
-    for r in ws.query("SELECT collaborator, answer, text, option_probs, option_entropy, nll "
-                      "FROM responses WHERE round_id = ? AND item_id = ? ORDER BY collaborator",
-                      (round_id, item_id)):
+    for r in ws.query("SELECT collaborator, answer, text, option_probs, option_entropy, nll, "
+                      "cut_tokens, demos_shown FROM responses WHERE round_id = ? AND "
+                      "item_id = ? ORDER BY collaborator", (round_id, item_id)):
         index = r["collaborator"]
         config = configs[index] if index < len(configs) else None
         probs = _json(r["option_probs"])
@@ -279,7 +279,8 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
             "seed": config.seed if config else None,
             "answer": r["answer"], "text": r["text"], "option_probs": probs,
             "probs": dict(zip(options, probs)) if probs and len(probs) == len(options) else None,
-            "option_entropy": r["option_entropy"], "nll": r["nll"]})
+            "option_entropy": r["option_entropy"], "nll": r["nll"],
+            "cut_tokens": r["cut_tokens"] or 0, "demos_shown": r["demos_shown"]})
 
     neighbours = [{"rank": n["rank"], "similarity": n["similarity"], "id": n["id"],
                    "external_id": n["external_id"], "question": n["question"],
@@ -292,6 +293,8 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     answers = [c["answer"] for c in collaborators]
     agreeing = sum(1 for a in answers if a == pseudo_label["label"])
     pseudo_label["agreeing"] = f"{agreeing} of {len(answers)}"
+    # What the context budget did to this item's prompts (0: it was never cut).
+    pseudo_label["cut_tokens"] = max((c["cut_tokens"] for c in collaborators), default=0)
     pseudo_label["agreement_text"] = (f"{agreeing} of {len(answers)} collaborators gave this "
                                       "answer" if answers else "no collaborator answers stored")
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,

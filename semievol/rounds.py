@@ -115,6 +115,8 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
     from semievol.pseudo_labels import drop_derived
 
     ws.require_task()
+    if config is not None:
+        config = with_budget(config)
     with ws.transaction() as conn:
         latest = latest_round(ws)
         if latest is not None and latest.status not in FINISHED:
@@ -126,11 +128,24 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
                     drop_derived(ws, latest.id, len(config.collaborators))
                 return get_round(ws, latest.number)
             return latest
-        config = config or base_config(ws)
+        config = config or with_budget(base_config(ws))
         number = latest.number + 1 if latest else 1
         conn.execute("INSERT INTO rounds(number, status, config, created_at) VALUES(?,?,?,?)",
                      (number, "open", to_json(config), now()))
     return get_round(ws, number)
+
+
+def with_budget(config: RoundConfig) -> RoundConfig:
+    """`config` with its context budget resolved to a number (prompts.resolve_budget), so the
+    round stores the budget its every prompt is built in."""
+    import dataclasses
+
+    from semievol.prompts import resolve_budget
+
+    if config.model.context_budget:
+        return config
+    model = dataclasses.replace(config.model, context_budget=resolve_budget(config.model))
+    return dataclasses.replace(config, model=model)
 
 
 def set_adapter(ws: Workspace, rnd: Round, which: str, path: str | Path) -> None:

@@ -37,13 +37,44 @@ def select(
     policy: str = "percentile",
     theta: float = 50.0,
     threshold: float | None = None,
+    class_floor: float = 0.0,
 ) -> np.ndarray:
     """Boolean mask (n,) of the pseudo-labels that `policy` keeps.
 
-    `entropy` (n,) floats, `labels` (n,) pseudo-labels (used by `per_class`), `agreed` (n,)
-    whether all collaborators agreed. `theta` is a percentile in [0, 100]; `threshold` is
-    required by `absolute` only.
+    `entropy` (n,) floats, `labels` (n,) pseudo-labels (used by `per_class` and the floor),
+    `agreed` (n,) whether all collaborators agreed. `theta` is a percentile in [0, 100];
+    `threshold` is required by `absolute` only. `class_floor` (0..1): whatever the policy
+    (but agreement_only), each class keeps at least this share of its items, its most
+    confident ones (at least one), so no class present is dropped to zero.
     """
+    keep = _policy_mask(entropy, labels, agreed, policy=policy, theta=theta,
+                        threshold=threshold)
+    if class_floor and policy != "agreement_only":
+        keep = with_class_floor(keep, entropy, labels, class_floor)
+    return keep
+
+
+def with_class_floor(keep: np.ndarray, entropy: np.ndarray, labels: Sequence[str],
+                     floor: float) -> np.ndarray:
+    """`keep` plus, per class, its most confident items up to ceil(floor x class size)
+    (items without an entropy are never added)."""
+    import math
+
+    if not 0 <= floor <= 1:
+        raise ValueError(f"class_floor is a share within [0, 1], got {floor}")
+    keep = np.asarray(keep, dtype=bool).copy()
+    e = np.asarray(entropy, dtype=float).ravel()
+    groups = np.asarray(labels, dtype=object)
+    for label in dict.fromkeys(labels):
+        members = np.flatnonzero((groups == label) & np.isfinite(e))
+        need = math.ceil(floor * members.size) - int(keep[members].sum())
+        if need > 0:
+            candidates = members[~keep[members]]
+            keep[candidates[np.argsort(e[candidates], kind="stable")[:need]]] = True
+    return keep
+
+
+def _policy_mask(entropy, labels, agreed, *, policy, theta, threshold) -> np.ndarray:
     if policy not in SELECTION_POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; choose one of "
                          f"{', '.join(SELECTION_POLICIES)}")

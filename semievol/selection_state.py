@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from semievol.calibration import precision_of
-from semievol.config import SelectionConfig, round_config_from_dict, to_json
+from semievol.config import (SelectionConfig, round_config_from_dict, selection_config_from_dict,
+                             to_json)
 from semievol.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
 from semievol.pseudo_labels import scored_rows
@@ -29,7 +30,7 @@ from semievol.store import Workspace, now
 def applied_selection(ws: Workspace, round_id: int) -> SelectionConfig | None:
     """The selection config applied to the round, or None before any was."""
     raw = ws.scalar("SELECT config FROM selections WHERE round_id=?", (round_id,))
-    return None if raw is None else SelectionConfig(**json.loads(raw))
+    return None if raw is None else selection_config_from_dict(json.loads(raw))
 
 
 def selection_in_force(ws: Workspace, round_id: int) -> tuple[SelectionConfig, bool]:
@@ -54,8 +55,11 @@ def policy_mask(rows: list[dict], config: SelectionConfig) -> np.ndarray:
     """What the policy alone keeps of `scored_rows` (before decisions and the guard)."""
     scores = np.array([r["score"] for r in rows], dtype=float)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
+    # Calibration items are treated exactly as if unlabeled, the class floor included, so
+    # their precision measures the selection that trains.
     return select(scores, [r["label"] for r in rows], agreed, policy=config.policy,
-                  theta=config.theta, threshold=config.threshold)
+                  theta=config.theta, threshold=config.threshold,
+                  class_floor=config.class_floor)
 
 
 def policy_threshold(rows: list[dict], config: SelectionConfig) -> float | None:

@@ -38,6 +38,14 @@ def _embedder(config, embedder):
     return LazyEmbedder(config.retrieval.embedder)
 
 
+def budget_of(rnd: Round) -> int:
+    """The round's context budget (resolved when the round opened; an older round without
+    one gets the default resolution)."""
+    from semievol.prompts import resolve_budget
+
+    return rnd.config.model.context_budget or resolve_budget(rnd.config.model)
+
+
 def _named(metric: Metric | None, name: str) -> Metric | None:
     """The training loss reported under the step's own name (warmup_loss, train_loss)."""
     return None if metric is None else (lambda _, step, value: metric(name, step, value))
@@ -72,10 +80,13 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
         tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
         gold = gold_items(ws)
         adapter = str(rounds.adapter_dir(ws, rnd, "warmup"))
-        summary = train_lora(training_examples(ws.require_task(), gold, tokenizer), adapter,
-                             model=config.model, lora=config.lora, train=config.train,
-                             progress=progress, metric=_named(metric, "warmup_loss"))
-        summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold))
+        examples, prompts = training_examples(ws.require_task(), gold, tokenizer,
+                                              budget_of(rnd))
+        summary = train_lora(examples, adapter, model=config.model, lora=config.lora,
+                             train=config.train, progress=progress,
+                             metric=_named(metric, "warmup_loss"))
+        summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold),
+                       prompts=prompts.summary())
     rounds.set_adapter(ws, rnd, "warmup", adapter)
     return summary
 
@@ -139,11 +150,14 @@ def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
     backends = backends if backends is not None else load_backends(rnd)
     warning = _check_warmup(ws, rnd, backends["warmup"], progress)
     stats = run_collaborators(ws, rnd.id, items, config.collaborators, backends, task,
-                              progress=progress)
+                              budget=budget_of(rnd), progress=progress)
     paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators),
-                                backends["warmup"], task, progress=progress)
+                                backends["warmup"], task, budget=budget_of(rnd),
+                                progress=progress)
+    prompts = stats.pop("prompts").merge(paths.pop("prompts"))
     calls = sum(b.calls for b in {id(b): b for b in backends.values()}.values())
-    summary = {"items": len(items), **stats, **paths, "model_calls": calls}
+    summary = {"items": len(items), **stats, **paths, "model_calls": calls,
+               "prompts": prompts.summary(), "budget": budget_of(rnd)}
     if warning:
         summary["warning"] = warning
     return summary
@@ -158,7 +172,7 @@ def _check_warmup(ws: Workspace, rnd: Round, warmup, progress) -> str | None:
     if not ws.split_counts()["calibration"] or ws.require_task().kind != "choice":
         return None
     report = evaluate(ws, warmup, model="warmup", round_id=rnd.id, split="calibration",
-                      progress=progress)
+                      budget=budget_of(rnd), progress=progress)
     return collapse_message(report, f"Round {rnd.number}'s warm-up model")
 
 
@@ -214,13 +228,15 @@ def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
     freeze(ws, rnd.id, items)
     rounds.set_status(ws, rnd, "training")
     adapter = str(rounds.adapter_dir(ws, rnd, "final"))
-    summary = train_lora(training_examples(task, items, tokenizer), adapter, model=config.model,
+    examples, prompts = training_examples(task, items, tokenizer, budget_of(rnd))
+    summary = train_lora(examples, adapter, model=config.model,
                          lora=config.lora, train=config.train,
                          init_adapter=rnd.warmup_adapter if config.continue_from_warmup else None,
                          progress=progress, metric=_named(metric, "train_loss"))
     rounds.set_adapter(ws, rnd, "final", adapter)
     rounds.set_status(ws, rnd, "trained")
-    return {**summary, "adapter": adapter, "examples": source_counts(items)}
+    return {**summary, "adapter": adapter, "examples": source_counts(items),
+            "prompts": prompts.summary()}
 
 
 def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
@@ -259,25 +275,26 @@ def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
                             "evaluate on: import a test file.")
     config = rnd.config
     backends = backends if backends is not None else load_backends(rnd)
+    budget = budget_of(rnd)
     results = {
         "base": evaluate(ws, backends["base"], model="base", round_id=None, force=force,
-                         progress=progress, split=split),
+                         progress=progress, split=split, budget=budget),
         "base+demos": evaluate(ws, backends["base"], model="base+demos", round_id=None,
                                demonstrations=config.retrieval.k, force=force,
-                               progress=progress, split=split)}
+                               progress=progress, split=split, budget=budget)}
     # Round N's warm-up is an adapter of an earlier round: its report is already stored.
     source = _warmup_source(ws, rnd)
     inherited = None if source is None or force else stored_evaluation(ws, *source, split)
     if inherited is not None and stored_evaluation(ws, rnd.id, "warmup", split) is None:
         store_evaluation(ws, {**inherited, "model": "warmup"}, round_id=rnd.id)
     results["warmup"] = evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id,
-                                 force=force, progress=progress, split=split)
+                                 force=force, progress=progress, split=split, budget=budget)
     if rnd.final_adapter:
         from semievol.backend import LazyBackend
 
         final = backends.get("final") or LazyBackend(config.model, rnd.final_adapter)
         results["round"] = evaluate(ws, final, model="round", round_id=rnd.id, force=force,
-                                    progress=progress, split=split)
+                                    progress=progress, split=split, budget=budget)
         rounds.set_status(ws, rnd, "done")
     summary = {name: {"accuracy": r["accuracy"], "macro_f1": r.get("macro_f1"),
                       "majority_baseline": r.get("majority_baseline"), "split": split}
@@ -306,7 +323,10 @@ def step_states(ws: Workspace, rnd: Round) -> list[dict]:
     from semievol.pseudo_labels import path_counts
     from semievol.selection_state import applied_selection
 
-    responses = ws.scalar("SELECT COUNT(*) FROM responses WHERE round_id=?", (rnd.id,))
+    responses, cut, short = ws.query(
+        "SELECT COUNT(*), COALESCE(SUM(r.cut_tokens > 0), 0), COALESCE(SUM(r.demos_shown < "
+        "json_extract(x.config, '$.collaborators[' || r.collaborator || '].demonstrations')), 0) "
+        "FROM responses r JOIN rounds x ON x.id = r.round_id WHERE r.round_id=?", (rnd.id,))[0]
     paths = path_counts(ws, rnd.id)
     pseudo = sum(paths.values())
     selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
@@ -325,7 +345,9 @@ def step_states(ws: Workspace, rnd: Round) -> list[dict]:
          "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
         {"step": "label", "done": pseudo > 0,
          "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
-                   f"({paths['agreed']} agreed, {paths['reflected']} reflected)"},
+                   f"({paths['agreed']} agreed, {paths['reflected']} reflected)"
+                   + (f"; context budget {budget_of(rnd)} tokens: {cut} prompt(s) with the item "
+                      f"cut, {short} with fewer demonstrations" if cut or short else "")},
         {"step": "select", "done": selection is not None, "detail": select_detail},
         {"step": "train", "done": bool(rnd.final_adapter),
          "detail": rnd.final_adapter or "no final adapter yet"},

@@ -133,6 +133,13 @@ MIGRATIONS: list[str] = [
         round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
         kind TEXT NOT NULL, message TEXT NOT NULL, reviewer TEXT, created_at REAL NOT NULL);
     """,
+    # 5: what the context budget did to each collaborator's prompt (the Review page marks
+    # a cut item and the demonstrations that did not fit).
+    """
+    ALTER TABLE responses ADD COLUMN prompt_tokens INTEGER;
+    ALTER TABLE responses ADD COLUMN cut_tokens INTEGER;
+    ALTER TABLE responses ADD COLUMN demos_shown INTEGER;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from semievol.config import TaskConfig
 from semievol.decisions import current_decisions
 from semievol.items import options_of
 from semievol.store import Workspace
-from semievol.tasks import Example, answer_target, build_messages, render_prompt
+from semievol.tasks import Example
 
 SOURCES = ("gold", "human", "pseudo")
 """Where a training example's answer comes from."""
@@ -119,12 +119,16 @@ def source_counts(items: list[dict]) -> dict[str, int]:
     return counts
 
 
-def training_examples(task: TaskConfig, items: list[dict], tokenizer):
-    """The prompts and answer targets training sees: the plain prompt (no demonstrations,
-    as the eq. 6 entropy and zero-shot evaluation see it) and the answer's target."""
+def training_examples(task: TaskConfig, items: list[dict], tokenizer, budget: int):
+    """The prompts and answer targets training sees, within the round's context budget: the
+    plain prompt (no demonstrations, as the eq. 6 entropy and zero-shot evaluation see it)
+    and the answer's target. Returns (examples, what the budget cut)."""
     from semievol.finetune import TrainExample
+    from semievol.prompts import PromptBuilder
 
-    return [TrainExample(
-        render_prompt(tokenizer, build_messages(task, Example(it["question"], it["options"]))),
-        answer_target(task, it["answer"], it["options"], tokenizer), it["answer"])
-        for it in items]
+    builder = PromptBuilder(task, tokenizer, budget)
+    examples = []
+    for it in items:
+        prompt, target = builder.training(Example(it["question"], it["options"]), it["answer"])
+        examples.append(TrainExample(prompt.text, target, it["answer"]))
+    return examples, builder.stats

@@ -46,6 +46,12 @@ def prepared(filled_workspace):
     return filled_workspace
 
 
+def without_floor(at, round_id: int):
+    """Set the class floor to 0, so the assertions below are about the policy alone."""
+    at.slider(key=f"selection_floor_{round_id}").set_value(0.0).run()
+    return at
+
+
 def page(path: Path, name: str, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
@@ -83,7 +89,7 @@ def test_selection_page_on_a_round_without_pseudo_labels(filled_workspace, monke
 
 # -- Selection ----------------------------------------------------------------------------------
 def test_selection_preview_follows_the_theta_slider(prepared, monkeypatch):
-    at = page(prepared.path, SELECTION, monkeypatch)
+    at = without_floor(page(prepared.path, SELECTION, monkeypatch), 2)
     assert at.selectbox(key="selection_round").value == 2  # newest round first
     shown = metrics(at)
     # Round 2's pool: entropies .25 .30 .35 .40 .45; the median keeps three.
@@ -102,7 +108,7 @@ def test_selection_preview_follows_the_theta_slider(prepared, monkeypatch):
 
 
 def test_selection_absolute_policy_and_agreement_only(prepared, monkeypatch):
-    at = page(prepared.path, SELECTION, monkeypatch)
+    at = without_floor(page(prepared.path, SELECTION, monkeypatch), 2)
     assert at.slider(key="selection_threshold_2_nll").disabled
     at.radio(key="selection_policy_2").set_value("absolute").run()
     at.slider(key="selection_threshold_2_nll").set_value(0.31).run()
@@ -137,7 +143,7 @@ def test_selection_leakage_flags_are_listed(prepared, monkeypatch):
         conn.execute("INSERT INTO flags(round_id, item_id, kind, detail) VALUES(2, ?, "
                      "'near_duplicate_test', ?)",
                      (item["U05"], json.dumps({"test_item": item["T3"], "similarity": 0.97})))
-    at = page(prepared.path, SELECTION, monkeypatch)
+    at = without_floor(page(prepared.path, SELECTION, monkeypatch), 2)
     flags = frame_with(at, "similarity")
     assert list(flags["item_id"]) == [item["U05"]]
     assert metrics(at)["Leakage excluded"] == "1" and metrics(at)["Selected to train"] == "2"
@@ -165,7 +171,7 @@ def test_selection_view_functions(prepared):
     frame = selection_view.selection_frame(prepared, 2, config)
     assert frame.attrs["class_thresholds"] == pytest.approx(
         {"outage": 0.30, "equipment": 0.425})
-    frame = selection_view.selection_frame(prepared, 1, SelectionConfig())
+    frame = selection_view.selection_frame(prepared, 1, SelectionConfig(class_floor=0.0))
     assert selection_view.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
     assert selection_view.slider_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
     assert available_scores(prepared, 1) == ["nll", "option_entropy"]

@@ -94,7 +94,7 @@ def train(tiny_model_dir, folder, device: str, dtype: str, steps: int) -> list[f
                          lora=LoraConfig(r=2, alpha=4, dropout=0.0),
                          train=TrainConfig(max_steps=steps, batch_size=4, learning_rate=3e-2,
                                            checkpoint_every=0, class_balance="none",
-                                           max_length=128, seed=0))
+                                           seed=0))
     assert summary["device"] == device
     return json.loads((folder / "training.json").read_text())["losses"]
 

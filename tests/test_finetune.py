@@ -43,7 +43,7 @@ def model_config(tiny_model_dir) -> ModelConfig:
 
 def train_config(**overrides) -> TrainConfig:
     values = dict(max_steps=2, batch_size=2, checkpoint_every=0, learning_rate=1e-2,
-                  class_balance="none", max_length=128)
+                  class_balance="none")
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -82,7 +82,7 @@ def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(fil
                           selection=SelectionConfig(policy="absolute", threshold=0.45))
     row = jobs.get_run(ws, run_id)
     assert (row["kind"], row["round_id"]) == ("select", rnd.id)
-    assert row["config"] == to_dict(config)
+    assert row["config"] == to_dict(rounds.with_budget(config))  # the budget resolved
     assert row["request"] == {"steps": ["select"], "round": 1, "force": False, "confirm": None,
                               "selection": to_dict(SelectionConfig(policy="absolute",
                                                                    threshold=0.45))}
@@ -170,7 +170,7 @@ def test_launch_is_refused_before_anything_changes_while_a_run_writes(filled_wor
     config_before = to_json(rounds.get_round(ws).config)
     for kind in ("round", "select", "warmup"):
         with pytest.raises(jobs.RunRefused, match="cancel"):
-            launch.start(ws, kind, background=True, config=_config(max_length=128))
+            launch.start(ws, kind, background=True, config=_config(learning_rate=0.5))
     assert to_json(rounds.get_round(ws).config) == config_before  # the stored config is untouched
     assert ws.table_counts() == before
     assert not list((ws.path / "runs").iterdir())

@@ -207,7 +207,8 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
         "option_entropy": 0.35, "selected": True,
         "reflection_text": f"reflected on item {ids[1]}",
         "confidence": pytest.approx(math.exp(-0.7)),  # plain scale: exp(-entropy)
-        "agreement_text": "2 of 4 collaborators gave this answer", "agreeing": "2 of 4"}
+        "agreement_text": "2 of 4 collaborators gave this answer", "agreeing": "2 of 4",
+        "cut_tokens": 0}
     neighbours = detail["neighbours"]
     assert len(neighbours) == 3
     assert [n["similarity"] for n in neighbours] == sorted(

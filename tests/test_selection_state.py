@@ -23,6 +23,11 @@ from semievol.selection_state import applied_selection, apply_selection, compute
 from semievol.training_set import training_items
 
 # -- selection -----------------------------------------------------------------------------
+def Plain(**fields) -> SelectionConfig:  # noqa: N802 - reads as the config it builds
+    """A selection without the class floor: these tests pin the policies themselves."""
+    return SelectionConfig(class_floor=0.0, **fields)
+
+
 def chosen(result, items) -> list[int]:
     """Positions (0..8 in `items`) that the result selects."""
     by_id = dict(zip(result.item_ids, result.selected))
@@ -30,12 +35,12 @@ def chosen(result, items) -> list[int]:
 
 
 @pytest.mark.parametrize("config, expected, threshold", [
-    (SelectionConfig(policy="percentile", theta=50), [0, 1, 2, 3], 0.45),
-    (SelectionConfig(policy="percentile", theta=25), [0, 1], 0.275),
-    (SelectionConfig(policy="per_class", theta=50), [0, 1, 4, 5], None),
-    (SelectionConfig(policy="agreement_only"), [0, 2, 4, 7, 8], None),
-    (SelectionConfig(policy="absolute", threshold=0.35), [0, 1, 2], 0.35),
-    (SelectionConfig(policy="percentile", theta=50, score="option_entropy"), [4, 5, 6, 7],
+    (Plain(policy="percentile", theta=50), [0, 1, 2, 3], 0.45),
+    (Plain(policy="percentile", theta=25), [0, 1], 0.275),
+    (Plain(policy="per_class", theta=50), [0, 1, 4, 5], None),
+    (Plain(policy="agreement_only"), [0, 2, 4, 7, 8], None),
+    (Plain(policy="absolute", threshold=0.35), [0, 1, 2], 0.35),
+    (Plain(policy="percentile", theta=50, score="option_entropy"), [4, 5, 6, 7],
      0.55),
 ])
 def test_compute_selection_policies(pool, config, expected, threshold):
@@ -59,10 +64,10 @@ def test_compute_selection_reads_only_the_database(pool, monkeypatch):
     ws, rid, items = pool
     for module in ("torch", "transformers", "peft", "sentence_transformers", "chromadb"):
         monkeypatch.setitem(sys.modules, module, None)   # any import of them now fails
-    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    result = compute_selection(ws, rid, Plain(policy="percentile", theta=50))
     assert chosen(result, items) == [0, 1, 2, 3]
     before = ws.table_counts()
-    compute_selection(ws, rid, SelectionConfig(policy="agreement_only"))
+    compute_selection(ws, rid, Plain(policy="agreement_only"))
     assert ws.table_counts() == before
     assert ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE selected=1") == 0
 
@@ -74,7 +79,7 @@ def test_human_decisions_override_the_policy(pool):
     record_decisions(ws, [items[5]], "relabel", label="equipment", reviewer="ann")
     record_decisions(ws, [items[1]], "reject", reviewer="ann")
     record_decisions(ws, [items[1]], "clear", reviewer="ann")              # back to the policy
-    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    result = compute_selection(ws, rid, Plain(policy="percentile", theta=50))
     assert chosen(result, items) == [1, 2, 3, 5, 7]
     assert result.source[0] == "rejected" and result.source[7] == "accepted"
     assert result.source[5] == "relabeled" and result.labels[5] == "equipment"
@@ -94,7 +99,7 @@ def test_leakage_flags_exclude_items_unless_accepted(pool):
                           (rid, items[6], "near_duplicate_test", "{}"),
                           (other, items[2], "near_duplicate_test", "{}")])  # another round
     record_decisions(ws, [items[1]], "accept", reviewer="ann")
-    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    result = compute_selection(ws, rid, Plain(policy="percentile", theta=50))
     assert chosen(result, items) == [1, 2, 3]
     assert result.source[0] == "leakage" and result.source[1] == "accepted"
     assert result.source[6] == "leakage"    # not chosen anyway, but marked with its flag
@@ -104,7 +109,7 @@ def test_leakage_flags_exclude_items_unless_accepted(pool):
 
 def test_apply_selection_writes_selected(pool):
     ws, rid, items = pool
-    summary = apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    summary = apply_selection(ws, rid, Plain(policy="percentile", theta=50))
     assert summary["selected"] == 4
 
     def stored():
@@ -112,15 +117,15 @@ def test_apply_selection_writes_selected(pool):
                                        "AND selected=1 ORDER BY item_id", (rid,))]
 
     assert stored() == items[:4]
-    apply_selection(ws, rid, SelectionConfig(policy="agreement_only"))
+    apply_selection(ws, rid, Plain(policy="agreement_only"))
     assert stored() == [items[k] for k in (0, 2, 4, 7, 8)]   # the earlier choice is replaced
-    assert applied_selection(ws, rid) == SelectionConfig(policy="agreement_only")
+    assert applied_selection(ws, rid) == Plain(policy="agreement_only")
 
 
 # -- the training set ----------------------------------------------------------------------
 def test_training_items_are_gold_selected_pseudo_and_human_labels(pool):
     ws, rid, items = pool
-    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))   # items 0..3
+    apply_selection(ws, rid, Plain(policy="percentile", theta=50))   # items 0..3
     unlabeled = ids_of(ws, "unlabeled")
     direct = unlabeled[15]                                   # never pseudo-labeled
     record_decisions(ws, [direct], "relabel", label="equipment", reviewer="ann")
@@ -157,11 +162,11 @@ def test_training_items_are_gold_selected_pseudo_and_human_labels(pool):
 
 def test_a_rejection_outlasts_an_earlier_rounds_selection(pool):
     ws, rid, items = pool
-    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    apply_selection(ws, rid, Plain(policy="percentile", theta=50))
     second = add_round(ws, 2)
     add_pseudo(ws, second, [(items[0], "billing", "agreed", 0.9, 0.9)])
     record_decisions(ws, [items[0]], "reject", reviewer="ann")
-    apply_selection(ws, second, SelectionConfig(policy="percentile", theta=50))
+    apply_selection(ws, second, Plain(policy="percentile", theta=50))
     assert items[0] not in {it["item_id"] for it in training_items(ws, 2)}
 
 
@@ -172,10 +177,10 @@ def test_calibration_items_never_enter_training(filled_workspace):
     rid = add_round(ws)
     add_pseudo(ws, rid, [(i, "billing", "agreed", 0.1, 0.1) for i in calibration]
                + [(ids_of(ws, "unlabeled")[0], "billing", "agreed", 0.2, 0.2)])
-    result = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=100))
+    result = compute_selection(ws, rid, Plain(policy="percentile", theta=100))
     assert sorted(result.splits) == ["calibration"] * 3 + ["unlabeled"]
     assert result.selected.all() and result.summary()["pool"] == 1
-    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=100))
+    apply_selection(ws, rid, Plain(policy="percentile", theta=100))
     sources = [it["source"] for it in training_items(ws, 1)]
     assert sources.count("gold") == 9 and sources.count("pseudo") == 1
     assert not set(calibration) & {it["item_id"] for it in training_items(ws, 1)}
@@ -286,7 +291,7 @@ def test_validate_training_set_lists_every_malformed_example(task):
 # -- export --------------------------------------------------------------------------------
 def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
     ws, rid, items = pool
-    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
+    apply_selection(ws, rid, Plain(policy="percentile", theta=50))
     record_decisions(ws, [items[1]], "relabel", label="outage", reviewer="ann")
     paths = export_dataset(ws, 1, tmp_path / "out")
     expected = training_items(ws, 1)
@@ -313,3 +318,27 @@ def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
     assert [r["answer"] for r in table] == [it["answer"] for it in expected]
     assert json.loads(table[0]["options"]) == ["billing", "outage", "equipment"]
     assert np.all([r["answer"] in ("billing", "outage", "equipment") for r in table])
+
+
+def test_the_class_floor_keeps_every_class_of_the_pool(pool):
+    ws, rid, items = pool
+    plain = compute_selection(ws, rid, Plain(policy="percentile", theta=50)).summary()
+    assert plain["by_class"]["outage"] == 0  # the global percentile drops a whole class
+    floored = compute_selection(ws, rid, SelectionConfig(policy="percentile", theta=50,
+                                                         class_floor=0.5))
+    summary = floored.summary()
+    assert summary["by_class"] == {"billing": 4, "outage": 2, "equipment": 0}
+    assert summary["pool_by_class"] == {"billing": 4, "outage": 4, "equipment": 1}
+    # The floor adds a class's most confident items: outage's two lowest entropies.
+    assert chosen(floored, items) == [0, 1, 2, 3, 4, 5]
+    # An item without an entropy is never added (equipment's only item has none).
+    assert SelectionConfig().class_floor == 0.1  # on by default
+
+
+def test_a_saved_selection_means_what_it_meant(pool):
+    """A selection applied before the class floor existed has none."""
+    ws, rid, items = pool
+    ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
+                    (rid, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
+                          '"score": "nll"}'))
+    assert applied_selection(ws, rid).class_floor == 0.0
