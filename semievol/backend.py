@@ -18,6 +18,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from semievol.profiling import count_tokens, stage
+
 Progress = Callable[[int, int, str], None]
 
 
@@ -132,6 +134,7 @@ class LocalBackend:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1)
         self.calls += 1
+        count_tokens(int(mask.sum()))
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
         cache = out.past_key_values
         lengths = mask.sum(-1)  # real prompt lengths, for the options' positions
@@ -155,6 +158,7 @@ class LocalBackend:
                              position_ids=lengths[:, None] + torch.arange(width, device=self.device),
                              cache=cache, use_cache=True)
             self.calls += 1
+            count_tokens(int(feed_mask.sum()))
             logp = torch.log_softmax(out.logits.float(), dim=-1)  # (B, width, V)
             cache.crop(-width)  # drop this option's tokens; the prompt cache is reused
             for b, i in enumerate(rows):
@@ -191,6 +195,8 @@ class LocalBackend:
                 scores = self.model.compute_transition_scores(out.sequences, out.scores,
                                                               normalize_logits=True)
             self.calls += len(out.scores)
+            count_tokens(int(mask.sum()) + int((out.sequences[:, ids.shape[1]:]
+                                                != self.tokenizer.pad_token_id).sum()))
             new = out.sequences[:, ids.shape[1]:]
             for b, i in enumerate(rows):
                 keep = new[b] != self.tokenizer.pad_token_id
@@ -233,8 +239,9 @@ class LazyBackend:
 
     def _loaded(self) -> LocalBackend:
         if self._backend is None:
-            self._backend = load_backend(self.model_config, adapter=self.adapter,
-                                         batch_size=self.batch_size)
+            with stage("load model" + (" + merge adapter" if self.adapter else "")):
+                self._backend = load_backend(self.model_config, adapter=self.adapter,
+                                             batch_size=self.batch_size)
         return self._backend
 
     @property

@@ -21,6 +21,7 @@ from semievol.items import Item
 from semievol.scoring import entropy as distribution_entropy
 from semievol.scoring import mean_nll, sample_index
 from semievol.store import Workspace
+from semievol.profiling import stage
 from semievol.prompts import Prompt, PromptBuilder, PromptStats
 from semievol.tasks import option_targets, parse_open
 
@@ -57,43 +58,15 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
         backend = backends[collaborator.model]
         builder = builders.setdefault(id(backend.tokenizer),
                                       PromptBuilder(task, backend.tokenizer, budget))
-        have = {r[0]: r[1] for r in ws.query(
-            "SELECT item_id, cache_key FROM responses WHERE round_id=? AND collaborator=?",
-            (round_id, index))}
-        pending = []
-        for item in items:
-            prompt = collaborator_prompt(builder, item, collaborator.demonstrations)
-            key = cache_key(backend.name, prompt.text, item.example.options, task, collaborator)
-            if have.get(item.id) == key:
-                stats["cached"] += 1
-            else:
-                pending.append((item, prompt, key))
-        done += len(items) - len(pending)
-        # Identical requests answered in an earlier round are copied, not recomputed.
-        earlier = _earlier_responses(ws, [key for _, _, key in pending])
-        for start in range(0, len(pending), batch_items):
-            batch = pending[start:start + batch_items]
-            fresh = [p for p in batch if p[2] not in earlier]
-            computed = dict(zip((p[2] for p in fresh),
-                                _answer(backend, task, collaborator, fresh) if fresh else []))
-            rows = []
-            for item, prompt, key in batch:
-                response = computed.get(key) or earlier[key]
-                rows.append((round_id, item.id, index, key, response["answer"], response["text"],
-                             response["option_probs"], response["option_entropy"],
-                             response["nll"], prompt.tokens, prompt.cut_tokens,
-                             prompt.demos_shown))
-            with ws.transaction() as conn:  # per batch: a killed run keeps what it finished
-                conn.executemany(
-                    "INSERT OR REPLACE INTO responses(round_id, item_id, collaborator, cache_key, "
-                    "answer, text, option_probs, option_entropy, nll, prompt_tokens, cut_tokens, "
-                    "demos_shown) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            stats["computed"] += len(fresh)
-            stats["reused"] += len(batch) - len(fresh)
-            done += len(batch)
+
+        def report(count, index=index, collaborator=collaborator):
             if progress:
-                progress(done, total, f"collaborator {index + 1}/{len(collaborators)} "
-                                      f"({collaborator.label})")
+                progress(done + count, total, f"collaborator {index + 1}/{len(collaborators)} "
+                                              f"({collaborator.label})")
+
+        with stage(f"collaborator {index + 1} ({collaborator.label})"):
+            done += _one_collaborator(ws, round_id, items, index, collaborator, backend,
+                                      builder, stats, report, batch_items)
     if progress and total:
         progress(total, total, "collaborators done")
     merged = PromptStats()
@@ -101,6 +74,50 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
         merged.merge(builder.stats)
     stats["prompts"] = merged
     return stats
+
+
+def _one_collaborator(ws: Workspace, round_id: int, items: list[Item], index: int,
+                      collaborator: CollaboratorConfig, backend: Backend,
+                      builder: PromptBuilder, stats: dict, report, batch_items: int) -> int:
+    """One collaborator's responses to every item (cached ones skipped, identical earlier
+    requests copied); returns how many items it went through."""
+    task = builder.task
+    have = {r[0]: r[1] for r in ws.query(
+        "SELECT item_id, cache_key FROM responses WHERE round_id=? AND collaborator=?",
+        (round_id, index))}
+    pending = []
+    for item in items:
+        prompt = collaborator_prompt(builder, item, collaborator.demonstrations)
+        key = cache_key(backend.name, prompt.text, item.example.options, task, collaborator)
+        if have.get(item.id) == key:
+            stats["cached"] += 1
+        else:
+            pending.append((item, prompt, key))
+    done = len(items) - len(pending)
+    # Identical requests answered in an earlier round are copied, not recomputed.
+    earlier = _earlier_responses(ws, [key for _, _, key in pending])
+    for start in range(0, len(pending), batch_items):
+        batch = pending[start:start + batch_items]
+        fresh = [p for p in batch if p[2] not in earlier]
+        computed = dict(zip((p[2] for p in fresh),
+                            _answer(backend, task, collaborator, fresh) if fresh else []))
+        rows = []
+        for item, prompt, key in batch:
+            response = computed.get(key) or earlier[key]
+            rows.append((round_id, item.id, index, key, response["answer"], response["text"],
+                         response["option_probs"], response["option_entropy"],
+                         response["nll"], prompt.tokens, prompt.cut_tokens,
+                         prompt.demos_shown))
+        with ws.transaction() as conn:  # per batch: a killed run keeps what it finished
+            conn.executemany(
+                "INSERT OR REPLACE INTO responses(round_id, item_id, collaborator, cache_key, "
+                "answer, text, option_probs, option_entropy, nll, prompt_tokens, cut_tokens, "
+                "demos_shown) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        stats["computed"] += len(fresh)
+        stats["reused"] += len(batch) - len(fresh)
+        done += len(batch)
+        report(done)
+    return len(items)
 
 
 def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:

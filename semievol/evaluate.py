@@ -16,6 +16,7 @@ from semievol.items import Item, load_items, split_ids
 from semievol.scoring import classification_report
 from semievol.store import Workspace, now
 from semievol.collaborators import GENERATED_TOKENS
+from semievol.profiling import stage
 from semievol.prompts import PromptBuilder, PromptStats
 from semievol.tasks import LETTERS, is_correct, option_targets, parse_open
 
@@ -72,8 +73,9 @@ def evaluate(ws: Workspace, backend: Backend, *, model: str, round_id: int | Non
         raise SemiEvolError(f"The workspace has no {split} items: import a test file to "
                             "evaluate.")
     items = load_items(ws, ids)
-    predicted, prompts = predict(backend, task, items, budget=budget,
-                                 demonstrations=demonstrations, progress=progress)
+    with stage(f"evaluate {model} on {split}"):
+        predicted, prompts = predict(backend, task, items, budget=budget,
+                                     demonstrations=demonstrations, progress=progress)
     gold = [it.example.answer for it in items]
     if task.kind == "choice" and task.labels:
         report = classification_report(gold, predicted, task.labels)

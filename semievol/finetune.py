@@ -27,6 +27,7 @@ from semievol.checkpoints import (remove_checkpoints, restore, save_checkpoint,
                                   usable_checkpoint)
 from semievol.config import LoraConfig, ModelConfig, TrainConfig, to_dict
 from semievol.errors import SemiEvolError
+from semievol.profiling import count_tokens, stage
 
 Progress = Callable[[int, int, str], None]
 Metric = Callable[[str, int, float], None]
@@ -208,6 +209,7 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
     torch.nn.utils.clip_grad_norm_(t.params, 1.0)
     t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
+    count_tokens(tokens, training=True)
     return step_loss, tokens
 
 
@@ -231,10 +233,33 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
     digest = fingerprint(resolved, examples)
     _warn_unusable(checkpoint)
     resume_from = usable_checkpoint(checkpoint, digest)
-    t = prepare(examples, model=model, lora=lora, train=train, init_adapter=init_adapter,
-                resume_from=resume_from)
+    with stage("load model + LoRA"):
+        t = prepare(examples, model=model, lora=lora, train=train, init_adapter=init_adapter,
+                    resume_from=resume_from)
     start_step, losses = restore(resume_from, t.optimizer) if resume_from else (0, [])
-    started, tokens_seen = time.time(), 0
+    started = time.time()
+    with stage("optimizer steps"):
+        tokens_seen = _run_steps(t, train, start_step, losses, checkpoint, digest,
+                                 progress, metric)
+    seconds = time.time() - started
+    t.peft_model.save_pretrained(output_dir)
+    summary = {"steps": t.total_steps, "resumed_from": start_step, "final_loss": losses[-1],
+               "mean_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
+               "seconds": round(seconds, 2),
+               "tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
+               "dtype": "bfloat16-autocast" if t.use_autocast else "float32",
+               "device": t.device}
+    (output_dir / "semievol_config.json").write_text(json.dumps(resolved, indent=2))
+    (output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
+    remove_checkpoints(checkpoint)
+    return summary
+
+
+def _run_steps(t: Training, train: TrainConfig, start_step: int, losses: list[float],
+               checkpoint: Path, digest: str, progress, metric) -> int:
+    """The optimizer steps from `start_step` on, checkpointed every `checkpoint_every`;
+    appends to `losses`, returns the tokens seen."""
+    tokens_seen = 0
     for step in range(start_step, t.total_steps):
         step_loss, tokens = train_step(t, step, train)
         tokens_seen += tokens
@@ -249,19 +274,7 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
         if progress:
             progress(step + 1, t.total_steps, f"step {step + 1}/{t.total_steps} "
                                               f"loss {step_loss:.4f}")
-
-    seconds = time.time() - started
-    t.peft_model.save_pretrained(output_dir)
-    summary = {"steps": t.total_steps, "resumed_from": start_step, "final_loss": losses[-1],
-               "mean_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
-               "seconds": round(seconds, 2),
-               "tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
-               "dtype": "bfloat16-autocast" if t.use_autocast else "float32",
-               "device": t.device}
-    (output_dir / "semievol_config.json").write_text(json.dumps(resolved, indent=2))
-    (output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
-    remove_checkpoints(checkpoint)
-    return summary
+    return tokens_seen
 
 
 def _warn_unusable(checkpoint: Path) -> None:

@@ -20,6 +20,7 @@ from semievol.items import Item
 from semievol.scoring import agreement, mean_nll
 from semievol.scoring import entropy as distribution_entropy
 from semievol.store import Workspace
+from semievol.profiling import stage
 from semievol.prompts import PromptBuilder
 from semievol.tasks import answer_target, option_targets, parse_open
 
@@ -74,7 +75,7 @@ def _answers_by_item(ws: Workspace, round_id: int, n: int) -> dict[int, list[str
 
 
 def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: PromptBuilder):
-    task, tokenizer = builder.task, warmup.tokenizer
+    """Agreement, then reflection for the disputed items, then the entropies; the rows."""
     decided, reflection_text = {}, {}
     paths, shares = {}, {}
     disputed = []
@@ -87,12 +88,24 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: Pro
             disputed.append(item)
             paths[item.id] = "reflected"
     if disputed:
+        _reflect(disputed, answers, warmup, builder, decided, reflection_text)
+
+    # Entropy of the pseudo-response under the warm-up model, on the plain prompt (eq. 6).
+    with stage("eq. 6 entropy"):
+        return _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builder)
+
+
+def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> None:
+    """Self-justification: the warm-up model's pick among the disagreeing answers."""
+    task = builder.task
+    with stage("reflection"):
         reserve = GENERATED_TOKENS if task.kind == "open" else None
         prompts = [builder.reflection(it.example, answers[it.id], reserve=reserve).text
                    for it in disputed]
         if task.kind == "choice":
             dists = warmup.option_distributions(
-                prompts, [option_targets(task, it.example.options, tokenizer) for it in disputed])
+                prompts, [option_targets(task, it.example.options, warmup.tokenizer)
+                          for it in disputed])
             for it, probs in zip(disputed, dists):
                 best = int(np.argmax(probs))
                 decided[it.id] = it.example.options[best]
@@ -104,7 +117,11 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: Pro
                 decided[it.id] = parse_open(text) or answers[it.id][0] or ""
                 reflection_text[it.id] = text
 
-    # Entropy of the pseudo-response under the warm-up model, on the plain prompt (eq. 6).
+
+def _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builder) -> list:
+    """Paper eq. 6: the mean token NLL of each pseudo-response under the warm-up model on
+    the plain prompt (and, for choice, the entropy of its option distribution)."""
+    task, tokenizer = builder.task, warmup.tokenizer
     rows = []
     if task.kind == "choice":
         plain = [builder.item(it.example).text for it in batch]

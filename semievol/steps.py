@@ -21,6 +21,7 @@ from typing import Callable
 from semievol import rounds
 from semievol.config import SelectionConfig
 from semievol.errors import SemiEvolError
+from semievol.profiling import stage
 from semievol.rounds import Round
 from semievol.store import Workspace
 
@@ -75,8 +76,10 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
         from semievol.models import load_tokenizer, resolve_model_path
         from semievol.training_set import gold_items, training_examples
 
-        held_out = hold_out(ws, config.calibration)
-        index_workspace(ws, _embedder(config, embedder), k=config.retrieval.k, progress=progress)
+        with stage("calibration hold-out + retrieval"):
+            held_out = hold_out(ws, config.calibration)
+            index_workspace(ws, _embedder(config, embedder), k=config.retrieval.k,
+                            progress=progress)
         tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
         gold = gold_items(ws)
         adapter = str(rounds.adapter_dir(ws, rnd, "warmup"))
@@ -188,9 +191,11 @@ def step_select(ws: Workspace, rnd: Round, *, selection: SelectionConfig | None 
         raise SemiEvolError(f"Round {rnd.number} has no pseudo-labels yet; run "
                             "`semievol label WORKSPACE` first.")
     config = selection or selection_in_force(ws, rnd.id)[0]
-    flagged = flag_leakage(ws, rnd.id, _embedder(rnd.config, embedder),
-                           similarity=rnd.config.leakage_similarity)
-    summary = apply_selection(ws, rnd.id, config)
+    with stage("leakage guard"):
+        flagged = flag_leakage(ws, rnd.id, _embedder(rnd.config, embedder),
+                               similarity=rnd.config.leakage_similarity)
+    with stage("selection"):
+        summary = apply_selection(ws, rnd.id, config)
     if rnd.status == "open":  # the round now waits for a reviewer to say train
         rounds.set_status(ws, rnd, "awaiting_review")
     summary["flagged_leakage"] = flagged
@@ -406,17 +411,21 @@ def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig |
         if on_step:
             on_step(index, len(steps), step)
         shared = {**load_backends(rnd, cache), **(backends or {})}
-        if step == "warmup":
-            results[step] = step_warmup(ws, rnd, embedder=embedder, progress=progress,
-                                        metric=metric)
-        elif step == "label":
-            results[step] = step_label(ws, rnd, backends=shared, progress=progress)
-        elif step == "select":
-            results[step] = step_select(ws, rnd, selection=selection, embedder=embedder)
-        elif step == "train":
-            results[step] = step_train(ws, rnd, progress=progress, metric=metric,
-                                       confirm=confirm)
-        else:
-            results[step] = step_evaluate(ws, rnd, backends=shared, progress=progress,
-                                          force=force)
+        with stage(step):
+            results[step] = _run_one(ws, rnd, step, shared, selection=selection, force=force,
+                                     confirm=confirm, progress=progress, metric=metric,
+                                     embedder=embedder)
     return results
+
+
+def _run_one(ws, rnd, step, shared, *, selection, force, confirm, progress, metric, embedder):
+    """One step of `run_steps`, with the arguments it takes."""
+    if step == "warmup":
+        return step_warmup(ws, rnd, embedder=embedder, progress=progress, metric=metric)
+    if step == "label":
+        return step_label(ws, rnd, backends=shared, progress=progress)
+    if step == "select":
+        return step_select(ws, rnd, selection=selection, embedder=embedder)
+    if step == "train":
+        return step_train(ws, rnd, progress=progress, metric=metric, confirm=confirm)
+    return step_evaluate(ws, rnd, backends=shared, progress=progress, force=force)
