@@ -146,6 +146,17 @@ def literal(text) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 
+def highlighted(text: str, answer: str | None) -> str:
+    """A response as safe Markdown with the extracted answer in bold (its last occurrence:
+    a final answer comes last); the whole text escaped like any data."""
+    text = str(text or "")
+    at = text.rfind(answer) if answer else -1
+    if at < 0:
+        return literal(text)
+    return (literal(text[:at]) + "**" + literal(answer) + "**"
+            + literal(text[at + len(answer):]))
+
+
 def show_error(exc: BaseException) -> None:
     """A user-caused error as a message and the list of its problems; never a traceback."""
     message = exc.args[0] if isinstance(exc, SemiEvolError) and exc.args else str(exc)

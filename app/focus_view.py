@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from common import REVIEWER_KEY, literal, user_errors
+from common import REVIEWER_KEY, highlighted, literal, user_errors
 from semievol.decisions import record_decisions, undo_last
 from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
 from semievol.review import item_detail
@@ -45,6 +45,13 @@ def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
             else next_item(queue, None, decided)
         st.toast(f"{PAST[action]}" + (f" as {literal(label)}" if label else ""),
                  icon=":material/check:")
+
+
+def _relabel_typed(ws: Workspace, round_id: int, order: str, item_id: int) -> None:
+    """Relabel with what is in the answer box now (read when clicked, not when drawn)."""
+    typed = str(st.session_state.get(f"focus_answer_{item_id}", "")).strip()
+    if typed:
+        _decide(ws, round_id, order, item_id, "relabel", typed)
 
 
 def _move(round_id: int, order: str, queue: list[int], current: int, step: int) -> None:
@@ -132,6 +139,13 @@ def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
     row.button("Reject", key="focus_reject", shortcut="X", on_click=_decide,
                args=(*args, "reject"), help="Wrong or unclear: keep it out of training.")
     options = item["options"] or []
+    if not options:  # an open task: the reviewer types the answer (checked by the checker)
+        typed = row.text_input("Correct answer", key=f"focus_answer_{item_id}",
+                               placeholder="type the answer, then Relabel",
+                               label_visibility="collapsed")
+        row.button("Relabel", key="focus_relabel_typed", shortcut="R",
+                   disabled=not typed.strip(), on_click=_relabel_typed, args=args,
+                   help="Train on the answer typed here (read by the task's checker).")
     for number, option in enumerate(options[:MAX_NUMBER_KEYS], start=1):
         current = " (current)" if option == pseudo["label"] else ""
         row.button(f"{option}{current}", key=f"focus_relabel_{number}", shortcut=str(number),
@@ -150,7 +164,8 @@ def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
                             else 0)
         st.button("Relabel", key="focus_relabel_other", on_click=_decide,
                   args=(*args, "relabel", pick))
-    st.caption("Keys: **A** accept · **X** reject · **1–9** relabel · **←/→** back/skip · "
+    relabel = "**1–9** relabel" if options else "**R** relabel with the typed answer"
+    st.caption(f"Keys: **A** accept · **X** reject · {relabel} · **←/→** back/skip · "
                "**U** undo. A decision moves on to the next undecided item.")
 
 
@@ -164,6 +179,8 @@ def _show_evidence(detail: dict) -> None:
                 st.text(f"{c['answer'] if c['answer'] is not None else '(no answer)'} · "
                         f"{percent(c['confidence'])}")
                 st.caption(c["decoding"])
+                if c.get("text") and c["text"] != c["answer"]:  # an open answer's response
+                    st.markdown(highlighted(c["text"], c["answer"]))
                 if c["demos_shown"] is not None and c["demonstrations"] and \
                         c["demos_shown"] < c["demonstrations"]:
                     st.caption(f"{c['demos_shown']} of {c['demonstrations']} examples fit the "

@@ -154,13 +154,18 @@ def collaborators_frame(collaborators: list[dict]) -> pd.DataFrame:
             return " · ".join(f"{o} {p:.0%}" for o, p in c["probs"].items())
         return "" if not c["option_probs"] else ", ".join(f"{p:.2f}" for p in c["option_probs"])
 
-    return pd.DataFrame({
+    columns = {
         "collaborator": [c["name"] for c in collaborators],
         "answer": [c["answer"] or "(no answer)" for c in collaborators],
         "confidence": [c["confidence"] for c in collaborators],
         "decoding": [c["decoding"] for c in collaborators],
         "option probabilities": [probs(c) for c in collaborators],
-    }, columns=["collaborator", "answer", "confidence", "decoding", "option probabilities"])
+    }
+    if any(c.get("text") and c["text"] != c["answer"] for c in collaborators):
+        # Open answers: the whole response beside the answer extracted from it.
+        columns["response"] = [c.get("text") or "" for c in collaborators]
+        del columns["option probabilities"]
+    return pd.DataFrame(columns, columns=list(columns))
 
 
 def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
@@ -255,6 +260,11 @@ def show_actions(ws: Workspace, round_id: int, item: dict) -> None:
                           label_visibility="collapsed")
         cols[3].button("Relabel", key="review_relabel", on_click=_decide,
                        args=(*args, "relabel"), help="Train on this label instead.")
+    elif ws.task and ws.task.kind == "open":  # free text, read by the task's checker
+        cols[2].text_input("Correct answer", key=f"review_relabel_{item['id']}",
+                           placeholder="the answer", label_visibility="collapsed")
+        cols[3].button("Relabel", key="review_relabel", on_click=_decide,
+                       args=(*args, "relabel"), help="Train on the answer typed here.")
     cols[4].button("Clear", key="review_clear", on_click=_decide, args=(*args, "clear"),
                    help="Withdraw the decision: the selection policy decides again.")
     st.text_input("Note (optional, saved with the decision)", key="review_note")

@@ -54,11 +54,28 @@ def selection_frame(ws: Workspace, round_id: int, config: SelectionConfig) -> pd
     result = compute_selection(ws, round_id, config)
     frame = pd.DataFrame(preview_rows(result),
                          columns=["item_id", "id", "split", "pseudo_label", "label", "path",
-                                  "score", "selected", "source", "gold", "correct"])
+                                  "agreement", "score", "selected", "source", "gold",
+                                  "correct"])
     frame.attrs["summary"] = result.summary()
     frame.attrs["calibration"] = result.calibration()
     frame.attrs["class_thresholds"] = class_thresholds(result.rows, config)
     return frame
+
+
+def agreement_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """For an open task (its answers are not classes): by how many collaborators agreed,
+    the pool and what the selection would train."""
+    pool = frame[frame["split"] == "unlabeled"].copy()
+    pool["agreeing"] = pool["agreement"].map(
+        lambda a: "no answer" if a is None or pd.isna(a) else f"{a:.0%} agree")
+    rows = []
+    for share, group in sorted(pool.groupby("agreeing"), key=lambda g: g[0], reverse=True):
+        chosen = group[group["selected"]]
+        rows.append({"collaborators": share, "pool": len(group), "would train": len(chosen),
+                     "of which human": int(chosen["source"].isin(["accepted",
+                                                                  "relabeled"]).sum())})
+    return pd.DataFrame(rows, columns=["collaborators", "pool", "would train",
+                                       "of which human"])
 
 
 def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
@@ -141,8 +158,12 @@ def policy_controls(ws: Workspace, round_id: int, *,
     start = selection_in_force(ws, round_id)[0]
     scores = available_scores(ws, round_id)
     cols = st.columns([2, 1])
-    policy = cols[0].radio("Policy", SELECTION_POLICIES, horizontal=True,
-                           index=SELECTION_POLICIES.index(start.policy),
+    open_task = bool(ws.task and ws.task.kind == "open")
+    # An open task's answers are not classes: no per-class policy, no class floor.
+    policies = [p for p in SELECTION_POLICIES if not (open_task and p == "per_class")]
+    policy = cols[0].radio("Policy", policies, horizontal=True,
+                           index=policies.index(start.policy) if start.policy in policies
+                           else 0,
                            format_func=lambda p: p.replace("_", " "),
                            key=f"selection_policy_{round_id}", disabled=disabled,
                            help="; ".join(f"{k}: {v}" for k, v in POLICY_HELP.items()))
@@ -167,8 +188,9 @@ def policy_controls(ws: Workspace, round_id: int, *,
     floor = st.slider("Keep at least this share of every class", 0.0, 1.0,
                       float(start.class_floor), step=0.05, format="%.2f",
                       key=f"selection_floor_{round_id}",
-                      disabled=disabled or policy == "agreement_only",
-                      help="The most confident items of a class the policy would drop are "
+                      disabled=disabled or policy == "agreement_only" or open_task,
+                      help="Off for open tasks (their answers are not classes). "
+                           "The most confident items of a class the policy would drop are "
                            "kept up to this share, so no class the pool has is left out of "
                            "training (0 = the policy alone).")
     try:
@@ -192,6 +214,12 @@ def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
     cols[0].metric("Accepted by a reviewer", human["accepted"])
     cols[1].metric("Rejected by a reviewer", human["rejected"])
     cols[2].metric("Relabeled by a reviewer", human["relabeled"])
+    if ws.task and ws.task.kind == "open":
+        st.markdown("**What would be trained, by agreement** (an open task's answers are "
+                    "not classes; the labeled set and earlier rounds' selections are trained "
+                    "on too)")
+        st.dataframe(agreement_table(frame), hide_index=True)
+        return
     st.markdown("**What would be trained, by class** (this round's pool; the labeled set and "
                 "earlier rounds' selections are trained on too)")
     st.dataframe(class_table(ws, frame), hide_index=True)
@@ -205,7 +233,8 @@ def log_axis(scores: pd.Series) -> bool:
 
 
 def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
-                    per_class: dict[str, float] | None = None) -> None:
+                    per_class: dict[str, float] | None = None, *,
+                    classes: bool = True) -> None:
     import numpy as np
     import plotly.express as px
 
@@ -224,8 +253,9 @@ def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
     axis = f"log10 {score} (lower = more confident)" if logged else \
         f"{score} (lower = more confident)"
     left, right = st.columns(2)
-    for column, colour, title in ((left, "path", "by agreement"),
-                                  (right, "pseudo_label", "by pseudo-label")):
+    second = (right, "pseudo_label", "by pseudo-label") if classes else \
+        (right, "selected", "by selection")  # open answers are not classes
+    for column, colour, title in ((left, "path", "by agreement"), second):
         figure = px.histogram(pool, x="x", color=colour, nbins=40, barmode="stack",
                               title=f"Entropy ({score}) {title}",
                               labels={"x": axis, "pseudo_label": "class"})
@@ -372,7 +402,7 @@ def show_selection(ws: Workspace) -> None:
         show_train_action(ws, rnd, key="selection_train")
     st.subheader("Entropy")
     show_histograms(frame, frame.attrs["summary"]["threshold"], config.score,
-                    frame.attrs["class_thresholds"])
+                    frame.attrs["class_thresholds"], classes=ws.task.kind == "choice")
     st.subheader("Calibration")
     show_calibration(ws, rnd["id"], frame, config.score)
     st.subheader("Leakage guard")

@@ -85,7 +85,8 @@ def build_workspace(path: Path, files: dict, task_config, embedder, calibration,
     for split, file in files.items():
         mapping = ColumnMapping(question="question", id="id",
                                 answer=None if split == "unlabeled" else "answer",
-                                options=None if task_config.labels else "options")
+                                options=None if task_config.labels or task_config.kind == "open"
+                                else "options")
         import_file(ws, file, split, mapping=mapping, task=task_config)
     held = hold_out(ws, calibration)  # before indexing: calibration items leave the pool
     index_workspace(ws, embedder, k=k, progress=progress_printer("index"))

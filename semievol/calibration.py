@@ -11,6 +11,7 @@ import numpy as np
 from semievol.config import CalibrationConfig
 from semievol.pseudo_labels import SCORE_COLUMNS
 from semievol.scoring import precision_coverage, wilson_interval
+from semievol.tasks import is_correct
 from semievol.store import Workspace
 
 
@@ -66,7 +67,8 @@ def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> d
         "WHERE p.round_id=? AND i.split='calibration'", (round_id,))
     if not rows:
         return {"n": 0}
-    correct = np.array([r["label"] == r["answer"] for r in rows], dtype=bool)
+    task = ws.require_task()  # open answers are right by the task's checker
+    correct = np.array([is_correct(task, r["label"], r["answer"]) for r in rows], dtype=bool)
     selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)

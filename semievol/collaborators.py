@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from semievol.backend import Backend, Progress
+from semievol.backend import Backend, Progress, backend_key
 from semievol.config import CollaboratorConfig, TaskConfig
 from semievol.items import Item
 from semievol.scoring import entropy as distribution_entropy
@@ -23,23 +23,27 @@ from semievol.scoring import mean_nll, sample_index
 from semievol.store import Workspace
 from semievol.profiling import stage
 from semievol.prompts import Prompt, PromptBuilder, PromptStats
-from semievol.tasks import option_targets, parse_open
+from semievol.tasks import extract_answer, generated_tokens, option_targets
+
+
+OPEN_EXTRACTION = "extract-v2"
+"""Bumped when the extraction of open answers (tasks.extract_answer) changes meaning, so a
+stored response is re-answered rather than kept with an answer parsed the old way."""
 
 
 def cache_key(backend_name: str, prompt: str, options: list[str] | None, task: TaskConfig,
               collaborator: CollaboratorConfig) -> str:
-    payload = json.dumps([backend_name, prompt, options, task.kind, task.answer_format,
-                          collaborator.temperature, collaborator.seed])
+    fields = [backend_name, prompt, options, task.kind, task.answer_format,
+              collaborator.temperature, collaborator.seed]
+    if task.kind == "open":  # the stored answer depends on the checker's extraction
+        fields += [task.checker, OPEN_EXTRACTION]
+    payload = json.dumps(fields)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
-GENERATED_TOKENS = 32
-"""Tokens an open answer (or an open reflection) may generate: kept free in the budget."""
 
 
 def collaborator_prompt(builder: PromptBuilder, item: Item, demonstrations: int) -> Prompt:
     """The question with the collaborator's demonstrations, within the context budget."""
-    reserve = GENERATED_TOKENS if builder.task.kind == "open" else None
+    reserve = generated_tokens(builder.task) if builder.task.kind == "open" else None
     return builder.item(item.example, item.demonstrations[:demonstrations], reserve=reserve)
 
 
@@ -55,7 +59,7 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
     total = len(items) * len(collaborators)
     done = 0
     for index, collaborator in enumerate(collaborators):
-        backend = backends[collaborator.model]
+        backend = backends[backend_key(collaborator.model, collaborator.server)]
         builder = builders.setdefault(id(backend.tokenizer),
                                       PromptBuilder(task, backend.tokenizer, budget))
 
@@ -134,9 +138,10 @@ def _answer(backend: Backend, task: TaskConfig, collaborator: CollaboratorConfig
     prompts = [prompt.text for _, prompt, _ in batch]
     if task.kind == "open":
         outputs = backend.generate(prompts, temperature=collaborator.temperature,
-                                   seed=collaborator.seed, max_new_tokens=GENERATED_TOKENS)
+                                   seed=collaborator.seed,
+                                   max_new_tokens=generated_tokens(task))
         nll = mean_nll([lp for _, lp in outputs])
-        return [{"answer": parse_open(text), "text": text, "option_probs": None,
+        return [{"answer": extract_answer(task, text), "text": text, "option_probs": None,
                  "option_entropy": None, "nll": None if np.isnan(e) else float(e)}
                 for (text, _), e in zip(outputs, nll)]
     continuations = [option_targets(task, item.example.options, backend.tokenizer)

@@ -78,6 +78,8 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
                 raise SemiEvolError(f"{label!r} is not an option of item "
                                     f"{rows[i]['external_id']}: choose one of "
                                     f"{', '.join(options)}.")
+    if action == "relabel" and task.kind == "open":
+        label = checked_open_label(task, label)
     with ws.transaction() as conn:
         conn.executemany(
             "INSERT INTO decisions(item_id, action, label, reviewer, note, created_at, round_id) "
@@ -85,6 +87,19 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
             [(i, action, label.strip() if action == "relabel" else None, reviewer.strip(),
               note or None, now(), round_id) for i in item_ids])
     return len(item_ids)
+
+
+def checked_open_label(task, label: str) -> str:
+    """A reviewer's answer to an open item as the checker compares it ("1,250" -> 1250 for
+    a numeric task); refused when the checker can read no answer in it."""
+    from semievol.tasks import extract_answer
+
+    answer = extract_answer(task, label)
+    if not answer:
+        what = "no number" if task.checker == "numeric" else "no answer"
+        raise SemiEvolError(f"{label!r} has {what} the task's {task.checker} checker can "
+                            "read: type the answer itself.")
+    return answer
 
 
 def current_decisions(ws: Workspace) -> dict[int, dict]:

@@ -15,10 +15,10 @@ from semievol.errors import SemiEvolError
 from semievol.items import Item, load_items, split_ids
 from semievol.scoring import classification_report
 from semievol.store import Workspace, now
-from semievol.collaborators import GENERATED_TOKENS
 from semievol.profiling import stage
 from semievol.prompts import PromptBuilder, PromptStats
-from semievol.tasks import LETTERS, is_correct, option_targets, parse_open
+from semievol.tasks import (LETTERS, extract_answer, generated_tokens, is_correct,
+                            option_targets)
 
 
 def predict(backend: Backend, task: TaskConfig, items: list[Item], *, budget: int,
@@ -27,12 +27,12 @@ def predict(backend: Backend, task: TaskConfig, items: list[Item], *, budget: in
     """Greedy answers: the most likely option (choice) or greedy generation (open), with
     what the context budget cut in their prompts."""
     builder = PromptBuilder(task, backend.tokenizer, budget)
-    reserve = GENERATED_TOKENS if task.kind == "open" else None
+    reserve = generated_tokens(task) if task.kind == "open" else None
     prompts = [builder.item(it.example, it.demonstrations[:demonstrations], reserve=reserve).text
                for it in items]
     if task.kind == "open":
-        return [parse_open(text) for text, _ in
-                backend.generate(prompts, temperature=0.0, max_new_tokens=GENERATED_TOKENS,
+        return [extract_answer(task, text) for text, _ in
+                backend.generate(prompts, temperature=0.0, max_new_tokens=generated_tokens(task),
                                  progress=progress)], builder.stats
     dists = backend.option_distributions(
         prompts, [option_targets(task, it.example.options, backend.tokenizer) for it in items],

@@ -113,13 +113,13 @@ def training_warnings(ws: Workspace, round_id: int) -> list[dict]:
                 f"{chosen['precision']:.0%} right ({chosen['correct']}/{chosen['n']}), no better "
                 f"than all of them ({everything['precision']:.0%}){few}: the entropy threshold "
                 "is not separating right from wrong.")})
-        majority = _majority_share(ws)
+        majority = _majority_share(ws) if ws.require_task().kind == "choice" else None
         if chosen["n"] and majority is not None and chosen["precision"] < majority:
             out.append({"kind": "selection_below_majority", "message": (
                 f"On the calibration slice the selected pseudo-labels are "
                 f"{chosen['precision']:.0%} right, below the {majority:.0%} of always answering "
                 f"the most frequent class{few}.")})
-    dropped = dropped_classes(ws, round_id)
+    dropped = dropped_classes(ws, round_id) if ws.require_task().kind == "choice" else []
     if dropped:
         out.append({"kind": "class_dropped", "message": (
             f"The selection keeps no item of {', '.join(map(repr, dropped))} (present in the "

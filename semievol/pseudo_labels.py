@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from semievol.backend import Backend, Progress, normalised
-from semievol.collaborators import GENERATED_TOKENS
 from semievol.config import TaskConfig
 from semievol.items import Item
 from semievol.scoring import agreement, mean_nll
@@ -22,7 +21,8 @@ from semievol.scoring import entropy as distribution_entropy
 from semievol.store import Workspace
 from semievol.profiling import stage
 from semievol.prompts import PromptBuilder
-from semievol.tasks import answer_target, option_targets, parse_open
+from semievol.tasks import (answer_target, distinct_answers, extract_answer, generated_tokens,
+                            option_targets, same_answer)
 
 PATHS = ("agreed", "reflected")
 SCORE_COLUMNS = {"nll": "entropy", "option_entropy": "option_entropy"}
@@ -31,9 +31,12 @@ SCORE_COLUMNS = {"nll": "entropy", "option_entropy": "option_entropy"}
 
 def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_collaborators: int,
                         warmup: Backend, task: TaskConfig, *, budget: int,
-                        progress: Progress | None = None, batch_items: int = 64) -> dict:
+                        reflector: Backend | None = None, progress: Progress | None = None,
+                        batch_items: int = 64) -> dict:
     """Write a pseudo-label row for every item that lacks one; returns path counts and
-    `prompts` (what the context budget cut in the reflection and entropy prompts)."""
+    `prompts` (what the context budget cut in the reflection and entropy prompts).
+    `warmup` scores the eq. 6 entropy; `reflector` (default: the same model, perhaps on a
+    server) settles disagreements."""
     done_ids = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=?",
                                        (round_id,))}
     todo = [it for it in items if it.id not in done_ids]
@@ -42,7 +45,7 @@ def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_colla
     builder = PromptBuilder(task, warmup.tokenizer, budget)
     for start in range(0, len(todo), batch_items):
         batch = todo[start:start + batch_items]
-        rows = _label_batch(batch, answers, warmup, builder)
+        rows = _label_batch(batch, answers, warmup, reflector or warmup, builder)
         with ws.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO pseudo_labels(round_id, item_id, label, path, agreement, "
@@ -74,13 +77,16 @@ def _answers_by_item(ws: Workspace, round_id: int, n: int) -> dict[int, list[str
     return answers
 
 
-def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: PromptBuilder):
+def _label_batch(batch: list[Item], answers: dict, warmup: Backend, reflector: Backend,
+                 builder: PromptBuilder):
     """Agreement, then reflection for the disputed items, then the entropies; the rows."""
     decided, reflection_text = {}, {}
     paths, shares = {}, {}
     disputed = []
+    task = builder.task
+    same = (lambda a, b: same_answer(task, a, b)) if task.kind == "open" else None
     for item in batch:
-        majority, share, unanimous = agreement(answers.get(item.id, []))
+        majority, share, unanimous = agreement(answers.get(item.id, []), same)
         shares[item.id] = share
         if unanimous:
             decided[item.id], paths[item.id] = majority, "agreed"
@@ -88,7 +94,7 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, builder: Pro
             disputed.append(item)
             paths[item.id] = "reflected"
     if disputed:
-        _reflect(disputed, answers, warmup, builder, decided, reflection_text)
+        _reflect(disputed, answers, reflector, builder, decided, reflection_text)
 
     # Entropy of the pseudo-response under the warm-up model, on the plain prompt (eq. 6).
     with stage("eq. 6 entropy"):
@@ -99,8 +105,11 @@ def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> No
     """Self-justification: the warm-up model's pick among the disagreeing answers."""
     task = builder.task
     with stage("reflection"):
-        reserve = GENERATED_TOKENS if task.kind == "open" else None
-        prompts = [builder.reflection(it.example, answers[it.id], reserve=reserve).text
+        reserve = generated_tokens(task) if task.kind == "open" else None
+        # Open answers are listed once each (by the checker: "27" and "27.0" are one).
+        shown = {it.id: distinct_answers(task, answers[it.id]) if task.kind == "open"
+                 else answers[it.id] for it in disputed}
+        prompts = [builder.reflection(it.example, shown[it.id], reserve=reserve).text
                    for it in disputed]
         if task.kind == "choice":
             dists = warmup.option_distributions(
@@ -113,8 +122,10 @@ def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> No
                     f"{o} {p:.2f}" for o, p in zip(it.example.options, probs))
         else:
             for it, (text, _) in zip(disputed, warmup.generate(
-                    prompts, temperature=0.0, max_new_tokens=GENERATED_TOKENS)):
-                decided[it.id] = parse_open(text) or answers[it.id][0] or ""
+                    prompts, temperature=0.0, max_new_tokens=generated_tokens(task))):
+                # The reflection's own answer, else the most common of the collaborators'.
+                decided[it.id] = extract_answer(task, text) or agreement(
+                    answers[it.id], lambda a, b: same_answer(task, a, b))[0] or ""
                 reflection_text[it.id] = text
 
 
@@ -134,14 +145,19 @@ def _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builde
                          reflection_text.get(it.id), float(e),
                          float(distribution_entropy(normalised(per_option)))))
     else:
-        conts = [[answer_target(task, decided[it.id], None, tokenizer)] for it in batch]
+        # An item no response gave an answer for has no pseudo-label to score: its entropy
+        # stays empty, so no policy ever selects it.
+        answered = [it for it in batch if decided[it.id]]
+        conts = [[answer_target(task, decided[it.id], None, tokenizer)] for it in answered]
         plain = [builder.item(it.example, reserve=builder.count(c[0])).text
-                 for it, c in zip(batch, conts)]
-        scores = warmup.score_continuations(plain, conts)
-        nll = mean_nll([per_token for (per_token,) in scores])
-        for it, e in zip(batch, nll):
+                 for it, c in zip(answered, conts)]
+        scores = warmup.score_continuations(plain, conts) if answered else []
+        nll = dict(zip((it.id for it in answered),
+                       mean_nll([per_token for (per_token,) in scores])))
+        for it in batch:
+            e = nll.get(it.id)
             rows.append((it.id, decided[it.id], paths[it.id], shares[it.id],
-                         reflection_text.get(it.id), float(e), None))
+                         reflection_text.get(it.id), None if e is None else float(e), None))
     return rows
 
 

@@ -58,16 +58,20 @@ def mean_nll(token_logprobs: Sequence[Sequence[float]]) -> np.ndarray:
     return out
 
 
-def agreement(answers: Sequence[str | None]) -> tuple[str | None, float, bool]:
+def agreement(answers: Sequence[str | None], same=None) -> tuple[str | None, float, bool]:
     """(majority answer, share of all collaborators that gave it, unanimous).
 
+    `same(a, b)` says whether two answers agree (the task's checker: 27 and 27.0, "Paris"
+    and "paris."); by default they must be equal. A group is named by its first answer.
     A None answer (nothing parseable) counts as a disagreeing vote: it is in the
     denominator and never unanimous. Ties go to the answer that appears first.
     """
     counts: dict[str, int] = {}  # insertion order = first appearance, used for ties
     for a in answers:
-        if a is not None:
-            counts[a] = counts.get(a, 0) + 1
+        if a is None:
+            continue
+        group = a if same is None else next((g for g in counts if same(g, a)), a)
+        counts[group] = counts.get(group, 0) + 1
     if not counts:
         return None, 0.0, False
     best = max(counts, key=lambda a: counts[a])  # max keeps the first of equal counts

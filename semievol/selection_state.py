@@ -18,13 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from semievol.calibration import precision_of
-from semievol.config import (SelectionConfig, round_config_from_dict, selection_config_from_dict,
-                             to_json)
+from semievol.config import (SelectionConfig, TaskConfig, round_config_from_dict,
+                             selection_config_from_dict, to_json)
 from semievol.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
 from semievol.pseudo_labels import scored_rows
 from semievol.selection import class_counts, select, threshold_for
 from semievol.store import Workspace, now
+from semievol.tasks import is_correct
 
 
 def applied_selection(ws: Workspace, round_id: int) -> SelectionConfig | None:
@@ -49,6 +50,20 @@ def leakage_flagged(ws: Workspace, round_id: int) -> set[int]:
     """Items of the round flagged as near-duplicates of a test item (guards.flag_leakage)."""
     return {r[0] for r in ws.query("SELECT item_id FROM flags WHERE round_id=? AND "
                                    "kind='near_duplicate_test'", (round_id,))}
+
+
+def for_task(config: SelectionConfig, task: TaskConfig) -> SelectionConfig:
+    """The selection as it applies to the task: an open task's answers are not classes, so
+    the per-class policy is refused and the class floor is off."""
+    if task.kind != "open":
+        return config
+    if config.policy == "per_class":
+        raise SemiEvolError("The per_class policy groups pseudo-labels by class, and the "
+                            "answers of an open task are not classes: use percentile, "
+                            "absolute or agreement_only.")
+    import dataclasses
+
+    return dataclasses.replace(config, class_floor=0.0)
 
 
 def policy_mask(rows: list[dict], config: SelectionConfig) -> np.ndarray:
@@ -89,6 +104,7 @@ def class_thresholds(rows: list[dict], config: SelectionConfig) -> dict[str, flo
 
 @dataclass
 class SelectionResult:
+    task: TaskConfig
     rows: list[dict]             # scored_rows of the round (unlabeled and calibration)
     labels: list[str]            # final labels (relabels applied)
     selected: np.ndarray         # bool, after human decisions and the leakage guard
@@ -106,9 +122,10 @@ class SelectionResult:
     def summary(self) -> dict:
         pool = np.array([s == "unlabeled" for s in self.splits], dtype=bool)
         train = self.selected & pool
-        return {"pool": int(pool.sum()), "selected": int(train.sum()),
-                "by_class": class_counts(self.labels, train),
-                "pool_by_class": class_counts([r["label"] for r in self.rows], pool),
+        classes = {} if self.task.kind == "open" else {  # open answers are not classes
+            "by_class": class_counts(self.labels, train),
+            "pool_by_class": class_counts([r["label"] for r in self.rows], pool)}
+        return {"pool": int(pool.sum()), "selected": int(train.sum()), **classes,
                 "human": {k: sum(1 for s, p in zip(self.source, pool) if p and s == k)
                           for k in ("accepted", "rejected", "relabeled")},
                 "excluded_leakage": sum(1 for s in self.source if s == "leakage"),
@@ -118,14 +135,16 @@ class SelectionResult:
         """Precision of all vs selected pseudo-labels on the calibration slice under this
         selection (calibration.precision_of), and the selection's coverage there."""
         cal = [k for k, r in enumerate(self.rows) if r["split"] == "calibration"]
-        correct = np.array([self.rows[k]["label"] == self.rows[k]["gold"] for k in cal],
-                           dtype=bool)
+        correct = np.array([is_correct(self.task, self.rows[k]["label"], self.rows[k]["gold"])
+                            for k in cal], dtype=bool)
         return precision_of(correct, self.selected[cal] if cal else np.zeros(0, dtype=bool))
 
 
 def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> SelectionResult:
     """The policy over the round's stored scores, then human decisions, then the leakage
     guard's flags. Pure reading; `apply_selection` writes the result."""
+    task = ws.require_task()
+    config = for_task(config, task)
     rows = scored_rows(ws, round_id, config.score)
     chosen = policy_mask(rows, config)
     final, final_labels, source = apply_decisions(
@@ -135,7 +154,8 @@ def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> 
         # Leakage wins over the policy; only an explicit human accept or relabel overrides it.
         if row["item_id"] in flagged and source[k] == "policy":
             final[k], source[k] = False, "leakage"
-    return SelectionResult(rows, final_labels, final, source, policy_threshold(rows, config))
+    return SelectionResult(task, rows, final_labels, final, source,
+                           policy_threshold(rows, config))
 
 
 def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> dict:
@@ -161,15 +181,17 @@ def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> di
 
 def preview_rows(result: SelectionResult) -> list[dict]:
     """One plain row per pseudo-label of a (previewed) selection: item_id, id (external),
-    split, pseudo_label, label (after relabels), path, score, selected, source, gold and
-    correct (calibration items only)."""
+    split, pseudo_label, label (after relabels), path, agreement (share of collaborators),
+    score, selected, source, gold and correct (calibration items only)."""
     out = []
     for k, r in enumerate(result.rows):
         calibration = r["split"] == "calibration"
         out.append({"item_id": r["item_id"], "id": r["external_id"], "split": r["split"],
                     "pseudo_label": r["label"], "label": result.labels[k], "path": r["path"],
+                    "agreement": r["agreement"],
                     "score": None if np.isnan(r["score"]) else r["score"],
                     "selected": bool(result.selected[k]), "source": result.source[k],
                     "gold": r["gold"] if calibration else None,
-                    "correct": (r["label"] == r["gold"]) if calibration else None})
+                    "correct": is_correct(result.task, r["label"], r["gold"])
+                    if calibration else None})
     return out

@@ -33,6 +33,11 @@ def system_message(task: TaskConfig, options: list[str] | None) -> str:
             parts.append("Answer with exactly one of: " + ", ".join(task.labels) + ".")
         else:
             parts.append("Answer with the text of the correct option only.")
+    elif task.open_target == "response":
+        parts.append("Reason briefly, then give the final answer on the last line as "
+                     "'Answer: ...'.")
+    elif task.checker == "numeric":
+        parts.append("Answer with the final number only.")
     else:
         parts.append("Answer with the short final answer only.")
     return " ".join(parts)
@@ -50,10 +55,19 @@ def user_message(task: TaskConfig, example: Example) -> str:
 
 
 def answer_text(task: TaskConfig, answer: str, options: list[str] | None) -> str:
-    """The assistant turn for a gold/pseudo answer (the option's text or its letter)."""
+    """The assistant turn for a gold/pseudo answer (the option's text or its letter; an
+    open answer, or 'Answer: ...' when the task asks for reasoning first)."""
     if task.kind == "choice" and task.answer_format == "letter" and options:
         return LETTERS[options.index(answer)]
+    if task.kind == "open" and task.open_target == "response":
+        return f"Answer: {answer}"
     return answer
+
+
+def generated_tokens(task: TaskConfig) -> int:
+    """Tokens an open answer (or an open reflection) may generate, kept free in the
+    context budget: a short answer, or some reasoning before it."""
+    return 160 if task.open_target == "response" else 32
 
 
 def option_continuations(task: TaskConfig, options: list[str]) -> list[str]:
@@ -148,14 +162,87 @@ def parse_open(text: str) -> str:
     return ""
 
 
+# A number as people write it: sign (also the Unicode minus), currency, thousands
+# separators in groups of three, decimals, an exponent; a percent sign is dropped.
+_NUMBER = re.compile(r"(?<![\w.])([-+\u2212]?)\s?[$\u20ac\u00a3]?\s?"
+                     r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE]([-+]?\d+))?")
+_PREAMBLE = re.compile(
+    r"^\s*(?:so\s*,?\s*|therefore\s*,?\s*|thus\s*,?\s*)?(?:the\s+)?(?:final\s+|correct\s+|"
+    r"short\s+)?(?:answer|result|solution)\s*(?:is|would be|will be)?\s*[:=\-]?\s*", re.I)
+
+
+def _numbers(text: str) -> list[float]:
+    out = []
+    for sign, digits, exponent in _NUMBER.findall(text):
+        value = float(digits.replace(",", "") + (f"e{exponent}" if exponent else ""))
+        out.append(-value if sign in ("-", "\u2212") else value)
+    return out
+
+
+def format_number(value: float) -> str:
+    """A number as a pseudo-label: 27, -3.5, 1250000 (no separators, no trailing zeros)."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return format(value, ".12g")
+
+
+def extract_answer(task: TaskConfig, text: str | None) -> str | None:
+    """The answer a response gives, as the task's checker compares it (None: it gives none).
+
+    - numeric: the number after a `####` marker, else inside the last `\\boxed{}`, else
+      after an "answer is" / "Answer:" phrase, else the last number in the text; written
+      plainly (thousands separators and currency dropped, the sign kept);
+    - normalized: the first line without an answer preamble ("The correct answer is",
+      "Answer:"), quotes, markdown emphasis and a final full stop;
+    - exact: the first non-empty line without a leading "Answer:".
+    Choice tasks name an option instead (`parse_choice`)."""
+    if text is None:
+        return None
+    if task.checker == "numeric":
+        for marker in (r"####\s*([^\n]*)", r"\\boxed\{([^{}]*)\}",
+                       r"(?:final\s+answer|answer|result)\s*(?:is|:|=)\s*([^\n]*)"):
+            found = [m for m in re.findall(marker, text, flags=re.I) if _numbers(m)]
+            if found:
+                return format_number(_numbers(found[-1])[0])
+        numbers = _numbers(text)
+        return format_number(numbers[-1]) if numbers else None
+    if task.checker == "exact":
+        return parse_open(text) or None
+    for line in text.strip().splitlines():
+        line = _PREAMBLE.sub("", line).strip()
+        line = re.sub(r"^[\s\"'*_`]+|[\s\"'*_`]+$", "", line)
+        line = re.sub(r"[.!]+$", "", line).strip()
+        if line:
+            return line
+    return None
+
+
+def same_answer(task: TaskConfig, a: str | None, b: str | None) -> bool:
+    """Whether two answers are the same by the task's checker (agreement, reflection,
+    evaluation); options and normalised text compare normalised, numbers within tolerance."""
+    if a is None or b is None:
+        return False
+    if task.kind == "open" and task.checker == "numeric":
+        x, y = _number(a), _number(b)
+        return x is not None and y is not None and \
+            abs(x - y) <= task.tolerance * max(1.0, abs(x), abs(y))
+    if task.kind == "open" and task.checker == "exact":
+        return a.strip() == b.strip()
+    return normalize(a) == normalize(b) if task.kind == "open" else a == b
+
+
+def distinct_answers(task: TaskConfig, answers) -> list[str]:
+    """The answers with repeats by the checker removed, first appearance first."""
+    out: list[str] = []
+    for a in answers:
+        if a is not None and not any(same_answer(task, a, b) for b in out):
+            out.append(a)
+    return out
+
+
 def _number(text: str) -> float | None:
-    match = re.search(r"-?\d[\d,]*\.?\d*(?:[eE]-?\d+)?", text)
-    if not match:
-        return None
-    try:
-        return float(match.group(0).replace(",", ""))
-    except ValueError:
-        return None
+    numbers = _numbers(text)
+    return numbers[0] if numbers else None
 
 
 def is_correct(task: TaskConfig, predicted: str | None, gold: str) -> bool:
@@ -163,9 +250,6 @@ def is_correct(task: TaskConfig, predicted: str | None, gold: str) -> bool:
     task's checker (exact, normalised text, numeric within a relative tolerance)."""
     if predicted is None:
         return False
-    if task.kind == "open" and task.checker == "exact":
-        return predicted.strip() == gold.strip()
-    if task.kind == "open" and task.checker == "numeric":
-        a, b = _number(predicted), _number(gold)
-        return a is not None and b is not None and abs(a - b) <= task.tolerance * max(1.0, abs(b))
+    if task.kind == "open":
+        return same_answer(task, predicted, gold)
     return normalize(predicted) == normalize(gold)

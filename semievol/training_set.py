@@ -119,16 +119,51 @@ def source_counts(items: list[dict]) -> dict[str, int]:
     return counts
 
 
-def training_examples(task: TaskConfig, items: list[dict], tokenizer, budget: int):
+def training_examples(task: TaskConfig, items: list[dict], tokenizer, budget: int,
+                      responses: dict[int, str] | None = None):
     """The prompts and answer targets training sees, within the round's context budget: the
     plain prompt (no demonstrations, as the eq. 6 entropy and zero-shot evaluation see it)
-    and the answer's target. Returns (examples, what the budget cut)."""
+    and the answer's target. An open task that trains on responses (open_target
+    `response`) takes a pseudo-label's own response (`responses`, see pseudo_responses) as
+    the target. Returns (examples, what the budget cut)."""
     from semievol.finetune import TrainExample
     from semievol.prompts import PromptBuilder
 
     builder = PromptBuilder(task, tokenizer, budget)
     examples = []
     for it in items:
-        prompt, target = builder.training(Example(it["question"], it["options"]), it["answer"])
+        example = Example(it["question"], it["options"])
+        response = (responses or {}).get(it["item_id"])
+        if response is not None:
+            prompt, target = builder.training_response(example, response)
+        else:
+            prompt, target = builder.training(example, it["answer"])
         examples.append(TrainExample(prompt.text, target, it["answer"]))
     return examples, builder.stats
+
+
+def pseudo_responses(ws: Workspace, items: list[dict]) -> dict[int, str]:
+    """For an open task that trains on responses: the response each pseudo-label came
+    from (the reflection when collaborators disagreed, else the first collaborator whose
+    answer is the label), from the latest round that pseudo-labeled the item."""
+    from semievol.tasks import extract_answer, same_answer
+
+    task = ws.require_task()
+    wanted = {it["item_id"]: it["answer"] for it in items if it["source"] == "pseudo"}
+    out: dict[int, str] = {}
+    rows = ws.query_in(
+        "SELECT p.item_id, p.round_id, p.path, p.reflection_text FROM pseudo_labels p "
+        "JOIN rounds r ON r.id = p.round_id WHERE p.item_id IN ({}) ORDER BY r.number",
+        list(wanted))
+    latest = {r["item_id"]: r for r in rows}  # the last round's row wins
+    for item_id, row in latest.items():
+        if row["path"] == "reflected" and row["reflection_text"] and same_answer(
+                task, extract_answer(task, row["reflection_text"]), wanted[item_id]):
+            out[item_id] = row["reflection_text"]
+            continue
+        for r in ws.query("SELECT answer, text FROM responses WHERE round_id=? AND item_id=? "
+                          "ORDER BY collaborator", (row["round_id"], item_id)):
+            if r["text"] and same_answer(task, r["answer"], wanted[item_id]):
+                out[item_id] = r["text"]
+                break
+    return out

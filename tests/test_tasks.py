@@ -85,7 +85,10 @@ def test_per_item_options_are_shown_in_the_user_turn():
 def test_open_task_asks_for_a_short_answer():
     task = TaskConfig(kind="open", checker="numeric")
     messages = build_messages(task, Example("2 + 2?", None, "4"), with_answer=True)
-    assert "short final answer" in messages[0]["content"]
+    assert "final number only" in messages[0]["content"]
+    text = build_messages(TaskConfig(kind="open", checker="normalized"),
+                          Example("Capital of France?", None, "Paris"), with_answer=True)
+    assert "short final answer" in text[0]["content"]
     assert messages[1]["content"] == "2 + 2?" and messages[2]["content"] == "4"
 
 
