@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from common import flash, user_errors
-from semievol.export import export_adapter, export_dataset, export_merged, versions
+from semievol.export import export_adapter, export_dataset, export_gguf, export_merged, versions
 from semievol.rounds import STATUS_NAMES, round_overview
 from semievol.store import Workspace
 
@@ -26,10 +26,11 @@ def export_dir(ws: Workspace) -> Path:
 
 def exported_files(ws: Workspace, number: int) -> dict[str, Path]:
     """The newest export of round `number` of each kind (exports never overwrite: a second
-    one is `name-2`): jsonl, csv, adapter, merged (those present)."""
+    one is `name-2`): jsonl, csv, adapter, merged, gguf (those present)."""
     folder = export_dir(ws)
     names = {"jsonl": f"curated_round{number}.jsonl", "csv": f"curated_round{number}.csv",
-             "adapter": f"adapter_round{number}", "merged": f"merged_round{number}"}
+             "adapter": f"adapter_round{number}", "merged": f"merged_round{number}",
+             "gguf": f"gguf_round{number}"}
     return {kind: written[-1] for kind, name in names.items()
             if (written := versions(folder / name))}
 
@@ -62,7 +63,7 @@ def show_export(ws: Workspace) -> None:
     number = st.selectbox("Round", list(rounds), key="export_round",
                           format_func=lambda n: f"Round {n} ({STATUS_NAMES[rounds[n]['status']]})")
     st.caption(f"Files are written to `{export_dir(ws)}`.")
-    dataset, adapter, merged = st.columns(3)
+    dataset, adapter, merged, gguf = st.columns(4)
 
     with dataset:
         st.markdown("**Curated dataset**: labeled items, human labels and the selected "
@@ -90,6 +91,16 @@ def show_export(ws: Workspace) -> None:
                 path = export_merged(ws, number, export_dir(ws))
                 flash(f"Saved the merged model of round {number} to {path}.")
                 st.rerun()
+    with gguf:
+        st.markdown("**GGUF for llama.cpp / Ollama**: the merged model as one file, with an "
+                    "Ollama Modelfile and a model card stating the round's metrics.")
+        kind = st.selectbox("Weights", ("f16", "q8_0", "f32"), key="export_gguf_type")
+        if st.button("Export GGUF", key="export_gguf"):
+            with user_errors(), st.spinner("Merging the adapter and writing the GGUF…"):
+                info = export_gguf(ws, number, export_dir(ws), gguf_type=kind)
+                flash(f"Wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB) with its "
+                      "Modelfile and model card." + (f" {info['note']}" if info["note"] else ""))
+                st.rerun()
     show_downloads(ws, number)
 
 
@@ -113,3 +124,11 @@ def show_downloads(ws: Workspace, number: int) -> None:
                            mime="application/zip", key="download_adapter", on_click="ignore")
     if "merged" in files:
         st.markdown(f"Merged model ({_size(files['merged'])}): `{files['merged']}`")
+    if "gguf" in files:
+        folder = files["gguf"]
+        st.markdown(f"GGUF folder ({_size(folder)}): `{folder}` (model.gguf, Modelfile, "
+                    "README.md)")
+        card = folder / "README.md"
+        if card.exists():
+            with st.expander("Model card (README.md)"):
+                st.code(card.read_text(encoding="utf-8"), language="markdown")

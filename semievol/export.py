@@ -1,4 +1,6 @@
-"""Export: the curated training set (chat JSONL and CSV), the adapter, the merged model.
+"""Export: the curated training set (chat JSONL and CSV), the adapter, the merged model, and
+the merged model as GGUF with an Ollama Modelfile and a model card (semievol.gguf_export,
+semievol.model_card).
 
 Exports never overwrite or delete: a name that is taken gets a numbered sibling (`-2`,
 `-3`, ...). CSV cells that a spreadsheet would read as a formula (starting with =, +, -, @,
@@ -19,7 +21,7 @@ from semievol.store import Workspace
 from semievol.tasks import Example, build_messages
 from semievol.training_set import training_items
 
-EXPORT_KINDS = ("dataset", "adapter", "merged")
+EXPORT_KINDS = ("dataset", "adapter", "merged", "gguf")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -112,8 +114,8 @@ def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path) -> Pat
     return target
 
 
-def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
-    """Base model with the round's adapter merged in, saved with its tokenizer (float32)."""
+def _merged_model(ws: Workspace, round_number: int):
+    """The base model with the round's adapter merged in (float32), and its tokenizer."""
     import torch
 
     from semievol.models import load_model
@@ -121,9 +123,43 @@ def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path
 
     config = get_round(ws, round_number).config.model
     adapter = _final_adapter(ws, round_number)
-    model, tokenizer = load_model(config, adapter=adapter, dtype=torch.float32)
+    return load_model(config, adapter=adapter, dtype=torch.float32)
+
+
+def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
+    """Base model with the round's adapter merged in, saved with its tokenizer (float32)."""
+    model, tokenizer = _merged_model(ws, round_number)
     target = free_path(Path(out_dir) / f"merged_round{round_number}")
     model.save_pretrained(target)
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(target)
     return target
+
+
+def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path, *,
+                gguf_type: str = "f16") -> dict:
+    """A folder a deployment loads: model.gguf (the merged model), an Ollama Modelfile and
+    README.md, the model card from the workspace's evidence."""
+    from semievol.gguf_export import GGUF_TYPES, write_gguf
+    from semievol.model_card import model_card, modelfile
+    from semievol.models import resolve_model_path
+    from semievol.rounds import get_round
+
+    if gguf_type not in GGUF_TYPES:  # before the model loads
+        raise SemiEvolError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}; got "
+                            f"{gguf_type!r}.")
+    rnd = get_round(ws, round_number)
+    model, tokenizer = _merged_model(ws, round_number)
+    target = free_path(Path(out_dir) / f"gguf_round{round_number}")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    name = "model.gguf"
+    info = write_gguf(model, Path(resolve_model_path(rnd.config.model.name_or_path)),
+                      partial / name, name=f"{ws.path.name} round {round_number}",
+                      gguf_type=gguf_type)
+    (partial / "Modelfile").write_text(modelfile(name, tokenizer), encoding="utf-8")
+    (partial / "README.md").write_text(model_card(ws, round_number, model_file=name,
+                                                  gguf=info), encoding="utf-8")
+    partial.rename(target)  # whole or not at all: a crash leaves only the .partial folder
+    return {**info, "path": target / name, "folder": target}
