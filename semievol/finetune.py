@@ -86,9 +86,11 @@ def resolved_config(examples, model: ModelConfig, lora: LoraConfig, train: Train
 
 def fingerprint(resolved: dict, examples: list[TrainExample]) -> str:
     """What a checkpoint must match to be resumed: the model, LoRA, hyper-parameters and
-    examples; how long it runs (epochs, max_steps, checkpoint cadence) may change."""
+    examples; how long it runs (epochs, max_steps, checkpoint cadence) and on how many
+    processes (the same global batch either way) may change."""
+    free = ("epochs", "max_steps", "checkpoint_every", "processes", "accelerate_config")
     identity = {**resolved, "train": {k: v for k, v in resolved["train"].items()
-                                      if k not in ("epochs", "max_steps", "checkpoint_every")}}
+                                      if k not in free}}
     return hashlib.sha256(json.dumps(
         [identity, [(e.prompt, e.answer) for e in examples]]).encode("utf-8")).hexdigest()
 
@@ -109,12 +111,33 @@ class Training:
     device: str
     use_autocast: bool
     pad: int
+    shard: "Shard"
+
+
+@dataclass
+class Shard:
+    """This process's part of a multi-process training (semievol.distributed): rank `rank`
+    of `world` takes every world-th example of each micro-batch, and `total` sums a value
+    over the processes. One process: rank 0 of 1, `total` is the value itself."""
+    rank: int = 0
+    world: int = 1
+    accelerator: object = None
+
+    def total(self, value):
+        return value if self.world == 1 else self.accelerator.reduce(value, "sum")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
 
 
 def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfig,
-            train: TrainConfig, init_adapter, resume_from: Path | None) -> Training:
+            train: TrainConfig, init_adapter, resume_from: Path | None,
+            shard: Shard | None = None) -> Training:
     """Load the base model in float32 (master weights), attach LoRA (new, the init adapter,
-    or the checkpoint's), tokenize, fix the sampling order and build the optimizer."""
+    or the checkpoint's), tokenize, fix the sampling order and build the optimizer. With a
+    multi-process `shard`, the transformer body is wrapped by accelerate (DDP), so the LoRA
+    gradients are averaged over the processes after every backward."""
     import torch
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -158,10 +181,15 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
         class_weight = [len(labels) / (len(counts) * counts[c]) for c in labels]
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
-    return Training(peft_model, peft_model.get_base_model().model,
-                    peft_model.get_base_model().lm_head, params, optimizer, rows, order,
-                    class_weight, total_steps, int(round(train.warmup_ratio * total_steps)),
-                    device, compute_dtype == torch.bfloat16, tokenizer.pad_token_id)
+    shard = shard or Shard()
+    body = peft_model.get_base_model().model
+    if shard.world > 1:
+        body = shard.accelerator.prepare_model(body)  # DDP: identical LoRA start, mean grads
+        torch.manual_seed(train.seed + shard.rank)    # each process its own dropout masks
+    return Training(peft_model, body, peft_model.get_base_model().lm_head, params, optimizer,
+                    rows, order, class_weight, total_steps,
+                    int(round(train.warmup_ratio * total_steps)), device,
+                    compute_dtype == torch.bfloat16, tokenizer.pad_token_id, shard)
 
 
 def _micro_batch(t: Training, batch: list[int]):
@@ -192,20 +220,26 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
     for group in t.optimizer.param_groups:
         group["lr"] = lr_at(step, t.total_steps, t.warmup_steps, train.learning_rate)
     step_loss, tokens = 0.0, 0
+    shard = t.shard
     for accum in range(train.grad_accum):
         at = (step * train.grad_accum + accum) * train.batch_size
-        ids, mask, pos_b, pos_t, targets, weights = _micro_batch(
-            t, t.order[at:at + train.batch_size])
+        batch = t.order[at:at + train.batch_size][shard.rank::shard.world]
+        ids, mask, pos_b, pos_t, targets, weights = _micro_batch(t, batch)
         with torch.autocast(device_type=t.device, dtype=torch.bfloat16, enabled=t.use_autocast):
             hidden = t.body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, d)
             logits = t.head(hidden[torch.tensor(pos_b), torch.tensor(pos_t)])       # (n, V)
         token_loss = torch.nn.functional.cross_entropy(
             logits.float(), torch.tensor(targets, device=t.device), reduction="none")
         w = torch.tensor(weights, device=t.device)
-        loss = (token_loss * w).sum() / w.sum() / train.grad_accum
+        # Normalised by the whole micro-batch's weight (every process's tokens), times the
+        # processes because DDP averages their gradients: the same gradient as one process
+        # on the whole batch.
+        weight = shard.total(w.sum())
+        local = (token_loss * w).sum()
+        loss = local * shard.world / weight / train.grad_accum
         loss.backward()
-        step_loss += loss.item()
-        tokens += int(mask.sum())
+        step_loss += (shard.total(local.detach()) / weight / train.grad_accum).item()
+        tokens += int(shard.total(mask.sum()))
     torch.nn.utils.clip_grad_norm_(t.params, 1.0)
     t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)
@@ -216,8 +250,10 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
 def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
                model: ModelConfig, lora: LoraConfig, train: TrainConfig,
                init_adapter: str | Path | None = None, progress: Progress | None = None,
-               metric: Metric | None = None) -> dict:
+               metric: Metric | None = None, shard: Shard | None = None) -> dict:
     """Train and save a LoRA adapter to `output_dir`; resumes from its checkpoint if any.
+    With `train.processes` > 1 the same training runs under `accelerate launch`
+    (semievol.distributed), which calls back here with each process's `shard`.
 
     Returns a summary (steps, final loss, seconds, tokens/s) also saved as training.json.
     """
@@ -225,6 +261,12 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
 
     if not examples:
         raise SemiEvolError("Nothing to train on: the training set is empty.")
+    if train.processes > 1 and shard is None:
+        from semievol.distributed import launch_training
+
+        return launch_training(examples, output_dir, model=model, lora=lora, train=train,
+                               init_adapter=init_adapter, progress=progress, metric=metric)
+    shard = shard or Shard()
     set_offline()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -235,20 +277,22 @@ def train_lora(examples: list[TrainExample], output_dir: str | Path, *,
     resume_from = usable_checkpoint(checkpoint, digest)
     with stage("load model + LoRA"):
         t = prepare(examples, model=model, lora=lora, train=train, init_adapter=init_adapter,
-                    resume_from=resume_from)
+                    resume_from=resume_from, shard=shard)
     start_step, losses = restore(resume_from, t.optimizer) if resume_from else (0, [])
     started = time.time()
     with stage("optimizer steps"):
         tokens_seen = _run_steps(t, train, start_step, losses, checkpoint, digest,
                                  progress, metric)
     seconds = time.time() - started
+    if not shard.main:  # the first process saves; the others only trained
+        return {"steps": t.total_steps, "rank": shard.rank}
     t.peft_model.save_pretrained(output_dir)
     summary = {"steps": t.total_steps, "resumed_from": start_step, "final_loss": losses[-1],
                "mean_loss_last10": sum(losses[-10:]) / len(losses[-10:]),
                "seconds": round(seconds, 2),
                "tokens_per_second": round(tokens_seen / seconds, 1) if seconds else None,
                "dtype": "bfloat16-autocast" if t.use_autocast else "float32",
-               "device": t.device}
+               "device": t.device, "processes": shard.world}
     (output_dir / "semievol_config.json").write_text(json.dumps(resolved, indent=2))
     (output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
     remove_checkpoints(checkpoint)
@@ -267,7 +311,7 @@ def _run_steps(t: Training, train: TrainConfig, start_step: int, losses: list[fl
         # Checkpoint before reporting: a run stopped in a callback (SIGTERM, a locked
         # database) resumes from the step it last reported, not one checkpoint earlier.
         if train.checkpoint_every and (step + 1) % train.checkpoint_every == 0 \
-                and step + 1 < t.total_steps:
+                and step + 1 < t.total_steps and t.shard.main:
             save_checkpoint(t.peft_model, t.optimizer, step + 1, losses, checkpoint, digest)
         if metric:
             metric("train_loss", step + 1, step_loss)
