@@ -103,17 +103,74 @@ class LazyEmbedder:
         return self._embedder.embed(texts)
 
 
+CHROMA_SERVER = "chroma_server"
+"""Workspace setting: the URL of a Chroma server (`chroma run`) holding the vectors instead of
+the workspace's own chroma/ folder; '' or unset = the folder."""
+
+
+def set_chroma_server(ws: Workspace, url: str | None) -> str | None:
+    """Keep this workspace's vectors on the Chroma server at `url` (None: in the workspace
+    folder). The server must answer first; the vectors are (re)computed there on the next
+    index, under names of this workspace alone."""
+    if url:
+        host, port, ssl = _server_address(url)
+        try:
+            _http_client(host, port, ssl).heartbeat()
+        except Exception as exc:  # chromadb raises several types for a dead server
+            raise SemiEvolError(f"No Chroma server answers at {url} ({exc}); start one with "
+                                "`chroma run --path DIR --host HOST --port PORT`.") from exc
+    with ws.transaction() as conn:
+        ws.set_setting(CHROMA_SERVER, url or "", conn)
+    return url or None
+
+
+def _server_address(url: str) -> tuple[str, int, bool]:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise SemiEvolError(f"A Chroma server is http(s)://HOST:PORT; got {url!r}.")
+    ssl = parsed.scheme == "https"
+    return parsed.hostname, parsed.port or (443 if ssl else 8000), ssl
+
+
+def _http_client(host: str, port: int, ssl: bool):
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.HttpClient(host=host, port=port, ssl=ssl,
+                               settings=Settings(anonymized_telemetry=False))
+
+
 def _client(ws: Workspace):
     import chromadb
     from chromadb.config import Settings
 
+    server = ws.get_setting(CHROMA_SERVER)
+    if server:
+        return _http_client(*_server_address(server))
     return chromadb.PersistentClient(path=str(ws.path / "chroma"),
                                      settings=Settings(anonymized_telemetry=False))
 
 
-def _collection(client, name: str, embedder: Embedder):
+def _collection_name(ws: Workspace, name: str) -> str:
+    """The workspace folder's collections are `items` and `labeled`; on a shared server
+    each workspace's carry its own id, so two workspaces never mix their vectors."""
+    if not ws.get_setting(CHROMA_SERVER):
+        return name
+    workspace_id = ws.get_setting("workspace_id")
+    if not workspace_id:
+        import uuid
+
+        workspace_id = uuid.uuid4().hex[:16]
+        with ws.transaction() as conn:
+            ws.set_setting("workspace_id", workspace_id, conn)
+    return f"semievol-{workspace_id}-{name}"
+
+
+def _collection(ws: Workspace, client, name: str, embedder: Embedder):
     ef = _embedding_function_class()(embedder)
-    return client.get_or_create_collection(name, embedding_function=ef,
+    return client.get_or_create_collection(_collection_name(ws, name), embedding_function=ef,
                                            metadata={"hnsw:space": "cosine"})
 
 
@@ -124,7 +181,7 @@ def _digest(text: str) -> str:
 def embed_items(ws: Workspace, embedder: Embedder, *, progress: Progress | None = None) -> int:
     """Make sure every item's question is embedded in the `items` collection; returns how
     many were (re)computed. Items whose text changed since are re-embedded."""
-    collection = _collection(_client(ws), "items", embedder)
+    collection = _collection(ws, _client(ws), "items", embedder)
     rows = ws.query("SELECT id, question FROM items ORDER BY id")
     stored = collection.get(include=["metadatas"])
     known = {i: (m or {}).get("digest") for i, m in zip(stored["ids"], stored["metadatas"])}
@@ -143,7 +200,7 @@ def item_embeddings(ws: Workspace, embedder: Embedder, item_ids: list[int]) -> n
     """(len(item_ids), d) stored embeddings, in the order asked."""
     if not item_ids:
         return np.zeros((0, 0), dtype=np.float32)
-    collection = _collection(_client(ws), "items", embedder)
+    collection = _collection(ws, _client(ws), "items", embedder)
     found = {}
     for start in range(0, len(item_ids), CHROMA_BATCH):
         got = collection.get(ids=[str(i) for i in item_ids[start:start + CHROMA_BATCH]],
@@ -169,7 +226,7 @@ def index_workspace(ws: Workspace, embedder: Embedder, *, k: int = 3,
         raise SemiEvolError("The workspace has no labeled items to retrieve from; import a "
                             "labeled file first.")
     client = _client(ws)
-    pool = _collection(client, "labeled", embedder)
+    pool = _collection(ws, client, "labeled", embedder)
     in_pool = set(pool.get(include=[])["ids"])
     wanted = {str(i) for i in labeled_ids}
     stale = sorted(in_pool - wanted)
