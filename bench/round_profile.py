@@ -31,39 +31,14 @@ from common import REPO, RESULTS, log, machine_info, model_dtype_name  # noqa: E
 MODEL_SHAPED = (3584, 576, 1536)
 
 
-def matmul_peaks(reps: int = 20) -> dict:
-    """Best GFLOP/s per dtype on model-shaped and on 1,024-square matrices."""
-    import torch
+def matmul_peaks() -> dict:
+    """Best GFLOP/s per dtype on model-shaped and on 1,024-square matrices (semievol's own
+    half-second measurement, the one its time estimates use)."""
+    from semievol.estimate import matmul_peak
 
-    out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        name = str(dtype).replace("torch.", "")
-        for label, (m, k, n) in (("model-shaped", MODEL_SHAPED), ("square-1024", (1024,) * 3)):
-            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-            for _ in range(3):
-                torch.matmul(a, b)
-            best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(reps))
-            out[f"{name} {label}"] = 2 * m * k * n / best / 1e9
-    return out
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def body_parameters(model_config) -> int:
-    """Parameters of the transformer body (embeddings and output layer excluded)."""
-    from semievol.models import resolve_model_path
-
-    config = json.loads((Path(resolve_model_path(model_config.name_or_path))
-                         / "config.json").read_text())
-    d, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads",
-                                                          config["num_attention_heads"])
-    attention = d * d * 2 + 2 * d * (d // heads) * kv
-    return layers * (attention + 3 * d * f)
+    return {f"{dtype} {label}": matmul_peak(dtype, shape)
+            for dtype in ("float32", "bfloat16")
+            for label, shape in (("model-shaped", MODEL_SHAPED), ("square-1024", (1024,) * 3))}
 
 
 def main(argv=None) -> int:
@@ -72,11 +47,18 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=REPO / "data" / "demo")
     p.add_argument("--max-steps", type=int, default=None, help="cap training (a quick check)")
     p.add_argument("--unlabeled-limit", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=None, help="training epochs (both trainings)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lora-dropout", type=float, default=None)
+    p.add_argument("--collaborators", default=None,
+                   help="model:demos:temperature:seed,... (as the CLI takes them)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from semievol import launch, rounds
+    from semievol import jobs, launch, rounds
     from semievol.demo import create_demo_workspace
+    from semievol.estimate import model_parameters
+    from semievol.models import resolve_model_path
     from semievol.evaluate import evaluations_table
     from semievol.models import set_offline
     from semievol.profiling import Profiler
@@ -94,6 +76,17 @@ def main(argv=None) -> int:
                 config.train.max_steps = args.max_steps
             if args.unlabeled_limit:
                 config.unlabeled_limit = args.unlabeled_limit
+            if args.epochs:
+                config.train.epochs = args.epochs
+            if args.lr:
+                config.train.learning_rate = args.lr
+            if args.lora_dropout is not None:
+                config.lora.dropout = args.lora_dropout
+            if args.collaborators:
+                from semievol.cli_engine import parse_collaborator
+
+                config.collaborators = [parse_collaborator(c)
+                                        for c in args.collaborators.split(",")]
             machine = machine_info(model_dtype_name(config.model))
             log("measuring the matmul peaks")
             peaks = matmul_peaks()
@@ -103,10 +96,12 @@ def main(argv=None) -> int:
             with profiler.active():
                 run_id = launch.start(ws, "round", background=False, config=config,
                                       review=False)
+                estimate = (jobs.get_run(ws, run_id)["request"] or {}).get("estimate")
+                log(f"estimate: {estimate and estimate.get('line')}")
                 results = launch.execute(ws, run_id)
             round_seconds = time.time() - t0
             evaluations = evaluations_table(ws)
-            params = body_parameters(config.model)
+            params = model_parameters(resolve_model_path(config.model.name_or_path))
             machine["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -126,6 +121,7 @@ def main(argv=None) -> int:
               "body_parameters": params, "setup_seconds": round(setup_seconds, 1),
               "round_seconds": round(round_seconds, 1), "round_minutes": round_seconds / 60,
               "test_accuracy": round_accuracy, "evaluations": evaluations,
+              "estimate": estimate,
               "stages": stages, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"round_profile_{args.label}.json").write_text(
@@ -145,16 +141,23 @@ def markdown(report: dict) -> str:
              f"threads, model dtype {report['machine']['model_dtype']}; load average at start "
              f"{report['machine']['load_average_at_start']}, at end "
              f"{report['machine'].get('load_average_at_end')}.", "",
+             (f"Estimated before it started: {report['estimate']['total'] / 60:.1f} min "
+              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in report['estimate']['steps'].items())})."
+              if report.get("estimate") and report["estimate"].get("total") else
+              "No estimate recorded."), "",
              "Matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.0f}"
                                                     for k, v in report["peaks_gflops"].items())
              + f"; utilisation below is against {report['peak_used']}.", "",
-             "| stage | wall s | CPU s | calls | inference tokens | training tokens | GFLOP/s "
-             "| utilisation |", "|---|---|---|---|---|---|---|---|"]
+             "| stage | wall s | estimated s | CPU s | calls | inference tokens | training "
+             "tokens | GFLOP/s | utilisation |", "|---|---|---|---|---|---|---|---|---|"]
+    estimated = (report.get("estimate") or {}).get("steps") or {}
     for s in report["stages"]:
         util = "" if s["utilisation"] is None or not (s["forward_tokens"] or s["train_tokens"]) \
             else f"{s['utilisation']:.0%}"
         gflops = f"{s['gflops']:.0f}" if s["forward_tokens"] or s["train_tokens"] else ""
-        lines.append(f"| {s['path']} | {s['wall']:.1f} | {s['cpu']:.1f} | {s['calls']} | "
+        guess = f"{estimated[s['path']]:.0f}" if s["path"] in estimated else ""
+        lines.append(f"| {s['path']} | {s['wall']:.1f} | {guess} | {s['cpu']:.1f} | "
+                     f"{s['calls']} | "
                      f"{s['forward_tokens']:,} | {s['train_tokens']:,} | {gflops} | {util} |")
     lines += ["", "| model | accuracy | macro-F1 |", "|---|---|---|"]
     for e in report["evaluations"]:

@@ -17,7 +17,6 @@ holder and how to cancel it. `cancel_run` sends SIGTERM, which `run_context` tur
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import signal
@@ -31,13 +30,13 @@ from pathlib import Path
 from typing import Iterator
 
 from semievol.errors import SemiEvolError
+from semievol.run_progress import RunHandle, clock as _clock
 from semievol.store import Workspace, now
 
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 RUN_KINDS_WRITING_ROUND = {"warmup", "label", "select", "train", "evaluate", "round"}
 HEARTBEAT_SECONDS = 2.0  # how often a running process stamps its row's heartbeat
 STALE_SECONDS = 30.0  # a running row with an older heartbeat belongs to a process gone
-PROGRESS_INTERVAL = 0.5  # at most one progress write per this many seconds (not the last)
 CANCEL_WAIT_SECONDS = 5.0
 _ERROR_TRACEBACK_LINES = 12
 
@@ -94,77 +93,15 @@ def spawn(ws: Workspace, run_id: int, argv: list[str], *, module: str = "semievo
     return process.pid
 
 
-class RunHandle:
-    """What a running step uses to report: which step of how many, progress, metrics.
-
-    A run of several steps (a whole round) reports its progress as one number over all of
-    them: step k of n at a fraction f of its own work is (k + f) / n, and the message says
-    "step k/n <name>: ..." so a reader sees both."""
-
-    def __init__(self, ws: Workspace, run_id: int, round_id: int | None):
-        self.ws = ws
-        self.id = run_id
-        self.round_id = round_id
-        self._last_write = 0.0
-        self._last_message: str | None = None
-        self._step: tuple[int, int, str] | None = None
-        self._log: Path | None = None
-        self._last_logged = 0.0
-
-    def keep_log(self) -> None:
-        """Write a plain log of this run to WORKSPACE/runs/<id>.log (a foreground run; a
-        background run's output already goes there)."""
-        self._log = self.ws.path / "runs" / f"{self.id}.log"
-        self._log.parent.mkdir(parents=True, exist_ok=True)
-        self.ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(self._log), self.id))
-        self.log(f"# run {self.id} started {_clock(now())} in the foreground (pid {os.getpid()})")
-
-    def log(self, line: str) -> None:
-        if self._log is not None:
-            with open(self._log, "a", encoding="utf-8") as fh:
-                fh.write(line.rstrip("\n") + "\n")
-
-    def begin_step(self, index: int, count: int, name: str) -> None:
-        """Step `index` (0-based) of `count` starts."""
-        self._step = (index, count, name)
-        self.log(f"== step {index + 1}/{count}: {name}")
-        self.progress(0, 1, "starting")
-
-    def progress(self, done: int, total: int, message: str = "") -> None:
-        """Record done/total (throttled to one write per PROGRESS_INTERVAL, except the last
-        step and a change of message)."""
-        t = time.monotonic()
-        if (done < total and message == self._last_message
-                and t - self._last_write < PROGRESS_INTERVAL):
-            return
-        self._last_write, self._last_message = t, message
-        fraction = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-        if self._step is not None:
-            index, count, name = self._step
-            fraction = (index + fraction) / count
-            message = f"step {index + 1}/{count} {name}: {message}" if count > 1 \
-                else f"{name}: {message}"
-        self.ws.conn.execute("UPDATE runs SET progress=?, message=? WHERE id=?",
-                             (fraction, message, self.id))
-        if done >= total or t - self._last_logged >= 5:
-            self._last_logged = t
-            self.log(f"[{100 * fraction:5.1f}%] {message}")
-
-    def metric(self, name: str, step: int | None, value: float) -> None:
-        self.ws.conn.execute(
-            "INSERT INTO metrics(run_id, round_id, name, step, value, created_at)"
-            " VALUES(?, ?, ?, ?, ?, ?)",
-            (self.id, self.round_id, name, step, None if value is None else float(value),
-             now()))
-
-
 @contextlib.contextmanager
 def run_context(ws: Workspace, run_id: int) -> Iterator[RunHandle]:
     """Execute the enclosed step as the registered run `run_id`: take its row over (this
     process's pid, a heartbeat thread), and end it as succeeded / cancelled (SIGTERM,
     Ctrl-C) / failed (with the error)."""
     kind = _adopt(ws, run_id)
-    handle = RunHandle(ws, run_id, ws.scalar("SELECT round_id FROM runs WHERE id=?", (run_id,)))
+    row = ws.query("SELECT round_id, request FROM runs WHERE id=?", (run_id,))[0]
+    estimate = (json.loads(row["request"]) if row["request"] else {}).get("estimate")
+    handle = RunHandle(ws, run_id, row["round_id"], estimate=estimate)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(ws.path / "workspace.db", run_id, stop),
                             daemon=True, name=f"heartbeat-run-{run_id}")
@@ -431,5 +368,10 @@ def _dumps(config: dict | None) -> str | None:
     return None if config is None else json.dumps(config, default=str)
 
 
-def _clock(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+def set_estimate(ws: Workspace, run_id: int, estimate: dict) -> None:
+    """Store a run's time estimate (semievol.estimate) in its request, for its progress."""
+    row = ws.query("SELECT request FROM runs WHERE id=?", (run_id,))[0]
+    request = json.loads(row["request"]) if row["request"] else {}
+    request["estimate"] = {"steps": estimate["steps"], "total": estimate["total"],
+                           "line": estimate.get("line", "")}
+    ws.conn.execute("UPDATE runs SET request=? WHERE id=?", (_dumps(request), run_id))

@@ -1,8 +1,9 @@
 """Where a round's time goes: named stages (a step, each collaborator, reflection, the
 eq. 6 entropy, each evaluation, training) with their wall time, CPU time and the tokens the
 model processed. The library marks its stages with `stage(...)` and counts tokens with
-`count_tokens(...)`; both cost nothing unless a `Profiler` is active (bench/round_profile.py
-activates one), so production runs are unchanged.
+`count_tokens(...)`; both cost nothing unless a `Profiler` is active. bench/round_profile.py
+activates one for the per-stage table; run_steps keeps one for each run (`measuring`), whose
+token totals tell semievol.estimate this machine's speed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class StageRecord:
 @dataclass
 class Profiler:
     records: dict[str, StageRecord] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=lambda: {"forward": 0, "train": 0})
     _stack: list[str] = field(default_factory=list)
 
     @contextlib.contextmanager
@@ -62,11 +64,24 @@ def stage(name: str):
         profiler._stack.pop()
 
 
+@contextlib.contextmanager
+def measuring():
+    """The active profiler, or a fresh one active for the enclosed block: run_steps counts
+    each step's tokens with it, to measure this machine's speed (semievol.estimate)."""
+    profiler = _active.get()
+    if profiler is not None:
+        yield profiler
+        return
+    with Profiler().active() as fresh:
+        yield fresh
+
+
 def count_tokens(n: int, *, training: bool = False) -> None:
     """Add `n` tokens to every open stage (inference, or training: forward and backward)."""
     profiler = _active.get()
     if profiler is None or not n:
         return
+    profiler.totals["train" if training else "forward"] += n
     for depth in range(1, len(profiler._stack) + 1):
         record = profiler.records[" / ".join(profiler._stack[:depth])]
         if training:

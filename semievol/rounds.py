@@ -135,6 +135,20 @@ def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:
     return get_round(ws, number)
 
 
+def prospective(ws: Workspace, config: RoundConfig | None = None) -> Round:
+    """The round a launch would work on, without opening it: the latest unfinished round
+    (with `config` in place of its own), or the next one (id None: it has nothing yet)."""
+    latest = latest_round(ws)
+    if latest is not None and latest.status not in FINISHED:
+        if config is None:
+            return latest
+        import dataclasses
+
+        return dataclasses.replace(latest, config=with_budget(config))
+    number = latest.number + 1 if latest else 1
+    return Round(None, number, "open", with_budget(config or base_config(ws)), None, None)
+
+
 def with_budget(config: RoundConfig) -> RoundConfig:
     """`config` with its context budget resolved to a number (prompts.resolve_budget), so the
     round stores the budget its every prompt is built in."""
