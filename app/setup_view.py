@@ -15,15 +15,17 @@ import streamlit as st
 
 from common import RUNS_PAGE, launch_with_feedback, show_error
 from semievol import jobs
-from semievol.config import (CLASS_BALANCE, COLLABORATOR_MODELS, SELECTION_POLICIES,
-                             SELECTION_SCORES, START_FROM, RoundConfig, round_config_from_dict,
-                             to_dict)
+from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS,
+                             SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES, START_FROM,
+                             RoundConfig, ServerConfig, round_config_from_dict, to_dict)
 from semievol.errors import SemiEvolError
 from semievol.rounds import FINISHED, Round, latest_round
 from semievol.steps import STEPS, step_states
 from semievol.store import Workspace
 
-COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed"]
+COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed", "server"]
+SERVER_COLUMNS = ["name", "base_url", "model", "warmup_model", "adapter_loading",
+                  "api_key_env", "mode", "concurrency"]
 DTYPES = ("auto", "bfloat16", "float32")
 
 
@@ -36,8 +38,33 @@ def default_config(ws: Workspace) -> RoundConfig:
 
 def collaborator_frame(config: RoundConfig) -> pd.DataFrame:
     return pd.DataFrame([{"model": c.model, "demonstrations": c.demonstrations,
-                          "temperature": c.temperature, "seed": c.seed}
+                          "temperature": c.temperature, "seed": c.seed, "server": c.server}
                          for c in config.collaborators], columns=COLLABORATOR_COLUMNS)
+
+
+def server_frame(config: RoundConfig) -> pd.DataFrame:
+    return pd.DataFrame([{k: getattr(s, k) for k in SERVER_COLUMNS} for s in config.servers],
+                        columns=SERVER_COLUMNS)
+
+
+def servers_from_frame(frame: pd.DataFrame, base: RoundConfig) -> list[dict]:
+    """The server editor's rows as server dicts (timeout and retries kept from the config);
+    a row without a name or URL is an error."""
+    kept = {s.name: s for s in base.servers}
+    out, problems = [], []
+    for n, row in enumerate(frame.to_dict("records"), start=1):
+        if _missing(row.get("name")) or _missing(row.get("base_url")):
+            problems.append(f"server row {n}: fill in name and base_url")
+            continue
+        values = {k: ("" if _missing(row.get(k)) else row[k]) for k in SERVER_COLUMNS}
+        values["concurrency"] = int(values["concurrency"] or 4)
+        values["adapter_loading"] = values["adapter_loading"] or "none"
+        values["mode"] = values["mode"] or "auto"
+        old = kept.get(values["name"])
+        out.append({**to_dict(old or ServerConfig(name=str(values["name"]))), **values})
+    if problems:
+        raise SemiEvolError("The server table is incomplete.", problems=problems)
+    return out
 
 
 def _missing(value) -> bool:
@@ -48,13 +75,14 @@ def collaborators_from_frame(frame: pd.DataFrame) -> list[dict]:
     """The editor's rows as collaborator dicts; a row with an empty cell is an error."""
     out, problems = [], []
     for n, row in enumerate(frame.to_dict("records"), start=1):
-        empty = [c for c in COLLABORATOR_COLUMNS if _missing(row.get(c))]
+        empty = [c for c in COLLABORATOR_COLUMNS[:4] if _missing(row.get(c))]
         if empty:
             problems.append(f"collaborator row {n}: fill in {', '.join(empty)}")
             continue
         try:
             out.append({"model": str(row["model"]), "demonstrations": int(row["demonstrations"]),
-                        "temperature": float(row["temperature"]), "seed": int(row["seed"])})
+                        "temperature": float(row["temperature"]), "seed": int(row["seed"]),
+                        "server": "" if _missing(row.get("server")) else str(row["server"])})
         except (TypeError, ValueError) as exc:
             problems.append(f"collaborator row {n}: {exc}")
     if problems:
@@ -64,7 +92,8 @@ def collaborators_from_frame(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
-def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFrame) -> RoundConfig:
+def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFrame,
+                     servers: pd.DataFrame | None = None) -> RoundConfig:
     """`base` with the form's values: `fields` maps "section.key" (or a top-level key) to a
     value. Raises SemiEvolError (from the config's own validation) when it is not valid."""
     data = to_dict(base)
@@ -72,6 +101,8 @@ def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFram
         section, _, key = name.rpartition(".")
         (data[section] if section else data)[key] = value
     data["collaborators"] = collaborators_from_frame(collaborators)
+    if servers is not None:
+        data["servers"] = servers_from_frame(servers, base)
     try:
         return round_config_from_dict(data)
     except TypeError as exc:  # a value of the wrong type reached a comparison
@@ -148,6 +179,11 @@ def _model_fields(config: RoundConfig) -> dict:
         "Class balance", CLASS_BALANCE, index=CLASS_BALANCE.index(config.train.class_balance),
         key="setup_class_balance", help="Small imbalanced sets collapse onto the majority "
                                         "class without it.")
+    fields["train.processes"] = int(st.number_input(
+        "Training processes", min_value=1, max_value=64, step=1,
+        value=config.train.processes, key="setup_processes",
+        help="Above 1, training runs under `accelerate launch` (DDP): CPU processes, or one "
+             "per GPU, each taking a share of every batch."))
     return fields
 
 
@@ -199,7 +235,40 @@ def _collaborator_table(config: RoundConfig) -> pd.DataFrame:
                                                          default=1.0),
             "seed": st.column_config.NumberColumn("seed", min_value=0, step=1, required=True,
                                                   default=0),
+            "server": st.column_config.TextColumn(
+                "server", default="", help="The name of a server below that answers for "
+                                           "this collaborator; empty = in this process."),
         })
+
+
+def _server_table(config: RoundConfig) -> tuple[pd.DataFrame, dict]:
+    """The served-model settings: the servers, and which runs reflection, entropy and
+    evaluation."""
+    with st.expander(f"Served models ({len(config.servers)} server(s))",
+                     expanded=bool(config.servers)):
+        st.caption("OpenAI-compatible servers (vLLM, llama.cpp, a hosted API). A collaborator "
+                   "names one in its `server` column. API keys are read from the environment "
+                   "variable named here and never stored. `chat` mode (hosted models without "
+                   "echo) is an approximation from the top-20 log-probabilities, letters only.")
+        frame = st.data_editor(
+            server_frame(config), key="setup_servers", num_rows="dynamic", hide_index=True,
+            column_config={
+                "adapter_loading": st.column_config.SelectboxColumn(
+                    "adapter_loading", options=list(ADAPTER_LOADING), default="none"),
+                "mode": st.column_config.SelectboxColumn("mode", options=list(SERVER_MODES),
+                                                         default="auto"),
+                "concurrency": st.column_config.NumberColumn("concurrency", min_value=1,
+                                                             step=1, default=4)})
+        names = [""] + [str(n) for n in frame["name"] if not _missing(n)]
+        c = st.columns(3)
+        fields = {}
+        for column, role, words in zip(c, ("reflection", "entropy", "evaluation"),
+                                       ("Reflection on", "Eq. 6 entropy on", "Evaluation on")):
+            current = getattr(config.served, role)
+            fields[f"served.{role}"] = column.selectbox(
+                words, names, index=names.index(current) if current in names else 0,
+                key=f"setup_served_{role}", format_func=lambda n: n or "this process")
+    return frame, fields
 
 
 def _selection_fields(config: RoundConfig) -> dict:
@@ -227,9 +296,11 @@ def read_form(ws: Workspace) -> tuple[RoundConfig | None, SemiEvolError | None]:
     fields = _model_fields(base)
     fields.update(_round_fields(base))
     collaborators = _collaborator_table(base)
+    servers, served = _server_table(base)
+    fields.update(served)
     fields.update(_selection_fields(base))
     try:
-        return config_from_form(base, fields, collaborators), None
+        return config_from_form(base, fields, collaborators, servers), None
     except SemiEvolError as exc:
         return None, exc
 
@@ -246,6 +317,16 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
     if error is not None:
         show_error(error)
         st.caption("Fix the settings above to launch.")
+    if config is not None and config.servers and st.button(
+            "Check the servers", key="check_servers",
+            help="Ask each server what it can serve (echo, chat log-probabilities, the "
+                 "models it lists); a round also checks before it starts."):
+        from semievol.round_backends import probe_servers
+
+        try:
+            st.code("\n".join(probe_servers(ws, config)), language=None)
+        except SemiEvolError as exc:
+            show_error(exc)
     # Steps after warm-up work on an open round; a finished round's next one starts at warmup.
     open_round = rnd is not None and rnd.status not in FINISHED
     running = jobs.running_runs(ws)
@@ -258,6 +339,8 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
         "Unattended: also train and evaluate, without waiting for review", key="unattended",
         help="For scripts and benchmarks. By default a round stops after selection and "
              "waits for you to review its pseudo-labels and press Train.")
+    if config is not None:
+        show_estimate(ws, config, review=not unattended)
     left, right = st.columns([1, 2])
     if left.button("Launch round", type="primary", key="launch_round",
                    disabled=config is None or busy):
@@ -276,6 +359,25 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
         st.download_button("Save as YAML", config_yaml(config), file_name=name,
                            mime="application/x-yaml", key="save_yaml",
                            help="Use it with `semievol round WORKSPACE --config FILE`.")
+
+
+def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool) -> None:
+    """How long the round should take on this machine (launch.estimate), recomputed when
+    the settings change."""
+    import json
+
+    from semievol.estimate import workspace_state
+
+    key = (json.dumps(to_dict(config), sort_keys=True), review, workspace_state(ws))
+    cache = st.session_state.setdefault("setup_estimates", {})
+    if key not in cache:
+        from semievol import launch
+
+        cache.clear()
+        cache[key] = launch.estimate(ws, "round", config=config, review=review)
+    found = cache[key]
+    if found and found.get("total"):
+        st.info(f"Estimated time for this round: {found['line']}.", icon=":material/schedule:")
 
 
 def show_setup(ws: Workspace) -> None:

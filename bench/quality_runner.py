@@ -112,7 +112,8 @@ class Runner:
     def warmup(self, ws, rnd, fmt: str, name: str) -> None:
         from semievol import rounds
         from semievol.evaluate import evaluate
-        from semievol.steps import budget_of, load_backends
+        from semievol.round_backends import load_backends
+        from semievol.steps import budget_of
 
         with self.stage(fmt, f"{name}: train") as rec:
             summary = self.run_step(ws, rnd, "warmup", progress=progress_printer("warm-up", 30))
@@ -121,7 +122,7 @@ class Runner:
                               **_train_summary(summary)})
         rnd = rounds.get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: evaluate"):
-            report = evaluate(ws, load_backends(rnd)["warmup"], model="warmup",
+            report = evaluate(ws, load_backends(ws, rnd)["warmup"], model="warmup",
                               round_id=rnd.id, budget=budget_of(rnd),
                               progress=progress_printer("evaluate"))
         self.add_variant(fmt, name, report, round=rnd.number)

@@ -53,6 +53,12 @@ class Backend(Protocol):
         """(text, per-token log-probabilities) per prompt."""
 
 
+def backend_key(role: str, server: str = "") -> str:
+    """Which backend answers: `role` (base, warmup, final) in this process, or
+    `role@server` on a configured server (semievol.round_backends builds them)."""
+    return f"{role}@{server}" if server else role
+
+
 def normalised(per_option: list[np.ndarray]) -> np.ndarray:
     """The option distribution from each option's token log-probabilities (their sum is the
     option's log-likelihood), softmax-normalised over the options."""

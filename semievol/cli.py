@@ -60,10 +60,14 @@ def cmd_import(args) -> int:
 
 def cmd_index(args) -> int:
     from semievol.progress import terminal_progress
-    from semievol.retrieval import LazyEmbedder, index_workspace
+    from semievol.retrieval import LazyEmbedder, index_workspace, set_chroma_server
     from semievol.store import Workspace
 
     ws = Workspace(args.workspace)
+    if args.chroma_server is not None:  # before any work: refused if nothing answers there
+        where = set_chroma_server(ws, args.chroma_server or None)
+        print(f"Vectors kept on the Chroma server at {where}." if where else
+              "Vectors kept in the workspace folder (chroma/).")
     embedder = LazyEmbedder(args.embedder)  # loads only if something needs embedding
     done = index_workspace(ws, embedder, k=args.k, progress=terminal_progress("indexing"))
     if not done["embedded"] and not done["queried"]:
@@ -173,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workspace")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("--embedder", default="bundled")
+    p.add_argument("--chroma-server", metavar="URL",
+                   help="keep the vectors on a Chroma server (`chroma run`), e.g. "
+                        "http://127.0.0.1:8000; '' = back in the workspace folder")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("status", help="split counts, neighbours, rounds, runs")

@@ -9,6 +9,7 @@ serve the app's buttons, so both are refused and recorded the same way.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from semievol.config import (CLASS_BALANCE, SELECTION_POLICIES, SELECTION_SCORES,
@@ -24,29 +25,40 @@ def _open(path: str):
     return Workspace(path)
 
 
+def config_data(ws, path: str | None) -> dict:
+    """The round's current config (rounds.base_config) as a dict, with the YAML file at
+    `path` on top (a partial file overrides only what it names)."""
+    from semievol.config import to_dict
+    from semievol.rounds import base_config
+
+    data = to_dict(base_config(ws))
+    if not path:
+        return data
+    import yaml
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SemiEvolError(f"Could not read the round config {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise SemiEvolError(f"{path} is not a round config (a YAML mapping).")
+    for key, value in loaded.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    return data
+
+
 def round_config_from_args(ws, args):
     """The round config: a saved file (--config), else the round's current config (see
     rounds.base_config), with command-line overrides on top; None when nothing was given."""
     from semievol.config import round_config_from_dict, to_dict
-    from semievol.rounds import base_config
 
-    data = to_dict(base_config(ws))
-    if getattr(args, "config", None):
-        import yaml
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise SemiEvolError(f"Could not read the round config {args.config}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise SemiEvolError(f"{args.config} is not a round config (a YAML mapping).")
-        for key, value in loaded.items():  # a partial file overrides only what it names
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key].update(value)
-            else:
-                data[key] = value
+    data = config_data(ws, getattr(args, "config", None))
     overrides = {("train", "epochs"): args.epochs, ("train", "max_steps"): args.max_steps,
                  ("train", "learning_rate"): args.lr, ("train", "batch_size"): args.batch_size,
                  ("train", "class_balance"): args.class_balance, ("retrieval", "k"): args.k,
+                 ("train", "processes"): args.processes,
                  ("model", "name_or_path"): args.model, ("model", "dtype"): args.dtype,
                  ("model", "context_budget"): args.context_budget,
                  ("calibration", "fraction"): args.calibration}
@@ -65,13 +77,16 @@ def round_config_from_args(ws, args):
 
 
 def parse_collaborator(spec: str) -> CollaboratorConfig:
-    """`model:demonstrations:temperature:seed`, e.g. `warmup:3:1.0:1`."""
-    parts = spec.strip().split(":")
+    """`model:demonstrations:temperature:seed[@server]`, e.g. `warmup:3:1.0:1` or
+    `base:3:1.0:2@vllm` (answered by the round config's server named vllm)."""
+    body, _, server = spec.strip().partition("@")
+    parts = body.split(":")
     if len(parts) != 4:
         raise SemiEvolError(f"Collaborator {spec!r}: expected model:demonstrations:"
-                            "temperature:seed, e.g. warmup:3:1.0:1.")
+                            "temperature:seed[@server], e.g. warmup:3:1.0:1.")
     try:
-        return CollaboratorConfig(parts[0], int(parts[1]), float(parts[2]), int(parts[3]))
+        return CollaboratorConfig(parts[0], int(parts[1]), float(parts[2]), int(parts[3]),
+                                  server=server.strip())
     except ValueError as exc:
         raise SemiEvolError(f"Collaborator {spec!r}: {exc}.") from exc
 
@@ -111,11 +126,20 @@ def cmd_step(args) -> int:
                           force=getattr(args, "force", False),
                           review=not getattr(args, "no_review", False),
                           confirm=_confirmer(args))
+    estimated = (jobs_request(ws, run_id).get("estimate") or {}).get("line")
+    if estimated:
+        print(f"estimate: {estimated}", file=sys.stderr)  # stdout keeps the results
     if args.background:
         print(f"Started run {run_id} ({kind}) in the background; follow it with "
               f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
         return 0
     return _execute(ws, run_id, keep_log=True)
+
+
+def jobs_request(ws, run_id: int) -> dict:
+    from semievol import jobs
+
+    return jobs.get_run(ws, run_id)["request"] or {}
 
 
 def _execute(ws, run_id: int, *, keep_log: bool) -> int:
@@ -177,6 +201,8 @@ def _print_share(name: str, r: dict) -> None:
 
 def _report(step: str, result: dict) -> None:
     if step == "label":
+        for line in result.get("servers", []):
+            print(line)
         if result.get("warning"):
             print(f"WARNING: {result['warning']}")
         print(f"label: {result['items']} item(s); responses computed {result['computed']}, "
@@ -195,6 +221,8 @@ def _report(step: str, result: dict) -> None:
             print(f"WARNING: {result['regression']['message']}")
     else:
         print(f"{step}: " + json.dumps(result, default=str))
+    if result.get("note"):
+        print(f"NOTE: {result['note']}")
     if isinstance(result.get("prompts"), dict):
         from semievol.prompts import PromptStats
 
@@ -369,6 +397,29 @@ def cmd_export(args) -> int:
         print(f"adapter: {export.export_adapter(ws, number, out)}")
     if "merged" in what:
         print(f"merged model: {export.export_merged(ws, number, out)}")
+    if "gguf" in what:
+        info = export.export_gguf(ws, number, out, gguf_type=args.gguf_type)
+        print(f"gguf: {info['path']} ({info['type']}, {info['bytes'] / 1e6:.1f} MB), with "
+              f"Modelfile and README.md (model card) in {info['folder']}")
+        if info.get("note"):
+            print(f"NOTE: {info['note']}")
+    return 0
+
+
+def cmd_servers(args) -> int:
+    """Probe the round config's servers: what each can do, stored for the next run."""
+    from semievol.round_backends import probe_servers
+
+    from semievol.config import round_config_from_dict
+
+    ws = _open(args.workspace)
+    config = round_config_from_dict(config_data(ws, args.config))
+    if not config.servers:
+        print("No servers configured: add `servers:` to a round config (see README, "
+              "Scaling out) and pass it with --config.")
+        return 0
+    for line in probe_servers(ws, config):
+        print(line)
     return 0
 
 
@@ -406,10 +457,13 @@ def add_engine_commands(sub) -> None:
         g.add_argument("--lr", type=float)
         g.add_argument("--batch-size", type=int)
         g.add_argument("--class-balance", choices=CLASS_BALANCE)
+        g.add_argument("--processes", type=int,
+                       help="train on N processes (or GPUs) with accelerate launch (DDP)")
         g.add_argument("-k", type=int, dest="k", help="retrieved demonstrations per item")
         g.add_argument("--calibration", type=float, help="held-out share of the labeled set")
         g.add_argument("--unlabeled-limit", type=int, help="pseudo-label at most N items")
-        g.add_argument("--collaborators", help="comma-separated model:demos:temperature:seed")
+        g.add_argument("--collaborators",
+                       help="comma-separated model:demos:temperature:seed[@server]")
         if selection:
             s = p.add_argument_group("selection")
             s.add_argument("--policy", choices=SELECTION_POLICIES)
@@ -504,14 +558,23 @@ def add_engine_commands(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lineage)
 
+    p = sub.add_parser("servers", help="probe the round config's model servers (what each "
+                                       "can serve)")
+    p.add_argument("workspace")
+    p.add_argument("--config", help="YAML round config with `servers:` (default: the round's)")
+    p.set_defaults(func=cmd_servers)
+
     p = sub.add_parser("calibration", help="pseudo-label precision on the calibration slice")
     p.add_argument("workspace")
     p.add_argument("--round", type=int)
     p.set_defaults(func=cmd_calibration)
 
-    p = sub.add_parser("export", help="curated dataset, adapter, merged model")
+    p = sub.add_parser("export", help="curated dataset, adapter, merged model, GGUF")
     p.add_argument("workspace")
     p.add_argument("--round", type=int)
     p.add_argument("--out", help="folder (default: WORKSPACE/exports)")
-    p.add_argument("--what", default="dataset,adapter", help="dataset,adapter,merged")
+    p.add_argument("--what", default="dataset,adapter",
+                   help="comma-separated: dataset, adapter, merged, gguf")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"),
+                   help="weights of the GGUF export (default f16)")
     p.set_defaults(func=cmd_export)

@@ -16,11 +16,14 @@ from semievol.errors import SemiEvolError
 TASK_KINDS = ("choice", "open")
 ANSWER_FORMATS = ("letter", "words")
 CHECKERS = ("exact", "normalized", "numeric")
+OPEN_TARGETS = ("answer", "response")
 COLLABORATOR_MODELS = ("base", "warmup")
 SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
 START_FROM = ("best", "previous")
+SERVER_MODES = ("auto", "echo", "prompt_logprobs", "chat")
+ADAPTER_LOADING = ("none", "vllm")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -49,9 +52,14 @@ class TaskConfig:
     """Relative tolerance of the numeric checker."""
     instruction: str = ""
     """One or two sentences telling the model what the task is; shown in every prompt."""
+    open_target: str = "answer"
+    """What an `open` task trains on and asks for: `answer` (the extracted answer alone,
+    e.g. 27) or `response` (the pseudo-labeled response's reasoning, ending with
+    'Answer: ...'; labeled items train on 'Answer: <their answer>')."""
 
     def __post_init__(self):
         _check_choice("task kind", self.kind, TASK_KINDS)
+        _check_choice("open target", self.open_target, OPEN_TARGETS)
         _check_choice("answer format", self.answer_format, ANSWER_FORMATS)
         _check_choice("checker", self.checker, CHECKERS)
         if self.labels is not None:
@@ -135,9 +143,21 @@ class TrainConfig:
     """Save a resumable checkpoint every this many optimizer steps."""
     seed: int = 0
     """Seed of the sampler and the LoRA initialisation."""
+    processes: int = 1
+    """Processes (or GPUs) training together under `accelerate launch` (DDP); each takes a
+    share of every batch. 1 = in this process."""
+    accelerate_config: str = ""
+    """An accelerate config file for multi-process training ('' = plain DDP on this
+    machine: CPU processes over gloo, or one process per GPU)."""
 
     def __post_init__(self):
         _check_choice("class balance", self.class_balance, CLASS_BALANCE)
+        if self.processes < 1:
+            raise SemiEvolError(f"processes must be at least 1; got {self.processes}.")
+        if self.processes > 1 and self.batch_size < self.processes:
+            raise SemiEvolError(f"A batch of {self.batch_size} cannot be shared by "
+                                f"{self.processes} processes: raise the batch size to at "
+                                f"least {self.processes}.")
         if self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise SemiEvolError("learning rate, batch size and grad accumulation must be positive.")
         if self.epochs <= 0 and not self.max_steps:
@@ -155,6 +175,9 @@ class CollaboratorConfig:
     """0 answers with the argmax; above 0 the answer is sampled from the tempered distribution."""
     seed: int = 0
     """Seed of the sampling, so a collaborator gives the same answer when re-run."""
+    server: str = ""
+    """The name of a server in the round's `servers` that answers for this collaborator;
+    '' = the model runs in this process."""
 
     def __post_init__(self):
         _check_choice("collaborator model", self.model, COLLABORATOR_MODELS)
@@ -164,8 +187,9 @@ class CollaboratorConfig:
 
     @property
     def label(self) -> str:
-        """A compact id, e.g. `warmup/k3/t1/s1` (logs, lineage)."""
-        return f"{self.model}/k{self.demonstrations}/t{self.temperature:g}/s{self.seed}"
+        """A compact id, e.g. `warmup/k3/t1/s1` or `base/k3/t1/s2@vllm` (logs, lineage)."""
+        served = f"@{self.server}" if self.server else ""
+        return f"{self.model}/k{self.demonstrations}/t{self.temperature:g}/s{self.seed}{served}"
 
     @property
     def display_name(self) -> str:
@@ -173,7 +197,8 @@ class CollaboratorConfig:
         model = "warm-up model" if self.model == "warmup" else "base model"
         examples = {0: "no examples", 1: "1 example"}.get(self.demonstrations,
                                                            f"{self.demonstrations} examples")
-        return f"{model}, {examples}"
+        served = f", served by {self.server}" if self.server else ""
+        return f"{model}, {examples}{served}"
 
     @property
     def decoding(self) -> str:
@@ -189,6 +214,63 @@ def default_collaborators() -> list[CollaboratorConfig]:
         CollaboratorConfig("base", 3, 1.0, 2),
         CollaboratorConfig("warmup", 1, 1.0, 3),
     ]
+
+
+@dataclass
+class ServerConfig:
+    """An OpenAI-compatible server (vLLM, llama.cpp, a hosted API) that can answer for
+    collaborators, reflection, the eq. 6 entropy or evaluation (semievol.served)."""
+    name: str = "server"
+    """What collaborators and `served` call it."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """The API root, ending in /v1."""
+    model: str = ""
+    """The served name of the base model; '' = the only model the server lists."""
+    warmup_model: str = ""
+    """The served name of the warm-up model (a LoRA the server loaded, e.g. vLLM
+    `--lora-modules NAME=PATH`, or a merged copy); '' = none (or loaded at run time, below)."""
+    adapter_loading: str = "none"
+    """`vllm`: load each adapter the round needs at run time (`/v1/load_lora_adapter`, the
+    server must see this machine's adapter folders); `none`: only the names above."""
+    api_key_env: str = ""
+    """The environment variable that holds the API key ('' = none). The key itself is
+    never stored."""
+    mode: str = "auto"
+    """How options are scored: `echo` (completions with echo and logprobs: exact),
+    `prompt_logprobs` (vLLM's extension: exact), `chat` (chat completions' top log-
+    probabilities of the first answer token: letter tasks only, an approximation), or `auto`
+    (the first of these the capability probe finds)."""
+    concurrency: int = 4
+    """Requests in flight."""
+    timeout: float = 120.0
+    """Seconds per request."""
+    retries: int = 5
+    """Retries of a 429, a 5xx, a timeout or a dropped connection (exponential backoff)."""
+
+    def __post_init__(self):
+        if not self.name.strip() or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise SemiEvolError(f"A server name is letters, digits, - and _; got {self.name!r}.")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise SemiEvolError(f"Server {self.name}: base_url must start with http:// or "
+                                f"https://; got {self.base_url!r}.")
+        _check_choice(f"server {self.name} mode", self.mode, SERVER_MODES)
+        _check_choice(f"server {self.name} adapter loading", self.adapter_loading,
+                      ADAPTER_LOADING)
+        if self.concurrency < 1 or self.retries < 0 or self.timeout <= 0:
+            raise SemiEvolError(f"Server {self.name}: concurrency must be at least 1, retries "
+                                "0 or more and the timeout positive.")
+
+
+@dataclass
+class ServedConfig:
+    """Which server (by name, '' = in this process) runs the steps that are not a
+    collaborator's."""
+    reflection: str = ""
+    """Self-justification of disagreements (the warm-up model)."""
+    entropy: str = ""
+    """The eq. 6 entropy of each pseudo-response (the warm-up model)."""
+    evaluation: str = ""
+    """Test-set evaluation of base, warm-up and the round's model."""
 
 
 @dataclass
@@ -260,6 +342,10 @@ class RoundConfig:
     """Final training continues the warm-up adapter instead of starting from the base model."""
     unlabeled_limit: int | None = None
     """Label at most this many unlabeled items per round (the rest wait); None = all."""
+    servers: list[ServerConfig] = field(default_factory=list)
+    """OpenAI-compatible servers that collaborators or `served` steps name."""
+    served: ServedConfig = field(default_factory=ServedConfig)
+    """Which server runs reflection, the eq. 6 entropy and evaluation."""
     start_from: str = "best"
     """Where round N > 1 starts (its warm-up model): `best` (the best-scoring adapter of the
     earlier rounds, warm-ups included, on the test set or else the calibration slice) or
@@ -275,6 +361,16 @@ class RoundConfig:
                     f"retrieval keeps k={self.retrieval.k}; raise k or lower demonstrations.")
         _check_range("leakage similarity", self.leakage_similarity, 0.5, 1.0)
         _check_choice("start from", self.start_from, START_FROM)
+        names = [s.name for s in self.servers]
+        if len(set(names)) != len(names):
+            raise SemiEvolError(f"Two servers share a name: {names}.")
+        wanted = [(f"collaborator {c.label}", c.server) for c in self.collaborators] + [
+            (f"served.{role}", getattr(self.served, role)) for role in
+            ("reflection", "entropy", "evaluation")]
+        for who, server in wanted:
+            if server and server not in names:
+                raise SemiEvolError(f"{who} names the server {server!r}, which is not in "
+                                    f"`servers` ({', '.join(names) or 'none configured'}).")
 
 
 def to_dict(config: Any) -> dict:
@@ -312,8 +408,8 @@ def _build(cls, data: dict):
     kwargs = {}
     for key, value in data.items():
         sub = _NESTED.get((cls, key))
-        if sub is list:
-            kwargs[key] = [_build(CollaboratorConfig, v) for v in value]
+        if isinstance(sub, tuple):  # a list of nested configs
+            kwargs[key] = [_build(sub[0], v) for v in value]
         elif sub is not None and isinstance(value, dict):
             kwargs[key] = _build(sub, value)
         else:
@@ -328,8 +424,15 @@ _NESTED = {
     (RoundConfig, "retrieval"): RetrievalConfig,
     (RoundConfig, "selection"): SelectionConfig,
     (RoundConfig, "calibration"): CalibrationConfig,
-    (RoundConfig, "collaborators"): list,
+    (RoundConfig, "collaborators"): (CollaboratorConfig,),
+    (RoundConfig, "servers"): (ServerConfig,),
+    (RoundConfig, "served"): ServedConfig,
 }
+
+
+def config_from_dict(cls, data: dict):
+    """Any config dataclass (e.g. TrainConfig) from its saved dict, validated."""
+    return _build(cls, data)
 
 
 def round_config_from_dict(data: dict) -> RoundConfig:

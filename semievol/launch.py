@@ -14,6 +14,7 @@ from __future__ import annotations
 from semievol import jobs, rounds, steps
 from semievol.config import RoundConfig, SelectionConfig, selection_config_from_dict, to_dict
 from semievol.errors import SemiEvolError
+from semievol.round_backends import check_servers
 from semievol.store import Workspace
 
 RUN_KINDS = ("round", *steps.STEPS)
@@ -63,6 +64,10 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
         raise SemiEvolError(f"A selection policy applies to select or round, not to {kind}.")
     ws.require_task()
     opens = kind in OPENING_KINDS or config is not None
+    # Model servers are asked what they can serve before the write lock is taken (a slow
+    # or dead server must not hold the workspace); the answer is stored for the run.
+    check_servers(ws, rounds.prospective(ws, config) if opens else
+                        rounds.get_round(ws, round_number), steps_of(ws, kind, review=review))
     with ws.transaction():
         jobs.refresh_runs(ws)
         if opens:
@@ -72,7 +77,7 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
         else:
             rnd = rounds.get_round(ws, round_number)
             jobs.refuse_if_busy(ws, kind, rnd.id)  # the most useful refusal comes first
-        steps.preflight(ws, rnd, steps_of(ws, kind, review=review))
+        steps.preflight(ws, rnd, steps_of(ws, kind, review=review), servers=False)
         if kind == "train" and not confirm:
             steps.check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
         if kind == "round" and not review:
@@ -90,9 +95,33 @@ def start(ws: Workspace, kind: str, *, background: bool, **options) -> int:
     import os
 
     run_id = register(ws, kind, pid=None if background else os.getpid(), **options)
+    run = jobs.get_run(ws, run_id)
+    found = estimate_run(ws, rounds.get_round(ws, run["request"]["round"]),
+                         run["request"]["steps"])
+    if found:
+        jobs.set_estimate(ws, run_id, found)
     if background:
         jobs.spawn(ws, run_id, ["worker", str(ws.path), str(run_id)])
     return run_id
+
+
+def estimate_run(ws: Workspace, rnd, steps_to_run: list[str]) -> dict | None:
+    """How long `steps_to_run` of round `rnd` should take here (semievol.estimate), with
+    its one-line summary; None when the workspace cannot say (nothing to count yet)."""
+    from semievol.estimate import estimate_steps, line
+
+    try:
+        found = estimate_steps(ws, rnd, steps_to_run)
+    except (SemiEvolError, OSError, ValueError, KeyError) as exc:
+        return {"steps": {}, "total": 0.0, "line": f"no estimate ({exc})"}
+    return {**found, "line": line(found)}
+
+
+def estimate(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
+             review: bool = True) -> dict | None:
+    """The estimate of a launch of `kind` with `config`, before anything starts (Round
+    setup shows it)."""
+    return estimate_run(ws, rounds.prospective(ws, config), steps_of(ws, kind, review=review))
 
 
 def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None,

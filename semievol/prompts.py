@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semievol.config import TaskConfig
-from semievol.tasks import (Example, answer_target, build_messages, option_targets,
-                            reflection_messages, render_prompt)
+from semievol.tasks import (Example, answer_target, build_messages, end_of_turn,
+                            option_targets, reflection_messages, render_prompt)
 
 DEFAULT_BUDGET_CAP = 1024
 """The budget when none is set: the model's context window, capped here (compute: a step
@@ -48,9 +48,22 @@ def resolve_budget(model_config) -> int:
     return min(window or DEFAULT_BUDGET_CAP, DEFAULT_BUDGET_CAP)
 
 
+class PromptText(str):
+    """A rendered prompt that keeps the messages it was rendered from: a chat-only server
+    (semievol.served, chat mode) is sent those, everything else the text."""
+
+    def __new__(cls, text: str, messages: list[dict] | None = None):
+        rendered = super().__new__(cls, text)
+        rendered.messages = messages or []
+        return rendered
+
+    def __reduce__(self):  # copies and pickles keep the messages (dataclasses.asdict copies)
+        return PromptText, (str(self), self.messages)
+
+
 @dataclass
 class Prompt:
-    text: str           # the chat-templated prompt, ending where the answer starts
+    text: str           # the chat-templated prompt (a PromptText), ending where the answer starts
     tokens: int         # its length in tokens
     demos_shown: int    # demonstrations that fit
     demos_asked: int    # demonstrations the caller wanted
@@ -110,27 +123,30 @@ class PromptBuilder:
     stats: PromptStats = field(default_factory=PromptStats)
     _reserves: dict = field(default_factory=dict, repr=False)
 
+    def _render(self, messages: list[dict]) -> PromptText:
+        return PromptText(render_prompt(self.tokenizer, messages), messages)
+
     def count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _fit(self, question: str, make, demos: int, reserve: int) -> Prompt:
         """`make(question, k)` -> messages with k demonstrations."""
         limit = self.budget - reserve
-        text = render_prompt(self.tokenizer, make(question, demos))
+        text = self._render(make(question, demos))
         tokens = self.count(text)
         if tokens <= limit:
             prompt = Prompt(text, tokens, demos, demos, 0)
             self.stats.add(prompt, self.budget)
             return prompt
-        text = render_prompt(self.tokenizer, make(question, 0))
+        text = self._render(make(question, 0))
         tokens, cut = self.count(text), 0
         if tokens > limit:
             question, cut = self._cut(question, tokens - limit)
-            text = render_prompt(self.tokenizer, make(question, 0))
+            text = self._render(make(question, 0))
             tokens = self.count(text)
         shown = 0
         for k in range(demos, 0, -1):  # the least similar demonstrations go first
-            candidate = render_prompt(self.tokenizer, make(question, k))
+            candidate = self._render(make(question, k))
             length = self.count(candidate)
             if length <= limit:
                 text, tokens, shown = candidate, length, k
@@ -183,6 +199,13 @@ class PromptBuilder:
         def make(question, k):
             return reflection_messages(self.task, Example(question, example.options), answers)
         return self._fit(example.question, make, 0, reserve)
+
+    def training_response(self, example: Example, response: str) -> tuple[Prompt, str]:
+        """The plain prompt and a whole response as the target (an open task that trains on
+        reasoning), closed by the end-of-turn token."""
+        target = response.strip() + end_of_turn(self.tokenizer)
+        return self.item(Example(example.question, example.options),
+                         reserve=self.count(target)), target
 
     def training(self, example: Example, answer: str) -> tuple[Prompt, str]:
         """The training prompt (the plain prompt, as eq. 6 scores it) and its target."""

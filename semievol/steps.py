@@ -15,13 +15,16 @@ coordinates: each step calls the module that owns its work.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
 from semievol import rounds
 from semievol.config import SelectionConfig
 from semievol.errors import SemiEvolError
-from semievol.profiling import stage
+from semievol.profiling import measuring, stage
+from semievol.backend import backend_key
+from semievol.round_backends import check_servers, load_backends
 from semievol.rounds import Round
 from semievol.store import Workspace
 
@@ -85,9 +88,12 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
         adapter = str(rounds.adapter_dir(ws, rnd, "warmup"))
         examples, prompts = training_examples(ws.require_task(), gold, tokenizer,
                                               budget_of(rnd))
+        train, note = train_for_task(config.train, ws.require_task())
         summary = train_lora(examples, adapter, model=config.model, lora=config.lora,
-                             train=config.train, progress=progress,
+                             train=train, progress=progress,
                              metric=_named(metric, "warmup_loss"))
+        if note:
+            summary["note"] = note
         summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold),
                        prompts=prompts.summary())
     rounds.set_adapter(ws, rnd, "warmup", adapter)
@@ -113,25 +119,6 @@ def pool_item_ids(ws: Workspace, rnd: Round) -> list[int]:
     return ids + split_ids(ws, "calibration")
 
 
-def load_backends(rnd: Round, cache: dict | None = None) -> dict:
-    """Base, warm-up and (once trained) final backends of the round, each loading its model
-    on first use (adapters merged in for speed). With a `cache`, a backend for the same
-    model and adapter is made once and shared by the steps of one run."""
-    from semievol.backend import LazyBackend
-
-    cache = {} if cache is None else cache
-    out = {}
-    for role, adapter in (("base", None), ("warmup", rnd.warmup_adapter),
-                          ("final", rnd.final_adapter)):
-        if role != "base" and adapter is None:
-            continue
-        key = (role, adapter, repr(rnd.config.model))
-        if key not in cache:
-            cache[key] = LazyBackend(rnd.config.model, adapter)
-        out[role] = cache[key]
-    return out
-
-
 def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
                progress: Progress | None = None) -> dict:
     """Collaborators answer every pool item; agreement / reflection give pseudo-labels."""
@@ -150,17 +137,19 @@ def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
     if missing:
         raise SemiEvolError(f"{len(missing)} item(s) lack retrieved demonstrations; run "
                             "`semievol index WORKSPACE` (or the warm-up step) first.")
-    backends = backends if backends is not None else load_backends(rnd)
+    backends = backends if backends is not None else load_backends(ws, rnd)
+    servers = check_servers(ws, rnd, ["label"])  # the stored probe: no request
     warning = _check_warmup(ws, rnd, backends["warmup"], progress)
     stats = run_collaborators(ws, rnd.id, items, config.collaborators, backends, task,
                               budget=budget_of(rnd), progress=progress)
-    paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators),
-                                backends["warmup"], task, budget=budget_of(rnd),
-                                progress=progress)
+    entropy = backends[backend_key("warmup", config.served.entropy)]
+    reflector = backends[backend_key("warmup", config.served.reflection)]
+    paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators), entropy, task,
+                                reflector=reflector, budget=budget_of(rnd), progress=progress)
     prompts = stats.pop("prompts").merge(paths.pop("prompts"))
     calls = sum(b.calls for b in {id(b): b for b in backends.values()}.values())
     summary = {"items": len(items), **stats, **paths, "model_calls": calls,
-               "prompts": prompts.summary(), "budget": budget_of(rnd)}
+               "prompts": prompts.summary(), "budget": budget_of(rnd), "servers": servers}
     if warning:
         summary["warning"] = warning
     return summary
@@ -215,7 +204,8 @@ def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
     from semievol.guards import validate_training_set
     from semievol.models import load_tokenizer, resolve_model_path
     from semievol.selection_state import applied_selection
-    from semievol.training_set import freeze, source_counts, training_examples, training_items
+    from semievol.training_set import (freeze, pseudo_responses, source_counts,
+                                       training_examples, training_items)
 
     if rnd.final_adapter and Path(rnd.final_adapter, "adapter_config.json").exists():
         return {"skipped": True, "adapter": rnd.final_adapter}
@@ -233,15 +223,30 @@ def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
     freeze(ws, rnd.id, items)
     rounds.set_status(ws, rnd, "training")
     adapter = str(rounds.adapter_dir(ws, rnd, "final"))
-    examples, prompts = training_examples(task, items, tokenizer, budget_of(rnd))
+    responses = pseudo_responses(ws, items) if task.kind == "open" and \
+        task.open_target == "response" else None
+    examples, prompts = training_examples(task, items, tokenizer, budget_of(rnd), responses)
+    train, note = train_for_task(config.train, task)
     summary = train_lora(examples, adapter, model=config.model,
-                         lora=config.lora, train=config.train,
+                         lora=config.lora, train=train,
                          init_adapter=rnd.warmup_adapter if config.continue_from_warmup else None,
                          progress=progress, metric=_named(metric, "train_loss"))
     rounds.set_adapter(ws, rnd, "final", adapter)
     rounds.set_status(ws, rnd, "trained")
     return {**summary, "adapter": adapter, "examples": source_counts(items),
-            "prompts": prompts.summary()}
+            "prompts": prompts.summary(), **({"note": note} if note else {})}
+
+
+def train_for_task(train, task):
+    """(the training config for `task`, a note when it had to change): an open task's
+    answers are not classes, so class balance is off for it."""
+    import dataclasses
+
+    if task.kind == "open" and train.class_balance != "none":
+        return dataclasses.replace(train, class_balance="none"), (
+            f"class balance {train.class_balance!r} is off for this open-answer task: its "
+            "answers are not classes.")
+    return train, None
 
 
 def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
@@ -279,12 +284,14 @@ def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
         raise SemiEvolError("The workspace has no test items (and no calibration slice) to "
                             "evaluate on: import a test file.")
     config = rnd.config
-    backends = backends if backends is not None else load_backends(rnd)
+    backends = backends if backends is not None else load_backends(ws, rnd)
     budget = budget_of(rnd)
+    served = config.served.evaluation  # '' = in this process
+    base = backends[backend_key("base", served)]
     results = {
-        "base": evaluate(ws, backends["base"], model="base", round_id=None, force=force,
+        "base": evaluate(ws, base, model="base", round_id=None, force=force,
                          progress=progress, split=split, budget=budget),
-        "base+demos": evaluate(ws, backends["base"], model="base+demos", round_id=None,
+        "base+demos": evaluate(ws, base, model="base+demos", round_id=None,
                                demonstrations=config.retrieval.k, force=force,
                                progress=progress, split=split, budget=budget)}
     # Round N's warm-up is an adapter of an earlier round: its report is already stored.
@@ -292,12 +299,12 @@ def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
     inherited = None if source is None or force else stored_evaluation(ws, *source, split)
     if inherited is not None and stored_evaluation(ws, rnd.id, "warmup", split) is None:
         store_evaluation(ws, {**inherited, "model": "warmup"}, round_id=rnd.id)
-    results["warmup"] = evaluate(ws, backends["warmup"], model="warmup", round_id=rnd.id,
-                                 force=force, progress=progress, split=split, budget=budget)
+    results["warmup"] = evaluate(ws, backends[backend_key("warmup", served)], model="warmup",
+                                 round_id=rnd.id, force=force, progress=progress, split=split,
+                                 budget=budget)
     if rnd.final_adapter:
-        from semievol.backend import LazyBackend
-
-        final = backends.get("final") or LazyBackend(config.model, rnd.final_adapter)
+        role = backend_key("final", served)
+        final = backends.get(role) or load_backends(ws, rnd)[role]
         results["round"] = evaluate(ws, final, model="round", round_id=rnd.id, force=force,
                                     progress=progress, split=split, budget=budget)
         rounds.set_status(ws, rnd, "done")
@@ -361,9 +368,10 @@ def step_states(ws: Workspace, rnd: Round) -> list[dict]:
     ]
 
 
-def preflight(ws: Workspace, rnd: Round, steps: list[str]) -> None:
-    """Check, before any work, that the model and every adapter the steps need are there:
-    a missing adapter fails now with what to do, not after minutes of other work."""
+def preflight(ws: Workspace, rnd: Round, steps: list[str], *, servers: bool = True) -> None:
+    """Check, before any work, that the model and every adapter the steps need are there,
+    and (`servers`) that every model server they use answers and can serve them: a missing
+    adapter fails now with what to do, not after minutes of other work."""
     from semievol.models import require_adapter, resolve_model_path
 
     resolve_model_path(rnd.config.model.name_or_path)
@@ -376,6 +384,8 @@ def preflight(ws: Workspace, rnd: Round, steps: list[str]) -> None:
         require_adapter(rnd.warmup_adapter)
     if "evaluate" in steps and "train" not in steps and rnd.final_adapter:
         require_adapter(rnd.final_adapter)
+    if servers:
+        check_servers(ws, rnd, steps)
 
 
 def check_steps(steps) -> list[str]:
@@ -406,16 +416,33 @@ def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig |
     preflight(ws, rounds.get_round(ws, number), steps)
     results: dict[str, dict] = {}
     cache: dict = {}
-    for index, step in enumerate(steps):
-        rnd = rounds.get_round(ws, number)
-        if on_step:
-            on_step(index, len(steps), step)
-        shared = {**load_backends(rnd, cache), **(backends or {})}
-        with stage(step):
-            results[step] = _run_one(ws, rnd, step, shared, selection=selection, force=force,
-                                     confirm=confirm, progress=progress, metric=metric,
-                                     embedder=embedder)
+    with measuring() as profiler:
+        for index, step in enumerate(steps):
+            rnd = rounds.get_round(ws, number)
+            if on_step:
+                on_step(index, len(steps), step)
+            shared = {**load_backends(ws, rnd, cache), **(backends or {})}
+            before, started = dict(profiler.totals), time.perf_counter()
+            with stage(step):
+                results[step] = _run_one(ws, rnd, step, shared, selection=selection,
+                                         force=force, confirm=confirm, progress=progress,
+                                         metric=metric, embedder=embedder)
+            _record_speed(ws, rnd, step, results[step], time.perf_counter() - started,
+                          {k: profiler.totals[k] - before[k] for k in before})
     return results
+
+
+def _record_speed(ws: Workspace, rnd: Round, step: str, result: dict, seconds: float,
+                  tokens: dict) -> None:
+    """This machine's measured speed, for the next estimate: training from the optimizer
+    loop's own tokens per second, inference from the step's tokens over its wall time."""
+    from semievol.throughput import record
+
+    if step in ("warmup", "train") and result.get("tokens_per_second"):
+        record(ws, rnd.config.model, "training", tokens["train"],
+               tokens["train"] / result["tokens_per_second"])
+    elif step in ("label", "evaluate"):
+        record(ws, rnd.config.model, "inference", tokens["forward"], seconds)
 
 
 def _run_one(ws, rnd, step, shared, *, selection, force, confirm, progress, metric, embedder):

@@ -1,0 +1,165 @@
+"""Real servers for the served-model tests: llama-cpp-python's OpenAI-compatible server on
+127.0.0.1, and a small fault-injecting proxy in front of it.
+
+`make test` builds the server's environment (.venv-llama, see the Makefile) and sets
+SEMIEVOL_REQUIRE_SERVER=1, so there a missing server fails the suite instead of skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def llama_python() -> str | None:
+    """The Python that has llama_cpp (the Makefile's .venv-llama), or None."""
+    candidate = os.environ.get("SEMIEVOL_LLAMA_PYTHON") or str(REPO / ".venv-llama" / "bin"
+                                                                / "python")
+    if not Path(candidate).exists():
+        return None
+    probe = subprocess.run([candidate, "-c", "import llama_cpp.server"], capture_output=True)
+    return candidate if probe.returncode == 0 else None
+
+
+def require_llama() -> str:
+    python = llama_python()
+    if python is None:
+        message = ("llama-cpp-python's server is not installed (run `make server`, which "
+                   "`make test` does)")
+        if os.environ.get("SEMIEVOL_REQUIRE_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def llama_server(gguf: str | Path, *, n_ctx: int = 2048, log: Path | None = None):
+    """Serve `gguf` with llama-cpp-python on 127.0.0.1; yields the base URL (…/v1)."""
+    python = require_llama()
+    port = free_port()
+    out = open(log, "wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+         "--port", str(port), "--logits_all", "true", "--n_ctx", str(n_ctx),
+         "--n_threads", "2", "--verbose", "false"],
+        stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with {process.returncode}"
+                                   + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("llama.cpp server did not start within 120 s")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if log:
+            out.close()
+
+
+class FaultProxy:
+    """An HTTP proxy to `target` that answers the first `fail` POSTs with the `statuses`
+    in turn (cycling; a Retry-After of 0), then forwards. It records every request (path
+    and headers) and every answer's status."""
+
+    def __init__(self, target: str, *, fail: int = 0, statuses=(429,)):
+        self.target = target.rstrip("/")
+        self.fail, self.statuses = fail, list(statuses)
+        self.requests: list[dict] = []
+        self.answered: list[dict] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _reply(self, status: int, payload: bytes, extra: dict | None = None):
+                proxy.answered.append({"path": self.path, "status": status})
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json",
+                                    "Content-Length": str(len(payload)), **(extra or {})
+                                    }.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def _forward(self, body: bytes | None):
+                proxy.requests.append({"method": self.command, "path": self.path,
+                                       "headers": dict(self.headers)})
+                if body is not None and proxy.fail > 0:
+                    status = proxy.statuses[(len(proxy.posts()) - 1) % len(proxy.statuses)]
+                    proxy.fail -= 1
+                    self._reply(status, b'{"error": "injected"}', {"Retry-After": "0"})
+                    return
+                request = urllib.request.Request(proxy.target + self.path[len("/v1"):],
+                                                 data=body, method=self.command,
+                                                 headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=300) as answer:
+                        status, payload = answer.status, answer.read()
+                except urllib.error.HTTPError as exc:
+                    status, payload = exc.code, exc.read()
+                self._reply(status, payload)
+
+            def do_GET(self):
+                self._forward(None)
+
+            def do_POST(self):
+                self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def posts(self) -> list[dict]:
+        return [r for r in self.requests if r["method"] == "POST"]
+
+
+def json_post(url: str, payload: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        return json.loads(answer.read())
+
+
+__all__ = ["FaultProxy", "llama_server", "require_llama", "free_port", "json_post"]
