@@ -77,6 +77,32 @@ class Capabilities:
         return server.mode
 
 
+def _echoed_continuation(choice: dict, tokenizer, continuation: str) -> list | None:
+    """The continuation's log-probabilities from an echoed text prompt.
+
+    Counted from the end, not by `text_offset`: llama.cpp's server leaves BOS-like special
+    tokens out of the echo and gives the others empty text, so offsets do not line up with
+    the prompt's characters. The echo ends with the prompt's last tokens (the continuation)
+    and then the generated one(s); the tokens' texts are checked against the continuation
+    so a server that tokenizes differently is refused, not misread."""
+    logprobs = choice.get("logprobs") or {}
+    echoed, texts = logprobs.get("token_logprobs") or [], logprobs.get("tokens") or []
+    c_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    expected = _ascii(tokenizer.decode(c_ids, skip_special_tokens=True))
+    if len(texts) != len(echoed):
+        return None
+    for generated in (1, 0):  # max_tokens 1: one generated token, none if it stopped at once
+        end = len(echoed) - generated
+        if end - len(c_ids) >= 0 and _ascii("".join(texts[end - len(c_ids):end])) == expected:
+            return echoed[end - len(c_ids):end]
+    return None
+
+
+def _ascii(text: str) -> str:
+    # A token holding part of a multi-byte character is echoed as text without it.
+    return text.encode("ascii", "ignore").decode()
+
+
 def _choice(answer: dict) -> dict:
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if not choices:
@@ -118,11 +144,24 @@ def probe(client: ServerClient, server: ServerConfig, tokenizer) -> Capabilities
     return caps
 
 
+# Answers that say "busy" or "not reachable", not "cannot": a probe that met one of them
+# would store a wrong capability, so it stops instead (500 stays "not supported": llama.cpp
+# answers an input it cannot take with 500).
+TRANSIENT = {None, 408, 409, 425, 429, 502, 503, 504}
+
+
 def _try(caps: Capabilities, what: str, check) -> bool:
     """Run one probe request; a refusal or an unusable answer means 'not supported'."""
     try:
         ok = bool(check())
-    except (ServerError, KeyError, TypeError, ValueError, IndexError) as exc:
+    except ServerError as exc:
+        if exc.status in TRANSIENT:
+            raise SemiEvolError(f"The server at {caps.base_url} was busy or unreachable while "
+                                f"probing {what} ({exc}); nothing was stored. Try again when "
+                                "it answers (`semievol servers WS --config FILE`).") from exc
+        caps.notes.append(f"{what}: not supported ({str(exc)[:160]})")
+        return False
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         caps.notes.append(f"{what}: not supported ({str(exc)[:160]})")
         return False
     if not ok:
@@ -294,15 +333,10 @@ class ServedBackend:
                 echoed = (choice.get("logprobs") or {}).get("token_logprobs") or []
                 values = [echoed[k] if k < len(echoed) else None for k in span]
         else:
-            text = str(prompt) + continuation
             choice = _choice(self._post("/completions", {
-                "prompt": text, "echo": True, "logprobs": 1, "max_tokens": 1,
-                "temperature": 0}))
-            logprobs = choice.get("logprobs") or {}
-            offsets, echoed = logprobs.get("text_offset") or [], logprobs.get(
-                "token_logprobs") or []
-            start, end = len(str(prompt)), len(text)
-            values = [v for off, v in zip(offsets, echoed) if start <= off < end]
+                "prompt": str(prompt) + continuation, "echo": True, "logprobs": 1,
+                "max_tokens": 1, "temperature": 0}))
+            values = _echoed_continuation(choice, tokens, continuation)
         if not values or any(v is None for v in values):
             raise ServerError(f"Server {self.server.name} did not return log-probabilities "
                               f"for the continuation {continuation!r}.")
