@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from unittest import mock
 import re
 from pathlib import Path
