@@ -231,7 +231,35 @@ def load_backend(model_config, *, adapter=None, batch_size: int = 16) -> LocalBa
                         batch_size=batch_size, max_length=resolve_budget(model_config))
 
 
-class LazyBackend:
+class DeferredBackend:
+    """A backend made on the first call that needs it (subclasses say how in `_make`), so
+    a step whose answers are all cached builds its prompts and touches no model."""
+
+    _backend = None
+
+    def _make(self):
+        raise NotImplementedError
+
+    def _made(self):
+        if self._backend is None:
+            self._backend = self._make()
+        return self._backend
+
+    @property
+    def calls(self) -> int:
+        return self._backend.calls if self._backend else 0
+
+    def score_continuations(self, *args, **kwargs):
+        return self._made().score_continuations(*args, **kwargs)
+
+    def option_distributions(self, *args, **kwargs):
+        return self._made().option_distributions(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self._made().generate(*args, **kwargs)
+
+
+class LazyBackend(DeferredBackend):
     """A LocalBackend whose model loads on the first call that needs it: a step whose
     answers are all cached builds its prompts (tokenizer only) and loads no weights."""
 
@@ -241,24 +269,8 @@ class LazyBackend:
         self.model_config, self.adapter, self.batch_size = model_config, adapter, batch_size
         self.name = backend_name(model_config, adapter)
         self.tokenizer = load_tokenizer(resolve_model_path(model_config.name_or_path))
-        self._backend: LocalBackend | None = None
 
-    def _loaded(self) -> LocalBackend:
-        if self._backend is None:
-            with stage("load model" + (" + merge adapter" if self.adapter else "")):
-                self._backend = load_backend(self.model_config, adapter=self.adapter,
-                                             batch_size=self.batch_size)
-        return self._backend
-
-    @property
-    def calls(self) -> int:
-        return self._backend.calls if self._backend else 0
-
-    def score_continuations(self, *args, **kwargs):
-        return self._loaded().score_continuations(*args, **kwargs)
-
-    def option_distributions(self, *args, **kwargs):
-        return self._loaded().option_distributions(*args, **kwargs)
-
-    def generate(self, *args, **kwargs):
-        return self._loaded().generate(*args, **kwargs)
+    def _make(self) -> LocalBackend:
+        with stage("load model" + (" + merge adapter" if self.adapter else "")):
+            return load_backend(self.model_config, adapter=self.adapter,
+                                batch_size=self.batch_size)

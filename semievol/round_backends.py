@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from semievol.backend import backend_key
+from semievol.backend import DeferredBackend, backend_key
 from semievol.config import RoundConfig, ServerConfig
 from semievol.errors import SemiEvolError
 from semievol.rounds import Round
@@ -142,45 +142,28 @@ def _probe(ws: Workspace, server: ServerConfig, rnd: Round):
     return probe_server(ws, server, tokenizer_for(rnd.config.model.name_or_path))
 
 
-class _LazyServed:
+class _LazyServed(DeferredBackend):
     """A ServedBackend made on first use (its probe is read from the workspace, where the
     preflight stored it): building the round's backends contacts no server."""
 
     def __init__(self, ws: Workspace, server: ServerConfig, rnd: Round, role: str, adapter):
         self._args = (ws, server, rnd, role, adapter)
         self.tokenizer = tokenizer_for(rnd.config.model.name_or_path)
-        self._backend = None
 
-    def _made(self):
-        if self._backend is None:
-            from semievol.models import adapter_digest
-            from semievol.served import ServedBackend
+    def _make(self):
+        from semievol.models import adapter_digest
+        from semievol.served import ServedBackend
 
-            ws, server, rnd, role, adapter = self._args
-            caps = _probe(ws, server, rnd)
-            name, load = served_model(server, caps, role, adapter)
-            self._backend = ServedBackend(server, caps, self.tokenizer, served_model=name,
-                                          adapter_digest=adapter_digest(adapter),
-                                          load_adapter=load)
-        return self._backend
+        ws, server, rnd, role, adapter = self._args
+        caps = _probe(ws, server, rnd)
+        name, load = served_model(server, caps, role, adapter)
+        return ServedBackend(server, caps, self.tokenizer, served_model=name,
+                             adapter_digest=adapter_digest(adapter), load_adapter=load)
 
     @property
     def name(self) -> str:
         return self._made().name
 
     @property
-    def calls(self) -> int:
-        return self._backend.calls if self._backend else 0
-
-    @property
     def approximate(self) -> bool:
         return self._made().approximate
-
-    def score_continuations(self, *args, **kwargs):
-        return self._made().score_continuations(*args, **kwargs)
-
-    def option_distributions(self, *args, **kwargs):
-        return self._made().option_distributions(*args, **kwargs)
-
-    def generate(self, *args, **kwargs):
-        return self._made().generate(*args, **kwargs)
