@@ -339,8 +339,9 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
         "Unattended: also train and evaluate, without waiting for review", key="unattended",
         help="For scripts and benchmarks. By default a round stops after selection and "
              "waits for you to review its pseudo-labels and press Train.")
-    if config is not None:
-        show_estimate(ws, config, review=not unattended)
+    # The estimate takes seconds (it counts the round's prompts): its place is kept above the
+    # buttons, and it is filled in after them, so the page's controls never wait for it.
+    estimate_slot = st.empty()
     left, right = st.columns([1, 2])
     if left.button("Launch round", type="primary", key="launch_round",
                    disabled=config is None or busy):
@@ -359,9 +360,10 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
         st.download_button("Save as YAML", config_yaml(config), file_name=name,
                            mime="application/x-yaml", key="save_yaml",
                            help="Use it with `semievol round WORKSPACE --config FILE`.")
+        show_estimate(ws, config, review=not unattended, slot=estimate_slot)
 
 
-def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool) -> None:
+def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool, slot) -> None:
     """How long the round should take on this machine (launch.estimate), recomputed when
     the settings change."""
     import json
@@ -377,7 +379,8 @@ def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool) -> None:
         cache[key] = launch.estimate(ws, "round", config=config, review=review)
     found = cache[key]
     if found and found.get("total"):
-        st.info(f"Estimated time for this round: {found['line']}.", icon=":material/schedule:")
+        slot.info(f"Estimated time for this round: {found['line']}.",
+                  icon=":material/schedule:")
 
 
 def show_setup(ws: Workspace) -> None:

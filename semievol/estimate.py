@@ -14,6 +14,7 @@ The estimate is work divided by speed:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -39,8 +40,10 @@ def model_parameters(model_path: str | Path) -> int:
     return layers * (attention + 3 * d * f)
 
 
+@functools.lru_cache(maxsize=None)
 def matmul_peak(dtype_name: str = "float32", shape=(3584, 576, 1536)) -> float:
-    """GFLOP/s of a model-shaped matmul on this machine (best of a few, ~0.5 s)."""
+    """GFLOP/s of a model-shaped matmul on this machine (best of a few, ~0.5 s); measured
+    once per process, so repeated estimates (Round setup on every change) do not pay it."""
     import torch
 
     dtype = torch.bfloat16 if "bfloat16" in dtype_name else torch.float32
