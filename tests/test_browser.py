@@ -75,12 +75,21 @@ def walk_pages(chromium: str, url: str, shots: Path, reviewer: str) -> None:
         field.press("Enter")
         page.wait_for_load_state("networkidle")
         page.get_by_role("button", name="Accept").first.click()
-        page.get_by_text("1 of ", exact=False).first.wait_for(timeout=30_000)
+        # Wait for the counter itself: "1 of" alone also matches "item 1 of N", which is
+        # there before the click, and a reload before the decision's rerun loses it.
+        wait_reviewed(page, 1)
         page.reload()
         open_page(page, f"{url}/Review", "Review")
-        page.get_by_text("1 of", exact=False).first.wait_for(timeout=30_000)
+        wait_reviewed(page, 1)
         page.screenshot(path=str(shots / "Review_after_accept.png"))
         browser.close()
+
+
+def wait_reviewed(page, count: int) -> None:
+    """Wait until the Review page's counter reads "`count` of N reviewed"."""
+    page.wait_for_function(
+        "n => new RegExp('(^|\\\\D)' + n + ' of \\\\d+ reviewed').test(document.body.innerText)",
+        arg=count, timeout=30_000)
 
 
 def test_every_page_renders_and_a_decision_survives_reload(server):
@@ -173,7 +182,7 @@ def test_a_round_launched_from_the_app_waits_for_review_by_keyboard(launch_serve
         page.screenshot(path=str(REVIEW_SHOTS / "4_reviewed_by_keyboard.png"))
         page.reload()
         open_page(page, f"{url}/Review", "Review")
-        page.get_by_text("5 of ", exact=False).first.wait_for(timeout=30_000)
+        wait_reviewed(page, 5)
         actions = [r[0] for r in ws.query("SELECT action FROM decisions ORDER BY id")]
         assert actions == ["accept", "reject", "relabel", "accept", "relabel"]
         assert {r[0] for r in ws.query("SELECT reviewer FROM decisions")} == {"keyboard-reviewer"}
