@@ -212,8 +212,6 @@ def served_round(tiny_model_dir, tiny_gguf, tmp_path_factory):
             "requests": (requests_first, requests_second)}
 
 
-@pytest.mark.skip(reason="hangs: the llama-cpp-python server stops answering the proxied "
-                  "requests of a whole CLI round after ~10 (issue 12 stays open on this)")
 def test_round_with_a_served_collaborator(served_round):
     first, second = served_round["requests"]
     assert first > 0 and second == 0, served_round["second"].stdout
@@ -226,8 +224,6 @@ def test_round_with_a_served_collaborator(served_round):
     assert answered > 0 and status == "done"
 
 
-@pytest.mark.skip(reason="hangs: the llama-cpp-python server stops answering the proxied "
-                  "requests of a whole CLI round after ~10 (issue 12 stays open on this)")
 def test_the_api_key_reaches_the_server_and_no_stored_file(served_round):
     assert served_round["keys"] == {f"Bearer {SECRET}"}
     leaked = [p for p in Path(served_round["ws"]).rglob("*") if p.is_file()
@@ -235,8 +231,6 @@ def test_the_api_key_reaches_the_server_and_no_stored_file(served_round):
     assert leaked == []
 
 
-@pytest.mark.skip(reason="hangs: the llama-cpp-python server stops answering the proxied "
-                  "requests of a whole CLI round after ~10 (issue 12 stays open on this)")
 def test_exported_gguf_loads_and_scores_like_the_merged_model(served_round, tmp_path):
     """`semievol export --what gguf` on the trained round: the server loads the file and its
     option scores match transformers on the merged model (float32 both ways)."""
