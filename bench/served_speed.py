@@ -94,6 +94,8 @@ def main(argv=None) -> int:
 
 
 def markdown(r: dict) -> str:
+    per_request = r["served"]["seconds"] / r["served"]["requests"]
+    echoed = r["prompt_tokens"] / r["items"]  # each option's request echoes its prompt
     return "\n".join([
         "# Labeling through a served model vs in process", "",
         f"`{r['command']}`", "",
@@ -107,8 +109,19 @@ def markdown(r: dict) -> str:
         f"{r['served']['concurrency']} in flight) | {r['served']['seconds']:.1f} | "
         f"{r['served']['items_per_second']:.2f} | {r['served']['requests']} |", "",
         f"Same option picked: {r['argmax_agreement']:.0%} of items; mean total-variation "
-        f"distance between the two option distributions {r['mean_total_variation']:.3f}.", ""])
+        f"distance between the two option distributions {r['mean_total_variation']:.3f}.", "",
+        f"Per request {per_request:.2f} s for about {echoed:.0f} echoed tokens "
+        f"({1000 * per_request / echoed:.0f} ms per echoed token). llama-cpp-python builds "
+        "the echo's log-probabilities in Python, sorting the whole vocabulary once per echoed "
+        "token (a cProfile of one 201-token echo on this CPU: 5.2 of its 7.1 s in `sorted`, "
+        "0.8 s in the model's decode), so through that server an echo costs ~10x its forward "
+        "pass. It is the correctness reference here; for labeling speed serve with vLLM, "
+        "whose `prompt_logprobs` are computed with the forward pass.", ""])
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--report"]:  # rewrite the .md from the stored .json
+        (RESULTS / "served_speed.md").write_text(
+            markdown(json.loads((RESULTS / "served_speed.json").read_text())))
+        sys.exit(0)
     sys.exit(main())
