@@ -103,8 +103,14 @@ def _one_collaborator(ws: Workspace, round_id: int, items: list[Item], index: in
     for start in range(0, len(pending), batch_items):
         batch = pending[start:start + batch_items]
         fresh = [p for p in batch if p[2] not in earlier]
+        # Progress inside the batch too: a served model answers a request (an option) at a
+        # time, and a batch of 64 items can take minutes there.
+        def within(count, total, message=None, before=done, size=len(fresh)):
+            report(before + (count * size // total if total else 0))
+
         computed = dict(zip((p[2] for p in fresh),
-                            _answer(backend, task, collaborator, fresh) if fresh else []))
+                            _answer(backend, task, collaborator, fresh, within)
+                            if fresh else []))
         rows = []
         for item, prompt, key in batch:
             response = computed.get(key) or earlier[key]
@@ -133,20 +139,20 @@ def _earlier_responses(ws: Workspace, keys: list[str]) -> dict[str, dict]:
 
 
 def _answer(backend: Backend, task: TaskConfig, collaborator: CollaboratorConfig,
-            batch: list) -> list[dict]:
+            batch: list, progress: Progress | None = None) -> list[dict]:
     """Compute responses for (item, prompt, key) triples."""
     prompts = [prompt.text for _, prompt, _ in batch]
     if task.kind == "open":
         outputs = backend.generate(prompts, temperature=collaborator.temperature,
                                    seed=collaborator.seed,
-                                   max_new_tokens=generated_tokens(task))
+                                   max_new_tokens=generated_tokens(task), progress=progress)
         nll = mean_nll([lp for _, lp in outputs])
         return [{"answer": extract_answer(task, text), "text": text, "option_probs": None,
                  "option_entropy": None, "nll": None if np.isnan(e) else float(e)}
                 for (text, _), e in zip(outputs, nll)]
     continuations = [option_targets(task, item.example.options, backend.tokenizer)
                      for item, _, _ in batch]
-    distributions = backend.option_distributions(prompts, continuations)
+    distributions = backend.option_distributions(prompts, continuations, progress=progress)
     responses = []
     for (item, _, _), probs in zip(batch, distributions):
         # Seeded per (collaborator seed, item): the same answer on every re-run.

@@ -343,3 +343,22 @@ def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, wr
     assert leaked in selected_ids(ws, rnd.id) and summary["flagged_leakage"] == 1
     assert [f["item_id"] for f in leakage_flags(ws, rnd.id)] == [leaked]
     assert leaked in {it["item_id"] for it in training_items(ws, rnd.number)}
+
+
+def test_a_batch_reports_progress_as_its_requests_finish(filled_workspace, tiny_model_dir):
+    """Labeling reports inside a batch of 64 items, not only after it: on a served model a
+    batch is hundreds of requests, minutes without a word otherwise."""
+    from semievol.backend import load_backend
+    from semievol.collaborators import run_collaborators
+    from semievol.items import load_items, split_ids
+
+    ws = filled_workspace
+    team = [CollaboratorConfig("base", 0, 1.0, 0)]
+    rnd = rounds.open_round(ws, tiny_config(tiny_model_dir, collaborators=team))
+    items = load_items(ws, split_ids(ws, "unlabeled"))
+    backend = load_backend(rnd.config.model, batch_size=4)
+    seen = []
+    run_collaborators(ws, rnd.id, items, team, {"base": backend}, ws.require_task(),
+                      budget=512, progress=lambda done, total, message="": seen.append(done))
+    assert len(items) < 64 and 0 < seen[0] < len(items), seen
+    assert seen == sorted(seen) and seen[-1] == len(items)
