@@ -103,3 +103,22 @@ def test_remaining_time_follows_how_the_run_goes():
     # Twice as slow as estimated so far: what is left is expected to be twice as long.
     assert remaining(estimate, ["warmup"], "label", 0.5, 500.0) == pytest.approx(300.0)
     assert remaining(None, [], None, 0.0, 0.0) is None
+
+
+def test_a_step_with_a_served_part_records_no_local_speed():
+    """A served collaborator's requests are in the label step's wall time: recording that as
+    this machine's inference speed once made the next estimate three times too long."""
+    from types import SimpleNamespace
+
+    from semievol.config import ServedConfig, ServerConfig
+    from semievol.steps import _on_a_server
+
+    servers = [ServerConfig(name="llama", base_url="http://127.0.0.1:1/v1")]
+    local = SimpleNamespace(config=RoundConfig())
+    served = SimpleNamespace(config=RoundConfig(servers=servers, collaborators=[
+        CollaboratorConfig("warmup", 0, 1.0, 0), CollaboratorConfig("base", 0, 1.0, 1, "llama")]))
+    evaluation = SimpleNamespace(config=RoundConfig(servers=servers,
+                                                    served=ServedConfig(evaluation="llama")))
+    assert not _on_a_server(local, "label") and not _on_a_server(local, "evaluate")
+    assert _on_a_server(served, "label") and not _on_a_server(served, "evaluate")
+    assert _on_a_server(evaluation, "evaluate") and not _on_a_server(evaluation, "label")
