@@ -24,7 +24,7 @@ from semievol.config import SelectionConfig
 from semievol.errors import SemiEvolError
 from semievol.profiling import measuring, stage
 from semievol.backend import backend_key
-from semievol.round_backends import check_servers, load_backends
+from semievol.round_backends import check_servers, load_backends, servers_used
 from semievol.rounds import Round
 from semievol.store import Workspace
 
@@ -441,18 +441,10 @@ def _record_speed(ws: Workspace, rnd: Round, step: str, result: dict, seconds: f
     if step in ("warmup", "train") and result.get("tokens_per_second"):
         record(ws, rnd.config.model, "training", tokens["train"],
                tokens["train"] / result["tokens_per_second"])
-    elif step in ("label", "evaluate") and not _on_a_server(rnd, step):
+    elif step in ("label", "evaluate") and not servers_used(rnd.config, [step]):
+        # Not where part of the step ran on a server: its wall time says nothing about this
+        # machine's speed (a served round once recorded a third of the local rate).
         record(ws, rnd.config.model, "inference", tokens["forward"], seconds)
-
-
-def _on_a_server(rnd: Round, step: str) -> bool:
-    """Whether part of the step ran on a server: its wall time then says nothing about this
-    machine's speed (a served round once recorded a third of the local rate)."""
-    served = rnd.config.served
-    if step == "label":
-        return any(c.server for c in rnd.config.collaborators) or bool(
-            served.reflection or served.entropy)
-    return bool(served.evaluation)
 
 
 def _run_one(ws, rnd, step, shared, *, selection, force, confirm, progress, metric, embedder):

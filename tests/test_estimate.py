@@ -105,20 +105,34 @@ def test_remaining_time_follows_how_the_run_goes():
     assert remaining(None, [], None, 0.0, 0.0) is None
 
 
-def test_a_step_with_a_served_part_records_no_local_speed():
+def test_a_step_with_a_served_part_records_no_local_speed(workspace, tiny_model_dir,
+                                                         machine_file):
     """A served collaborator's requests are in the label step's wall time: recording that as
     this machine's inference speed once made the next estimate three times too long."""
     from types import SimpleNamespace
 
     from semievol.config import ServedConfig, ServerConfig
-    from semievol.steps import _on_a_server
+    from semievol.steps import _record_speed
+    from semievol.throughput import measured
 
     servers = [ServerConfig(name="llama", base_url="http://127.0.0.1:1/v1")]
-    local = SimpleNamespace(config=RoundConfig())
-    served = SimpleNamespace(config=RoundConfig(servers=servers, collaborators=[
-        CollaboratorConfig("warmup", 0, 1.0, 0), CollaboratorConfig("base", 0, 1.0, 1, "llama")]))
-    evaluation = SimpleNamespace(config=RoundConfig(servers=servers,
-                                                    served=ServedConfig(evaluation="llama")))
-    assert not _on_a_server(local, "label") and not _on_a_server(local, "evaluate")
-    assert _on_a_server(served, "label") and not _on_a_server(served, "evaluate")
-    assert _on_a_server(evaluation, "evaluate") and not _on_a_server(evaluation, "label")
+    model = _config(tiny_model_dir).model
+    configs = {
+        "local": RoundConfig(model=model),
+        "served collaborator": RoundConfig(model=model, servers=servers, collaborators=[
+            CollaboratorConfig("warmup", 0, 1.0, 0),
+            CollaboratorConfig("base", 0, 1.0, 1, "llama")]),
+        "served evaluation": RoundConfig(model=model, servers=servers,
+                                         served=ServedConfig(evaluation="llama"))}
+
+    def recorded(kind: str, step: str) -> bool:
+        workspace.set_setting("throughput", {})
+        _record_speed(workspace, SimpleNamespace(config=configs[kind]), step, {}, 10.0,
+                      {"forward": 50_000, "train": 0})
+        return "inference" in measured(workspace, model)[0]
+
+    assert recorded("local", "label") and recorded("local", "evaluate")
+    assert not recorded("served collaborator", "label")
+    assert recorded("served collaborator", "evaluate")
+    assert not recorded("served evaluation", "evaluate")
+    assert recorded("served evaluation", "label")
