@@ -64,7 +64,7 @@ def ceiling(m: int, dims: dict, *, training: bool, dtype) -> dict:
 
 
 def main(argv=None) -> int:
-    import torch
+    from semievol.models import pick_dtype
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scoring-tokens", type=int, default=16 * 220,
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
                    help="token rows per training micro-batch (batch 8 x a demo example)")
     args = p.parse_args(argv)
     dims = {"d": 576, "f": 1536, "kv": 3 * 64, "r": 16}
-    # The dtype the stack runs in here: bf16 where the CPU has it natively, else float32.
-    dtype = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    dtype = pick_dtype("auto", "cpu")  # the dtype the stack runs in on this CPU
     name = str(dtype).removeprefix("torch.")
     peak = best_gflops(3584, 576, 1536, dtype, seconds=1.0)
     report = {"command": " ".join(["bench/gemm_ceiling.py", *(argv or sys.argv[1:])]),

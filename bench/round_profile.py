@@ -37,10 +37,11 @@ def matmul_peaks() -> dict:
     import torch
 
     from semievol.estimate import matmul_peak
+    from semievol.models import pick_dtype
 
     # Without native bf16 (no avx512_bf16 / AMX) torch emulates it at a few GFLOP/s and one
     # product takes seconds: the round then runs in float32, so that is the peak to beat.
-    dtypes = ["float32"] + (["bfloat16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    dtypes = ["float32"] + (["bfloat16"] if pick_dtype("auto", "cpu") == torch.bfloat16
                             else [])
     return {f"{dtype} {label}": matmul_peak(dtype, shape)
             for dtype in dtypes
