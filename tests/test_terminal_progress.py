@@ -6,11 +6,11 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
-import struct
-import termios
 import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 from test_engine_cli import COLLABORATORS, ENV, ROOT, build_workspace
