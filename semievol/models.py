@@ -167,9 +167,26 @@ def load_model(config: ModelConfig, *, adapter: str | Path | None = None,
         if merge:
             model = model.merge_and_unload()
     model.to(device).eval()
+    contiguous_output_head_input(model)
     # No torch.set_grad_enabled(False) here: it is thread-global and would break training
     # later in the same process; callers wrap inference in torch.inference_mode().
     return model, tokenizer
+
+
+def contiguous_output_head_input(model) -> None:
+    """Hand the output head (hidden -> vocabulary) a contiguous input.
+
+    Scoring and generation ask for the last position's logits only (`logits_to_keep=1`), so the
+    head gets a (batch, 1, hidden) slice whose batch stride is the whole sequence. For weights
+    that do not require grad (a merged adapter: PEFT froze them) torch.matmul does not fold such
+    a slice into one matrix product; it runs a batched product over a copy of the 49k x 576
+    head per row. Measured on the bundled model, 16 prompts of 41 tokens: 1.95 s a pass
+    against 0.25 s, 80 % of it in that copy. Copying the slice instead costs batch x hidden.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(
+            lambda _module, args: (args[0].contiguous(), *args[1:]) if args else None)
 
 
 def attach_adapter(model, adapter: str | Path, *, trainable: bool = False):

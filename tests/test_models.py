@@ -162,3 +162,24 @@ def test_attach_adapter_needs_adapter_config(tiny_model_dir, tmp_path):
         attach_adapter(base, folder)
     with pytest.raises(SemiEvolError, match="No complete LoRA adapter"):
         load_model(tiny_config(tiny_model_dir), adapter=tmp_path / "missing")
+
+
+def test_output_head_gets_a_contiguous_last_position(tiny_model_dir):
+    """A merged model's weights are frozen; the last-position slice must reach the head
+    contiguous, or torch.matmul copies the whole head once per row (see models.py)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu",
+                                              dtype="float32"))
+    model.requires_grad_(False)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    seen = []
+    model.get_output_embeddings().register_forward_hook(
+        lambda _module, args, _out: seen.append(args[0].is_contiguous()))
+    batch = tokenizer(["a b c d e f", "a b"], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        logits = model(**batch, logits_to_keep=1).logits
+        expected = plain(**batch, logits_to_keep=1).logits
+    assert seen == [True]
+    torch.testing.assert_close(logits, expected)
