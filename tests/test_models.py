@@ -170,8 +170,7 @@ def test_output_head_gets_a_contiguous_last_position(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = load_model(ModelConfig(name_or_path=str(tiny_model_dir), device="cpu",
-                                              dtype="float32"))
+    model, tokenizer = load_model(tiny_config(tiny_model_dir))
     model.requires_grad_(False)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     seen = []
