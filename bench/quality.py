@@ -32,12 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, log, machine_info, model_dtype_name  # noqa: E402
 from quality_data import load_task  # noqa: E402
 from quality_report import write_results  # noqa: E402
-from quality_runner import ABLATION_NAMES, Runner  # noqa: E402
+from quality_runner import ABLATION_NAMES, REVIEW_ORDERS, Runner  # noqa: E402
 from readme_summary import update_readmes  # noqa: E402
 
 DEFAULT_TASK = Path(__file__).resolve().parents[1] / "../shared/datasets/fpb"
 FORMATS = ("words", "letter")
-REDUCED = {"labeled": [32], "unlabeled": 16, "test": 30, "max_steps": 2, "seeds": [0]}
+REDUCED = {"labeled": [32], "unlabeled": 16, "test": 30, "max_steps": 2, "seeds": [0],
+           "review_sizes": [4], "gold_sizes": [4]}
 
 
 def parse_args(argv=None):
@@ -62,6 +63,16 @@ def parse_args(argv=None):
                    default=["sampler", "none"], help="class balance variants of the warm-up SFT")
     p.add_argument("--ablations", nargs="*", choices=tuple(ABLATION_NAMES),
                    default=list(ABLATION_NAMES), help="round-1 ablations (primary format)")
+    p.add_argument("--review-sizes", type=int, nargs="*", default=[10, 25, 50],
+                   help="items a simulated reviewer decides before round 1 trains (primary "
+                        "format; default 10 25 50)")
+    p.add_argument("--review-orders", nargs="*", choices=tuple(REVIEW_ORDERS),
+                   default=list(REVIEW_ORDERS),
+                   help="which items the reviewer takes: the Review page's queues, or random "
+                        "items given their true answer (default: all three)")
+    p.add_argument("--gold-sizes", type=int, nargs="*", default=[10, 25, 50],
+                   help="extra random unlabeled items given their true answer for plain SFT "
+                        "(default 10 25 50)")
     p.add_argument("--model", default="bundled", help="model id or folder (default bundled)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--k", type=int, default=3, help="retrieved demonstrations")
@@ -111,7 +122,8 @@ def main(argv=None) -> int:
     log(f"quality bench on {task['name']}: labeled {args.labeled}, unlabeled "
         f"{args.unlabeled or 'all'}, test {args.test or 'all'}, seeds {args.seeds}, formats "
         f"{args.formats}, rounds {args.rounds}/{args.secondary_rounds}, ablations "
-        f"{args.ablations}; torch threads {machine['torch_threads']}, {machine['model_dtype']}")
+        f"{args.ablations}, review {args.review_orders} x {args.review_sizes}, gold "
+        f"{args.gold_sizes}; torch threads {machine['torch_threads']}, {machine['model_dtype']}")
     embedder = SentenceTransformerEmbedder("bundled")
     base = LazyBackend(model_config, None)  # one base model for every workspace
     written = []

@@ -57,8 +57,62 @@ def summarise(runs: list[dict]) -> dict:
                        "calibration_precision_selected": _mean_std(
                            [(p["calibration_slice"].get("selected") or {}).get("precision")
                             for p in ps]),
+                       "precision_curated": _mean_std(
+                           [(p.get("curated") or {}).get("precision") for p in ps]),
+                       "curated": _mean_std([(p.get("curated") or {}).get("n") for p in ps]),
+                       "knowledge": _knowledge(ps),
                        "majority_share": ps[0]["majority_share"]})
-    return {"variants": table, "pseudo_labels": ptable}
+    return {"variants": table, "pseudo_labels": ptable, "review": review_summary(runs)}
+
+
+def _knowledge(ps: list[dict]) -> dict | None:
+    """Selected pseudo-labels the warm-up already got right / the round corrects / wrong,
+    as shares of the selected set, over seeds (see quality_runner.warmup_knowledge)."""
+    known = [p["warmup_knowledge"] for p in ps if p.get("warmup_knowledge")
+             and p["warmup_knowledge"]["selected"]]
+    if not known:
+        return None
+    return {k: _mean_std([w[k] / w["selected"] for w in known])
+            for k in ("warmup_right", "corrected", "wrong")}
+
+
+REVIEW_BASELINES = {"review": "SemiEvol r1", "gold": "SFT (class-balanced)"}
+"""What each kind of extra-label variant is compared with, seed by seed."""
+
+
+def review_summary(runs: list[dict]) -> list[dict]:
+    """Each reviewer / extra-gold variant against its baseline of the same seed and format
+    (SemiEvol r1 without review; the class-balanced SFT): accuracy and macro-F1 gained,
+    in all and per item given."""
+    groups: dict[tuple, dict] = {}
+    for run in runs:
+        by_name = {(v["format"], v["variant"]): v for v in run["variants"]}
+        for v in run["variants"]:
+            kind = next((k for k in REVIEW_BASELINES if k in v), None)
+            base = kind and by_name.get((v["format"], REVIEW_BASELINES[kind]))
+            if not base:
+                continue
+            n = v["review"]["n"] if kind == "review" else v["gold"]
+            g = groups.setdefault((v["format"], v["variant"]), {
+                "format": v["format"], "variant": v["variant"], "kind": kind, "n": n,
+                "order": v["review"]["order"] if kind == "review" else "random",
+                "baseline": REVIEW_BASELINES[kind], "accuracy": [], "gain": [],
+                "f1_gain": [], "relabeled": []})
+            g["accuracy"].append(v["accuracy"])
+            g["gain"].append(v["accuracy"] - base["accuracy"])
+            g["f1_gain"].append(v["macro_f1"] - base["macro_f1"])
+            if kind == "review" and v["review"]["order"] != "random":
+                g["relabeled"].append(v["review"]["relabeled"])
+    out = []
+    for g in groups.values():
+        n = max(1, g["n"])
+        out.append({**{k: g[k] for k in ("format", "variant", "kind", "n", "order",
+                                         "baseline")},
+                    "accuracy": _mean_std(g["accuracy"]), "gain": _mean_std(g["gain"]),
+                    "gain_per_item": _mean_std([x / n for x in g["gain"]]),
+                    "f1_gain": _mean_std(g["f1_gain"]),
+                    "relabeled": _mean_std(g["relabeled"]) if g["relabeled"] else None})
+    return sorted(out, key=lambda r: (r["format"], r["kind"] != "review", r["order"], r["n"]))
 
 
 def _ms(stat: dict, percent: bool = True) -> str:
@@ -72,6 +126,26 @@ def _ms(stat: dict, percent: bool = True) -> str:
         low, high = scale * stat["min"], scale * stat["max"]
         text += f" ± {scale * stat['std']:.1f} ({low:.1f}–{high:.1f})"
     return text + unit
+
+
+def _points(stat: dict, digits: int = 1) -> str:
+    if stat["mean"] is None:
+        return "–"
+    text = f"{100 * stat['mean']:+.{digits}f}"
+    if stat["n"] > 1:
+        text += (f" ± {100 * stat['std']:.{digits}f} ({100 * stat['min']:+.{digits}f} to "
+                 f"{100 * stat['max']:+.{digits}f})")
+    return text
+
+
+def _knowledge_table(ptable: list[dict]) -> str:
+    rows = [[p["format"], p["variant"], _ms(p["curated"], False),
+             _ms(p["precision_curated"]),
+             *(_ms(p["knowledge"][k]) if p["knowledge"] else "–"
+               for k in ("warmup_right", "corrected", "wrong"))] for p in ptable]
+    return md_table(["format", "pseudo-labels", "curated items", "precision curated",
+                     "selected: warm-up already right", "selected: corrected",
+                     "selected: wrong"], rows)
 
 
 def _num(value, digits: int) -> str:
@@ -101,6 +175,14 @@ def markdown(result: dict, pngs: dict) -> str:
           _ms(p["agreed_share"]), _ms(p["precision_agreed"]), _ms(p["precision_reflected"]),
           _ms(p["calibration_precision_selected"]), pct(p["majority_share"])]
          for p in s["pseudo_labels"]])
+    rt = md_table(
+        ["format", "variant", "items", "wrong pseudo-labels corrected", "accuracy",
+         "gain over baseline (points)", "gain per item (points)", "macro-F1 gain (points)",
+         "baseline"],
+        [[r["format"], r["variant"], r["n"],
+          _ms(r["relabeled"], False) if r["relabeled"] else "all (gold)",
+          _ms(r["accuracy"]), _points(r["gain"]), _points(r["gain_per_item"], 2),
+          _points(r["f1_gain"]), r["baseline"]] for r in s.get("review", [])])
     tt = md_table(["seed", "format", "model", "steps", "examples", "final loss", "train s",
                    "tokens/s"],
                   [[t["seed"], t["format"], t["variant"], t.get("steps"),
@@ -150,6 +232,25 @@ def markdown(result: dict, pngs: dict) -> str:
         pt,
         "",
         f"![precision vs coverage]({pngs['curve']})",
+        "",
+        "Curated = what the round trained on from the unlabeled pool (selected and accepted "
+        "pseudo-labels, human labels) against the hidden answers. Of the selected "
+        "pseudo-labels: the share the warm-up model already answered right on its own "
+        "(the plain warm-up collaborator's top option), the share the round corrects "
+        "(right where the warm-up was wrong), and the share that is wrong:",
+        "",
+        _knowledge_table(s["pseudo_labels"]),
+        "",
+        "## What a reviewer's minutes buy",
+        "",
+        "A simulated reviewer who knows the hidden answers decides the first N items of a "
+        "Review queue before round 1 trains, as in the app (accept a right pseudo-label, "
+        "relabel a wrong one, through semievol.decisions); `random gold labels` gives N "
+        "random pool items their true answer instead (plain labeling, no queue). Plain SFT "
+        "gets the same N random items as extra labeled data. Gains are paired by seed "
+        "against the variant's baseline.",
+        "",
+        rt if s.get("review") else "(no reviewer variants in this run)",
         "",
         "## Training runs",
         "",

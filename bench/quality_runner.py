@@ -4,6 +4,7 @@ pseudo-labels scored against the hidden answers."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,114 @@ def pseudo_label_stats(ws, round_id: int, hidden: dict, score: str = "nll") -> d
             "calibration_slice": calibration}
 
 
+def warmup_knowledge(ws, rnd, hidden: dict) -> dict | None:
+    """What the selected pseudo-labels teach beyond the warm-up model: how many it already
+    answered right on its own (the argmax of the plain warm-up collaborator's option
+    probabilities), how many the round corrects (right where the warm-up was wrong), how
+    many are wrong. None when no collaborator is the plain warm-up (warmup, 0 demos)."""
+    from semievol.items import options_of
+
+    plain = [k for k, c in enumerate(rnd.config.collaborators)
+             if c.model == "warmup" and c.demonstrations == 0 and not c.server]
+    if not plain:
+        return None
+    task = ws.require_task()
+    rows = ws.query(
+        "SELECT p.label, i.external_id, i.options, r.option_probs FROM pseudo_labels p "
+        "JOIN items i ON i.id = p.item_id JOIN responses r ON r.round_id = p.round_id "
+        "AND r.item_id = p.item_id AND r.collaborator = ? "
+        "WHERE p.round_id = ? AND p.selected = 1 AND i.split = 'unlabeled'",
+        (plain[0], rnd.id))
+    out = {"selected": len(rows), "warmup_right": 0, "corrected": 0, "wrong": 0}
+    for r in rows:
+        truth = hidden[r["external_id"]]
+        probs = json.loads(r["option_probs"]) if r["option_probs"] else None
+        own = options_of(r, task)[int(np.argmax(probs))] if probs else None
+        if r["label"] != truth:
+            out["wrong"] += 1
+        elif own == truth:
+            out["warmup_right"] += 1
+        else:
+            out["corrected"] += 1
+    return out
+
+
+def curated_stats(ws, round_number: int, hidden: dict) -> dict:
+    """Precision of what the round trained on from the unlabeled pool (selected
+    pseudo-labels, accepted ones and human labels), against the hidden answers."""
+    from semievol.training_set import training_items
+
+    ids = {r["id"]: r["external_id"] for r in ws.query(
+        "SELECT id, external_id FROM items WHERE split='unlabeled'")}
+    rows = [it for it in training_items(ws, round_number) if it["item_id"] in ids]
+    correct = sum(it["answer"] == hidden[ids[it["item_id"]]] for it in rows)
+    by_source: dict[str, int] = {}
+    for it in rows:
+        by_source[it["source"]] = by_source.get(it["source"], 0) + 1
+    return {"n": len(rows), "correct": correct,
+            "precision": correct / len(rows) if rows else None, "sources": by_source}
+
+
+REVIEW_ORDERS = {"audit": "audit queue", "least_confident": "least confident first",
+                 "random": "random items"}
+"""Which items a simulated reviewer takes: the Review page's focus queues (semievol.focus),
+or random pool items (plain labeling of unlabeled items, no queue)."""
+REVIEWER = "simulated reviewer"
+
+
+def random_pool_items(ws, n: int, seed: int) -> list[int]:
+    """n unlabeled items drawn with the seed: the same items for every variant of a seed
+    that labels n random items (SFT + n gold labels, SemiEvol + n random gold labels)."""
+    import random
+
+    ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' ORDER BY id")]
+    return sorted(random.Random(1000 * seed + n).sample(ids, min(n, len(ids))))
+
+
+def give_gold_labels(ws, item_ids: list[int], hidden: dict) -> int:
+    """Relabel each item with its hidden true answer through semievol.decisions, as a
+    person labeling those items in the app would; returns how many."""
+    external = {r["id"]: r["external_id"] for r in ws.query_in(
+        "SELECT id, external_id FROM items WHERE id IN ({})", item_ids)}
+    by_label: dict[str, list[int]] = {}
+    for i in item_ids:
+        by_label.setdefault(hidden[external[i]], []).append(i)
+    for label, ids in by_label.items():
+        _decide(ws, ids, "relabel", label=label)
+    return len(item_ids)
+
+
+def _decide(ws, ids: list[int], action: str, label: str | None = None) -> int:
+    from semievol.decisions import record_decisions
+
+    return record_decisions(ws, ids, action, reviewer=REVIEWER, label=label)
+
+
+def simulate_review(ws, rnd, hidden: dict, order: str, n: int, seed: int) -> dict:
+    """A reviewer who knows the hidden answers works through the first n items of a queue
+    as they would in the app: accept a right pseudo-label, relabel a wrong one with the
+    true answer. `random`: n random pool items given their true answer (gold labels for
+    SemiEvol, no review)."""
+    from semievol.focus import focus_queue
+
+    if order == "random":
+        return {"order": order, "n": give_gold_labels(ws, random_pool_items(ws, n, seed),
+                                                      hidden)}
+    queue = focus_queue(ws, rnd.id, order)[:n]
+    rows = {r["item_id"]: r for r in ws.query_in(
+        "SELECT p.item_id, p.label, p.selected, i.external_id FROM pseudo_labels p "
+        "JOIN items i ON i.id = p.item_id WHERE p.round_id=%d AND p.item_id IN ({})"
+        % rnd.id, queue)}
+    right = [i for i in queue if rows[i]["label"] == hidden[rows[i]["external_id"]]]
+    wrong = [i for i in queue if i not in set(right)]
+    if right:
+        _decide(ws, right, "accept")
+    give_gold_labels(ws, wrong, hidden)
+    return {"order": order, "n": len(queue), "accepted": len(right), "relabeled": len(wrong),
+            "wrong_among_selected": sum(bool(rows[i]["selected"]) for i in wrong),
+            "accepted_outside_selection": sum(not rows[i]["selected"] for i in right)}
+
+
 class Runner:
     """One seed: every format and configuration, with its stage timings."""
 
@@ -92,6 +201,7 @@ class Runner:
 
     def add_pseudo(self, fmt: str, name: str, ws, rnd, hidden: dict) -> None:
         stats = pseudo_label_stats(ws, rnd.id, hidden, score=rnd.config.selection.score)
+        stats["warmup_knowledge"] = warmup_knowledge(ws, rnd, hidden)
         self.pseudo.append({"seed": self.seed, "format": fmt, "variant": name,
                             "round": rnd.number, **stats})
         if stats["n"]:
@@ -109,7 +219,7 @@ class Runner:
                                confirm="quality bench", **options)[step]
 
     # -- steps ---------------------------------------------------------------------------
-    def warmup(self, ws, rnd, fmt: str, name: str) -> None:
+    def warmup(self, ws, rnd, fmt: str, name: str, **extra):
         from semievol import rounds
         from semievol.evaluate import evaluate
         from semievol.round_backends import load_backends
@@ -125,7 +235,7 @@ class Runner:
             report = evaluate(ws, load_backends(ws, rnd)["warmup"], model="warmup",
                               round_id=rnd.id, budget=budget_of(rnd),
                               progress=progress_printer("evaluate"))
-        self.add_variant(fmt, name, report, round=rnd.number)
+        self.add_variant(fmt, name, report, round=rnd.number, **extra)
         return rnd
 
     def label(self, ws, rnd, fmt: str, name: str) -> dict:
@@ -136,7 +246,9 @@ class Runner:
         return result
 
     def select_train_evaluate(self, ws, rnd, fmt: str, name: str, hidden: dict,
-                              selection=None) -> None:
+                              selection=None, review=None, **extra) -> None:
+        """Select, then (`review`: a simulated reviewer's decisions, as the round waits for
+        review in the app), train and evaluate."""
         from semievol import rounds
         from semievol.evaluate import stored_evaluation
 
@@ -145,6 +257,9 @@ class Runner:
             rec.update(select={k: summary.get(k) for k in ("pool", "selected", "by_class",
                                                            "flagged_leakage", "threshold")})
         self.add_pseudo(fmt, name, ws, rounds.get_round(ws, rnd.number), hidden)
+        if review is not None:
+            extra["review"] = review(ws, rounds.get_round(ws, rnd.number))
+            log(f"  review: {extra['review']}")
         with self.stage(fmt, f"{name}: train") as rec:
             summary = self.run_step(ws, rnd, "train", progress=progress_printer("train", 30))
             rec.update(train=_train_summary(summary))
@@ -153,7 +268,21 @@ class Runner:
         with self.stage(fmt, f"{name}: evaluate"):
             self.run_step(ws, rnd, "evaluate", progress=progress_printer("evaluate"))
         rnd = rounds.get_round(ws, rnd.number)
-        self.add_variant(fmt, name, stored_evaluation(ws, rnd.id, "round"), round=rnd.number)
+        self.pseudo[-1]["curated"] = curated_stats(ws, rnd.number, hidden)
+        self.add_variant(fmt, name, stored_evaluation(ws, rnd.id, "round"), round=rnd.number,
+                         **extra)
+
+    def train_continuing(self, ws, number: int, fmt: str, name: str, hidden: dict) -> None:
+        """The round's final training continued from its warm-up model's adapter instead of
+        a fresh LoRA on the base model (RoundConfig.continue_from_warmup)."""
+        import dataclasses
+
+        from semievol import rounds
+
+        rnd = rounds.get_round(ws, number)
+        rnd = rounds.open_round(ws, dataclasses.replace(rnd.config, continue_from_warmup=True))
+        self.select_train_evaluate(ws, rnd, fmt, name, hidden)
+        ws.close()
 
     # -- one format ----------------------------------------------------------------------
     def run_format(self, fmt: str, primary: bool, files: dict, hidden: dict) -> None:
@@ -184,6 +313,14 @@ class Runner:
             rnd = rounds.open_round(nb, round_config(args, self.seed, "none"))
             self.warmup(nb, rnd, fmt, "SFT (no class balance)")
             nb.close()
+        for n in (args.gold_sizes if primary else []):
+            # Plain labeling: n random unlabeled items given their true answer, then the
+            # same warm-up SFT as SemiEvol's (class-balanced) on labeled + those.
+            gws = fork(ws, self.root / f"{fmt}-gold-{n}")
+            give_gold_labels(gws, random_pool_items(gws, n, self.seed), hidden)
+            rnd = rounds.open_round(gws, round_config(args, self.seed, "sampler"))
+            self.warmup(gws, rnd, fmt, f"SFT (class-balanced) + {n} gold labels", gold=n)
+            gws.close()
         if "sampler" not in args.balance:
             ws.close()
             return
@@ -191,24 +328,42 @@ class Runner:
         rnd = self.warmup(ws, rnd, fmt, "SFT (class-balanced)")
 
         n_rounds = args.rounds if primary else args.secondary_rounds
-        forks = {}
+        forks, reviews, later = {}, {}, None
         for number in range(1, n_rounds + 1):
             if number > 1:
                 rnd = rounds.open_round(ws)
                 self.run_step(ws, rnd, "warmup")  # the previous final adapter
                 rnd = rounds.get_round(ws, rnd.number)
             self.label(ws, rnd, fmt, f"SemiEvol r{number}")
-            if number == 1 and primary and args.ablations:
-                # Branch after labeling: the ablations reuse the stored responses.
+            if number == 1 and primary:
+                # Branch after labeling: the ablations and reviewers reuse the stored responses.
                 forks = {a: fork(ws, self.root / f"{fmt}-{a}") for a in args.ablations}
+                reviews = {(o, n): fork(ws, self.root / f"{fmt}-review-{o}-{n}")
+                           for o in args.review_orders for n in args.review_sizes}
+            if number == 2 and primary and "continue" in args.ablations:
+                later = fork(ws, self.root / f"{fmt}-r2-continue")
             self.select_train_evaluate(ws, rnd, fmt, f"SemiEvol r{number}", hidden)
             rnd = rounds.get_round(ws, number)
         ws.close()
 
+        if later is not None:
+            self.train_continuing(later, 2, fmt, "SemiEvol r2, continuing round 1's model",
+                                  hidden)
+        for (order, n), rws in reviews.items():
+            name = (f"SemiEvol r1 + {n} random gold labels" if order == "random" else
+                    f"SemiEvol r1 + {n} reviewed ({REVIEW_ORDERS[order]})")
+            self.select_train_evaluate(
+                rws, rounds.get_round(rws, 1), fmt, name, hidden,
+                review=lambda w, r, o=order, k=n: simulate_review(w, r, hidden, o, k,
+                                                                  self.seed))
+            rws.close()
         for ablation, fws in forks.items():
             name = ABLATION_NAMES[ablation]
             rnd = rounds.get_round(fws, 1)
             selection = None
+            if ablation == "continue":
+                self.train_continuing(fws, 1, fmt, name, hidden)
+                continue
             if ablation == "no-selection":
                 selection = SelectionConfig(policy="percentile", theta=100.0)
             elif ablation == "per-class":
@@ -243,6 +398,7 @@ class Runner:
 
 
 ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)",
+                  "continue": "SemiEvol r1, continuing the warm-up adapter",
                   "per-class": "SemiEvol r1, per-class selection",
                   "no-demos": "SemiEvol r1, no demonstrations",
                   "single": "SemiEvol r1, single collaborator"}

@@ -43,7 +43,8 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
         # collapse onto the majority class at a glance.
         for v in s["variants"]:
             acc = v["accuracy"]
-            spread = f" ± {100 * acc['std']:.1f}" if acc["n"] > 1 else ""
+            spread = (f" ± {100 * acc['std']:.1f} ({100 * acc['min']:.1f}–"
+                      f"{100 * acc['max']:.1f})" if acc["n"] > 1 else "")
             first = v["predicted_distribution"][0]
             predicted = " / ".join(str(first.get(label, 0)) for label in labels)
             rows.append([v["format"], v["variant"], f"{pct(acc['mean'])}{spread}",
@@ -56,9 +57,17 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
                   f"{[r['seed'] for r in data['runs']]})", "",
                   f"`{data['command']}`", "",
                   md_table(["format", "model", "test accuracy", "macro-F1", "majority class",
-                            "predicted " + " / ".join(labels)], rows), "",
+                            "predicted " + " / ".join(labels)
+                            + (" (first seed)" if len(data["runs"]) > 1 else "")], rows), "",
                   md_table(["format", "pseudo-labels", "precision all", "precision selected",
                             "coverage"], prow), ""]
+        review = s.get("review") or []
+        if review:
+            parts += [md_table(
+                ["extra labels", "items", "accuracy", "gain over its baseline (points)",
+                 "per item (points)", "baseline"],
+                [[r["variant"], r["n"], pct(r["accuracy"]["mean"]), _points(r["gain"]),
+                  _points(r["gain_per_item"], 2), r["baseline"]] for r in review]), ""]
     speed = results / "speed.json"
     if speed.exists():
         data = json.loads(speed.read_text())
@@ -82,6 +91,13 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
             rows.append(["training peak RSS MB (ours vs reference)",
                          f"{tr['ours']['peak_rss_mb']:.0f} vs {tr['reference']['peak_rss_mb']:.0f}",
                          ""])
+        paper = data.get("paper_configuration") or {}
+        if "reference" in paper:
+            rows.append(["paper configuration (warm-up sampled 4x + reflection) items/s, "
+                         "ours vs reference-style",
+                         f"{paper['ours']['items_per_second']:.2f} vs "
+                         f"{paper['reference']['items_per_second']:.3f}",
+                         f"{paper['speedup']:.1f}x"])
         for name in ("scoring", "training"):
             u = mfu[name]
             rows.append([f"FLOP utilisation, {name} ({u['peak_dtype']})",
@@ -97,6 +113,12 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
     if not parts:
         parts = ["No full run committed yet: see the commands in bench/README.md.", ""]
     return "\n".join(parts)
+
+
+def _points(stat: dict, digits: int = 1) -> str:
+    """A gain in percentage points, with its spread over seeds."""
+    text = f"{100 * stat['mean']:+.{digits}f}"
+    return text + (f" ± {100 * stat['std']:.{digits}f}" if stat["n"] > 1 else "")
 
 
 def update_readmes(results: Path = RESULTS, readmes=READMES) -> list[Path]:

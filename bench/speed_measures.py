@@ -170,12 +170,12 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
 def training_examples(ws, rnd):
     """The warm-up's own examples (the labeled set, as step_warmup builds them)."""
     from semievol.models import load_tokenizer, resolve_model_path
-    from semievol.training_set import gold_items, training_examples as examples_of
+    from semievol.training_set import training_examples as examples_of, warmup_items
 
     tokenizer = load_tokenizer(resolve_model_path(rnd.config.model.name_or_path))
     from semievol.steps import budget_of
 
-    examples, _ = examples_of(ws.require_task(), gold_items(ws), tokenizer, budget_of(rnd))
+    examples, _ = examples_of(ws.require_task(), warmup_items(ws), tokenizer, budget_of(rnd))
     return examples, tokenizer
 
 

@@ -53,11 +53,11 @@ def _training_tokens(builder, items: list[dict], train, extra: int = 0) -> int:
 
 
 def _warmup_tokens(ws: Workspace, rnd) -> int:
-    from semievol.training_set import gold_items
+    from semievol.training_set import warmup_items
 
     if rnd.number > 1 or rnd.warmup_adapter:
         return 0  # round N > 1 starts from an earlier adapter; a trained warm-up is kept
-    gold = gold_items(ws)
+    gold = warmup_items(ws)
     if not ws.split_counts()["calibration"]:  # the hold-out happens in the step itself
         keep = 1 - rnd.config.calibration.fraction
         gold = gold[:max(1, int(len(gold) * keep))]
@@ -105,7 +105,7 @@ def _train_tokens(ws: Workspace, rnd, selecting_first: bool) -> int:
     """The training set as it stands (or, before selection, the labeled set plus the
     selection's expected share of the pool)."""
     from semievol.steps import pool_item_ids
-    from semievol.training_set import gold_items, live_training_items
+    from semievol.training_set import warmup_items, live_training_items
 
     if rnd.final_adapter:
         return 0
@@ -114,7 +114,7 @@ def _train_tokens(ws: Workspace, rnd, selecting_first: bool) -> int:
     if selecting_first or not any(it["source"] == "pseudo" for it in items):
         unlabeled = ws.query_in("SELECT id FROM items WHERE split='unlabeled' AND id IN ({})",
                                 pool_item_ids(ws, rnd))
-        items = gold_items(ws)
+        items = warmup_items(ws)
         extra = int(len(unlabeled) * rnd.config.selection.theta / 100)
     return _training_tokens(_builder(ws, rnd), items, rnd.config.train, extra)
 

@@ -2,7 +2,8 @@
 (the CLI in the foreground, a background worker given its run id, the app's launches, the
 benches).
 
-warmup   -> adapter W (round 1: LoRA on the labeled set; round N: round N-1's adapter)
+warmup   -> adapter W (round 1: LoRA on the labeled set and human labels; round N: round
+            N-1's adapter)
 label    -> collaborators' responses, pseudo-labels (agreed / reflected) and entropies
 select   -> leakage flags, then the selection policy and human decisions
 train    -> adapter R on labeled + human labels + selected pseudo-labels (paper eq. 9)
@@ -77,14 +78,14 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
     else:
         from semievol.finetune import train_lora
         from semievol.models import load_tokenizer, resolve_model_path
-        from semievol.training_set import gold_items, training_examples
+        from semievol.training_set import source_counts, training_examples, warmup_items
 
         with stage("calibration hold-out + retrieval"):
             held_out = hold_out(ws, config.calibration)
             index_workspace(ws, _embedder(config, embedder), k=config.retrieval.k,
                             progress=progress)
         tokenizer = load_tokenizer(resolve_model_path(config.model.name_or_path))
-        gold = gold_items(ws)
+        gold = warmup_items(ws)
         adapter = str(rounds.adapter_dir(ws, rnd, "warmup"))
         examples, prompts = training_examples(ws.require_task(), gold, tokenizer,
                                               budget_of(rnd))
@@ -95,6 +96,7 @@ def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress 
         if note:
             summary["note"] = note
         summary.update(adapter=adapter, calibration_items=held_out, examples=len(gold),
+                       sources=source_counts(gold),
                        prompts=prompts.summary())
     rounds.set_adapter(ws, rnd, "warmup", adapter)
     return summary

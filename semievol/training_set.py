@@ -106,9 +106,11 @@ def live_training_items(ws: Workspace, up_to_round: int) -> list[dict]:
     return out
 
 
-def gold_items(ws: Workspace) -> list[dict]:
-    """The labeled split alone (what the warm-up trains on), in the same form."""
-    return [it for it in live_training_items(ws, 0) if it["source"] == "gold"]
+def warmup_items(ws: Workspace) -> list[dict]:
+    """What the warm-up trains on, in the same form: every label a person gave, i.e. the
+    labeled split and the human labels in force (a reviewer's relabel is a gold label, even
+    on an item no round has pseudo-labeled yet), never a pseudo-label."""
+    return [it for it in live_training_items(ws, 0) if it["source"] != "pseudo"]
 
 
 def source_counts(items: list[dict]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from semievol.errors import SemiEvolError
 from semievol.export import export_dataset
 from semievol.guards import validate_training_set
 from semievol.selection_state import applied_selection, apply_selection, compute_selection
-from semievol.training_set import training_items
+from semievol.training_set import training_items, warmup_items
 
 # -- selection -----------------------------------------------------------------------------
 def Plain(**fields) -> SelectionConfig:  # noqa: N802 - reads as the config it builds
@@ -158,6 +158,22 @@ def test_training_items_are_gold_selected_pseudo_and_human_labels(pool):
     assert later[items[3]]["answer"] == "outage"               # the latest round's label
     assert items[2] not in later
     assert len(later) == len(first) + 1
+
+
+def test_the_warmup_trains_on_gold_and_human_labels_never_on_pseudo_labels(pool):
+    ws, rid, items = pool
+    apply_selection(ws, rid, Plain(policy="percentile", theta=100))  # every pseudo-label
+    direct = ids_of(ws, "unlabeled")[15]                     # never pseudo-labeled
+    record_decisions(ws, [direct], "relabel", label="equipment", reviewer="ann")
+    record_decisions(ws, [items[1]], "relabel", label="outage", reviewer="ann")
+    record_decisions(ws, [items[0]], "accept", reviewer="ann")  # still a pseudo-label
+    warmup = {it["item_id"]: it for it in warmup_items(ws)}
+    gold = ids_of(ws, "labeled")
+    assert sorted(warmup) == sorted(gold + [direct, items[1]])
+    assert warmup[direct]["answer"] == "equipment" and warmup[direct]["source"] == "human"
+    assert warmup[items[1]]["answer"] == "outage"
+    record_decisions(ws, [direct], "clear", reviewer="ann")  # a cleared label is gone
+    assert direct not in {it["item_id"] for it in warmup_items(ws)}
 
 
 def test_a_rejection_outlasts_an_earlier_rounds_selection(pool):
