@@ -1,5 +1,6 @@
 """Adaptation quality on a real task: base, base + demonstrations, warm-up SFT, SemiEvol
-rounds and ablations, measured side by side on the same test split.
+rounds and ablations, a simulated reviewer and extra gold labels, measured side by side on
+the same test split.
 
     .venv/bin/python bench/quality.py            # fpb, 64 and 452 labeled (hours: bench/README.md)
     .venv/bin/python bench/quality.py --reduced  # every configuration, tiny sizes (~5 min)
@@ -10,7 +11,9 @@ in this process's memory only, to score the pseudo-labels afterwards. Work is sh
 the workspace allows: base evaluations are done once per format and copied into the
 class-balance-off fork; the ablations are forks of the round-1 workspace taken after
 labeling, so their identical collaborator requests are answered from the response cache
-(the no-selection and per-class ablations label nothing at all).
+(the no-selection and per-class ablations label nothing at all); so are the reviewer
+variants (quality_runner.simulate_review). SFT with extra gold labels forks the freshly
+built workspace.
 
 Modules: quality_data (splits, import files, workspaces, configs), quality_runner (one
 seed: every format and configuration), quality_report (summary, Markdown, plots, files).

@@ -39,7 +39,8 @@ def summarise(runs: list[dict]) -> dict:
                       "macro_f1": _mean_std([v["macro_f1"] for v in vs]),
                       "majority_baseline": vs[0]["majority_baseline"],
                       "majority_label": vs[0]["majority_label"],
-                      "predicted_distribution": [v["predicted_distribution"] for v in vs]})
+                      "predicted_distribution": [v["predicted_distribution"] for v in vs],
+                      "warned": sorted({w for v in vs for w in v.get("warned", [])})})
     ptable = []
     for key, group in _by_variant(runs, "pseudo_labels").items():
         ps = [p for p in group if p["n"]]
@@ -162,10 +163,11 @@ def markdown(result: dict, pngs: dict) -> str:
     vt = md_table(
         ["format", "model", "accuracy", "macro-F1", "majority-class acc.",
          "predicted classes" + (" (seed " + str(result["runs"][0]["seed"]) + ")"
-                                if n_seeds > 1 else "")],
+                                if n_seeds > 1 else ""), "warned before training"],
         [[v["format"], v["variant"], _ms(v["accuracy"]), _ms(v["macro_f1"]),
           pct(v["majority_baseline"]) + f" ({v['majority_label']})",
-          _dist(v["predicted_distribution"][0])] for v in s["variants"]])
+          _dist(v["predicted_distribution"][0]), ", ".join(v.get("warned") or [])]
+         for v in s["variants"]])
     pt = md_table(
         ["format", "pseudo-labels", "round", "items", "precision all", "selected",
          "precision selected", "coverage", "agreed share", "precision agreed",
@@ -216,7 +218,10 @@ def markdown(result: dict, pngs: dict) -> str:
                               else ""),
         "",
         "The majority-class accuracy is what always answering the most frequent test class "
-        "scores; a model at or near it with one dominant predicted class has learned nothing.",
+        "scores; a model at or near it with one dominant predicted class has learned nothing. "
+        "`warned before training`: the product's evidence guards (semievol.guards) that would "
+        "have stopped this training in the CLI and the app until confirmed, in any seed "
+        "(the bench confirms, to measure the outcome).",
         "",
         vt,
         "",

@@ -251,6 +251,7 @@ class Runner:
         review in the app), train and evaluate."""
         from semievol import rounds
         from semievol.evaluate import stored_evaluation
+        from semievol.guards import confirmations
 
         with self.stage(fmt, f"{name}: select") as rec:
             summary = self.run_step(ws, rnd, "select", selection=selection)
@@ -269,6 +270,9 @@ class Runner:
             self.run_step(ws, rnd, "evaluate", progress=progress_printer("evaluate"))
         rnd = rounds.get_round(ws, rnd.number)
         self.pseudo[-1]["curated"] = curated_stats(ws, rnd.number, hidden)
+        # What the product warned before this training (the bench confirms and trains
+        # anyway, so that the warning can be checked against the outcome).
+        extra["warned"] = sorted({c["kind"] for c in confirmations(ws, rnd.id)})
         self.add_variant(fmt, name, stored_evaluation(ws, rnd.id, "round"), round=rnd.number,
                          **extra)
 

@@ -19,7 +19,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -112,6 +112,7 @@ class Training:
     use_autocast: bool
     pad: int
     shard: "Shard"
+    dropouts: list = field(default_factory=list)  # shared LoRA dropouts (lora_dropout.py)
 
 
 @dataclass
@@ -171,6 +172,9 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=targets, task_type="CAUSAL_LM"))
     peft_model.train()
+    from semievol.lora_dropout import share_dropout_masks
+
+    dropouts = share_dropout_masks(peft_model)
 
     from semievol.prompts import resolve_budget
 
@@ -194,7 +198,7 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     return Training(peft_model, body, peft_model.get_base_model().lm_head, params, optimizer,
                     rows, order, class_weight, total_steps,
                     int(round(train.warmup_ratio * total_steps)), device,
-                    compute_dtype == torch.bfloat16, tokenizer.pad_token_id, shard)
+                    compute_dtype == torch.bfloat16, tokenizer.pad_token_id, shard, dropouts)
 
 
 def _micro_batch(t: Training, batch: list[int]):
@@ -243,6 +247,8 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
         local = (token_loss * w).sum()
         loss = local * shard.world / weight / train.grad_accum
         loss.backward()
+        for dropout in t.dropouts:  # the backward has used the masks: free them now
+            dropout.forget()
         step_loss += (shard.total(local.detach()) / weight / train.grad_accum).item()
         tokens += int(shard.total(mask.sum()))
     torch.nn.utils.clip_grad_norm_(t.params, 1.0)

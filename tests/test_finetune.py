@@ -317,3 +317,49 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert rates[-1] < peak * 1e-3
     assert lr_at(total, total, warmup, peak) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(0, 5, 0, peak) == pytest.approx(peak)                   # no warm-up
+
+
+# -- LoRA dropout: one mask per input ----------------------------------------------------------
+def test_projections_of_one_input_share_a_dropout_mask_and_others_draw_their_own(tiny_model_dir):
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from semievol.lora_dropout import SharedInputDropout, share_dropout_masks
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), PeftLoraConfig(
+        r=2, lora_alpha=4, lora_dropout=0.5, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    shared = share_dropout_masks(model)
+    assert len(shared) == 2 * 2  # 2 layers x (attention: q/k/v/o, MLP: gate/up/down)
+    assert all(isinstance(d, SharedInputDropout) for d in shared)
+    seen = {}
+    layer = model.get_base_model().model.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        getattr(layer.self_attn, name).lora_A["default"].register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(name, args[0].detach().clone()))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        getattr(layer.mlp, name).lora_A["default"].register_forward_hook(
+            lambda m, args, out, name=name: seen.__setitem__(name, args[0].detach().clone()))
+    torch.manual_seed(0)
+    model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]])).logits.sum().backward()
+    zeros = {name: t == 0 for name, t in seen.items()}
+    assert torch.equal(zeros["q_proj"], zeros["k_proj"]) and torch.equal(zeros["q_proj"],
+                                                                         zeros["v_proj"])
+    assert torch.equal(zeros["gate_proj"], zeros["up_proj"])
+    assert 0 < zeros["q_proj"].float().mean() < 1  # a real mask, about half dropped
+    # The same input twice in one step draws one mask; a new step draws a new one.
+    for d in shared:
+        d.forget()
+    first = dict(seen)
+    model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]]))
+    assert not torch.equal(first["q_proj"] == 0, seen["q_proj"] == 0)
+    model.eval()  # no dropout at all in eval mode
+    model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10]]))
+    assert not (seen["q_proj"] == 0).any()
+
+
+def test_training_with_lora_dropout_runs_and_saves(tiny_model_dir, examples, tmp_path):
+    summary = train_lora(examples, tmp_path / "a", model=model_config(tiny_model_dir),
+                         lora=LoraConfig(r=2, alpha=4, dropout=0.3), train=train_config())
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    assert (tmp_path / "a" / "adapter_model.safetensors").exists()
