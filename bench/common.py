@@ -196,8 +196,12 @@ def write_json(path: Path, data) -> Path:
 
 
 def _jsonable(value):
+    import dataclasses
+
     import numpy as np
 
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)  # e.g. a step's PromptStats
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

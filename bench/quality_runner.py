@@ -325,6 +325,10 @@ class Runner:
             rnd = rounds.open_round(gws, round_config(args, self.seed, "sampler"))
             self.warmup(gws, rnd, fmt, f"SFT (class-balanced) + {n} gold labels", gold=n)
             gws.close()
+        # Plain SFT given as many optimizer steps as SemiEvol r1 takes (it trains on labeled
+        # + selected, so it runs longer): is r1's gain the pseudo-labels or the steps?
+        matched = (fork(ws, self.root / f"{fmt}-matched-sft")
+                   if primary and "matched-sft" in args.ablations else None)
         if "sampler" not in args.balance:
             ws.close()
             return
@@ -341,7 +345,8 @@ class Runner:
             self.label(ws, rnd, fmt, f"SemiEvol r{number}")
             if number == 1 and primary:
                 # Branch after labeling: the ablations and reviewers reuse the stored responses.
-                forks = {a: fork(ws, self.root / f"{fmt}-{a}") for a in args.ablations}
+                forks = {a: fork(ws, self.root / f"{fmt}-{a}") for a in args.ablations
+                         if a not in NOT_FORKED_AFTER_LABELING}
                 reviews = {(o, n): fork(ws, self.root / f"{fmt}-review-{o}-{n}")
                            for o in args.review_orders for n in args.review_sizes}
             if number == 2 and primary and "continue" in args.ablations:
@@ -350,6 +355,14 @@ class Runner:
             rnd = rounds.get_round(ws, number)
         ws.close()
 
+        if matched is not None:
+            steps = next(t["steps"] for t in self.training
+                         if t["variant"] == "SemiEvol r1" and t["format"] == fmt)
+            config = round_config(args, self.seed, "sampler")
+            config.train.max_steps = steps
+            rnd = rounds.open_round(matched, config)
+            self.warmup(matched, rnd, fmt, ABLATION_NAMES["matched-sft"], steps=steps)
+            matched.close()
         if later is not None:
             self.train_continuing(later, 2, fmt, "SemiEvol r2, continuing round 1's model",
                                   hidden)
@@ -402,10 +415,14 @@ class Runner:
 
 
 ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)",
+                  "matched-sft": "SFT (class-balanced), as many steps as SemiEvol r1",
                   "continue": "SemiEvol r1, continuing the warm-up adapter",
                   "per-class": "SemiEvol r1, per-class selection",
                   "no-demos": "SemiEvol r1, no demonstrations",
                   "single": "SemiEvol r1, single collaborator"}
+
+
+NOT_FORKED_AFTER_LABELING = {"matched-sft"}  # forks the freshly built workspace instead
 
 
 def _train_summary(summary: dict) -> dict:

@@ -222,8 +222,38 @@ def _micro_batch(t: Training, batch: list[int]):
     return ids.to(t.device), mask.to(t.device), pos_b, pos_t, targets, weights
 
 
+ATTENTION_CELLS = 1 << 20
+"""The most attention scores one forward pass of a training batch may hold: pieces x the
+longest sequence squared. Eager attention keeps (pieces, heads, T, T) scores per layer for
+the backward (about 8 bytes a cell with its softmax): a batch of 8 pubmedqa prompts of
+~1,000 tokens held 18-23 GB on the bundled model. At this cap one forward holds ~2.3 GB of
+them; short texts (a batch of 8 up to 362 tokens) are never split."""
+
+
+def memory_pieces(rows: list, batch: list[int], cells: int = ATTENTION_CELLS) -> list[list[int]]:
+    """`batch` split into pieces run one after another, each within `cells` attention scores
+    (a single sequence is never split); the batch itself, in its order, when it fits."""
+    longest = max(len(rows[i][0]) for i in batch)
+    if len(batch) * longest ** 2 <= cells:
+        return [batch]
+    pieces: list[list[int]] = []
+    for i in sorted(batch, key=lambda i: -len(rows[i][0])):  # the longest first
+        piece = pieces[-1] if pieces else None
+        if piece and (len(piece) + 1) * len(rows[piece[0]][0]) ** 2 <= cells:
+            piece.append(i)
+        else:
+            pieces.append([i])
+    return pieces
+
+
 def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
-    """One optimizer step (its `grad_accum` micro-batches); returns (loss, tokens seen)."""
+    """One optimizer step (its `grad_accum` micro-batches); returns (loss, tokens seen).
+
+    A micro-batch of long sequences runs in pieces (memory_pieces) whose gradients add up
+    to the whole micro-batch's: every piece's loss is normalised by the whole micro-batch's
+    weight."""
+    import contextlib
+
     import torch
 
     for group in t.optimizer.param_groups:
@@ -233,24 +263,35 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
     for accum in range(train.grad_accum):
         at = (step * train.grad_accum + accum) * train.batch_size
         batch = t.order[at:at + train.batch_size][shard.rank::shard.world]
-        ids, mask, pos_b, pos_t, targets, weights = _micro_batch(t, batch)
-        with torch.autocast(device_type=t.device, dtype=torch.bfloat16, enabled=t.use_autocast):
-            hidden = t.body(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, d)
-            logits = t.head(hidden[torch.tensor(pos_b), torch.tensor(pos_t)])       # (n, V)
-        token_loss = torch.nn.functional.cross_entropy(
-            logits.float(), torch.tensor(targets, device=t.device), reduction="none")
-        w = torch.tensor(weights, device=t.device)
-        # Normalised by the whole micro-batch's weight (every process's tokens), times the
-        # processes because DDP averages their gradients: the same gradient as one process
-        # on the whole batch.
-        weight = shard.total(w.sum())
-        local = (token_loss * w).sum()
-        loss = local * shard.world / weight / train.grad_accum
-        loss.backward()
-        for dropout in t.dropouts:  # the backward has used the masks: free them now
-            dropout.forget()
-        step_loss += (shard.total(local.detach()) / weight / train.grad_accum).item()
-        tokens += int(shard.total(mask.sum()))
+        # Normalised by the whole micro-batch's weight (every process's answer tokens),
+        # times the processes because DDP averages their gradients: the same gradient as
+        # one process on the whole batch in one piece.
+        weight = shard.total(torch.tensor(float(sum(
+            (len(t.rows[i][0]) - t.rows[i][1]) * (t.class_weight[i] if t.class_weight else 1.0)
+            for i in batch)), device=t.device))
+        pieces = memory_pieces(t.rows, batch)
+        local_sum = 0.0
+        for k, piece in enumerate(pieces):
+            ids, mask, pos_b, pos_t, targets, weights = _micro_batch(t, piece)
+            # DDP exchanges gradients on the last piece's backward only (each process runs
+            # one synchronised backward per micro-batch, however many pieces it has).
+            last = k == len(pieces) - 1
+            sync = contextlib.nullcontext() if last or shard.world == 1 else t.body.no_sync()
+            with sync:
+                with torch.autocast(device_type=t.device, dtype=torch.bfloat16,
+                                    enabled=t.use_autocast):
+                    hidden = t.body(input_ids=ids, attention_mask=mask).last_hidden_state
+                    logits = t.head(hidden[torch.tensor(pos_b), torch.tensor(pos_t)])  # (n, V)
+                token_loss = torch.nn.functional.cross_entropy(
+                    logits.float(), torch.tensor(targets, device=t.device), reduction="none")
+                local = (token_loss * torch.tensor(weights, device=t.device)).sum()
+                (local * shard.world / weight / train.grad_accum).backward()
+            for dropout in t.dropouts:  # the backward has used the masks: free them now
+                dropout.forget()
+            local_sum = local_sum + local.detach()
+            tokens += int(mask.sum())
+        step_loss += (shard.total(local_sum) / weight / train.grad_accum).item()
+    tokens = int(shard.total(torch.tensor(tokens, device=t.device)))
     torch.nn.utils.clip_grad_norm_(t.params, 1.0)
     t.optimizer.step()
     t.optimizer.zero_grad(set_to_none=True)

@@ -363,3 +363,48 @@ def test_training_with_lora_dropout_runs_and_saves(tiny_model_dir, examples, tmp
                          lora=LoraConfig(r=2, alpha=4, dropout=0.3), train=train_config())
     assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
     assert (tmp_path / "a" / "adapter_model.safetensors").exists()
+
+
+# -- long sequences: a micro-batch in pieces ---------------------------------------------------
+def test_a_batch_of_long_sequences_runs_in_pieces_within_the_attention_cap():
+    from semievol.finetune import memory_pieces
+
+    rows = [([0] * n, n - 2) for n in (50, 1000, 400, 900, 60)]
+    assert memory_pieces(rows, [0, 4, 2], cells=10 ** 6) == [[0, 4, 2]]  # fits: as it was
+    pieces = memory_pieces(rows, [0, 1, 2, 3, 4], cells=10 ** 6)
+    assert sorted(i for p in pieces for i in p) == [0, 1, 2, 3, 4]
+    assert all(len(p) * len(rows[p[0]][0]) ** 2 <= 10 ** 6 for p in pieces if len(p) > 1)
+    assert pieces[0] == [1]            # the longest first; one sequence is never split
+    assert memory_pieces(rows, [1, 3], cells=10) == [[1], [3]]
+
+
+def test_pieces_give_the_gradient_of_the_whole_batch(tiny_model_dir, examples, monkeypatch):
+    from semievol import finetune
+
+    config = train_config(batch_size=4, class_balance="loss")
+
+    def gradients(pieces_of):
+        monkeypatch.setattr(finetune, "memory_pieces", pieces_of)
+        t = finetune.prepare(examples, model=model_config(tiny_model_dir), lora=LORA,
+                             train=config, init_adapter=None, resume_from=None)
+        seen, real = [], t.optimizer
+
+        class Capture:  # stands in for the optimizer: keeps the gradients of the step
+            param_groups = real.param_groups
+
+            def step(self):
+                seen.append([p.grad.clone() for p in t.params])
+
+            def zero_grad(self, set_to_none=True):
+                real.zero_grad(set_to_none=set_to_none)
+
+        t.optimizer = Capture()
+        loss, tokens = finetune.train_step(t, 0, config)
+        return loss, tokens, seen[0]
+
+    whole = gradients(lambda rows, batch: [batch])
+    single = gradients(lambda rows, batch: [[i] for i in batch])
+    assert whole[0] == pytest.approx(single[0], rel=1e-5) and whole[1] == single[1]
+    for a, b in zip(whole[2], single[2]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert any(g.abs().sum() > 0 for g in whole[2])
