@@ -159,7 +159,7 @@ def _model_fields(config: RoundConfig) -> dict:
     fields["lora.dropout"] = float(c[2].number_input(
         "LoRA dropout", min_value=0.0, max_value=0.9, step=0.01, value=config.lora.dropout,
         key="setup_lora_dropout"))
-    c = st.columns(3)
+    c = st.columns(4)
     fields["train.learning_rate"] = float(c[0].number_input(
         "Learning rate", min_value=0.0, value=config.train.learning_rate, step=1e-5,
         format="%.1e", key="setup_lr"))
@@ -169,6 +169,11 @@ def _model_fields(config: RoundConfig) -> dict:
         "Max steps (0 = none)", min_value=0, value=config.train.max_steps or 0, step=1,
         key="setup_max_steps", help="Stop after this many optimizer steps (overrides epochs)."))
     fields["train.max_steps"] = max_steps or None
+    fields["train.min_steps"] = int(c[3].number_input(
+        "Min steps", min_value=0, value=config.train.min_steps, step=1,
+        key="setup_min_steps",
+        help="At least this many optimizer steps whatever the epochs give: a few dozen "
+             "labels at 2 epochs is too few steps to learn from."))
     c = st.columns(3)
     fields["train.batch_size"] = int(c[0].number_input(
         "Batch size", min_value=1, value=config.train.batch_size, step=1, key="setup_batch"))

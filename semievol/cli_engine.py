@@ -56,6 +56,7 @@ def round_config_from_args(ws, args):
 
     data = config_data(ws, getattr(args, "config", None))
     overrides = {("train", "epochs"): args.epochs, ("train", "max_steps"): args.max_steps,
+                 ("train", "min_steps"): args.min_steps,
                  ("train", "learning_rate"): args.lr, ("train", "batch_size"): args.batch_size,
                  ("train", "class_balance"): args.class_balance, ("retrieval", "k"): args.k,
                  ("train", "processes"): args.processes,
@@ -454,6 +455,9 @@ def add_engine_commands(sub) -> None:
                             "inference alike (default: the model's window, capped at 1024)")
         g.add_argument("--epochs", type=float)
         g.add_argument("--max-steps", type=int)
+        g.add_argument("--min-steps", type=int,
+                       help="at least this many optimizer steps whatever the epochs give "
+                            "(default 40; 0 = off)")
         g.add_argument("--lr", type=float)
         g.add_argument("--batch-size", type=int)
         g.add_argument("--class-balance", choices=CLASS_BALANCE)

@@ -4,8 +4,6 @@ only; nothing is loaded or computed."""
 
 from __future__ import annotations
 
-import math
-
 from semievol.store import Workspace
 
 REFLECTED_SHARE = 0.35
@@ -48,7 +46,7 @@ def _training_tokens(builder, items: list[dict], train, extra: int = 0) -> int:
         lengths.append(prompt.tokens + builder.count(target))
     per_step = train.batch_size * train.grad_accum
     count = len(items) + extra
-    steps = train.max_steps or max(1, math.ceil(train.epochs * count / per_step))
+    steps = train.total_steps(count)
     return int(steps * per_step * sum(lengths) / len(lengths))
 
 

@@ -86,9 +86,10 @@ def resolved_config(examples, model: ModelConfig, lora: LoraConfig, train: Train
 
 def fingerprint(resolved: dict, examples: list[TrainExample]) -> str:
     """What a checkpoint must match to be resumed: the model, LoRA, hyper-parameters and
-    examples; how long it runs (epochs, max_steps, checkpoint cadence) and on how many
+    examples; how long it runs (epochs, max_steps, min_steps, checkpoint cadence) and on how many
     processes (the same global batch either way) may change."""
-    free = ("epochs", "max_steps", "checkpoint_every", "processes", "accelerate_config")
+    free = ("epochs", "max_steps", "min_steps", "checkpoint_every", "processes",
+            "accelerate_config")
     identity = {**resolved, "train": {k: v for k, v in resolved["train"].items()
                                       if k not in free}}
     return hashlib.sha256(json.dumps(
@@ -180,8 +181,7 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
 
     rows = tokenize(tokenizer, examples, resolve_budget(model))
     labels = [e.label for e in examples]
-    per_step = train.batch_size * train.grad_accum
-    total_steps = train.max_steps or max(1, math.ceil(train.epochs * len(rows) / per_step))
+    total_steps = train.total_steps(len(rows))
     order = sample_order(labels, total_steps * train.grad_accum, train.batch_size,
                          balance=train.class_balance == "sampler", seed=train.seed)
     class_weight = None

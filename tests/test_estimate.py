@@ -19,7 +19,7 @@ def machine_file(tmp_path, monkeypatch):
 
 def _config(tiny_model_dir, **train) -> RoundConfig:
     return RoundConfig(model=ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32"),
-                       train=TrainConfig(batch_size=4, **train),
+                       train=TrainConfig(batch_size=4, **{"min_steps": 0, **train}),
                        collaborators=[CollaboratorConfig("warmup", 0, 1.0, 0),
                                       CollaboratorConfig("base", 3, 1.0, 1)])
 
@@ -41,7 +41,7 @@ def test_more_epochs_and_more_collaborators_cost_more(filled_workspace, tiny_mod
 
     small = launch.estimate(filled_workspace, "round", config=_config(tiny_model_dir),
                             review=False)
-    bigger = _config(tiny_model_dir, epochs=6.0)
+    bigger = _config(tiny_model_dir, epochs=6.0)  # min_steps 0: the epochs decide
     bigger.collaborators.append(CollaboratorConfig("warmup", 3, 1.0, 2))
     large = launch.estimate(filled_workspace, "round", config=bigger, review=False)
     assert large["steps"]["warmup"] > small["steps"]["warmup"]

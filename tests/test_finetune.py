@@ -408,3 +408,13 @@ def test_pieces_give_the_gradient_of_the_whole_batch(tiny_model_dir, examples, m
     for a, b in zip(whole[2], single[2]):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
     assert any(g.abs().sum() > 0 for g in whole[2])
+
+
+def test_steps_come_from_the_epochs_but_never_fewer_than_min_steps():
+    assert TrainConfig(epochs=2, batch_size=8).total_steps(51) == 40       # 13 by the epochs
+    assert TrainConfig(epochs=2, batch_size=8).total_steps(400) == 100     # the epochs decide
+    assert TrainConfig(epochs=2, batch_size=8, min_steps=0).total_steps(51) == 13
+    assert TrainConfig(epochs=2, batch_size=4, grad_accum=2, min_steps=0).total_steps(51) == 13
+    assert TrainConfig(max_steps=3).total_steps(400) == 3                  # max_steps wins
+    with pytest.raises(SemiEvolError):
+        TrainConfig(min_steps=-1)
