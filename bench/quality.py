@@ -84,6 +84,8 @@ def parse_args(argv=None):
                    help="peak learning rate (default 1e-3: the paper's 1e-4 barely moves the "
                         "135M bundled model in 2 epochs on a few dozen examples)")
     p.add_argument("--max-steps", type=int, default=None, help="cap optimizer steps per training")
+    p.add_argument("--lora-dropout", type=float, default=None,
+                   help="LoRA dropout (default: the library's, LoraConfig.dropout)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--calibration", type=float, default=0.2,
                    help="share of the labeled set held out for calibration")

@@ -104,11 +104,13 @@ def fork(ws, dest: Path):
 
 # -- configs -----------------------------------------------------------------------------
 def round_config(args, seed: int, balance: str, collaborators=None):
-    from semievol.config import (CalibrationConfig, ModelConfig, RetrievalConfig, RoundConfig,
-                                 TrainConfig, default_collaborators)
+    from semievol.config import (CalibrationConfig, LoraConfig, ModelConfig, RetrievalConfig,
+                                 RoundConfig, TrainConfig, default_collaborators)
 
+    lora = LoraConfig() if args.lora_dropout is None else LoraConfig(dropout=args.lora_dropout)
     return RoundConfig(
         model=ModelConfig(name_or_path=args.model, dtype=args.dtype),
+        lora=lora,
         train=TrainConfig(class_balance=balance, seed=seed, epochs=args.epochs,
                           learning_rate=args.lr, max_steps=args.max_steps,
                           batch_size=args.batch_size),

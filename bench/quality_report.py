@@ -210,6 +210,8 @@ def markdown(result: dict, pngs: dict) -> str:
         f"({result['machine']['model_dtype']}), k={settings['k']}, calibration fraction "
         f"{settings['calibration']}, epochs {settings['epochs']}, lr {settings.get('lr', 1e-4)}"
         + (f", max steps {settings['max_steps']}" if settings["max_steps"] else "")
+        + (f", LoRA dropout {settings['lora_dropout']}"
+           if settings.get("lora_dropout") is not None else "")
         + f", batch {settings['batch_size']}, rounds {settings['rounds']} "
         f"(secondary formats: {settings['secondary_rounds']}), instruction "
         f"“{settings['instruction']}”.",
