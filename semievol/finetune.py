@@ -152,17 +152,13 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     compute_dtype = pick_dtype(model.dtype, device)
     tokenizer = load_tokenizer(path)
     torch.manual_seed(train.seed)
-    # The frozen base in bf16 where the hardware has it (bf16 autocast runs its matmuls in
-    # bf16 anyway): float32 base weights were cast to bf16 again on every forward (autocast
-    # caches casts of trainable leaves only), 11 % of a CPU training step in copies. The
-    # LoRA weights, the only ones trained, stay float32 master weights (PEFT upcasts them).
+    # Master weights in float32; bf16 autocast for the matmuls where the hardware has it.
     # Eager attention on CPU: SDPA's CPU flash-attention backward took 17% of a training
     # step (bundled model, batch 8 x ~70 tokens, 2 cores: 2.2 s a step with SDPA, 2.0 eager).
     # On a GPU SDPA is the fast one.
-    use_autocast = compute_dtype == torch.bfloat16
     attention = {"attn_implementation": "eager"} if device == "cpu" else {}
-    base = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if use_autocast else torch.float32, **attention).to(device)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                **attention).to(device)
     if train.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
@@ -177,8 +173,6 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules=targets, task_type="CAUSAL_LM"))
     peft_model.train()
-    if use_autocast:
-        keep_activations_bf16(peft_model)
     from semievol.lora_dropout import share_dropout_masks
 
     dropouts = share_dropout_masks(peft_model)
@@ -204,16 +198,7 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     return Training(peft_model, body, peft_model.get_base_model().lm_head, params, optimizer,
                     rows, order, class_weight, total_steps,
                     int(round(train.warmup_ratio * total_steps)), device,
-                    use_autocast, tokenizer.pad_token_id, shard, dropouts)
-
-
-def keep_activations_bf16(peft_model) -> None:
-    """Stop PEFT casting each adapted layer's input to the adapter's float32: under bf16
-    autocast LoRA's matmuls run in bf16 anyway, so the cast only added a float32 copy of
-    the activation (and float32 dropout and scaling work on it) in every adapted layer."""
-    for module in peft_model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
+                    compute_dtype == torch.bfloat16, tokenizer.pad_token_id, shard, dropouts)
 
 
 def _micro_batch(t: Training, batch: list[int]):
