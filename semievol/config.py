@@ -111,9 +111,9 @@ class LoraConfig:
     """LoRA scaling numerator; the update is scaled by alpha / r."""
     dropout: float = 0.05
     """Dropout on the LoRA input. 0 trains ~28 % faster on a CPU (the masks' random numbers
-    are a fifth of a step) but scored lower in all three fpb-64 seeds (SFT -0.5, SemiEvol
-    r1 -1.2 points on average: bench/results/fpb_64_dropout0 vs fpb_64_bf16_base, both
-    measured with a bf16 frozen base)."""
+    are a fifth of a step) but scored lower in all three fpb-64 seeds (class-balanced SFT
+    -0.5, SemiEvol r1 -1.2 points on average; SFT without balance unchanged):
+    bench/results/fpb_64_dropout0 vs fpb_64_bf16_base, both with a bf16 frozen base."""
     target_modules: str = "all-linear"
     """Which layers get adapters: `all-linear` (paper) or a comma-separated list of names."""
 
