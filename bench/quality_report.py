@@ -22,19 +22,23 @@ def _mean_std(values: list[float]) -> dict:
 
 
 def _by_variant(runs: list[dict], field: str) -> dict[tuple, list[dict]]:
-    """The records of `field` from every seed, grouped by (format, variant) in first-seen
-    order (dicts keep insertion order)."""
+    """The records of `field` from every seed (in seed order), grouped by (format, variant)
+    in the order of the run with the most of them: a merged report whose first seed ran
+    fewer variants keeps round 2 beside round 1."""
     groups: dict[tuple, list[dict]] = {}
+    for run in sorted(runs, key=lambda r: -len(r[field])):  # stable: ties keep seed order
+        for record in run[field]:
+            groups.setdefault((record["format"], record["variant"]), [])
     for run in runs:
         for record in run[field]:
-            groups.setdefault((record["format"], record["variant"]), []).append(record)
+            groups[(record["format"], record["variant"])].append(record)
     return groups
 
 
 def summarise(runs: list[dict]) -> dict:
     table = []
     for key, vs in _by_variant(runs, "variants").items():
-        table.append({"format": key[0], "variant": key[1],
+        table.append({"format": key[0], "variant": key[1], "seeds": [v["seed"] for v in vs],
                       "accuracy": _mean_std([v["accuracy"] for v in vs]),
                       "macro_f1": _mean_std([v["macro_f1"] for v in vs]),
                       "majority_baseline": vs[0]["majority_baseline"],
@@ -47,6 +51,7 @@ def summarise(runs: list[dict]) -> dict:
         if not ps:
             continue
         ptable.append({"format": key[0], "variant": key[1], "round": ps[0]["round"],
+                       "seeds": [p["seed"] for p in ps],
                        "n": _mean_std([p["n"] for p in ps]),
                        "precision_all": _mean_std([p["all"]["precision"] for p in ps]),
                        "selected": _mean_std([p["selected"]["n"] for p in ps]),
@@ -97,8 +102,9 @@ def review_summary(runs: list[dict]) -> list[dict]:
             g = groups.setdefault((v["format"], v["variant"]), {
                 "format": v["format"], "variant": v["variant"], "kind": kind, "n": n,
                 "order": v["review"]["order"] if kind == "review" else "random",
-                "baseline": REVIEW_BASELINES[kind], "accuracy": [], "gain": [],
+                "baseline": REVIEW_BASELINES[kind], "seeds": [], "accuracy": [], "gain": [],
                 "f1_gain": [], "relabeled": []})
+            g["seeds"].append(run["seed"])
             g["accuracy"].append(v["accuracy"])
             g["gain"].append(v["accuracy"] - base["accuracy"])
             g["f1_gain"].append(v["macro_f1"] - base["macro_f1"])
@@ -108,7 +114,7 @@ def review_summary(runs: list[dict]) -> list[dict]:
     for g in groups.values():
         n = max(1, g["n"])
         out.append({**{k: g[k] for k in ("format", "variant", "kind", "n", "order",
-                                         "baseline")},
+                                         "baseline", "seeds")},
                     "accuracy": _mean_std(g["accuracy"]), "gain": _mean_std(g["gain"]),
                     "gain_per_item": _mean_std([x / n for x in g["gain"]]),
                     "f1_gain": _mean_std(g["f1_gain"]),
@@ -157,31 +163,52 @@ def _dist(d: dict) -> str:
     return " / ".join(f"{k} {v}" for k, v in d.items())
 
 
+def _seeds(row: dict) -> list[str]:
+    """The seeds column of a multi-seed table: a merged report may hold a variant for only
+    some of its seeds (bench/quality_merge.py), and its mean is over those."""
+    return [", ".join(str(x) for x in row.get("seeds", []))]
+
+
+def _sources(result: dict) -> list[str]:
+    """A merged report's runs, each with the command that produced it."""
+    if not result.get("sources"):
+        return []
+    lines = ["Merged from these runs (each variant is summarised over the seeds that ran "
+             "it: see the `seeds` column):", ""]
+    for src in result["sources"]:
+        lines.append(f"- seeds {src['seeds']}, {src['wall_seconds'] / 60:.1f} min on "
+                     f"{src.get('cpu') or 'unknown CPU'} (`{src['path']}`): `{src['command']}`")
+    return lines + [""]
+
+
 def markdown(result: dict, pngs: dict) -> str:
     s, settings = result["summary"], result["settings"]
     n_seeds = len(result["runs"])
+    seeds = _seeds if n_seeds > 1 else (lambda row: [])
+    seeds_head = ["seeds"] if n_seeds > 1 else []
     vt = md_table(
-        ["format", "model", "accuracy", "macro-F1", "majority-class acc.",
-         "predicted classes" + (" (seed " + str(result["runs"][0]["seed"]) + ")"
-                                if n_seeds > 1 else ""), "warned before training"],
-        [[v["format"], v["variant"], _ms(v["accuracy"]), _ms(v["macro_f1"]),
+        ["format", "model", *seeds_head, "accuracy", "macro-F1", "majority-class acc.",
+         "predicted classes" + (" (first of its seeds)" if n_seeds > 1 else ""),
+         "warned before training"],
+        [[v["format"], v["variant"], *seeds(v), _ms(v["accuracy"]), _ms(v["macro_f1"]),
           pct(v["majority_baseline"]) + f" ({v['majority_label']})",
           _dist(v["predicted_distribution"][0]), ", ".join(v.get("warned") or [])]
          for v in s["variants"]])
     pt = md_table(
-        ["format", "pseudo-labels", "round", "items", "precision all", "selected",
+        ["format", "pseudo-labels", "round", *seeds_head, "items", "precision all", "selected",
          "precision selected", "coverage", "agreed share", "precision agreed",
          "precision reflected", "calibration-slice estimate (selected)", "majority share"],
-        [[p["format"], p["variant"], p["round"], _ms(p["n"], False), _ms(p["precision_all"]),
+        [[p["format"], p["variant"], p["round"], *seeds(p), _ms(p["n"], False),
+          _ms(p["precision_all"]),
           _ms(p["selected"], False), _ms(p["precision_selected"]), _ms(p["coverage"]),
           _ms(p["agreed_share"]), _ms(p["precision_agreed"]), _ms(p["precision_reflected"]),
           _ms(p["calibration_precision_selected"]), pct(p["majority_share"])]
          for p in s["pseudo_labels"]])
     rt = md_table(
-        ["format", "variant", "items", "wrong pseudo-labels corrected", "accuracy",
+        ["format", "variant", *seeds_head, "items", "wrong pseudo-labels corrected", "accuracy",
          "gain over baseline (points)", "gain per item (points)", "macro-F1 gain (points)",
          "baseline"],
-        [[r["format"], r["variant"], r["n"],
+        [[r["format"], r["variant"], *seeds(r), r["n"],
           _ms(r["relabeled"], False) if r["relabeled"] else "all (gold)",
           _ms(r["accuracy"]), _points(r["gain"]), _points(r["gain_per_item"], 2),
           _points(r["f1_gain"]), r["baseline"]] for r in s.get("review", [])])
@@ -204,6 +231,7 @@ def markdown(result: dict, pngs: dict) -> str:
         f"Produced by `{result['command']}` in {result['wall_seconds'] / 60:.1f} min "
         f"(stages sum {total / 60:.1f} min).",
         "",
+        *_sources(result),
         f"Settings: labeled {settings['labeled']} (seed-drawn), unlabeled "
         f"{settings['unlabeled']} (answers hidden from the pipeline), test {settings['test']} "
         f"(fixed draw), seeds {settings['seeds']}, model `{settings['model']}` "

@@ -20,12 +20,16 @@ SUMMARY_START, SUMMARY_END = "<!-- results:start -->", "<!-- results:end -->"
 
 def quality_files(results: Path) -> list[Path]:
     """Quality results: the main runs first (by labeled size), then supplementary runs kept
-    in their own folders (another seed, an extra ablation); never the reduced smoke runs."""
+    in their own folders (another seed, an extra ablation); never the reduced smoke runs,
+    and never a run that a merged report (bench/quality_merge.py) already holds."""
     def order(path: Path):
         return (path.parent != results, path.parent.name, len(path.stem), path.stem)
 
-    found = list(results.glob("quality_*.json")) + list(results.glob("*/quality_*.json"))
-    return sorted((p for p in found if p.parent.name != "reduced"), key=order)
+    found = [p for p in [*results.glob("quality_*.json"), *results.glob("*/quality_*.json")]
+             if p.parent.name != "reduced"]
+    merged = {(REPO / src["path"]).resolve() for p in found
+              for src in json.loads(p.read_text()).get("sources", [])}
+    return sorted((p for p in found if p.resolve() not in merged), key=order)
 
 
 def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
@@ -45,6 +49,8 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
             acc = v["accuracy"]
             spread = (f" ± {100 * acc['std']:.1f} ({100 * acc['min']:.1f}–"
                       f"{100 * acc['max']:.1f})" if acc["n"] > 1 else "")
+            if acc["n"] < len(data["runs"]):  # a merged report: this variant ran in fewer seeds
+                spread += f", seeds {', '.join(str(x) for x in v.get('seeds', []))}"
             first = v["predicted_distribution"][0]
             predicted = " / ".join(str(first.get(label, 0)) for label in labels)
             rows.append([v["format"], v["variant"], f"{pct(acc['mean'])}{spread}",
@@ -56,6 +62,9 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
                   f"([report]({links}/{report}); seeds "
                   f"{[r['seed'] for r in data['runs']]})", "",
                   f"`{data['command']}`", "",
+                  *(f"- from seeds {src['seeds']}: `{src['command']}`"
+                    for src in data.get("sources", [])),
+                  *([""] if data.get("sources") else []),
                   md_table(["format", "model", "test accuracy", "macro-F1", "majority class",
                             "predicted " + " / ".join(labels)
                             + (" (first seed)" if len(data["runs"]) > 1 else "")], rows), "",

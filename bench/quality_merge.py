@@ -1,0 +1,140 @@
+"""One quality report from several runs of the same task and labeled size: seeds run in
+separate sessions (a pubmedqa seed with every variant takes over an hour on 2 cores), or a
+seed rerun with more variants. Each variant is summarised over the seeds that ran it, and
+the report says which seeds those are.
+
+    .venv/bin/python bench/quality_merge.py A/quality_pubmedqa_64.json B/quality_pubmedqa_64.json
+
+It refuses runs whose results are not comparable (another model, learning rate, budget of
+steps, test draw, ...) and a seed given twice, before it writes anything. The merged JSON
+lists its sources; the README summary shows the merged report instead of its sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, RESULTS, command_line, log, write_json, write_text
+from quality_report import markdown, plots, summarise
+from readme_summary import update_readmes
+
+# Settings that change what a seed measures: runs that differ in any of them are not the
+# same experiment. Missing keys (older runs) read as None, the bench's default.
+SAME = ("unlabeled", "test", "model", "dtype", "k", "epochs", "lr", "max_steps",
+        "lora_dropout", "batch_size", "calibration", "instruction", "formats", "balance",
+        "reduced")
+# Settings that only choose which variants ran: the merged run has the union.
+UNION = ("ablations", "review_sizes", "review_orders", "gold_sizes")
+
+
+class MergeRefused(Exception):
+    """Inputs that cannot make one report; the message says which and how to fix it."""
+
+
+def _rel(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def load(paths: list[Path]) -> list[tuple[Path, dict]]:
+    loaded = []
+    for path in paths:
+        if not path.is_file():
+            raise MergeRefused(f"{path}: no such file; pass the quality_*.json of each run.")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise MergeRefused(f"{path}: not a readable JSON file ({e}).") from None
+        if data.get("benchmark") != "quality" or not data.get("runs"):
+            raise MergeRefused(f"{path}: not a quality bench result with at least one seed.")
+        loaded.append((path, data))
+    return loaded
+
+
+def check(loaded: list[tuple[Path, dict]]) -> None:
+    """Every reason the runs cannot be merged, raised before anything is written."""
+    if len(loaded) < 2:
+        raise MergeRefused("Give at least two results to merge.")
+    first_path, first = loaded[0]
+    seen: dict[int, Path] = {}
+    for path, data in loaded:
+        for key in ("task", "labeled"):
+            if data[key] != first[key]:
+                raise MergeRefused(f"{path} is {key} {data[key]!r} but {first_path} is "
+                                   f"{first[key]!r}: merge runs of one task and size only.")
+        for key in SAME:
+            mine, theirs = data["settings"].get(key), first["settings"].get(key)
+            if mine != theirs:
+                raise MergeRefused(f"{path} ran with {key}={mine!r} but {first_path} with "
+                                   f"{theirs!r}: their seeds measure different things.")
+        if data["machine"].get("model_dtype") != first["machine"].get("model_dtype"):
+            raise MergeRefused(f"{path} ran the model in {data['machine'].get('model_dtype')} "
+                               f"but {first_path} in {first['machine'].get('model_dtype')}.")
+        for run in data["runs"]:
+            if run["seed"] in seen:
+                raise MergeRefused(f"Seed {run['seed']} is in both {seen[run['seed']]} and "
+                                   f"{path}: pass only the run you want for that seed.")
+            seen[run["seed"]] = path
+
+
+def merge(loaded: list[tuple[Path, dict]], out: Path) -> dict:
+    check(loaded)
+    first = loaded[0][1]
+    runs = sorted((run for _, data in loaded for run in data["runs"]), key=lambda r: r["seed"])
+    settings = dict(first["settings"])
+    settings["seeds"] = [run["seed"] for run in runs]
+    settings["rounds"] = max(d["settings"]["rounds"] for _, d in loaded)
+    for key in UNION:
+        settings[key] = list(dict.fromkeys(x for _, d in loaded for x in d["settings"][key]))
+    settings["out"] = str(out)
+    sources = [{"path": _rel(path), "command": data["command"],
+                "seeds": [run["seed"] for run in data["runs"]],
+                "complete": data.get("complete", True), "wall_seconds": data["wall_seconds"],
+                "cpu": data["machine"].get("cpu"),
+                "versions": data["machine"].get("versions")} for path, data in loaded]
+    return {"benchmark": "quality", "task": first["task"], "labeled": first["labeled"],
+            "command": command_line(), "sources": sources, "machine": first["machine"],
+            "complete": all(s["complete"] for s in sources), "settings": settings,
+            "wall_seconds": round(sum(s["wall_seconds"] for s in sources), 1),
+            "summary": summarise(runs), "runs": runs}
+
+
+def write(result: dict, out: Path) -> list[Path]:
+    stem = f"quality_{result['task']}_{result['labeled']}"
+    out.mkdir(parents=True, exist_ok=True)
+    for source in result["sources"]:  # the merged files must not overwrite a source
+        if (REPO / source["path"]).resolve() == (out / f"{stem}.json").resolve():
+            raise MergeRefused(f"{source['path']} would be overwritten by the merged report: "
+                               "move it to its own folder first, or choose another --out.")
+    pngs = plots(result, stem, out)
+    return [write_json(out / f"{stem}.json", result),
+            write_text(out / f"{stem}.md", markdown(result, pngs))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="quality_*.json files to merge")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder for the merged report (default bench/results)")
+    args = p.parse_args(argv)
+    started = time.time()
+    try:
+        result = merge(load(args.results), args.out)
+        written = write(result, args.out)
+    except MergeRefused as e:
+        print(f"quality_merge: {e}", file=sys.stderr)
+        return 2
+    log(f"merged seeds {result['settings']['seeds']} from {len(result['sources'])} runs in "
+        f"{time.time() - started:.1f} s: " + ", ".join(_rel(p) for p in written))
+    if args.out.resolve() == RESULTS.resolve():
+        for readme in update_readmes():
+            log(f"updated the results summary in {readme.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
