@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from semievol.cli_engine import add_engine_commands
+from semievol.cli_review import add_review_commands
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS
 from semievol.data import IMPORT_SPLITS
 from semievol.errors import SemiEvolError
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_engine_commands(sub)
+    add_review_commands(sub)
     return parser
 
 

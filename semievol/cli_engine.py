@@ -1,4 +1,5 @@
-"""Engine commands of the CLI: the round's steps, runs, decisions, review, export.
+"""Engine commands of the CLI: the round's steps, runs, servers, calibration (decisions,
+review, audit, lineage and export are in cli_review).
 
 Every step command goes through `launch`: `register` (validate, refuse a conflicting run,
 open the round, register the run, in one transaction), then `execute` in this process or,
@@ -14,13 +15,10 @@ from pathlib import Path
 
 from semievol.config import (CLASS_BALANCE, SELECTION_POLICIES, SELECTION_SCORES,
                              CollaboratorConfig, SelectionConfig)
-from semievol.decisions import ACTIONS
 from semievol.errors import SemiEvolError
-from semievol.pseudo_labels import PATHS
-from semievol.review import DECISION_STATES, SORTS
 
 
-def _open(path: str):
+def open_workspace(path: str):
     from semievol.store import Workspace
     return Workspace(path)
 
@@ -113,7 +111,7 @@ def _base_selection(ws, round_number):
 def cmd_step(args) -> int:
     from semievol import launch
 
-    ws = _open(args.workspace)
+    ws = open_workspace(args.workspace)
     kind = args.command
     config = round_config_from_args(ws, args)
     selection = None
@@ -232,13 +230,13 @@ def _report(step: str, result: dict) -> None:
 
 def cmd_worker(args) -> int:
     """The background process of a run: everything it needs is in the run's row."""
-    return _execute(_open(args.workspace), args.run_id, keep_log=False)
+    return _execute(open_workspace(args.workspace), args.run_id, keep_log=False)
 
 
 def cmd_resume(args) -> int:
     from semievol import launch
 
-    ws = _open(args.workspace)
+    ws = open_workspace(args.workspace)
     run_id = launch.resume(ws, args.run_id, background=args.background)
     if args.background:
         print(f"Resumed run {args.run_id} as run {run_id} in the background.")
@@ -252,7 +250,7 @@ def cmd_runs(args) -> int:
     from semievol.jobs import list_runs
     from semievol.rounds import round_numbers
 
-    ws = _open(args.workspace)
+    ws = open_workspace(args.workspace)
     runs = list_runs(ws, limit=args.limit)
     numbers = round_numbers(ws)
     if not runs:
@@ -272,138 +270,8 @@ def cmd_runs(args) -> int:
 def cmd_cancel(args) -> int:
     from semievol.jobs import cancel_run
 
-    sent = cancel_run(_open(args.workspace), args.run_id)
+    sent = cancel_run(open_workspace(args.workspace), args.run_id)
     print(f"Run {args.run_id}: " + ("cancel signal sent." if sent else "was not running."))
-    return 0
-
-
-def _item_ids(ws, refs: list[str], by_external: bool) -> list[int]:
-    from semievol.items import item_id_of
-
-    ids = []
-    for ref in refs:
-        found = item_id_of(ws, ref, external=by_external)
-        if found is None:
-            raise SemiEvolError(f"No item {ref!r} in this workspace"
-                                + ("." if by_external else " (use --external for ids "
-                                   "from your file)."))
-        ids.append(found)
-    return ids
-
-
-def cmd_decide(args) -> int:
-    from semievol.decisions import record_decisions
-
-    ws = _open(args.workspace)
-    count = record_decisions(ws, _item_ids(ws, args.items, args.by_external), args.action,
-                             reviewer=args.reviewer, label=args.label, note=args.note)
-    print(f"Recorded {args.action} for {count} item(s) by {args.reviewer}.")
-    return 0
-
-
-def cmd_review(args) -> int:
-    """The Review page's listing: one page of a round's pseudo-labels, filtered and sorted."""
-    from semievol import rounds
-    from semievol.review import ReviewFilter, review_page
-
-    ws = _open(args.workspace)
-    rnd = rounds.get_round(ws, args.round)
-    flt = ReviewFilter(rnd.id, path=args.path, entropy_min=args.entropy_min,
-                       entropy_max=args.entropy_max, label=args.label, decision=args.decision,
-                       selected=None if args.selected is None else args.selected == "yes",
-                       search=args.search or "", sort=args.sort, descending=args.descending)
-    rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
-    if args.json:
-        print(json.dumps({"total": total, "rows": rows}, indent=2, default=str))
-        return 0
-    print(f"round {rnd.number}: {total} item(s) match; showing {args.offset + 1}-"
-          f"{args.offset + len(rows)}")
-    for r in rows:
-        decision = r["decision"] or "-"
-        if r["decision"] == "relabel":
-            decision += f"->{r['decision_label']}"
-        entropy = "-" if r["entropy"] is None else f"{r['entropy']:.3f}"
-        print(f"{r['external_id']:<12} {r['label']:<16} {r['path']:<9} agree "
-              f"{r['agreement']:.2f} entropy {entropy:<6} "
-              f"{'selected' if r['selected'] else '-':<8} "
-              f"{decision:<14} {r['question'][:60]!r}")
-    return 0
-
-
-def cmd_audit(args) -> int:
-    from semievol import audit, rounds
-
-    ws = _open(args.workspace)
-    rnd = rounds.get_round(ws, args.round)
-    rows = audit.audit_rows(ws, rnd.id, args.per_bin)
-    estimate = audit.audit_estimate(ws, rnd.id, args.per_bin)
-    if args.json:
-        print(json.dumps({"queue": rows, "estimate": estimate}, indent=2, default=str))
-        return 0
-    if not rows:
-        print("Nothing to audit: apply a selection first (`semievol select WORKSPACE`).")
-        return 0
-    print(f"audit queue of round {rnd.number} ({len(rows)} item(s), most confident bin first):")
-    for r in rows:
-        print(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score {r['score']:.3f}  "
-              f"{r['decision'] or 'undecided':<10} {r['question'][:60]!r}")
-    if estimate["error_rate"] is None:
-        print("No audited item has a decision yet: decide on them (`semievol decide`).")
-    else:
-        low, high = estimate["interval"]
-        print(f"estimated error rate of the selection: {estimate['error_rate']:.1%} "
-              f"(95% {low:.1%}-{high:.1%}; {estimate['reviewed']} of {estimate['queue']} "
-              "audited)")
-    return 0
-
-
-def cmd_lineage(args) -> int:
-    from semievol.items import item_row, resolve_item
-    from semievol.lineage import item_lineage
-
-    ws = _open(args.workspace)
-    item_id = resolve_item(ws, args.item)
-    if item_id is None:
-        raise SemiEvolError(f"No item {args.item!r} in this workspace.")
-    item = item_row(ws, item_id)
-    rows = item_lineage(ws, item_id)
-    if args.json:
-        print(json.dumps({"item": item, "rounds": rows}, indent=2, default=str))
-        return 0
-    print(f"{item['external_id']} ({item['split']}): {item['question'][:120]!r}")
-    if not rows:
-        print("No round has pseudo-labeled this item.")
-    for r in rows:
-        answers = "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"])
-        decisions = "; ".join(f"{d['action']}{' -> ' + d['label'] if d['label'] else ''} by "
-                              f"{d['reviewer']}" for d in r["decisions"]) or "none"
-        print(f"round {r['round']}: {answers} => {r['pseudo_label']} ({r['path']}, entropy "
-              f"{r['entropy']}); policy {r['policy'] or 'not applied'}, threshold "
-              f"{r['threshold']}, selected {r['selected']}; decisions: {decisions}; "
-              f"trained into {r['adapter'] or '-'}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from semievol import export, rounds
-
-    ws = _open(args.workspace)
-    what = set(export.parse_what(args.what))
-    number = rounds.get_round(ws, args.round).number  # latest when not given; 0/unknown: error
-    out = Path(args.out) if args.out else ws.path / "exports"
-    if "dataset" in what:
-        for kind, path in export.export_dataset(ws, number, out).items():
-            print(f"{kind}: {path}")
-    if "adapter" in what:
-        print(f"adapter: {export.export_adapter(ws, number, out)}")
-    if "merged" in what:
-        print(f"merged model: {export.export_merged(ws, number, out)}")
-    if "gguf" in what:
-        info = export.export_gguf(ws, number, out, gguf_type=args.gguf_type)
-        print(f"gguf: {info['path']} ({info['type']}, {info['bytes'] / 1e6:.1f} MB), with "
-              f"Modelfile and README.md (model card) in {info['folder']}")
-        if info.get("note"):
-            print(f"NOTE: {info['note']}")
     return 0
 
 
@@ -413,7 +281,7 @@ def cmd_servers(args) -> int:
 
     from semievol.config import round_config_from_dict
 
-    ws = _open(args.workspace)
+    ws = open_workspace(args.workspace)
     config = round_config_from_dict(config_data(ws, args.config))
     if not config.servers:
         print("No servers configured: add `servers:` to a round config (see README, "
@@ -429,7 +297,7 @@ def cmd_calibration(args) -> int:
     from semievol.calibration import calibration_report
     from semievol.selection_state import selection_in_force
 
-    ws = _open(args.workspace)
+    ws = open_workspace(args.workspace)
     rnd = rounds.get_round(ws, args.round)
     report = calibration_report(ws, rnd.id, score=selection_in_force(ws, rnd.id)[0].score)
     if not report["n"]:
@@ -521,47 +389,6 @@ def add_engine_commands(sub) -> None:
     p.add_argument("--background", action="store_true", help="run as a background process")
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("decide", help="accept / reject / relabel / clear pseudo-labels")
-    p.add_argument("workspace")
-    p.add_argument("items", nargs="+", help="item ids (or external ids with --external)")
-    p.add_argument("--action", required=True, choices=ACTIONS)
-    p.add_argument("--label", help="the new label (relabel)")
-    p.add_argument("--reviewer", required=True)
-    p.add_argument("--note")
-    p.add_argument("--external", dest="by_external", action="store_true")
-    p.set_defaults(func=cmd_decide)
-
-    p = sub.add_parser("review", help="list a round's pseudo-labels with the Review page's "
-                                      "filters")
-    p.add_argument("workspace")
-    p.add_argument("--round", type=int)
-    p.add_argument("--path", choices=PATHS)
-    p.add_argument("--label")
-    p.add_argument("--decision", choices=DECISION_STATES)
-    p.add_argument("--selected", choices=("yes", "no"))
-    p.add_argument("--entropy-min", type=float)
-    p.add_argument("--entropy-max", type=float)
-    p.add_argument("--search")
-    p.add_argument("--sort", choices=SORTS, default="entropy")
-    p.add_argument("--descending", action="store_true")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--offset", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_review)
-
-    p = sub.add_parser("audit", help="the audit queue and the selection's estimated error rate")
-    p.add_argument("workspace")
-    p.add_argument("--round", type=int)
-    p.add_argument("--per-bin", type=int, default=4, help="items per entropy bin")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_audit)
-
-    p = sub.add_parser("lineage", help="every round one item went through")
-    p.add_argument("workspace")
-    p.add_argument("item", help="external id (or internal number)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_lineage)
-
     p = sub.add_parser("servers", help="probe the round config's model servers (what each "
                                        "can serve)")
     p.add_argument("workspace")
@@ -572,13 +399,3 @@ def add_engine_commands(sub) -> None:
     p.add_argument("workspace")
     p.add_argument("--round", type=int)
     p.set_defaults(func=cmd_calibration)
-
-    p = sub.add_parser("export", help="curated dataset, adapter, merged model, GGUF")
-    p.add_argument("workspace")
-    p.add_argument("--round", type=int)
-    p.add_argument("--out", help="folder (default: WORKSPACE/exports)")
-    p.add_argument("--what", default="dataset,adapter",
-                   help="comma-separated: dataset, adapter, merged, gguf")
-    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"),
-                   help="weights of the GGUF export (default f16)")
-    p.set_defaults(func=cmd_export)
