@@ -178,6 +178,12 @@ def model_dtype_name(model_config) -> str:
         "torch.", "")
 
 
+def repo_path(path: Path) -> str:
+    """A path as reports and logs show it: relative to the repository root when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def command_line() -> str:
     """The command that produced a result, relative to the repository root."""
     script = Path(sys.argv[0])

@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, log, machine_info, model_dtype_name  # noqa: E402
+from common import (REPO, RESULTS, log, machine_info, model_dtype_name,  # noqa: E402
+                    repo_path)
 from quality_data import load_task  # noqa: E402
 from quality_report import write_results  # noqa: E402
 from quality_runner import ABLATION_NAMES, REVIEW_ORDERS, Runner  # noqa: E402
@@ -153,8 +154,7 @@ def main(argv=None) -> int:
         if not args.reduced and args.out.resolve() == RESULTS.resolve():
             for readme in update_readmes():
                 log(f"updated the results summary in {readme.relative_to(REPO)}")
-    log("wrote " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
-                             for p in written))
+    log("wrote " + ", ".join(repo_path(p) for p in written))
     return 0
 
 

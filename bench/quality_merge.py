@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, command_line, log, write_json, write_text
+from common import REPO, RESULTS, command_line, log, repo_path, write_json, write_text
 from quality_report import markdown, plots, summarise
 from readme_summary import update_readmes
 
@@ -33,11 +33,6 @@ UNION = ("ablations", "review_sizes", "review_orders", "gold_sizes")
 
 class MergeRefused(Exception):
     """Inputs that cannot make one report; the message says which and how to fix it."""
-
-
-def _rel(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def load(paths: list[Path]) -> list[tuple[Path, dict]]:
@@ -91,7 +86,7 @@ def merge(loaded: list[tuple[Path, dict]], out: Path) -> dict:
     for key in UNION:
         settings[key] = list(dict.fromkeys(x for _, d in loaded for x in d["settings"][key]))
     settings["out"] = str(out)
-    sources = [{"path": _rel(path), "command": data["command"],
+    sources = [{"path": repo_path(path), "command": data["command"],
                 "seeds": [run["seed"] for run in data["runs"]],
                 "complete": data.get("complete", True), "wall_seconds": data["wall_seconds"],
                 "cpu": data["machine"].get("cpu"),
@@ -129,7 +124,7 @@ def main(argv=None) -> int:
         print(f"quality_merge: {e}", file=sys.stderr)
         return 2
     log(f"merged seeds {result['settings']['seeds']} from {len(result['sources'])} runs in "
-        f"{time.time() - started:.1f} s: " + ", ".join(_rel(p) for p in written))
+        f"{time.time() - started:.1f} s: " + ", ".join(repo_path(p) for p in written))
     if args.out.resolve() == RESULTS.resolve():
         for readme in update_readmes():
             log(f"updated the results summary in {readme.relative_to(REPO)}")
