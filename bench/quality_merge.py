@@ -1,12 +1,16 @@
 """One quality report from several runs of the same task and labeled size: seeds run in
 separate sessions (a pubmedqa seed with every variant takes over an hour on 2 cores), or a
-seed rerun with more variants. Each variant is summarised over the seeds that ran it, and
-the report says which seeds those are.
+seed run again for the variants it lacks. Each variant is summarised over the seeds that ran
+it, and the report says which seeds those are.
 
     .venv/bin/python bench/quality_merge.py A/quality_pubmedqa_64.json B/quality_pubmedqa_64.json
 
-It refuses runs whose results are not comparable (another model, learning rate, budget of
-steps, test draw, ...) and a seed given twice, before it writes anything. The merged JSON
+A seed given in two runs is merged record by record (variants, pseudo-label reports,
+trainings, stage timings). The bench is deterministic, so a record both runs hold (the base
+model, the warm-up SFT, round 1 under a later run's round 2) must agree exactly: that is
+checked, and the merge refuses when it does not. It also refuses runs whose results are not
+comparable (another model, learning rate, budget of steps, test draw, ...), all before it
+writes anything. The merged JSON
 lists its sources; the README summary shows the merged report instead of its sources.
 """
 
@@ -25,10 +29,19 @@ from readme_summary import update_readmes
 # Settings that change what a seed measures: runs that differ in any of them are not the
 # same experiment. Missing keys (older runs) read as None, the bench's default.
 SAME = ("unlabeled", "test", "model", "dtype", "k", "epochs", "lr", "max_steps",
-        "lora_dropout", "batch_size", "calibration", "instruction", "formats", "balance",
-        "reduced")
+        "lora_dropout", "batch_size", "calibration", "instruction", "formats", "reduced")
 # Settings that only choose which variants ran: the merged run has the union.
-UNION = ("ablations", "review_sizes", "review_orders", "gold_sizes")
+UNION = ("balance", "ablations", "review_sizes", "review_orders", "gold_sizes")
+# How a record is named within one seed's run, per list in a run; a seed given twice is
+# merged by these names.
+RECORD_KEYS = {"variants": ("format", "variant"),
+               "pseudo_labels": ("format", "variant", "round"),
+               "training": ("format", "variant"),
+               "stages": ("format", "label")}
+# The result fields of a record that two runs of one seed must agree on (timings may not).
+MUST_AGREE = {"variants": ("n", "accuracy", "macro_f1", "predicted_distribution"),
+              "pseudo_labels": ("n", "all", "selected"),
+              "training": ("steps", "examples")}
 
 
 class MergeRefused(Exception):
@@ -55,7 +68,6 @@ def check(loaded: list[tuple[Path, dict]]) -> None:
     if len(loaded) < 2:
         raise MergeRefused("Give at least two results to merge.")
     first_path, first = loaded[0]
-    seen: dict[int, Path] = {}
     for path, data in loaded:
         for key in ("task", "labeled"):
             if data[key] != first[key]:
@@ -69,17 +81,51 @@ def check(loaded: list[tuple[Path, dict]]) -> None:
         if data["machine"].get("model_dtype") != first["machine"].get("model_dtype"):
             raise MergeRefused(f"{path} ran the model in {data['machine'].get('model_dtype')} "
                                f"but {first_path} in {first['machine'].get('model_dtype')}.")
+    merge_runs(loaded)  # a seed given twice must reproduce itself
+
+
+def _name(field: str, record: dict) -> tuple:
+    return tuple(record.get(key) for key in RECORD_KEYS[field])
+
+
+def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
+    """Every seed once, in seed order. A seed given in several runs keeps every record of
+    the first and adds what each later run holds that the earlier ones do not; a record two
+    runs hold must agree on its results, or those runs are not the same experiment."""
+    seeds: dict[int, dict] = {}
+    for path, data in loaded:
         for run in data["runs"]:
-            if run["seed"] in seen:
-                raise MergeRefused(f"Seed {run['seed']} is in both {seen[run['seed']]} and "
-                                   f"{path}: pass only the run you want for that seed.")
-            seen[run["seed"]] = path
+            unknown = set(run) - set(RECORD_KEYS) - {"seed"}
+            if unknown:
+                raise MergeRefused(f"{path}: seed {run['seed']} holds {sorted(unknown)}, "
+                                   "which this tool does not know how to merge.")
+            merged = seeds.setdefault(run["seed"], {"seed": run["seed"], "names": {},
+                                                    **{field: [] for field in RECORD_KEYS}})
+            for field in RECORD_KEYS:
+                earlier = merged["names"].setdefault(field, {})
+                added = {}
+                for record in run.get(field, []):
+                    name = _name(field, record)
+                    if name not in earlier:
+                        merged[field].append(record)
+                        added.setdefault(name, (path, record))
+                        continue
+                    first_path, first = earlier[name]
+                    for key in MUST_AGREE.get(field, ()):
+                        if first.get(key) != record.get(key):
+                            raise MergeRefused(
+                                f"Seed {run['seed']}, {' · '.join(map(str, name))}: {key} is "
+                                f"{first.get(key)!r} in {first_path} but {record.get(key)!r} "
+                                f"in {path}. These runs of one seed do not reproduce each "
+                                "other; pass only one of them.")
+                earlier.update(added)
+    return [{k: v for k, v in seeds[seed].items() if k != "names"} for seed in sorted(seeds)]
 
 
 def merge(loaded: list[tuple[Path, dict]], out: Path) -> dict:
     check(loaded)
     first = loaded[0][1]
-    runs = sorted((run for _, data in loaded for run in data["runs"]), key=lambda r: r["seed"])
+    runs = merge_runs(loaded)
     settings = dict(first["settings"])
     settings["seeds"] = [run["seed"] for run in runs]
     settings["rounds"] = max(d["settings"]["rounds"] for _, d in loaded)

@@ -91,7 +91,6 @@ def test_merges_seeds_and_summarises_each_variant_over_the_seeds_that_ran_it(qm,
     ({"lr": 1e-4}, "lr=0.0001"),
     ({"test": 50}, "test=50"),
     ({"task": "fpb"}, "task 'fpb'"),
-    ({"seeds": [0]}, "Seed 0 is in both"),
 ])
 def test_refuses_runs_that_do_not_measure_the_same_thing_before_writing(qm, tmp_path,
                                                                         change, message,
@@ -106,6 +105,41 @@ def test_refuses_runs_that_do_not_measure_the_same_thing_before_writing(qm, tmp_
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_seed_run_again_for_its_missing_variants_merges_record_by_record(qm, tmp_path):
+    """Seed 0 first without round 2; then again, warm-up SFT only, with round 2 and the
+    single-collaborator ablation. What both hold (base, SFT, r1) agrees and appears once."""
+    a = _write(tmp_path, "first", _result([0, 1], [("base", 0.30), ("SFT", 0.40),
+                                                   ("SFT (no class balance)", 0.42),
+                                                   ("SemiEvol r1", 0.37)]))
+    b = _write(tmp_path, "more", _result(
+        [0], [("base", 0.30), ("SFT", 0.40), ("SemiEvol r1", 0.37), ("SemiEvol r2", 0.45),
+              ("SemiEvol r1, single collaborator", 0.33)],
+        rounds=2, balance=["sampler"], ablations=["single"]))
+    out = tmp_path / "merged"
+    assert qm.main([str(a), str(b), "--out", str(out)]) == 0
+
+    merged = json.loads((out / "quality_pubmedqa_64.json").read_text())
+    seed0 = merged["runs"][0]
+    assert [v["variant"] for v in seed0["variants"]] == [
+        "base", "SFT", "SFT (no class balance)", "SemiEvol r1", "SemiEvol r2",
+        "SemiEvol r1, single collaborator"]
+    assert len(seed0["stages"]) == 1  # the same stage, timed twice, is kept once
+    assert merged["settings"]["seeds"] == [0, 1]
+    assert merged["settings"]["balance"] == ["sampler", "none"]
+    rows = {v["variant"]: v for v in merged["summary"]["variants"]}
+    assert rows["SFT"]["seeds"] == [0, 1] and rows["SemiEvol r2"]["seeds"] == [0]
+
+
+def test_refuses_two_runs_of_a_seed_that_do_not_reproduce_each_other(qm, tmp_path, capsys):
+    a = _write(tmp_path, "a", _result([0], [("SFT", 0.40), ("SemiEvol r1", 0.37)]))
+    b = _write(tmp_path, "b", _result([0], [("SFT", 0.42), ("SemiEvol r2", 0.45)]))
+    out = tmp_path / "merged"
+    assert qm.main([str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Seed 0, words · SFT: accuracy is 0.4" in err and "do not reproduce" in err
+    assert "Traceback" not in err and not out.exists()
 
 
 def test_refuses_to_overwrite_a_source_and_a_missing_file(qm, tmp_path, capsys):
