@@ -269,7 +269,8 @@ def stages_markdown(records: list[dict]) -> str:
 
 def plot_lines(path: Path, series: list[dict], *, title: str, xlabel: str, ylabel: str,
                hline: tuple[float, str] | None = None) -> Path:
-    """series: [{label, x, y, marker_x?, marker_y?}] -> PNG."""
+    """series: [{label, x, y, err?, marker_x?, marker_y?}] -> PNG; err draws error bars
+    (one spread per point, e.g. the std over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,7 +278,11 @@ def plot_lines(path: Path, series: list[dict], *, title: str, xlabel: str, ylabe
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for s in series:
-        line, = ax.plot(s["x"], s["y"], label=s["label"], linewidth=1.6)
+        line, = ax.plot(s["x"], s["y"], label=s["label"], linewidth=1.6,
+                        marker="o" if s.get("err") else None, markersize=4)
+        if s.get("err"):
+            ax.errorbar(s["x"], s["y"], yerr=s["err"], fmt="none", ecolor=line.get_color(),
+                        capsize=3, alpha=0.6)
         if s.get("marker_x") is not None:
             ax.plot([s["marker_x"]], [s["marker_y"]], "o", color=line.get_color(), markersize=7)
     if hline:

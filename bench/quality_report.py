@@ -287,6 +287,7 @@ def markdown(result: dict, pngs: dict) -> str:
         "",
         rt if s.get("review") else "(no reviewer variants in this run)",
         "",
+        *([f"![what extra labels buy]({pngs['review']})", ""] if pngs.get("review") else []),
         "## Training runs",
         "",
         tt,
@@ -321,7 +322,39 @@ def plots(result: dict, stem: str, out: Path) -> dict:
                      title=f"Test accuracy, {result['task']}, {result['labeled']} labeled",
                      ylabel="accuracy",
                      hline=(v[0]["majority_baseline"], "majority class") if v else None)
-    return {"curve": curve.name, "accuracy": bars.name}
+    pngs = {"curve": curve.name, "accuracy": bars.name}
+    review = _review_curves(result["summary"].get("review", []))
+    if review:
+        seeds = f"mean ± std over {len(result['runs'])} seeds" if len(result["runs"]) > 1 else \
+            "one seed"
+        pngs["review"] = plot_lines(
+            out / f"{stem}_review.png", review,
+            title=f"What extra labels buy, {result['task']}, {result['labeled']} labeled "
+                  f"({seeds})",
+            xlabel="extra labeled items (reviewed from a queue, or random gold labels)",
+            ylabel="accuracy over its baseline (points)",
+            hline=(0.0, "no gain")).name
+    return pngs
+
+
+def _review_curves(review: list[dict]) -> list[dict]:
+    """One line per kind of extra label (a review queue, random gold labels to SemiEvol,
+    random gold labels to SFT): points gained over its baseline against how many items,
+    from 0 (the baseline itself)."""
+    curves: dict[tuple, dict] = {}
+    for r in review:
+        if r["kind"] == "gold":
+            label = f"{r['format']} · SFT (class-balanced) + random gold labels"
+        elif r["order"] == "random":
+            label = f"{r['format']} · SemiEvol r1 + random gold labels"
+        else:
+            label = f"{r['format']} · SemiEvol r1 + reviewed, {r['order'].replace('_', ' ')}"
+        c = curves.setdefault((r["format"], r["kind"], r["order"]),
+                              {"label": label, "x": [0], "y": [0.0], "err": [0.0]})
+        c["x"].append(r["n"])
+        c["y"].append(100 * r["gain"]["mean"])
+        c["err"].append(100 * (r["gain"]["std"] or 0.0))
+    return [c for c in curves.values() if len(c["x"]) > 1]
 
 
 def write_results(args, task: dict, labeled: int, machine: dict, runs: list[dict],

@@ -165,3 +165,35 @@ def test_readme_summary_shows_the_merged_report_instead_of_its_sources(qm, tmp_p
     text = readme_summary.summary_markdown(results)
     assert "seeds [0, 1]" in text and "- from seeds [1]: `bench/quality.py --seeds 1`" in text
     assert "46.0 %, seeds 1" in text  # a variant from fewer seeds says which
+
+
+def test_the_report_plots_what_extra_labels_buy_against_how_many(qm, tmp_path):
+    import quality_report
+
+    def with_extras(seeds):
+        result = _result(seeds, [("SFT (class-balanced)", 0.40), ("SemiEvol r1", 0.37)])
+        for run in result["runs"]:
+            for n, gain in ((10, 0.02), (25, 0.05)):
+                reviewed = _variant(run["seed"], f"SemiEvol r1 + {n} reviewed (least confident "
+                                    "first)", 0.37 + run["seed"] / 100 + gain)
+                reviewed["review"] = {"n": n, "order": "least_confident", "relabeled": n // 2}
+                gold = _variant(run["seed"], f"SFT (class-balanced) + {n} gold labels",
+                                0.40 + run["seed"] / 100 - gain)
+                gold["gold"] = n
+                run["variants"] += [reviewed, gold]
+        return result
+
+    a = _write(tmp_path, "a", with_extras([0]))
+    b = _write(tmp_path, "b", with_extras([1]))
+    out = tmp_path / "merged"
+    assert qm.main([str(a), str(b), "--out", str(out)]) == 0
+    merged = json.loads((out / "quality_pubmedqa_64.json").read_text())
+    curves = {c["label"]: c for c in quality_report._review_curves(merged["summary"]["review"])}
+    reviewed = curves["words · SemiEvol r1 + reviewed, least confident"]
+    assert reviewed["x"] == [0, 10, 25]
+    assert reviewed["y"] == pytest.approx([0.0, 2.0, 5.0])
+    assert curves["words · SFT (class-balanced) + random gold labels"]["y"] == \
+        pytest.approx([0.0, -2.0, -5.0])
+    assert "![what extra labels buy](quality_pubmedqa_64_review.png)" in \
+        (out / "quality_pubmedqa_64.md").read_text()
+    assert (out / "quality_pubmedqa_64_review.png").stat().st_size > 0
