@@ -10,8 +10,8 @@ trainings, stage timings). The bench is deterministic, so a record both runs hol
 model, the warm-up SFT, round 1 under a later run's round 2) must agree exactly: that is
 checked, and the merge refuses when it does not. It also refuses runs whose results are not
 comparable (another model, learning rate, budget of steps, test draw, ...), all before it
-writes anything. The merged JSON
-lists its sources; the README summary shows the merged report instead of its sources.
+writes anything. The merged JSON lists its sources; the README summary shows the merged
+report instead of its sources.
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
             unknown = set(run) - set(RECORD_KEYS) - {"seed"}
             if unknown:
                 raise MergeRefused(f"{path}: seed {run['seed']} holds {sorted(unknown)}, "
-                                   "which this tool does not know how to merge.")
+                                   "which this tool does not know how to merge: pass only one "
+                                   "run for that seed.")
             merged = seeds.setdefault(run["seed"], {"seed": run["seed"], "names": {},
                                                     **{field: [] for field in RECORD_KEYS}})
             for field in RECORD_KEYS:
