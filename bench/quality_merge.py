@@ -64,7 +64,8 @@ def load(paths: list[Path]) -> list[tuple[Path, dict]]:
 
 
 def check(loaded: list[tuple[Path, dict]]) -> None:
-    """Every reason the runs cannot be merged, raised before anything is written."""
+    """Every reason the runs' settings cannot make one report, raised before anything is
+    written (merge_runs then checks that a seed given twice reproduces itself)."""
     if len(loaded) < 2:
         raise MergeRefused("Give at least two results to merge.")
     first_path, first = loaded[0]
@@ -81,7 +82,6 @@ def check(loaded: list[tuple[Path, dict]]) -> None:
         if data["machine"].get("model_dtype") != first["machine"].get("model_dtype"):
             raise MergeRefused(f"{path} ran the model in {data['machine'].get('model_dtype')} "
                                f"but {first_path} in {first['machine'].get('model_dtype')}.")
-    merge_runs(loaded)  # a seed given twice must reproduce itself
 
 
 def _name(field: str, record: dict) -> tuple:
@@ -93,6 +93,8 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
     the first and adds what each later run holds that the earlier ones do not; a record two
     runs hold must agree on its results, or those runs are not the same experiment."""
     seeds: dict[int, dict] = {}
+    # (seed, field) -> {record name: (the file it came from, the record)}, earlier runs only
+    held: dict[tuple[int, str], dict[tuple, tuple[Path, dict]]] = {}
     for path, data in loaded:
         for run in data["runs"]:
             unknown = set(run) - set(RECORD_KEYS) - {"seed"}
@@ -100,11 +102,11 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
                 raise MergeRefused(f"{path}: seed {run['seed']} holds {sorted(unknown)}, "
                                    "which this tool does not know how to merge: pass only one "
                                    "run for that seed.")
-            merged = seeds.setdefault(run["seed"], {"seed": run["seed"], "names": {},
+            merged = seeds.setdefault(run["seed"], {"seed": run["seed"],
                                                     **{field: [] for field in RECORD_KEYS}})
             for field in RECORD_KEYS:
-                earlier = merged["names"].setdefault(field, {})
-                added = {}
+                earlier = held.setdefault((run["seed"], field), {})
+                added = {}  # not compared within one run: a run may time a stage twice
                 for record in run.get(field, []):
                     name = _name(field, record)
                     if name not in earlier:
@@ -120,7 +122,7 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
                                 f"in {path}. These runs of one seed do not reproduce each "
                                 "other; pass only one of them.")
                 earlier.update(added)
-    return [{k: v for k, v in seeds[seed].items() if k != "names"} for seed in sorted(seeds)]
+    return [seeds[seed] for seed in sorted(seeds)]
 
 
 def merge(loaded: list[tuple[Path, dict]], out: Path) -> dict:

@@ -343,12 +343,9 @@ def _review_curves(review: list[dict]) -> list[dict]:
     from 0 (the baseline itself)."""
     curves: dict[tuple, dict] = {}
     for r in review:
-        if r["kind"] == "gold":
-            label = f"{r['format']} · SFT (class-balanced) + random gold labels"
-        elif r["order"] == "random":
-            label = f"{r['format']} · SemiEvol r1 + random gold labels"
-        else:
-            label = f"{r['format']} · SemiEvol r1 + reviewed, {r['order'].replace('_', ' ')}"
+        extra = ("random gold labels" if r["order"] == "random" else
+                 f"reviewed, {r['order'].replace('_', ' ')}")
+        label = f"{r['format']} · {r['baseline']} + {extra}"
         c = curves.setdefault((r["format"], r["kind"], r["order"]),
                               {"label": label, "x": [0], "y": [0.0], "err": [0.0]})
         c["x"].append(r["n"])
