@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REPO, RESULTS, log, machine_info, model_dtype_name,  # noqa: E402
                     repo_path)
 from quality_data import load_task  # noqa: E402
+from quality_merge import MergeRefused, held_variants  # noqa: E402
 from quality_report import write_results  # noqa: E402
 from quality_runner import ABLATION_NAMES, REVIEW_ORDERS, Runner  # noqa: E402
 from readme_summary import update_readmes  # noqa: E402
@@ -77,6 +78,11 @@ def parse_args(argv=None):
     p.add_argument("--gold-sizes", type=int, nargs="*", default=[10, 25, 50],
                    help="extra random unlabeled items given their true answer for plain SFT "
                         "(default 10 25 50)")
+    p.add_argument("--skip-held", nargs="*", default=[], metavar="RUN.json",
+                   help="earlier results of these seeds (quality_*.json, same settings): a "
+                        "variant one of them holds is not run again, since the bench is "
+                        "deterministic and would only reproduce it; merge the runs afterwards "
+                        "with bench/quality_merge.py")
     p.add_argument("--model", default="bundled", help="model id or folder (default bundled)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--k", type=int, default=3, help="retrieved demonstrations")
@@ -125,6 +131,12 @@ def main(argv=None) -> int:
         args.ablations = []
     model_config = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     machine = machine_info(model_dtype_name(model_config))
+    try:
+        held = held_variants([Path(p) for p in args.skip_held], task["name"], vars(args),
+                             machine["model_dtype"])
+    except MergeRefused as e:
+        print(f"quality.py: {e}", file=sys.stderr)
+        return 2
     log(f"quality bench on {task['name']}: labeled {args.labeled}, unlabeled "
         f"{args.unlabeled or 'all'}, test {args.test or 'all'}, seeds {args.seeds}, formats "
         f"{args.formats}, rounds {args.rounds}/{args.secondary_rounds}, ablations "
@@ -140,7 +152,8 @@ def main(argv=None) -> int:
             root = Path(tempfile.mkdtemp(prefix=f"semievol-quality-{labeled}-{seed}-",
                                          dir=args.workdir))
             try:
-                runs.append(Runner(args, task, labeled, seed, root, embedder, base).run())
+                runs.append(Runner(args, task, labeled, seed, root, embedder, base,
+                                   held.get((labeled, seed), set())).run())
             finally:
                 if args.keep:
                     log(f"kept workspaces in {root}")

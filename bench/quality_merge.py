@@ -74,14 +74,43 @@ def check(loaded: list[tuple[Path, dict]]) -> None:
             if data[key] != first[key]:
                 raise MergeRefused(f"{path} is {key} {data[key]!r} but {first_path} is "
                                    f"{first[key]!r}: merge runs of one task and size only.")
-        for key in SAME:
-            mine, theirs = data["settings"].get(key), first["settings"].get(key)
-            if mine != theirs:
-                raise MergeRefused(f"{path} ran with {key}={mine!r} but {first_path} with "
-                                   f"{theirs!r}: their seeds measure different things.")
-        if data["machine"].get("model_dtype") != first["machine"].get("model_dtype"):
-            raise MergeRefused(f"{path} ran the model in {data['machine'].get('model_dtype')} "
-                               f"but {first_path} in {first['machine'].get('model_dtype')}.")
+        reason = differs(data, first["settings"], first["machine"].get("model_dtype"))
+        if reason:
+            raise MergeRefused(f"{path} {reason} {first_path}: their seeds measure "
+                               "different things.")
+
+
+def differs(data: dict, settings: dict, model_dtype: str | None) -> str | None:
+    """Why a run does not measure what a run with these settings and model dtype measures
+    (the first setting that differs), or None."""
+    for key in SAME:
+        mine, theirs = data["settings"].get(key), settings.get(key)
+        if mine != theirs:
+            return f"ran with {key}={mine!r}, not {theirs!r} as"
+    if data["machine"].get("model_dtype") != model_dtype:
+        return f"ran the model in {data['machine'].get('model_dtype')}, not {model_dtype} as"
+    return None
+
+
+def held_variants(paths: list[Path], task: str, settings: dict,
+                  model_dtype: str) -> dict[tuple[int, int], set[tuple]]:
+    """The variants earlier runs already measured, by (labeled size, seed), for a new run
+    with these settings to skip: the bench is deterministic, so running them again would
+    only reproduce them, and merge() puts the runs together afterwards. Refuses, before
+    anything runs, a run that measured something else."""
+    held: dict[tuple[int, int], set[tuple]] = {}
+    for path, data in load(paths):
+        reason = (f"is task {data['task']!r}, not {task!r} as" if data["task"] != task else
+                  f"is {data['labeled']} labeled, not {settings['labeled']} as"
+                  if data["labeled"] not in settings["labeled"] else
+                  differs(data, settings, model_dtype))
+        if reason:
+            raise MergeRefused(f"{path} {reason} this run: its variants are not this run's "
+                               "to skip. Drop it from --skip-held, or run with its settings.")
+        for run in data["runs"]:
+            held.setdefault((data["labeled"], run["seed"]), set()).update(
+                _name("variants", v) for v in run["variants"])
+    return held
 
 
 def _name(field: str, record: dict) -> tuple:

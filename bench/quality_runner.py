@@ -125,6 +125,11 @@ or random pool items (plain labeling of unlabeled items, no queue)."""
 REVIEWER = "simulated reviewer"
 
 
+def review_name(order: str, n: int) -> str:
+    return (f"SemiEvol r1 + {n} random gold labels" if order == "random" else
+            f"SemiEvol r1 + {n} reviewed ({REVIEW_ORDERS[order]})")
+
+
 def random_pool_items(ws, n: int, seed: int) -> list[int]:
     """n unlabeled items drawn with the seed: the same items for every variant of a seed
     that labels n random items (SFT + n gold labels, SemiEvol + n random gold labels)."""
@@ -181,13 +186,23 @@ def simulate_review(ws, rnd, hidden: dict, order: str, n: int, seed: int) -> dic
 class Runner:
     """One seed: every format and configuration, with its stage timings."""
 
-    def __init__(self, args, task: dict, labeled: int, seed: int, root: Path, embedder, base):
+    def __init__(self, args, task: dict, labeled: int, seed: int, root: Path, embedder, base,
+                 held: set[tuple[str, str]] = frozenset()):
         self.args, self.task, self.labeled, self.seed = args, task, labeled, seed
         self.root, self.embedder, self.base = root, embedder, base
+        self.held = held  # (format, variant) an earlier run of this seed measured
         self.stages = Stages()
         self.variants: list[dict] = []
         self.pseudo: list[dict] = []
         self.training: list[dict] = []
+
+    def holds(self, fmt: str, name: str) -> bool:
+        """Whether an earlier run of this seed measured this variant (--skip-held): it is
+        not run again unless a later variant needs it."""
+        if (fmt, name) in self.held:
+            log(f"  skipped {fmt} {name}: an earlier run of seed {self.seed} holds it")
+            return True
+        return False
 
     def stage(self, fmt: str, name: str):
         return self.stages.measure(f"seed {self.seed} · {self.labeled} labeled · {fmt} · {name}",
@@ -306,18 +321,22 @@ class Runner:
             rec.update(splits=ws.split_counts())
         log(f"  workspace {ws.path}: {ws.split_counts()}")
         for name, demos in (("base", 0), ("base+demos", args.k)):
+            if self.holds(fmt, name):
+                continue
             with self.stage(fmt, f"{name}: evaluate"):
                 report = evaluate(ws, self.base, model=name, round_id=None,
                                   budget=resolve_budget(self.base.model_config),
                                   demonstrations=demos, progress=progress_printer("evaluate"))
             self.add_variant(fmt, name, report)
 
-        if "none" in args.balance:
+        if "none" in args.balance and not self.holds(fmt, "SFT (no class balance)"):
             nb = fork(ws, self.root / f"{fmt}-no-balance")
             rnd = rounds.open_round(nb, round_config(args, self.seed, "none"))
             self.warmup(nb, rnd, fmt, "SFT (no class balance)")
             nb.close()
         for n in (args.gold_sizes if primary else []):
+            if self.holds(fmt, f"SFT (class-balanced) + {n} gold labels"):
+                continue
             # Plain labeling: n random unlabeled items given their true answer, then the
             # same warm-up SFT as SemiEvol's (class-balanced) on labeled + those.
             gws = fork(ws, self.root / f"{fmt}-gold-{n}")
@@ -328,7 +347,8 @@ class Runner:
         # Plain SFT given as many optimizer steps as SemiEvol r1 takes (it trains on labeled
         # + selected, so it runs longer): is r1's gain the pseudo-labels or the steps?
         matched = (fork(ws, self.root / f"{fmt}-matched-sft")
-                   if primary and "matched-sft" in args.ablations else None)
+                   if primary and "matched-sft" in args.ablations
+                   and not self.holds(fmt, ABLATION_NAMES["matched-sft"]) else None)
         if "sampler" not in args.balance:
             ws.close()
             return
@@ -346,12 +366,19 @@ class Runner:
             if number == 1 and primary:
                 # Branch after labeling: the ablations and reviewers reuse the stored responses.
                 forks = {a: fork(ws, self.root / f"{fmt}-{a}") for a in args.ablations
-                         if a not in NOT_FORKED_AFTER_LABELING}
+                         if a not in NOT_FORKED_AFTER_LABELING
+                         and not self.holds(fmt, ABLATION_NAMES[a])}
                 reviews = {(o, n): fork(ws, self.root / f"{fmt}-review-{o}-{n}")
-                           for o in args.review_orders for n in args.review_sizes}
-            if number == 2 and primary and "continue" in args.ablations:
+                           for o in args.review_orders for n in args.review_sizes
+                           if not self.holds(fmt, review_name(o, n))}
+            if (number == 2 and primary and "continue" in args.ablations
+                    and not self.holds(fmt, CONTINUED_R2)):
                 later = fork(ws, self.root / f"{fmt}-r2-continue")
-            self.select_train_evaluate(ws, rnd, fmt, f"SemiEvol r{number}", hidden)
+            # A held round is trained again only where something after it needs it: the
+            # next round starts from it, the matched SFT takes its number of steps.
+            if (number < n_rounds or matched is not None
+                    or not self.holds(fmt, f"SemiEvol r{number}")):
+                self.select_train_evaluate(ws, rnd, fmt, f"SemiEvol r{number}", hidden)
             rnd = rounds.get_round(ws, number)
         ws.close()
 
@@ -364,13 +391,10 @@ class Runner:
             self.warmup(matched, rnd, fmt, ABLATION_NAMES["matched-sft"], steps=steps)
             matched.close()
         if later is not None:
-            self.train_continuing(later, 2, fmt, "SemiEvol r2, continuing round 1's model",
-                                  hidden)
+            self.train_continuing(later, 2, fmt, CONTINUED_R2, hidden)
         for (order, n), rws in reviews.items():
-            name = (f"SemiEvol r1 + {n} random gold labels" if order == "random" else
-                    f"SemiEvol r1 + {n} reviewed ({REVIEW_ORDERS[order]})")
             self.select_train_evaluate(
-                rws, rounds.get_round(rws, 1), fmt, name, hidden,
+                rws, rounds.get_round(rws, 1), fmt, review_name(order, n), hidden,
                 review=lambda w, r, o=order, k=n: simulate_review(w, r, hidden, o, k,
                                                                   self.seed))
             rws.close()
@@ -422,6 +446,7 @@ ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)
                   "single": "SemiEvol r1, single collaborator"}
 
 
+CONTINUED_R2 = "SemiEvol r2, continuing round 1's model"
 NOT_FORKED_AFTER_LABELING = {"matched-sft"}  # forks the freshly built workspace instead
 
 
