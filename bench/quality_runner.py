@@ -335,14 +335,15 @@ class Runner:
             self.warmup(nb, rnd, fmt, "SFT (no class balance)")
             nb.close()
         for n in (args.gold_sizes if primary else []):
-            if self.holds(fmt, f"SFT (class-balanced) + {n} gold labels"):
+            name = f"SFT (class-balanced) + {n} gold labels"
+            if self.holds(fmt, name):
                 continue
             # Plain labeling: n random unlabeled items given their true answer, then the
             # same warm-up SFT as SemiEvol's (class-balanced) on labeled + those.
             gws = fork(ws, self.root / f"{fmt}-gold-{n}")
             give_gold_labels(gws, random_pool_items(gws, n, self.seed), hidden)
             rnd = rounds.open_round(gws, round_config(args, self.seed, "sampler"))
-            self.warmup(gws, rnd, fmt, f"SFT (class-balanced) + {n} gold labels", gold=n)
+            self.warmup(gws, rnd, fmt, name, gold=n)
             gws.close()
         # Plain SFT given as many optimizer steps as SemiEvol r1 takes (it trains on labeled
         # + selected, so it runs longer): is r1's gain the pseudo-labels or the steps?
