@@ -12,11 +12,12 @@ the workspace allows: base evaluations are done once per format and copied into 
 class-balance-off fork; the ablations are forks of the round-1 workspace taken after
 labeling, so their identical collaborator requests are answered from the response cache
 (the no-selection and per-class ablations label nothing at all); so are the reviewer
-variants (quality_runner.simulate_review). SFT with extra gold labels forks the freshly
+variants (quality_review.simulate_review). SFT with extra gold labels forks the freshly
 built workspace.
 
-Modules: quality_data (splits, import files, workspaces, configs), quality_runner (one
-seed: every format and configuration), quality_report (summary, Markdown, plots, files).
+Modules: quality_data (splits, import files, workspaces, configs), quality_review (the
+simulated reviewer), quality_runner (one seed: every format and configuration),
+quality_report (summary, Markdown, plots, files).
 
 Writes bench/results/quality_<task>_<labeled>.{json,md} and PNGs (reduced mode:
 bench/results/reduced/).
@@ -37,7 +38,8 @@ from common import (REPO, RESULTS, log, machine_info, model_dtype_name,  # noqa:
 from quality_data import load_task  # noqa: E402
 from quality_merge import MergeRefused, held_variants  # noqa: E402
 from quality_report import write_results  # noqa: E402
-from quality_runner import ABLATION_NAMES, REVIEW_ORDERS, Runner  # noqa: E402
+from quality_review import REVIEW_ORDERS  # noqa: E402
+from quality_runner import ABLATION_NAMES, Runner  # noqa: E402
 from readme_summary import update_readmes  # noqa: E402
 
 DEFAULT_TASK = Path(__file__).resolve().parents[1] / "../shared/datasets/fpb"

@@ -153,14 +153,14 @@ def test_every_entry_point_reaches_the_same_run_steps(filled_workspace, monkeypa
     assert spawned[-1][0] == "worker"
     # The quality bench (its `common` module is not the app's: import it afresh).
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    for name in ("common", "quality_data", "quality_runner"):
+    for name in ("common", "quality_data", "quality_review", "quality_runner"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     from quality_runner import Runner
     runner = Runner.__new__(Runner)
     runner.embedder, runner.base = None, None
     runner.run_step(ws, rnd, "evaluate")
     assert calls[-1] == (1, ["evaluate"], None)
-    for name in ("quality_data", "quality_runner"):
+    for name in ("quality_data", "quality_review", "quality_runner"):
         sys.modules.pop(name, None)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_MODULES = ("common", "quality_report", "readme_summary", "quality_merge", "quality_data",
-                 "quality_runner")
+                 "quality_review", "quality_runner")
 
 
 @pytest.fixture
