@@ -123,7 +123,7 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
     runs hold must agree on its results, or those runs are not the same experiment."""
     seeds: dict[int, dict] = {}
     # (seed, field) -> {record name: (the file it came from, the record)}, earlier runs only
-    held: dict[tuple[int, str], dict[tuple, tuple[Path, dict]]] = {}
+    seen: dict[tuple[int, str], dict[tuple, tuple[Path, dict]]] = {}
     for path, data in loaded:
         for run in data["runs"]:
             unknown = set(run) - set(RECORD_KEYS) - {"seed"}
@@ -134,7 +134,7 @@ def merge_runs(loaded: list[tuple[Path, dict]]) -> list[dict]:
             merged = seeds.setdefault(run["seed"], {"seed": run["seed"],
                                                     **{field: [] for field in RECORD_KEYS}})
             for field in RECORD_KEYS:
-                earlier = held.setdefault((run["seed"], field), {})
+                earlier = seen.setdefault((run["seed"], field), {})
                 added = {}  # not compared within one run: a run may time a stage twice
                 for record in run.get(field, []):
                     name = _name(field, record)

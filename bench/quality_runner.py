@@ -251,7 +251,7 @@ class Runner:
         task_config = TaskConfig(kind="choice", labels=self.task["labels"], answer_format=fmt,
                                  instruction=args.instruction)
         with self.stage(fmt, "import + hold-out + index") as rec:
-            ws, held = build_workspace(self.root / fmt, files, task_config, self.embedder,
+            ws, _held_out = build_workspace(self.root / fmt, files, task_config, self.embedder,
                                        CalibrationConfig(fraction=args.calibration, seed=self.seed),
                                        args.k)
             rec.update(splits=ws.split_counts())
@@ -265,10 +265,10 @@ class Runner:
                                   demonstrations=demos, progress=progress_printer("evaluate"))
             self.add_variant(fmt, name, report)
 
-        if "none" in args.balance and not self.holds(fmt, "SFT (no class balance)"):
+        if "none" in args.balance and not self.holds(fmt, NO_BALANCE_SFT):
             nb = fork(ws, self.root / f"{fmt}-no-balance")
             rnd = rounds.open_round(nb, round_config(args, self.seed, "none"))
-            self.warmup(nb, rnd, fmt, "SFT (no class balance)")
+            self.warmup(nb, rnd, fmt, NO_BALANCE_SFT)
             nb.close()
         for n in (args.gold_sizes if primary else []):
             name = f"SFT (class-balanced) + {n} gold labels"
@@ -384,6 +384,7 @@ ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)
 
 
 CONTINUED_R2 = "SemiEvol r2, continuing round 1's model"
+NO_BALANCE_SFT = "SFT (no class balance)"
 NOT_FORKED_AFTER_LABELING = {"matched-sft"}  # forks the freshly built workspace instead
 
 
