@@ -17,11 +17,13 @@ from common import RUNS_PAGE, launch_with_feedback, show_error
 from semievol import jobs
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS,
                              SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES, START_FROM,
-                             RoundConfig, ServerConfig, round_config_from_dict, to_dict)
+                             RoundConfig, ServerConfig)
 from semievol.errors import SemiEvolError
 from semievol.rounds import FINISHED, Round, latest_round
-from semievol.steps import STEPS, step_states
+from semievol.saved_config import round_config_from_dict, to_dict
+from semievol.steps import STEPS
 from semievol.store import Workspace
+from semievol.workflow import step_states
 
 COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed", "server"]
 SERVER_COLUMNS = ["name", "base_url", "model", "warmup_model", "adapter_loading",

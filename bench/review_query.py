@@ -25,10 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semievol.config import RoundConfig, TaskConfig, to_json  # noqa: E402
+from semievol.config import RoundConfig, TaskConfig  # noqa: E402
 from semievol.review import (ReviewFilter, filtered_item_ids, item_detail,  # noqa: E402
                              review_page, round_facets)
 from semievol.rounds import round_overview  # noqa: E402
+from semievol.saved_config import to_json  # noqa: E402
 from semievol.store import Workspace  # noqa: E402
 
 LABELS = ["billing", "outage", "equipment", "account"]

@@ -26,8 +26,8 @@ def open_workspace(path: str):
 def config_data(ws, path: str | None) -> dict:
     """The round's current config (rounds.base_config) as a dict, with the YAML file at
     `path` on top (a partial file overrides only what it names)."""
-    from semievol.config import to_dict
     from semievol.rounds import base_config
+    from semievol.saved_config import to_dict
 
     data = to_dict(base_config(ws))
     if not path:
@@ -50,7 +50,7 @@ def config_data(ws, path: str | None) -> dict:
 def round_config_from_args(ws, args):
     """The round config: a saved file (--config), else the round's current config (see
     rounds.base_config), with command-line overrides on top; None when nothing was given."""
-    from semievol.config import round_config_from_dict, to_dict
+    from semievol.saved_config import round_config_from_dict, to_dict
 
     data = config_data(ws, getattr(args, "config", None))
     overrides = {("train", "epochs"): args.epochs, ("train", "max_steps"): args.max_steps,
@@ -279,7 +279,7 @@ def cmd_servers(args) -> int:
     """Probe the round config's servers: what each can do, stored for the next run."""
     from semievol.round_backends import probe_servers
 
-    from semievol.config import round_config_from_dict
+    from semievol.saved_config import round_config_from_dict
 
     ws = open_workspace(args.workspace)
     config = round_config_from_dict(config_data(ws, args.config))

@@ -1,16 +1,13 @@
 """Configuration as nested dataclasses: one docstring per field, validation in __post_init__.
 
-A YAML/JSON file is only a saved config (`to_dict` / `from_dict`); every run stores its
-resolved config beside its outputs.
+A YAML/JSON file is only a saved config (semievol.saved_config reads and writes it); every
+run stores its resolved config beside its outputs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from semievol.errors import SemiEvolError
 
@@ -391,77 +388,3 @@ class RoundConfig:
             if server and server not in names:
                 raise SemiEvolError(f"{who} names the server {server!r}, which is not in "
                                     f"`servers` ({', '.join(names) or 'none configured'}).")
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
-def to_json(config: Any) -> str:
-    return json.dumps(to_dict(config), sort_keys=True)
-
-
-LEGACY = {("ModelConfig", "max_length"): "context_budget", ("TrainConfig", "max_length"): None}
-"""Fields of configs saved by older versions: renamed (to the new name) or dropped (None;
-training now uses the model's context budget)."""
-ADDED_LATER = {("SelectionConfig", "class_floor"): 0.0}
-"""Fields added after configs were saved without them: a saved config means what it meant
-when it was saved, so the field takes the value that keeps that meaning (not the new
-default)."""
-
-
-def _build(cls, data: dict):
-    """Build a (nested) dataclass from a dict, refusing unknown keys with a clear message."""
-    data = dict(data)
-    for (owner, old), new in LEGACY.items():
-        if cls.__name__ == owner and old in data:
-            value = data.pop(old)
-            if new is not None:
-                data.setdefault(new, value)
-    for (owner, name), value in ADDED_LATER.items():
-        if cls.__name__ == owner:
-            data.setdefault(name, value)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
-    if unknown:
-        raise SemiEvolError(f"Unknown {cls.__name__} fields: {', '.join(sorted(unknown))}.")
-    kwargs = {}
-    for key, value in data.items():
-        sub = _NESTED.get((cls, key))
-        if isinstance(sub, tuple):  # a list of nested configs
-            kwargs[key] = [_build(sub[0], v) for v in value]
-        elif sub is not None and isinstance(value, dict):
-            kwargs[key] = _build(sub, value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-_NESTED = {
-    (RoundConfig, "model"): ModelConfig,
-    (RoundConfig, "lora"): LoraConfig,
-    (RoundConfig, "train"): TrainConfig,
-    (RoundConfig, "retrieval"): RetrievalConfig,
-    (RoundConfig, "selection"): SelectionConfig,
-    (RoundConfig, "calibration"): CalibrationConfig,
-    (RoundConfig, "collaborators"): (CollaboratorConfig,),
-    (RoundConfig, "servers"): (ServerConfig,),
-    (RoundConfig, "served"): ServedConfig,
-}
-
-
-def config_from_dict(cls, data: dict):
-    """Any config dataclass (e.g. TrainConfig) from its saved dict, validated."""
-    return _build(cls, data)
-
-
-def round_config_from_dict(data: dict) -> RoundConfig:
-    return _build(RoundConfig, data)
-
-
-def task_config_from_dict(data: dict) -> TaskConfig:
-    return _build(TaskConfig, data)
-
-
-def selection_config_from_dict(data: dict) -> SelectionConfig:
-    return _build(SelectionConfig, data)

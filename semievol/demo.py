@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from semievol.config import round_config_from_dict, task_config_from_dict, to_dict
 from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
 from semievol.retrieval import Progress
+from semievol.saved_config import round_config_from_dict, task_config_from_dict, to_dict
 from semievol.store import Workspace
 
 

@@ -46,8 +46,8 @@ def accelerate_command(processes: int, job: Path, *, config_file: str = "") -> l
 def launch_training(examples, output_dir, *, model, lora, train, init_adapter, progress,
                     metric) -> dict:
     """Run `train_lora` on `train.processes` processes; returns the first one's summary."""
-    from semievol.config import to_dict
     from semievol.models import pick_device
+    from semievol.saved_config import to_dict
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,9 @@ def main(argv=None) -> int:
     """One process of a multi-process training (started by accelerate)."""
     from accelerate import Accelerator
 
-    from semievol.config import LoraConfig, ModelConfig, TrainConfig, config_from_dict
+    from semievol.config import LoraConfig, ModelConfig, TrainConfig
     from semievol.finetune import Shard, TrainExample, train_lora
+    from semievol.saved_config import config_from_dict
 
     job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     accelerator = Accelerator(cpu=job.get("cpu", False))

@@ -25,9 +25,10 @@ from typing import Callable
 
 from semievol.checkpoints import (remove_checkpoints, restore, save_checkpoint,
                                   usable_checkpoint)
-from semievol.config import LoraConfig, ModelConfig, TrainConfig, to_dict
+from semievol.config import LoraConfig, ModelConfig, TrainConfig
 from semievol.errors import SemiEvolError
 from semievol.profiling import count_tokens, stage
+from semievol.saved_config import to_dict
 
 Progress = Callable[[int, int, str], None]
 Metric = Callable[[str, int, float], None]

@@ -1,4 +1,5 @@
-"""Guards before training: answer format validation and test leakage (near-duplicates)."""
+"""Guards before training: answer format validation, test leakage (near-duplicates), and
+the workspace's evidence against training (warnings a person must confirm)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 from semievol.config import TaskConfig
 from semievol.errors import SemiEvolError
+from semievol.rounds import Round
 from semievol.store import Workspace
 
 
@@ -167,3 +169,23 @@ def confirmations(ws: Workspace, round_id: int) -> list[dict]:
     return [dict(r) for r in ws.query(
         "SELECT kind, message, reviewer, created_at FROM confirmations WHERE round_id=? "
         "ORDER BY id", (round_id,))]
+
+
+def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
+    """The pre-training warnings of an untrained round: raised as one error unless
+    `confirm` (who trains anyway) is given, then recorded with the round."""
+    if rnd.final_adapter or ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (rnd.id,)):
+        return []  # training started already: it was decided then
+    warnings = training_warnings(ws, rnd.id)
+    if not warnings:
+        return []
+    if not confirm:
+        raise SemiEvolError(
+            f"The workspace's evidence warns against training round {rnd.number} now; "
+            "read the warnings, then confirm to train anyway (`--confirm` on the command "
+            "line, the confirmation box in the app), or change the selection.",
+            [w["message"] for w in warnings])
+    seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
+    fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
+    record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
+    return warnings

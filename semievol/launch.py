@@ -12,9 +12,11 @@ nothing but the run id: in this process (foreground) or in a worker started by
 from __future__ import annotations
 
 from semievol import jobs, rounds, steps
-from semievol.config import RoundConfig, SelectionConfig, selection_config_from_dict, to_dict
+from semievol.config import RoundConfig, SelectionConfig
 from semievol.errors import SemiEvolError
+from semievol.guards import check_training_warnings
 from semievol.round_backends import check_servers
+from semievol.saved_config import selection_config_from_dict, to_dict
 from semievol.store import Workspace
 
 RUN_KINDS = ("round", *steps.STEPS)
@@ -79,7 +81,7 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
             jobs.refuse_if_busy(ws, kind, rnd.id)  # the most useful refusal comes first
         steps.preflight(ws, rnd, steps_of(ws, kind, review=review), servers=False)
         if kind == "train" and not confirm:
-            steps.check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
+            check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
         if kind == "round" and not review:
             confirm = confirm or "unattended (no review)"
         request = {"steps": steps_of(ws, kind, review=review), "round": rnd.number,

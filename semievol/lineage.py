@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 
 from semievol.calibration import calibration_report
-from semievol.config import SelectionConfig, round_config_from_dict
+from semievol.config import SelectionConfig
 from semievol.decisions import current_decisions
 from semievol.pseudo_labels import scored_rows
 from semievol.round_scores import regression
 from semievol.rounds import round_by_id
+from semievol.saved_config import round_config_from_dict
 from semievol.selection_state import class_thresholds, policy_threshold, selection_in_force
 from semievol.store import Workspace
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from semievol.config import to_dict
+from semievol.saved_config import to_dict
 from semievol.store import Workspace
 
 MODELS = (("base", "base model, zero-shot"), ("base+demos", "base model + retrieved examples"),

@@ -19,9 +19,9 @@ import json
 import re
 from dataclasses import dataclass
 
-from semievol.config import round_config_from_dict
 from semievol.errors import SemiEvolError
 from semievol.pseudo_labels import PATHS
+from semievol.saved_config import round_config_from_dict
 from semievol.store import SPLITS, Workspace
 
 DECISION_STATES = ("none", "accept", "reject", "relabel", "any")

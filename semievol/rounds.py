@@ -11,8 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from semievol.config import RoundConfig, round_config_from_dict, to_json
+from semievol.config import RoundConfig
 from semievol.errors import SemiEvolError
+from semievol.saved_config import round_config_from_dict, to_json
 from semievol.store import Workspace, now
 
 ROUND_STATUSES = ("open", "awaiting_review", "training", "trained", "done")

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from semievol.calibration import precision_of
-from semievol.config import (SelectionConfig, TaskConfig, round_config_from_dict,
-                             selection_config_from_dict, to_json)
+from semievol.config import SelectionConfig, TaskConfig
 from semievol.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
 from semievol.pseudo_labels import scored_rows
+from semievol.saved_config import round_config_from_dict, selection_config_from_dict, to_json
 from semievol.selection import class_counts, select, threshold_for
 from semievol.store import Workspace, now
 from semievol.tasks import is_correct

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from semievol.config import to_dict
 from semievol.rounds import base_config, round_overview
+from semievol.saved_config import to_dict
 from semievol.store import SCHEMA_VERSION, Workspace
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from semievol import rounds
+from semievol.backend import backend_key
 from semievol.config import SelectionConfig
 from semievol.errors import SemiEvolError
 from semievol.profiling import measuring, stage
-from semievol.backend import backend_key
 from semievol.round_backends import check_servers, load_backends, servers_used
 from semievol.rounds import Round
 from semievol.store import Workspace
@@ -203,7 +203,7 @@ def step_train(ws: Workspace, rnd: Round, *, progress: Progress | None = None,
     unless `confirm` names who read the warnings and trains anyway; that is recorded with
     the round."""
     from semievol.finetune import train_lora
-    from semievol.guards import validate_training_set
+    from semievol.guards import check_training_warnings, validate_training_set
     from semievol.models import load_tokenizer, resolve_model_path
     from semievol.selection_state import applied_selection
     from semievol.training_set import (freeze, pseudo_responses, source_counts,
@@ -249,28 +249,6 @@ def train_for_task(train, task):
             f"class balance {train.class_balance!r} is off for this open-answer task: its "
             "answers are not classes.")
     return train, None
-
-
-def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
-    """The pre-training warnings of an untrained round: raised as one error unless
-    `confirm` (who trains anyway) is given, then recorded with the round."""
-    from semievol.guards import confirmations, record_confirmation, training_warnings
-
-    if rnd.final_adapter or ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (rnd.id,)):
-        return []  # training started already: it was decided then
-    warnings = training_warnings(ws, rnd.id)
-    if not warnings:
-        return []
-    if not confirm:
-        raise SemiEvolError(
-            f"The workspace's evidence warns against training round {rnd.number} now; "
-            "read the warnings, then confirm to train anyway (`--confirm` on the command "
-            "line, the confirmation box in the app), or change the selection.",
-            [w["message"] for w in warnings])
-    seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
-    fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
-    record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
-    return warnings
 
 
 def step_evaluate(ws: Workspace, rnd: Round, *, backends: dict | None = None,
@@ -329,45 +307,6 @@ def _warmup_source(ws: Workspace, rnd: Round) -> tuple[int, str] | None:
             if path and Path(path) == Path(rnd.warmup_adapter):
                 return other.id, model
     return None
-
-
-def step_states(ws: Workspace, rnd: Round) -> list[dict]:
-    """What each step of `rnd` has produced: [{step, done, detail}], in step order."""
-    from semievol.evaluate import evaluated_models
-    from semievol.pseudo_labels import path_counts
-    from semievol.selection_state import applied_selection
-
-    responses, cut, short = ws.query(
-        "SELECT COUNT(*), COALESCE(SUM(r.cut_tokens > 0), 0), COALESCE(SUM(r.demos_shown < "
-        "json_extract(x.config, '$.collaborators[' || r.collaborator || '].demonstrations')), 0) "
-        "FROM responses r JOIN rounds x ON x.id = r.round_id WHERE r.round_id=?", (rnd.id,))[0]
-    paths = path_counts(ws, rnd.id)
-    pseudo = sum(paths.values())
-    selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
-                         (rnd.id,))
-    selection = applied_selection(ws, rnd.id)
-    evaluated = evaluated_models(ws, rnd.id)
-    if selection:
-        theta = (f" θ={selection.theta:g}" if selection.policy in ("percentile", "per_class")
-                 else f" threshold={selection.threshold}" if selection.threshold is not None
-                 else "")
-        select_detail = f"{selected} selected ({selection.policy}{theta})"
-    else:
-        select_detail = "not applied yet"
-    return [
-        {"step": "warmup", "done": bool(rnd.warmup_adapter),
-         "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
-        {"step": "label", "done": pseudo > 0,
-         "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
-                   f"({paths['agreed']} agreed, {paths['reflected']} reflected)"
-                   + (f"; context budget {budget_of(rnd)} tokens: {cut} prompt(s) with the item "
-                      f"cut, {short} with fewer demonstrations" if cut or short else "")},
-        {"step": "select", "done": selection is not None, "detail": select_detail},
-        {"step": "train", "done": bool(rnd.final_adapter),
-         "detail": rnd.final_adapter or "no final adapter yet"},
-        {"step": "evaluate", "done": "round" in evaluated,
-         "detail": ("evaluated: " + ", ".join(evaluated)) if evaluated else "not evaluated yet"},
-    ]
 
 
 def preflight(ws: Workspace, rnd: Round, steps: list[str], *, servers: bool = True) -> None:

@@ -13,8 +13,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from semievol.config import TaskConfig, task_config_from_dict, to_dict
+from semievol.config import TaskConfig
 from semievol.errors import SemiEvolError
+from semievol.saved_config import task_config_from_dict, to_dict
 
 SPLITS = ("labeled", "unlabeled", "test", "calibration")
 

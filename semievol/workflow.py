@@ -1,5 +1,6 @@
 """Where the workspace stands and what to do next: the round's state, a run that is writing
-it, and the next action, as Home, every page and the CLI say it.
+it, and the next action, as Home, every page and the CLI say it; and what each step of a
+round has produced (`step_states`, Round setup's step table).
 
 Pure reading. `round_state` is the one definition of "what the reviewer should do now";
 pages render it (a message and a link to the page that does it), the CLI prints it.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from semievol import jobs
 from semievol.round_scores import regression
-from semievol.rounds import STATUS_NAMES, latest_round
+from semievol.rounds import STATUS_NAMES, Round, latest_round
 from semievol.status import workspace_status
 from semievol.store import Workspace
 
@@ -83,3 +84,43 @@ def next_steps(ws: Workspace) -> list[str]:
     if not splits["test"]:
         steps.append("Optionally import a **test** file, to measure each round.")
     return steps
+
+
+def step_states(ws: Workspace, rnd: Round) -> list[dict]:
+    """What each step of `rnd` has produced: [{step, done, detail}], in step order."""
+    from semievol.evaluate import evaluated_models
+    from semievol.pseudo_labels import path_counts
+    from semievol.selection_state import applied_selection
+    from semievol.steps import budget_of
+
+    responses, cut, short = ws.query(
+        "SELECT COUNT(*), COALESCE(SUM(r.cut_tokens > 0), 0), COALESCE(SUM(r.demos_shown < "
+        "json_extract(x.config, '$.collaborators[' || r.collaborator || '].demonstrations')), 0) "
+        "FROM responses r JOIN rounds x ON x.id = r.round_id WHERE r.round_id=?", (rnd.id,))[0]
+    paths = path_counts(ws, rnd.id)
+    pseudo = sum(paths.values())
+    selected = ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=? AND selected=1",
+                         (rnd.id,))
+    selection = applied_selection(ws, rnd.id)
+    evaluated = evaluated_models(ws, rnd.id)
+    if selection:
+        theta = (f" θ={selection.theta:g}" if selection.policy in ("percentile", "per_class")
+                 else f" threshold={selection.threshold}" if selection.threshold is not None
+                 else "")
+        select_detail = f"{selected} selected ({selection.policy}{theta})"
+    else:
+        select_detail = "not applied yet"
+    return [
+        {"step": "warmup", "done": bool(rnd.warmup_adapter),
+         "detail": rnd.warmup_adapter or "no warm-up adapter yet"},
+        {"step": "label", "done": pseudo > 0,
+         "detail": f"{responses} response(s); {pseudo} pseudo-label(s) "
+                   f"({paths['agreed']} agreed, {paths['reflected']} reflected)"
+                   + (f"; context budget {budget_of(rnd)} tokens: {cut} prompt(s) with the item "
+                      f"cut, {short} with fewer demonstrations" if cut or short else "")},
+        {"step": "select", "done": selection is not None, "detail": select_detail},
+        {"step": "train", "done": bool(rnd.final_adapter),
+         "detail": rnd.final_adapter or "no final adapter yet"},
+        {"step": "evaluate", "done": "round" in evaluated,
+         "detail": ("evaluated: " + ", ".join(evaluated)) if evaluated else "not evaluated yet"},
+    ]

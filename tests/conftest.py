@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semievol.config import RoundConfig, TaskConfig, to_json
+from semievol.config import RoundConfig, TaskConfig
+from semievol.saved_config import to_json
 from semievol.store import Workspace, now
 
 LABELS = ["billing", "outage", "equipment"]

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from semievol.config import RoundConfig, SelectionConfig, to_json
+from semievol.config import RoundConfig, SelectionConfig
 from semievol.pseudo_labels import available_scores
+from semievol.saved_config import to_json
 from semievol.selection_state import applied_selection
 from semievol.store import Workspace
 from test_lineage_audit import ids, prepare_rounds

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from semievol import jobs, launch, rounds
-from semievol.config import CollaboratorConfig, RoundConfig, SelectionConfig, to_json
+from semievol.config import CollaboratorConfig, RoundConfig, SelectionConfig
 from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
+from semievol.saved_config import to_json
 from semievol.scoring import classification_report
 from semievol.store import Workspace, now
 

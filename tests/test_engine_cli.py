@@ -24,7 +24,7 @@ import yaml
 
 from conftest import (LABELED_TEXTS, LABELS, TEST_ROWS, UNLABELED_TEXTS, FakeEmbedder, add_pseudo,
                       add_round, write_csv)
-from semievol.config import to_dict
+from semievol.saved_config import to_dict
 from semievol.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ import pytest
 
 from conftest import fake_adapter
 from semievol import jobs, launch, rounds
-from semievol.config import (CalibrationConfig, RoundConfig, SelectionConfig, TrainConfig,
-                             to_dict, to_json)
+from semievol.config import CalibrationConfig, RoundConfig, SelectionConfig, TrainConfig
 from semievol.errors import SemiEvolError
+from semievol.saved_config import to_dict, to_json
 from semievol.selection_state import applied_selection
 from semievol.store import now
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from semievol import audit
-from semievol.config import RoundConfig, to_json
+from semievol.config import RoundConfig
 from semievol.items import resolve_item
 from semievol.lineage import item_lineage, round_summaries
+from semievol.saved_config import to_json
 from semievol.scoring import wilson_interval
 
 # Round 1 pool: U00..U09 with entropy 0.1 .. 1.0; agreed on even positions.

@@ -9,13 +9,14 @@ import time
 
 import pytest
 
-from semievol.config import RoundConfig, to_json
+from semievol.config import RoundConfig
 from semievol.decisions import record_decisions
 from semievol.errors import SemiEvolError
 from semievol.retrieval import neighbours_of
-from semievol.rounds import round_overview
 from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
                              review_page, round_facets)
+from semievol.rounds import round_overview
+from semievol.saved_config import to_json
 
 LABELS = ["billing", "outage", "equipment"]
 

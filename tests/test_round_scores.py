@@ -11,10 +11,11 @@ import pytest
 
 from conftest import ids_of
 from semievol import rounds
-from semievol.config import RoundConfig, to_json
+from semievol.config import RoundConfig
 from semievol.decisions import current_decision, record_decisions, undo_last
 from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
 from semievol.round_scores import adapter_scores, regression, start_adapter
+from semievol.saved_config import to_json
 from semievol.store import now
 from semievol.workflow import round_state
 
