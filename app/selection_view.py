@@ -1,8 +1,8 @@
 """The Selection page: preview a selection policy over stored entropies, see its calibration
 evidence, the leakage guard and the audit queue, and apply it.
 
-Plain functions (`selection_frame`, `class_table`, `calibration_point`, `slider_range`,
-`audit_table`) turn library reads into frames; `show_*` render them. Nothing here loads a
+Plain functions (`selection_frame`, `class_table`, `slider_range`, `audit_table`) turn
+library reads into frames; `show_*` render them (the plots: selection_charts). Nothing here loads a
 model: moving a slider only re-reads stored entropies (selection_state.compute_selection).
 """
 
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from common import flash, show_error
+from selection_charts import show_calibration, show_histograms
 from semievol import audit
-from semievol.calibration import calibration_report
 from semievol.config import SELECTION_POLICIES, SelectionConfig
 from semievol.errors import SemiEvolError
-from semievol.guards import TRUST_MIN_ITEMS, leakage_flags, training_warnings
+from semievol.guards import leakage_flags, training_warnings
 from semievol.items import label_counts
 from semievol.pseudo_labels import available_scores, score_range
 from semievol.rounds import round_overview
@@ -97,15 +96,6 @@ def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
                                        "of which human"])
 
 
-def calibration_point(frame: pd.DataFrame) -> tuple[float, float] | None:
-    """(coverage, precision) of the previewed selection on the calibration items: the
-    current threshold's point on the precision-coverage curve."""
-    stats = frame.attrs["calibration"]
-    if not stats["n"] or stats["selected"]["precision"] is None:
-        return None
-    return stats["coverage"], stats["selected"]["precision"]
-
-
 def review_page() -> str | None:
     """The Review page's path for st.page_link, when that page exists."""
     found = sorted(PAGES.glob("*Review*.py"))
@@ -123,13 +113,6 @@ def audit_table(ws: Workspace, round_id: int, n_per_bin: int) -> pd.DataFrame:
 # -- rendering ----------------------------------------------------------------------------
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _share(stats: dict) -> str:
-    if not stats["n"]:
-        return "–"
-    low, high = stats["interval"]
-    return f"{stats['precision']:.0%} ({stats['correct']}/{stats['n']}; 95% {low:.0%}–{high:.0%})"
 
 
 def choose_round(ws: Workspace) -> dict | None:
@@ -223,88 +206,6 @@ def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
     st.markdown("**What would be trained, by class** (this round's pool; the labeled set and "
                 "earlier rounds' selections are trained on too)")
     st.dataframe(class_table(ws, frame), hide_index=True)
-
-
-def log_axis(scores: pd.Series) -> bool:
-    """Whether the scores pile up near zero (the median below a tenth of the maximum), so
-    that a log axis shows them apart."""
-    positive = scores[scores > 0]
-    return len(positive) > 1 and positive.median() < 0.1 * positive.max()
-
-
-def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
-                    per_class: dict[str, float] | None = None, *,
-                    classes: bool = True) -> None:
-    import numpy as np
-    import plotly.express as px
-
-    pool = frame[(frame["split"] == "unlabeled") & frame["score"].notna()].copy()
-    if pool.empty:
-        st.info(f"No {score} scores stored for this round's pool.")
-        return
-    logged = log_axis(pool["score"])
-    floor = pool.loc[pool["score"] > 0, "score"].min() if logged else 0.0
-    # On a log axis the bins are even in log space (a zero score sits at the smallest one).
-    pool["x"] = np.log10(pool["score"].clip(lower=floor)) if logged else pool["score"]
-
-    def at(value):
-        return float(np.log10(max(value, floor))) if logged else value
-
-    axis = f"log10 {score} (lower = more confident)" if logged else \
-        f"{score} (lower = more confident)"
-    left, right = st.columns(2)
-    second = (right, "pseudo_label", "by pseudo-label") if classes else \
-        (right, "selected", "by selection")  # open answers are not classes
-    for column, colour, title in ((left, "path", "by agreement"), second):
-        figure = px.histogram(pool, x="x", color=colour, nbins=40, barmode="stack",
-                              title=f"Entropy ({score}) {title}",
-                              labels={"x": axis, "pseudo_label": "class"})
-        if threshold is not None:
-            figure.add_vline(x=at(threshold), line_dash="dash", line_color="black",
-                             annotation_text="threshold", annotation_position="top right")
-        elif per_class and colour == "pseudo_label":
-            for label, value in per_class.items():
-                figure.add_vline(x=at(value), line_dash="dot", annotation_text=str(label))
-        figure.update_layout(height=320, margin=dict(t=40, b=10))
-        column.plotly_chart(figure, key=f"histogram_{colour}")
-    st.caption("The unlabeled pool" + (", on a log axis: most scores sit near zero" if logged
-                                       else "") + ". Percentiles are taken over the pool and "
-               "the calibration items together, as if the calibration items were unlabeled.")
-
-
-def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: str) -> None:
-    stats = frame.attrs["calibration"]
-    if not stats["n"]:
-        st.info("No calibration items in this round: round 1 holds out a slice of the labeled "
-                "set (calibration fraction in the round setup) to measure precision here.")
-        return
-    cols = st.columns(2)
-    cols[0].metric("Calibration precision, all", _share(stats["all"]))
-    cols[1].metric("Calibration precision, selected", _share(stats["selected"]))
-    if stats["n"] < TRUST_MIN_ITEMS:
-        st.warning(f"Too few items to trust: {stats['n']} calibration items (under "
-                   f"{TRUST_MIN_ITEMS}) give an interval as wide as the one above. Raise the "
-                   "calibration fraction on Round setup for the next workspace or round 1, or "
-                   "audit more items below.", icon=":material/help:")
-    curve = calibration_report(ws, round_id, score=score).get("curve") or {}
-    if not curve.get("threshold"):
-        return
-    import plotly.graph_objects as go
-
-    figure = go.Figure(go.Scatter(
-        x=curve["coverage"], y=curve["precision"], mode="lines+markers", name="curve",
-        customdata=np.c_[curve["threshold"], curve["count"]],
-        hovertemplate="coverage %{x:.0%}<br>precision %{y:.0%}<br>threshold %{customdata[0]:.4f}"
-                      "<br>%{customdata[1]} kept<extra></extra>"))
-    point = calibration_point(frame)
-    if point is not None:
-        figure.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current",
-                                    marker=dict(size=14, symbol="star", color="crimson")))
-    figure.update_layout(title=f"Precision against coverage on {stats['n']} calibration items",
-                         xaxis_title="coverage (share kept)", yaxis_title="precision",
-                         xaxis_tickformat=".0%", yaxis_tickformat=".0%", height=340,
-                         margin=dict(t=40, b=10))
-    st.plotly_chart(figure, key="calibration_curve")
 
 
 def show_leakage(ws: Workspace, round_id: int) -> None:

@@ -23,6 +23,7 @@ sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules
 
 import export_view  # noqa: E402
 import rounds_view  # noqa: E402
+import selection_charts  # noqa: E402
 import selection_view  # noqa: E402
 
 SELECTION, ROUNDS, EXPORT = "pages/5_Selection.py", "pages/7_Rounds.py", "pages/8_Export.py"
@@ -173,7 +174,7 @@ def test_selection_view_functions(prepared):
     assert frame.attrs["class_thresholds"] == pytest.approx(
         {"outage": 0.30, "equipment": 0.425})
     frame = selection_view.selection_frame(prepared, 1, SelectionConfig(class_floor=0.0))
-    assert selection_view.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
+    assert selection_charts.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
     assert selection_view.slider_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
     assert available_scores(prepared, 1) == ["nll", "option_entropy"]
 
