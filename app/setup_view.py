@@ -20,7 +20,7 @@ from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS
                              RoundConfig, ServerConfig)
 from semievol.errors import SemiEvolError
 from semievol.rounds import FINISHED, Round, latest_round
-from semievol.saved_config import round_config_from_dict, to_dict
+from semievol.saved_config import round_config_from_dict, to_dict, to_json
 from semievol.steps import STEPS
 from semievol.store import Workspace
 from semievol.workflow import step_states
@@ -373,11 +373,9 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
 def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool, slot) -> None:
     """How long the round should take on this machine (launch.estimate), recomputed when
     the settings change."""
-    import json
-
     from semievol.estimate import workspace_state
 
-    key = (json.dumps(to_dict(config), sort_keys=True), review, workspace_state(ws))
+    key = (to_json(config), review, workspace_state(ws))
     cache = st.session_state.setdefault("setup_estimates", {})
     if key not in cache:
         from semievol import launch

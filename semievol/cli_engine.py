@@ -278,7 +278,6 @@ def cmd_cancel(args) -> int:
 def cmd_servers(args) -> int:
     """Probe the round config's servers: what each can do, stored for the next run."""
     from semievol.round_backends import probe_servers
-
     from semievol.saved_config import round_config_from_dict
 
     ws = open_workspace(args.workspace)
