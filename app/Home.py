@@ -4,7 +4,6 @@ Pages in app/pages/ are discovered by Streamlit; each starts with `page_setup()`
 """
 
 import streamlit as st
-
 from common import page_setup, show_round_state
 from workspace_view import show_overview
 

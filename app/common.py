@@ -16,7 +16,11 @@ from pathlib import Path
 import streamlit as st
 
 from semievol.errors import SemiEvolError
-from semievol.store import Workspace
+from semievol.runs import launch
+from semievol.runs.jobs import RunRefused
+from semievol.views.train import TrainAction
+from semievol.views.workflow import PAGE_TITLES, PAGES, round_state
+from semievol.workspace.store import Workspace
 
 APP_NAME = "SemiEvol Studio"
 RUNS_PAGE = "pages/3_Runs.py"
@@ -192,9 +196,6 @@ def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None,
     """Start a step as a background run, say so and rerun the page (so it follows the run
     live); a refusal (another run holds the round) is a warning, any other user error a
     readable message. Returns None when nothing was started (a start reruns the page)."""
-    from semievol import launch
-    from semievol.jobs import RunRefused
-
     try:
         run_id = launch.start(ws, step, background=True, config=config, review=review,
                               confirm=confirm)
@@ -241,13 +242,13 @@ def show_glossary() -> None:
             st.markdown(f"**{word}**: {meaning}")
 
 
-def show_round_state(ws: Workspace, *, here: str | None = None) -> dict:
-    """The latest round's state and the next action (semievol.workflow.round_state), with a
-    link to the page that does it (unless it is this page, `here`), a running run, and the
-    regression guard's warning. Returns the state."""
-    from semievol.workflow import PAGE_TITLES, PAGES, round_state
-
-    state = round_state(ws)
+def show_round_state(ws: Workspace, *, here: str | None = None,
+                     state: dict | None = None) -> dict:
+    """The latest round's state and the next action (semievol.views.workflow), with a link to
+    the page that does it (unless it is this page, `here`), a running run, and the
+    regression guard's warning; `state` when the page's read model holds it already.
+    Returns the state."""
+    state = state or round_state(ws)
     where = f"Round {state['round']}: **{state['status_name']}**" if state["round"] else \
         "**No round yet**"
     box = st.container(border=True)
@@ -260,35 +261,31 @@ def show_round_state(ws: Workspace, *, here: str | None = None) -> dict:
     return state
 
 
-def show_train_action(ws: Workspace, rnd: dict, *, key: str) -> None:
-    """"Train on the curated set" for a round awaiting review (a round_overview row): what it
-    would train on, the evidence's warnings (to be confirmed, and then recorded), and the
-    button; disabled while a run writes the workspace's rounds."""
-    from semievol import jobs
-    from semievol.guards import training_warnings
-    from semievol.training_set import source_counts, training_items
-
-    if rnd["status"] != "awaiting_review":
+def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str) -> None:
+    """"Train on the curated set" for a round awaiting review (views.train.train_action):
+    what it would train on, the evidence's warnings (to be confirmed, and then recorded),
+    and the button; disabled while a run writes the workspace's rounds."""
+    if action is None:
         return
     box = st.container(border=True)
-    counts = source_counts(training_items(ws, rnd["number"]))
-    box.markdown(f"**Round {rnd['number']} is awaiting review.** Training now uses "
-                 f"{sum(counts.values())} item(s): {counts['gold']} labeled, {counts['human']} "
+    counts = action.counts
+    box.markdown(f"**Round {action.number} is awaiting review.** Training now uses "
+                 f"{action.total} item(s): {counts['gold']} labeled, {counts['human']} "
                  f"labeled by a reviewer, {counts['pseudo']} selected pseudo-labels.")
-    warnings = training_warnings(ws, rnd["id"])
-    for warning in warnings:
+    for warning in action.warnings:
         box.warning(warning["message"], icon=":material/warning:")
-    confirmed = not warnings or box.checkbox(
+    confirmed = not action.warnings or box.checkbox(
         "I have read these warnings and want to train anyway (recorded with the round)",
         key=f"{key}_confirm")
-    running = jobs.running_runs(ws)
+    running = action.running
     if running:
-        box.caption(f"Run {running[0]['id']} ({running[0]['kind']}) is running: training can "
+        box.caption(f"Run {running['id']} ({running['kind']}) is running: training can "
                     "start once it has finished.")
         box.page_link(RUNS_PAGE, label="Open the Runs page", icon=":material/monitoring:")
     if box.button("Train on the curated set", type="primary", key=key,
                   disabled=bool(running) or not confirmed,
                   help="Freezes this training set, trains the round's adapter on it and "
                        "evaluates it. Decisions made afterwards count for the next round."):
-        launch_with_feedback(ws, "train", f"training round {rnd['number']}",
-                             confirm=st.session_state.get(REVIEWER_KEY) if warnings else None)
+        launch_with_feedback(ws, "train", f"training round {action.number}",
+                             confirm=st.session_state.get(REVIEWER_KEY)
+                             if action.warnings else None)

@@ -13,11 +13,13 @@ from functools import partial
 from pathlib import Path
 
 import streamlit as st
-
 from common import flash, user_errors
-from semievol.export import export_adapter, export_dataset, export_gguf, export_merged, versions
-from semievol.rounds import STATUS_NAMES, round_overview
-from semievol.store import Workspace
+
+from semievol.export.dataset import export_dataset
+from semievol.export.model import export_adapter, export_gguf, export_merged
+from semievol.export.paths import versions
+from semievol.views.status import round_rows
+from semievol.workspace.store import Workspace
 
 
 def export_dir(ws: Workspace) -> Path:
@@ -55,13 +57,13 @@ def _size(path: Path) -> str:
 
 
 def show_export(ws: Workspace) -> None:
-    rounds = {r["number"]: r for r in round_overview(ws)}
+    rounds = {r["number"]: r for r in round_rows(ws)}
     if not rounds:
         st.info("No round yet: the curated dataset, the adapter and the merged model of a "
                 "round can be exported once it has run (launch one on **Round setup**).")
         return
     number = st.selectbox("Round", list(rounds), key="export_round",
-                          format_func=lambda n: f"Round {n} ({STATUS_NAMES[rounds[n]['status']]})")
+                          format_func=lambda n: f"Round {n} ({rounds[n]['status_name']})")
     st.caption(f"Files are written to `{export_dir(ws)}`.")
     dataset, adapter, merged, gguf = st.columns(4)
 

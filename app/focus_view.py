@@ -3,18 +3,18 @@ every collaborator's answer, the demonstrations and the reflection, decided from
 keyboard (A accept, X reject, 1-9 relabel, arrows to move, U undo) with auto-advance.
 
 The panel is a fragment: a key press reruns only the panel, not the page. Every decision is
-written at once (semievol.decisions); `st.session_state` holds only which item is shown.
+written at once (semievol.curation.decisions); `st.session_state` holds only which item is shown.
 """
 
 from __future__ import annotations
 
 import streamlit as st
-
 from common import REVIEWER_KEY, highlighted, literal, user_errors
-from semievol.decisions import record_decisions, undo_last
-from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
-from semievol.review import item_detail
-from semievol.store import Workspace
+
+from semievol.curation.decisions import record_decisions, undo_last
+from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
+from semievol.views.review import item_detail
+from semievol.workspace.store import Workspace
 
 MAX_NUMBER_KEYS = 9
 PAST = {"accept": "Accepted", "reject": "Rejected", "relabel": "Relabeled"}
@@ -72,7 +72,7 @@ def _undo(ws: Workspace, round_id: int, order: str) -> None:
 
 
 def show_focus(ws: Workspace, rnd: dict) -> None:
-    """The queue order and the focus panel for round `rnd` (a round_overview row)."""
+    """The queue order and the focus panel for round `rnd` (a views.status.round_rows row)."""
     order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default="audit",
                                  format_func=FOCUS_ORDERS.get, key="focus_order",
                                  help="Audit queue: a stratified sample first, so the error "

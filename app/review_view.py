@@ -2,7 +2,7 @@
 demonstrations, collaborator answers, reflection and history; decisions on one item or on
 everything the filter shows.
 
-Every read is a query in `semievol.review` (paged in SQL); every decision goes through
+Every read is a query in `semievol.views.review` (paged in SQL); every decision goes through
 `decisions.record_decisions` at once. `st.session_state` holds only this view's widgets
 (round, filters, page, chosen item, the action form), all under keys starting `review_`.
 """
@@ -15,14 +15,14 @@ from datetime import datetime
 
 import pandas as pd
 import streamlit as st
-
 from common import REVIEWER_KEY, literal, user_errors
-from semievol.decisions import ACTIONS, record_decisions
-from semievol.pseudo_labels import PATHS
-from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
-                             review_page, round_facets)
-from semievol.rounds import STATUS_NAMES, round_overview
-from semievol.store import Workspace
+
+from semievol.curation.decisions import ACTIONS, record_decisions
+from semievol.views.review import (PATHS, ReviewFilter, count_items, filtered_item_ids,
+                                   item_detail, review_page, round_facets)
+from semievol.views.status import round_rows
+from semievol.views.train import train_action
+from semievol.workspace.store import Workspace
 
 PAGE_SIZES = (25, 50, 100)
 ANY = "(any)"
@@ -318,7 +318,7 @@ def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -
 def _round_name(rounds: dict[int, dict]):
     def name(round_id: int) -> str:
         r = rounds[round_id]
-        return (f"Round {r['number']} ({STATUS_NAMES[r['status']]}, {r['pseudo_labels']} "
+        return (f"Round {r['number']} ({r['status_name']}, {r['pseudo_labels']} "
                 "pseudo-labels)")
     return name
 
@@ -331,7 +331,7 @@ def show_review(ws: Workspace) -> None:
     from focus_view import show_focus
 
     show_round_state(ws, here="review")
-    rounds = {r["id"]: r for r in round_overview(ws)}
+    rounds = {r["id"]: r for r in round_rows(ws)}
     if not rounds:
         st.info(NO_ROUND)
         return
@@ -346,7 +346,8 @@ def show_review(ws: Workspace) -> None:
         st.info(f"Round {rnd['number']} has started training: it trains on the rows frozen "
                 f"then. Decisions you make now belong to round {rnd['number'] + 1}.",
                 icon=":material/lock:")
-    show_train_action(ws, rnd, key="review_train")
+    show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),
+                      key="review_train")
     show_glossary()
     mode = st.segmented_control("Mode", list(MODES), default="focus", format_func=MODES.get,
                                 key="review_mode")

@@ -2,19 +2,17 @@
 precision) and the lineage of one item.
 
 `round_table`, `accuracy_frame`, `volume_frame`, `precision_frame` and `lineage_table` turn
-semievol.lineage's dicts into frames (tested directly); `show_*` render them.
+semievol.views.lineage's dicts into frames (tested directly); `show_*` render them.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-
 from common import literal
-from semievol import audit
-from semievol.items import item_row, resolve_item
-from semievol.lineage import MODELS, item_lineage, round_summaries
-from semievol.store import Workspace
+
+from semievol.views.lineage import MODELS, find_item, item_lineage, round_summaries
+from semievol.workspace.store import Workspace
 
 
 def _precision(stats: dict | None) -> float | None:
@@ -26,17 +24,6 @@ def _interval(stats: dict | None) -> str:
         return ""
     low, high = stats["interval"]
     return f"{low:.0%}–{high:.0%} (n={stats['n']})"
-
-
-def _policy(selection: dict | None) -> str:
-    if selection is None:
-        return "not applied"
-    policy = selection["policy"]
-    if policy in ("percentile", "per_class"):
-        policy += f" θ={selection['theta']:g}"
-    elif policy == "absolute":
-        policy += f" ≤{selection['threshold']:.4g}"
-    return f"{policy} ({selection['score']})"
 
 
 def round_table(summaries: list[dict]) -> pd.DataFrame:
@@ -54,7 +41,7 @@ def round_table(summaries: list[dict]) -> pd.DataFrame:
             "calib. precision (selected)": _precision(s["calibration_selected"]),
             "95% interval": _interval(s["calibration_selected"]),
             "calib. precision (all)": _precision(s["calibration_all"]),
-            "selection": _policy(s["selection"]),
+            "selection": s["selection"]["rule"] if s["selection"] else "not applied",
             "warning": s["regression"] or "",
             "adapter": s["final_adapter"] or "",
         })
@@ -75,7 +62,7 @@ def volume_frame(summaries: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["round", "kind", "items"])
 
 
-def precision_frame(ws: Workspace, summaries: list[dict]) -> pd.DataFrame:
+def precision_frame(summaries: list[dict]) -> pd.DataFrame:
     """Estimated precision of the selected pseudo-labels per round, with interval bounds:
     from the calibration slice and, where reviewers audited, from the audit queue."""
     rows = []
@@ -85,7 +72,7 @@ def precision_frame(ws: Workspace, summaries: list[dict]) -> pd.DataFrame:
             rows.append({"round": s["number"], "estimate": "calibration",
                          "precision": cal["precision"], "low": cal["interval"][0],
                          "high": cal["interval"][1]})
-        found = audit.audit_estimate(ws, s["round_id"])
+        found = s["audit"]
         if found["precision"] is not None:
             low, high = found["interval"]
             rows.append({"round": s["number"], "estimate": "audit",
@@ -138,7 +125,7 @@ def show_rounds(ws: Workspace) -> None:
                     barmode="group", title="Pseudo-labels produced and selected")
     volume.update_layout(height=320, margin=dict(t=40, b=10), xaxis_dtick=1)
     right.plotly_chart(volume, key="rounds_volume")
-    precision = precision_frame(ws, summaries)
+    precision = precision_frame(summaries)
     if precision.empty:
         st.caption("No precision estimate yet: it comes from the calibration slice once a "
                    "selection is applied, or from the audit queue on the Selection page.")
@@ -164,15 +151,14 @@ def show_lineage(ws: Workspace) -> None:
     if not key:
         st.caption("Enter an item id to see every round it went through.")
         return
-    item_id = resolve_item(ws, key)
-    if item_id is None:
+    item = find_item(ws, key)
+    if item is None:
         st.warning(f"No item {literal(repr(key))} in this workspace.")
         return
-    item = item_row(ws, item_id)
     st.markdown(f"**{literal(item['external_id'])}** ({item['split']})"
                 + (f" · gold answer **{literal(item['answer'])}**" if item["answer"] else ""))
     st.text(item["question"])
-    rows = item_lineage(ws, item_id)
+    rows = item_lineage(ws, item["id"])
     if not rows:
         st.info("No round has pseudo-labeled this item"
                 + (" (labeled items train every round directly; test items are never trained "

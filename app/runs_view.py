@@ -13,12 +13,11 @@ import time
 
 import pandas as pd
 import streamlit as st
-
 from common import show_error
-from semievol import jobs, launch
+
 from semievol.errors import SemiEvolError
-from semievol.rounds import round_numbers
-from semievol.store import Workspace
+from semievol.runs import jobs, launch
+from semievol.workspace.store import Workspace
 
 POLL_SECONDS = 2
 LOG_LINES = 40
@@ -47,10 +46,10 @@ def clean_log(text: str) -> str:
                      if line.strip() and line.strip() != "... (more hidden) ...")
 
 
-def runs_frame(runs: list[dict], numbers: dict[int, int]) -> pd.DataFrame:
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
     """One row per run: id, status, kind, round, progress (%), message, started, finished."""
     rows = [{"id": r["id"], "status": r["status"],
-             "kind": r["kind"], "round": numbers.get(r["round_id"]),
+             "kind": r["kind"], "round": r["round_number"],
              "progress": round(100 * (r["progress"] or 0.0), 1), "message": r["message"] or "",
              "started": clock(r["started_at"]), "finished": clock(r["finished_at"])}
             for r in runs]
@@ -58,8 +57,8 @@ def runs_frame(runs: list[dict], numbers: dict[int, int]) -> pd.DataFrame:
                                        "started", "finished"])
 
 
-def run_label(run: dict, numbers: dict[int, int]) -> str:
-    number = numbers.get(run["round_id"])
+def run_label(run: dict) -> str:
+    number = run["round_number"]
     where = f" · round {number}" if number is not None else ""
     return f"#{run['id']} {run['kind']}{where} · {run['status']}"
 
@@ -116,14 +115,14 @@ def live_runs(ws: Workspace, run_id: int) -> None:
     two always agree): when no run is left running, the whole page is drawn again
     (statically, so the polling stops)."""
     runs = jobs.list_runs(ws)
-    show_table(runs, round_numbers(ws))
+    show_table(runs)
     if not any(r["status"] == "running" for r in runs):
         st.rerun()
     show_run_detail(ws, run_id)
 
 
-def show_table(runs: list[dict], numbers: dict[int, int]) -> None:
-    st.dataframe(runs_frame(runs, numbers), hide_index=True,
+def show_table(runs: list[dict]) -> None:
+    st.dataframe(runs_frame(runs), hide_index=True,
                  column_config={"progress": st.column_config.ProgressColumn(
                      "progress", min_value=0, max_value=100, format="%.0f%%")})
 
@@ -135,8 +134,7 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
     except SemiEvolError as exc:
         show_error(exc)
         return
-    numbers = round_numbers(ws)
-    st.subheader(run_label(run, numbers))
+    st.subheader(run_label(run))
     progress = min(max(run["progress"] or 0.0, 0.0), 1.0)
     st.progress(progress, text=f"{100 * progress:.0f}% · {run['message'] or run['status']}")
     age = heartbeat_age(run)
@@ -183,9 +181,8 @@ def show_runs(ws: Workspace) -> None:
                 "`semievol round WORKSPACE --background` shows up here too.")
         st.page_link(SETUP_PAGE, label="Open Round setup", icon=":material/settings:")
         return
-    numbers = round_numbers(ws)
     ids = [r["id"] for r in runs]
-    labels = {r["id"]: run_label(r, numbers) for r in runs}
+    labels = {r["id"]: run_label(r) for r in runs}
     chosen = st.session_state.pop("runs_pending_select", None) or \
         st.session_state.get("runs_selected")
     if chosen not in ids:
@@ -197,5 +194,5 @@ def show_runs(ws: Workspace) -> None:
         # Polls only while something runs; when nothing does, the page is redrawn statically.
         st.fragment(live_runs, run_every=POLL_SECONDS)(ws, run_id)
     else:
-        show_table(runs, numbers)
+        show_table(runs)
         show_run_detail(ws, run_id)

@@ -7,15 +7,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from semievol.calibration import calibration_report
-from semievol.guards import TRUST_MIN_ITEMS
-from semievol.store import Workspace
+from semievol.views.selection import Preview
 
 
-def calibration_point(frame: pd.DataFrame) -> tuple[float, float] | None:
+def calibration_point(preview: Preview) -> tuple[float, float] | None:
     """(coverage, precision) of the previewed selection on the calibration items: the
     current threshold's point on the precision-coverage curve."""
-    stats = frame.attrs["calibration"]
+    stats = preview.calibration
     if not stats["n"] or stats["selected"]["precision"] is None:
         return None
     return stats["coverage"], stats["selected"]["precision"]
@@ -75,8 +73,8 @@ def show_histograms(frame: pd.DataFrame, threshold: float | None, score: str,
                "the calibration items together, as if the calibration items were unlabeled.")
 
 
-def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: str) -> None:
-    stats = frame.attrs["calibration"]
+def show_calibration(preview: Preview, score: str) -> None:
+    stats = preview.calibration
     if not stats["n"]:
         st.info("No calibration items in this round: round 1 holds out a slice of the labeled "
                 "set (calibration fraction in the round setup) to measure precision here.")
@@ -84,12 +82,13 @@ def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: s
     cols = st.columns(2)
     cols[0].metric("Calibration precision, all", _share(stats["all"]))
     cols[1].metric("Calibration precision, selected", _share(stats["selected"]))
-    if stats["n"] < TRUST_MIN_ITEMS:
+    if stats["n"] < preview.trust_min_items:
         st.warning(f"Too few items to trust: {stats['n']} calibration items (under "
-                   f"{TRUST_MIN_ITEMS}) give an interval as wide as the one above. Raise the "
+                   f"{preview.trust_min_items}) give an interval as wide as the one above. "
+                   "Raise the "
                    "calibration fraction on Round setup for the next workspace or round 1, or "
                    "audit more items below.", icon=":material/help:")
-    curve = calibration_report(ws, round_id, score=score).get("curve") or {}
+    curve = preview.curve
     if not curve.get("threshold"):
         return
     import plotly.graph_objects as go
@@ -99,7 +98,7 @@ def show_calibration(ws: Workspace, round_id: int, frame: pd.DataFrame, score: s
         customdata=np.c_[curve["threshold"], curve["count"]],
         hovertemplate="coverage %{x:.0%}<br>precision %{y:.0%}<br>threshold %{customdata[0]:.4f}"
                       "<br>%{customdata[1]} kept<extra></extra>"))
-    point = calibration_point(frame)
+    point = calibration_point(preview)
     if point is not None:
         figure.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current",
                                     marker=dict(size=14, symbol="star", color="crimson")))

@@ -1,9 +1,10 @@
 """The Selection page: preview a selection policy over stored entropies, see its calibration
 evidence, the leakage guard and the audit queue, and apply it.
 
-Plain functions (`selection_frame`, `class_table`, `slider_range`, `audit_table`) turn
-library reads into frames; `show_*` render them (the plots: selection_charts). Nothing here loads a
-model: moving a slider only re-reads stored entropies (selection_state.compute_selection).
+Everything shown is read through semievol.views.selection (where the controls start, the
+preview of a config, the audit queue); plain functions (`selection_frame`, `class_table`,
+`agreement_table`, `audit_table`) turn it into frames, `show_*` render them (the plots:
+selection_charts). Nothing here loads a model: moving a slider only re-reads stored scores.
 """
 
 from __future__ import annotations
@@ -12,19 +13,16 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-
 from common import flash, show_error
 from selection_charts import show_calibration, show_histograms
-from semievol import audit
-from semievol.config import SELECTION_POLICIES, SelectionConfig
+
+from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
+from semievol.curation.selection_state import apply_selection
 from semievol.errors import SemiEvolError
-from semievol.guards import leakage_flags, training_warnings
-from semievol.items import label_counts
-from semievol.pseudo_labels import available_scores, score_range
-from semievol.rounds import round_overview
-from semievol.selection_state import (applied_selection, apply_selection, class_thresholds,
-                                      compute_selection, preview_rows, selection_in_force)
-from semievol.store import Workspace
+from semievol.views import selection as view
+from semievol.views.status import round_rows
+from semievol.views.train import train_action
+from semievol.workspace.store import Workspace
 
 POLICY_HELP = {
     "percentile": "keep entropy at or below the θ-th percentile (paper: 50)",
@@ -35,30 +33,14 @@ POLICY_HELP = {
 PAGES = Path(__file__).resolve().parent / "pages"
 
 
-# -- reads --------------------------------------------------------------------------------
-def slider_range(ws: Workspace, round_id: int, score: str) -> tuple[float, float]:
-    """(min, max) of the round's scores for the threshold slider, widened when they are
-    all equal (or absent)."""
-    found = score_range(ws, round_id, score)
-    if found is None:
-        return 0.0, 1.0
-    low, high = found
-    return (low, high) if high > low else (low, low + 1e-3)
-
-
-def selection_frame(ws: Workspace, round_id: int, config: SelectionConfig) -> pd.DataFrame:
-    """One row per pseudo-label of the round (unlabeled and calibration) under `config`
-    (selection_state.preview_rows), with the result's summary and calibration evidence in
-    `frame.attrs`."""
-    result = compute_selection(ws, round_id, config)
-    frame = pd.DataFrame(preview_rows(result),
-                         columns=["item_id", "id", "split", "pseudo_label", "label", "path",
-                                  "agreement", "score", "selected", "source", "gold",
-                                  "correct"])
-    frame.attrs["summary"] = result.summary()
-    frame.attrs["calibration"] = result.calibration()
-    frame.attrs["class_thresholds"] = class_thresholds(result.rows, config)
-    return frame
+# -- frames -------------------------------------------------------------------------------
+def selection_frame(preview: view.Preview) -> pd.DataFrame:
+    """One row per pseudo-label of the round (unlabeled and calibration) under the previewed
+    config."""
+    return pd.DataFrame(preview.rows,
+                        columns=["item_id", "id", "split", "pseudo_label", "label", "path",
+                                 "agreement", "score", "selected", "source", "gold",
+                                 "correct"])
 
 
 def agreement_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,14 +59,13 @@ def agreement_table(frame: pd.DataFrame) -> pd.DataFrame:
                                        "of which human"])
 
 
-def class_table(ws: Workspace, frame: pd.DataFrame) -> pd.DataFrame:
+def class_table(preview: view.Preview, frame: pd.DataFrame) -> pd.DataFrame:
     """Per class: gold labeled items, this round's pool size, what the selection would train
     (all, and how many of those a human accepted or relabeled)."""
     pool = frame[frame["split"] == "unlabeled"]
     chosen = pool[pool["selected"]]
-    gold = {r["label"]: r["items"] for r in label_counts(ws, ("labeled",))}
-    task = ws.task
-    classes = list(task.labels) if task and task.labels else []
+    gold = preview.gold
+    classes = list(preview.labels)
     classes += [c for c in sorted(set(pool["label"]) | set(gold)) if c not in classes]
     rows = [{"class": c, "labeled (gold)": gold.get(c, 0),
              "pool": int((pool["pseudo_label"] == c).sum()),
@@ -102,12 +83,10 @@ def review_page() -> str | None:
     return f"pages/{found[0].name}" if found else None
 
 
-def audit_table(ws: Workspace, round_id: int, n_per_bin: int) -> pd.DataFrame:
+def audit_table(rows: list[dict]) -> pd.DataFrame:
     """The audit queue with each item's bin, pseudo-label, score and current decision."""
-    rows = [{**r, "decision": r["decision"] or ""}
-            for r in audit.audit_rows(ws, round_id, n_per_bin)]
-    return pd.DataFrame(rows, columns=["id", "bin", "score", "pseudo_label", "question",
-                                       "decision"])
+    return pd.DataFrame([{**r, "decision": r["decision"] or ""} for r in rows],
+                        columns=["id", "bin", "score", "pseudo_label", "question", "decision"])
 
 
 # -- rendering ----------------------------------------------------------------------------
@@ -117,7 +96,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def choose_round(ws: Workspace) -> dict | None:
     """The round selector; None (with an empty state shown) when there is nothing to select."""
-    rounds = round_overview(ws)
+    rounds = round_rows(ws)
     if not rounds:
         st.info("No round yet: set up and launch round 1 on the **Round setup** page; its "
                 "pseudo-labels appear here once the label step has run.")
@@ -138,10 +117,9 @@ def policy_controls(ws: Workspace, round_id: int, *,
                     disabled: bool = False) -> SelectionConfig | None:
     """Policy, θ, absolute threshold and score widgets (keyed per round, starting from the
     round's applied selection); returns the SelectionConfig they describe."""
-    start = selection_in_force(ws, round_id)[0]
-    scores = available_scores(ws, round_id)
+    start_at = view.controls(ws, round_id)
+    start, scores, open_task = start_at.start, start_at.scores, start_at.open_task
     cols = st.columns([2, 1])
-    open_task = bool(ws.task and ws.task.kind == "open")
     # An open task's answers are not classes: no per-class policy, no class floor.
     policies = [p for p in SELECTION_POLICIES if not (open_task and p == "per_class")]
     policy = cols[0].radio("Policy", policies, horizontal=True,
@@ -155,14 +133,14 @@ def policy_controls(ws: Workspace, round_id: int, *,
                           key=f"selection_score_{round_id}", disabled=disabled,
                           help="nll: mean token NLL of the pseudo-response under the warm-up "
                                "model (paper eq. 6); option_entropy: entropy of the options.")
-    low, high = slider_range(ws, round_id, score)
+    low, high = start_at.ranges[score]
     cols = st.columns(2)
     theta = cols[0].slider("Keep the most confident θ % (percentile)", 0.0, 100.0,
                            float(start.theta), step=1.0,
                            help="50 keeps the most confident half (the paper's setting); "
                                 "lower keeps fewer, surer pseudo-labels.",
                            key=f"selection_theta_{round_id}",
-                           disabled=disabled or policy not in ("percentile", "per_class"))
+                           disabled=disabled or not takes_theta(policy))
     default = start.threshold if start.threshold is not None else (low + high) / 2
     threshold = cols[1].slider(f"Absolute threshold ({score})", low, high,
                                float(min(max(default, low), high)), step=(high - low) / 200,
@@ -185,8 +163,8 @@ def policy_controls(ws: Workspace, round_id: int, *,
         return None
 
 
-def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
-    summary = frame.attrs["summary"]
+def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
+    summary = preview.summary
     cols = st.columns(4)
     cols[0].metric("Selected to train", summary["selected"])
     cols[1].metric("Unlabeled pool", summary["pool"])
@@ -197,7 +175,7 @@ def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
     cols[0].metric("Accepted by a reviewer", human["accepted"])
     cols[1].metric("Rejected by a reviewer", human["rejected"])
     cols[2].metric("Relabeled by a reviewer", human["relabeled"])
-    if ws.task and ws.task.kind == "open":
+    if "by_class" not in summary:  # an open task
         st.markdown("**What would be trained, by agreement** (an open task's answers are "
                     "not classes; the labeled set and earlier rounds' selections are trained "
                     "on too)")
@@ -205,11 +183,11 @@ def show_counts(ws: Workspace, frame: pd.DataFrame) -> None:
         return
     st.markdown("**What would be trained, by class** (this round's pool; the labeled set and "
                 "earlier rounds' selections are trained on too)")
-    st.dataframe(class_table(ws, frame), hide_index=True)
+    st.dataframe(class_table(preview, frame), hide_index=True)
 
 
-def show_leakage(ws: Workspace, round_id: int) -> None:
-    flags = leakage_flags(ws, round_id)
+def show_leakage(preview: view.Preview) -> None:
+    flags = preview.leakage
     if not flags:
         st.caption("No pseudo-labeled item is flagged as a near-duplicate of a test item (the "
                    "guard runs in the select step: `semievol select WORKSPACE`).")
@@ -220,12 +198,13 @@ def show_leakage(ws: Workspace, round_id: int) -> None:
 
 
 def show_audit(ws: Workspace, round_id: int) -> None:
-    if applied_selection(ws, round_id) is None:
+    n_per_bin = int(st.number_input("Items per entropy bin", min_value=1, max_value=50,
+                                    value=view.DEFAULT_PER_BIN, key="audit_per_bin"))
+    found = view.audit(ws, round_id, n_per_bin)
+    if found is None:
         st.info("Apply a selection first: the audit samples what the applied policy keeps.")
         return
-    n_per_bin = int(st.number_input("Items per entropy bin", min_value=1, max_value=50,
-                                    value=audit.DEFAULT_PER_BIN, key="audit_per_bin"))
-    table = audit_table(ws, round_id, n_per_bin)
+    table = audit_table(found["rows"])
     if table.empty:
         st.info("The applied selection keeps no unlabeled pseudo-labels: nothing to audit.")
         return
@@ -236,7 +215,7 @@ def show_audit(ws: Workspace, round_id: int) -> None:
     if page:
         st.page_link(page, label="Open the Review page", icon=":material/rate_review:")
     st.dataframe(table, hide_index=True)
-    estimate = audit.audit_estimate(ws, round_id, n_per_bin)
+    estimate = found["estimate"]
     cols = st.columns(3)
     cols[0].metric("Audited", f"{estimate['reviewed']} of {estimate['queue']}")
     if estimate["error_rate"] is None:
@@ -291,22 +270,24 @@ def show_selection(ws: Workspace) -> None:
     if config is None:
         return
     try:
-        frame = selection_frame(ws, rnd["id"], config)
+        preview = view.preview(ws, rnd["id"], config)
     except (SemiEvolError, ValueError) as exc:
         show_error(exc)
         return
-    show_counts(ws, frame)
+    frame = selection_frame(preview)
+    show_counts(preview, frame)
     if not trained:
         show_apply(ws, rnd, config)
-        for warning in training_warnings(ws, rnd["id"]):
+        for warning in preview.warnings:
             st.warning(warning["message"], icon=":material/warning:")
-        show_train_action(ws, rnd, key="selection_train")
+        show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),
+                          key="selection_train")
     st.subheader("Entropy")
-    show_histograms(frame, frame.attrs["summary"]["threshold"], config.score,
-                    frame.attrs["class_thresholds"], classes=ws.task.kind == "choice")
+    show_histograms(frame, preview.summary["threshold"], config.score,
+                    preview.class_thresholds, classes="by_class" in preview.summary)
     st.subheader("Calibration")
-    show_calibration(ws, rnd["id"], frame, config.score)
+    show_calibration(preview, config.score)
     st.subheader("Leakage guard")
-    show_leakage(ws, rnd["id"])
+    show_leakage(preview)
     st.subheader("Audit queue")
     show_audit(ws, rnd["id"])

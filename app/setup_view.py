@@ -1,9 +1,11 @@
 """The Round setup page: the round config as a form, the collaborator table, launch buttons,
 and what the current round has done so far.
 
-Plain functions first (`default_config`, `collaborator_frame`, `config_from_form`; tested
+What the page shows is read once per render (semievol.views.setup.setup_page); the form
+starts from the config the next launch would use (the latest round's, else the workspace's
+recommended one). Plain functions first (`collaborator_frame`, `config_from_form`; tested
 directly), then `show_*` functions that render them. Launching goes through
-`semievol.launch.start`, the same path as `semievol <step> --background`.
+`semievol.runs.launch.start`, the same path as `semievol <step> --background`.
 """
 
 from __future__ import annotations
@@ -12,30 +14,22 @@ import math
 
 import pandas as pd
 import streamlit as st
-
 from common import RUNS_PAGE, launch_with_feedback, show_error
-from semievol import jobs
+
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS,
                              SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES, START_FROM,
-                             RoundConfig, ServerConfig)
+                             DTYPES, RoundConfig, ServerConfig, takes_theta)
 from semievol.errors import SemiEvolError
-from semievol.rounds import FINISHED, Round, latest_round
-from semievol.saved_config import round_config_from_dict, to_dict, to_json
-from semievol.steps import STEPS
-from semievol.store import Workspace
-from semievol.workflow import step_states
+from semievol.rounds.backends import probe_servers
+from semievol.runs import launch
+from semievol.runs.estimate import workspace_state
+from semievol.saved_config import overridden, to_dict, to_json
+from semievol.views.setup import SetupPage, setup_page
+from semievol.workspace.store import Workspace
 
 COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed", "server"]
 SERVER_COLUMNS = ["name", "base_url", "model", "warmup_model", "adapter_loading",
                   "api_key_env", "mode", "concurrency"]
-DTYPES = ("auto", "bfloat16", "float32")
-
-
-# -- reads --------------------------------------------------------------------------------
-def default_config(ws: Workspace) -> RoundConfig:
-    """The latest round's stored config, else the defaults."""
-    rnd = latest_round(ws)
-    return rnd.config if rnd else RoundConfig()
 
 
 def collaborator_frame(config: RoundConfig) -> pd.DataFrame:
@@ -98,21 +92,10 @@ def config_from_form(base: RoundConfig, fields: dict, collaborators: pd.DataFram
                      servers: pd.DataFrame | None = None) -> RoundConfig:
     """`base` with the form's values: `fields` maps "section.key" (or a top-level key) to a
     value. Raises SemiEvolError (from the config's own validation) when it is not valid."""
-    data = to_dict(base)
-    for name, value in fields.items():
-        section, _, key = name.rpartition(".")
-        (data[section] if section else data)[key] = value
-    data["collaborators"] = collaborators_from_frame(collaborators)
+    changes = {**fields, "collaborators": collaborators_from_frame(collaborators)}
     if servers is not None:
-        data["servers"] = servers_from_frame(servers, base)
-    try:
-        return round_config_from_dict(data)
-    except TypeError as exc:  # a value of the wrong type reached a comparison
-        raise SemiEvolError(f"The round config is not valid: {exc}.") from exc
-
-
-def next_step(steps: list[dict]) -> str | None:
-    return next((s["step"] for s in steps if not s["done"]), None)
+        changes["servers"] = servers_from_frame(servers, base)
+    return overridden(base, changes)
 
 
 def config_yaml(config: RoundConfig) -> str:
@@ -122,22 +105,21 @@ def config_yaml(config: RoundConfig) -> str:
 
 
 # -- rendering ----------------------------------------------------------------------------
-def show_round_status(ws: Workspace, rnd: Round | None) -> None:
+def show_round_status(ws: Workspace, page: SetupPage) -> None:
     from common import show_round_state
 
-    show_round_state(ws, here="setup")
+    show_round_state(ws, here="setup", state=page.state)
+    rnd = page.round
     if rnd is None:
         return
-    steps = step_states(ws, rnd)
     frame = pd.DataFrame([{"step": s["step"], "done": "✓" if s["done"] else "",
-                           "detail": s["detail"]} for s in steps])
+                           "detail": s["detail"]} for s in page.steps])
     st.dataframe(frame, hide_index=True)
-    upcoming = next_step(steps)
-    if rnd.status in FINISHED:
+    if page.finished:
         st.success(f"Round {rnd.number} is finished. Launching now opens round "
                    f"{rnd.number + 1}.")
-    elif upcoming:
-        st.markdown(f"Next step: **{upcoming}**.")
+    elif page.next_step:
+        st.markdown(f"Next step: **{page.next_step}**.")
 
 
 def _model_fields(config: RoundConfig) -> dict:
@@ -286,7 +268,7 @@ def _selection_fields(config: RoundConfig) -> dict:
                             index=SELECTION_POLICIES.index(sel.policy), key="setup_policy")
     theta = float(c[1].number_input("θ (percentile)", min_value=0.0, max_value=100.0, step=5.0,
                                     value=float(sel.theta), key="setup_theta",
-                                    disabled=policy not in ("percentile", "per_class")))
+                                    disabled=not takes_theta(policy)))
     threshold = c[2].number_input("Threshold (absolute)", min_value=0.0, step=0.05,
                                   value=None if sel.threshold is None else float(sel.threshold),
                                   key="setup_threshold", disabled=policy != "absolute")
@@ -297,9 +279,9 @@ def _selection_fields(config: RoundConfig) -> dict:
             "selection.score": score}
 
 
-def read_form(ws: Workspace) -> tuple[RoundConfig | None, SemiEvolError | None]:
+def read_form(page: SetupPage) -> tuple[RoundConfig | None, SemiEvolError | None]:
     """Render the form; the config it describes, or the validation error."""
-    base = default_config(ws)
+    base = page.config
     fields = _model_fields(base)
     fields.update(_round_fields(base))
     collaborators = _collaborator_table(base)
@@ -318,7 +300,7 @@ def _launch(ws: Workspace, step: str, config: RoundConfig, *, review: bool = Tru
     launch_with_feedback(ws, step, what, config=config, review=review)
 
 
-def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
+def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
                 error: SemiEvolError | None) -> None:
     st.subheader("Launch")
     if error is not None:
@@ -328,15 +310,12 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
             "Check the servers", key="check_servers",
             help="Ask each server what it can serve (echo, chat log-probabilities, the "
                  "models it lists); a round also checks before it starts."):
-        from semievol.round_backends import probe_servers
-
         try:
             st.code("\n".join(probe_servers(ws, config)), language=None)
         except SemiEvolError as exc:
             show_error(exc)
-    # Steps after warm-up work on an open round; a finished round's next one starts at warmup.
-    open_round = rnd is not None and rnd.status not in FINISHED
-    running = jobs.running_runs(ws)
+    rnd = page.round
+    running = page.running
     if running:
         st.warning(f"Run {running[0]['id']} ({running[0]['kind']}) is writing a round: "
                    "launching waits until it has finished.", icon=":material/hourglass_top:")
@@ -357,13 +336,15 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
                   "waits for your review (Review page) before training"
                   + (" — unless unattended is ticked." if unattended else "."))
     st.caption("Or one step at a time:")
-    columns = st.columns(len(STEPS))
-    for column, step in zip(columns, STEPS):
-        disabled = config is None or busy or (step != "warmup" and not open_round)
+    columns = st.columns(len(page.step_names))
+    for column, step in zip(columns, page.step_names):
+        # Steps after warm-up work on an open round; a finished round's next one starts at
+        # warmup.
+        disabled = config is None or busy or (step != "warmup" and not page.open)
         if column.button(f"Run {step}", key=f"launch_{step}", disabled=disabled):
             _launch(ws, step, config)
     if config is not None:
-        name = f"round{rnd.number + (rnd.status in FINISHED) if rnd else 1}_config.yaml"
+        name = f"round{rnd.number + page.finished if rnd else 1}_config.yaml"
         st.download_button("Save as YAML", config_yaml(config), file_name=name,
                            mime="application/x-yaml", key="save_yaml",
                            help="Use it with `semievol round WORKSPACE --config FILE`.")
@@ -373,13 +354,9 @@ def show_launch(ws: Workspace, rnd: Round | None, config: RoundConfig | None,
 def show_estimate(ws: Workspace, config: RoundConfig, *, review: bool, slot) -> None:
     """How long the round should take on this machine (launch.estimate), recomputed when
     the settings change."""
-    from semievol.estimate import workspace_state
-
     key = (to_json(config), review, workspace_state(ws))
     cache = st.session_state.setdefault("setup_estimates", {})
     if key not in cache:
-        from semievol import launch
-
         cache.clear()
         cache[key] = launch.estimate(ws, "round", config=config, review=review)
     found = cache[key]
@@ -393,7 +370,7 @@ def show_setup(ws: Workspace) -> None:
         st.info("This workspace has no task yet: import a labeled file on the Workspace page "
                 "first.")
         return
-    rnd = latest_round(ws)
-    show_round_status(ws, rnd)
-    config, error = read_form(ws)
-    show_launch(ws, rnd, config, error)
+    page = setup_page(ws)
+    show_round_status(ws, page)
+    config, error = read_form(page)
+    show_launch(ws, page, config, error)

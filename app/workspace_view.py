@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-
 from common import flash, literal, show_error, user_errors
-from semievol import items
+
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
-from semievol.data import (IMPORT_SPLITS, ColumnMapping, ImportReport, guess_mapping,
-                           import_file)
-from semievol.readers import FILE_TYPES, read_sample
-from semievol.items import label_counts
 from semievol.errors import SemiEvolError
-from semievol.status import length_line, length_report, workspace_status
-from semievol.workflow import next_steps
-from semievol.store import SPLITS, Workspace
+from semievol.method.retrieval import SentenceTransformerEmbedder, index_workspace
+from semievol.views import workspace as browse
+from semievol.views.status import length_line, length_report, workspace_status
+from semievol.views.workflow import next_steps
+from semievol.workspace.imports import (IMPORT_SPLITS, ColumnMapping, ImportReport, guess_mapping,
+                                        import_file)
+from semievol.workspace.readers import FILE_TYPES, read_sample
+from semievol.workspace.store import SPLITS, Workspace
 
 MAX_BARS = 30
 NONE = "(none)"
@@ -41,12 +41,12 @@ PAGE_LINKS = [("pages/1_Workspace.py", "Workspace and data", ":material/database
 # -- reads --------------------------------------------------------------------------------
 def split_label_counts(ws: Workspace) -> pd.DataFrame:
     """Gold answers per class in the labeled and test splits: columns split, label, items."""
-    return pd.DataFrame(label_counts(ws), columns=["split", "label", "items"])
+    return pd.DataFrame(browse.label_counts(ws), columns=["split", "label", "items"])
 
 
 def question_lengths(ws: Workspace) -> pd.DataFrame:
     """Question length in characters per split (min, mean, max)."""
-    frame = pd.DataFrame(items.question_lengths(ws),
+    frame = pd.DataFrame(browse.question_lengths(ws),
                          columns=["split", "items", "min", "mean", "max"])
     frame = frame.rename(columns={"min": "min chars", "mean": "mean chars", "max": "max chars"})
     frame["mean chars"] = frame["mean chars"].round(1)
@@ -55,9 +55,9 @@ def question_lengths(ws: Workspace) -> pd.DataFrame:
 
 
 def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
-                  page_size: int = items.PREVIEW_PAGE_SIZE) -> pd.DataFrame:
+                  page_size: int = browse.PREVIEW_PAGE_SIZE) -> pd.DataFrame:
     """One page (1-based) of a split's items, in import order, with their neighbour count."""
-    return pd.DataFrame(items.preview_rows(ws, split, page, search=search, page_size=page_size),
+    return pd.DataFrame(browse.preview_rows(ws, split, page, search=search, page_size=page_size),
                         columns=["id", "question", "answer", "options", "neighbours"])
 
 
@@ -118,8 +118,6 @@ def run_import(ws: Workspace, path: str | Path, split: str, mapping: ColumnMappi
 
 def run_index(ws: Workspace, k: int, progress=None, embedder=None) -> dict:
     """Embed and retrieve neighbours (the bundled embedder unless one is given)."""
-    from semievol.retrieval import SentenceTransformerEmbedder, index_workspace
-
     embedder = embedder or SentenceTransformerEmbedder("bundled")
     return index_workspace(ws, embedder, k=k, progress=progress)
 
@@ -206,8 +204,8 @@ def show_preview(ws: Workspace) -> None:
     left, middle, right = st.columns([1, 2, 1])
     split = left.selectbox("Split", SPLITS, key="preview_split")
     search = middle.text_input("Search question or id", key="preview_search").strip()
-    total = items.count_split(ws, split, search)
-    pages = max(1, math.ceil(total / items.PREVIEW_PAGE_SIZE))
+    total = browse.count_split(ws, split, search)
+    pages = max(1, math.ceil(total / browse.PREVIEW_PAGE_SIZE))
     page = right.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1,
                               step=1, key=f"preview_page_{split}_{pages}")
     rows = preview_items(ws, split, int(page), search=search)
@@ -215,7 +213,7 @@ def show_preview(ws: Workspace) -> None:
         st.info(f"No {split} items" + (f" matching {literal(repr(search))}." if search
                                          else " yet."))
         return
-    first = (int(page) - 1) * items.PREVIEW_PAGE_SIZE + 1
+    first = (int(page) - 1) * browse.PREVIEW_PAGE_SIZE + 1
     st.caption(f"Items {first}–{first + len(rows) - 1} of {total}")
     st.dataframe(rows, hide_index=True)
 

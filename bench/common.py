@@ -172,7 +172,7 @@ def machine_info(model_dtype: str | None = None) -> dict:
 
 
 def model_dtype_name(model_config) -> str:
-    from semievol.models import pick_device, pick_dtype
+    from semievol.model.loading import pick_device, pick_dtype
 
     return str(pick_dtype(model_config.dtype, pick_device(model_config.device))).replace(
         "torch.", "")
@@ -336,7 +336,7 @@ def load_split(task_dir: Path, split: str):
 
 def true_option(row, options: list[str]) -> str:
     """The option text a row's answer names (letter, digit or text), via the importer's rule."""
-    from semievol.data import resolve_answer
+    from semievol.workspace.imports import resolve_answer
 
     answer = resolve_answer(str(row["answer"]), options, letters=True)
     if answer is None:

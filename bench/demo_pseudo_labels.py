@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semievol.calibration import calibration_report  # noqa: E402
-from semievol.evaluate import evaluations_table  # noqa: E402
-from semievol.store import Workspace  # noqa: E402
+from semievol.curation.calibration import calibration_report  # noqa: E402
+from semievol.method.evaluate import evaluations_table  # noqa: E402
+from semievol.workspace.store import Workspace  # noqa: E402
 
 
 def precision(rows: list, truth: dict) -> dict:

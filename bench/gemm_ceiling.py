@@ -19,24 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine_info  # noqa: E402
 
-
-def best_gflops(m: int, k: int, n: int, dtype, seconds: float = 0.4) -> float:
-    import torch
-
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    torch.matmul(a, b)
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * m * k * n / best / 1e9
+from semievol.model.throughput import MODEL_SHAPED, matmul_speed  # noqa: E402
 
 
 def layer_products(d: int, f: int, kv_width: int, r: int, *, training: bool):
@@ -51,11 +39,11 @@ def layer_products(d: int, f: int, kv_width: int, r: int, *, training: bool):
     return out
 
 
-def ceiling(m: int, dims: dict, *, training: bool, dtype) -> dict:
+def ceiling(m: int, dims: dict, *, training: bool, dtype: str) -> dict:
     rows, flops, seconds = [], 0.0, 0.0
     for name, k, n, count in layer_products(dims["d"], dims["f"], dims["kv"], dims["r"],
                                             training=training):
-        rate = best_gflops(m, k, n, dtype)
+        rate = matmul_speed((m, k, n), dtype, seconds=0.4)["best"]
         work = 2 * m * k * n * count
         rows.append({"product": name, "m": m, "k": k, "n": n, "gflops": rate})
         flops += work
@@ -64,7 +52,7 @@ def ceiling(m: int, dims: dict, *, training: bool, dtype) -> dict:
 
 
 def main(argv=None) -> int:
-    from semievol.models import pick_dtype
+    from semievol.model.loading import pick_dtype
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scoring-tokens", type=int, default=16 * 220,
@@ -75,12 +63,12 @@ def main(argv=None) -> int:
     dims = {"d": 576, "f": 1536, "kv": 3 * 64, "r": 16}
     dtype = pick_dtype("auto", "cpu")  # the dtype the stack runs in on this CPU
     name = str(dtype).removeprefix("torch.")
-    peak = best_gflops(3584, 576, 1536, dtype, seconds=1.0)
+    peak = matmul_speed(MODEL_SHAPED, name, seconds=1.0)["best"]
     report = {"command": " ".join(["bench/gemm_ceiling.py", *(argv or sys.argv[1:])]),
               "machine": machine_info(name), "dtype": name,
               "model_shaped_peak_gflops": peak,
-              "scoring": ceiling(args.scoring_tokens, dims, training=False, dtype=dtype),
-              "training": ceiling(args.training_tokens, dims, training=True, dtype=dtype)}
+              "scoring": ceiling(args.scoring_tokens, dims, training=False, dtype=name),
+              "training": ceiling(args.training_tokens, dims, training=True, dtype=name)}
     for part in ("scoring", "training"):
         report[part]["share_of_peak"] = report[part]["weighted_gflops"] / peak
     RESULTS.mkdir(parents=True, exist_ok=True)

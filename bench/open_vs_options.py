@@ -38,12 +38,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from semievol import rounds
     from semievol.config import (CalibrationConfig, ModelConfig, RoundConfig, TaskConfig,
                                  TrainConfig)
-    from semievol.models import set_offline
-    from semievol.retrieval import SentenceTransformerEmbedder
-    from semievol.steps import run_steps
+    from semievol.method.retrieval import SentenceTransformerEmbedder
+    from semievol.model.loading import set_offline
+    from semievol.rounds.record import get_round, open_round
+    from semievol.rounds.steps import run_steps
 
     set_offline()
     task = load_task(args.data)
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                              train=TrainConfig(epochs=args.epochs, learning_rate=args.lr,
                                                seed=args.seed))
         with ws.transaction():
-            rnd = rounds.open_round(ws, config)
+            rnd = open_round(ws, config)
         timings = {}
         for step in ("warmup", "label", "select", "evaluate"):
             log(f"{name}: {step}")
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
                 evaluation = out
             if step == "label":
                 labeled_items = out["items"]
-        rnd = rounds.get_round(ws, rnd.number)
+        rnd = get_round(ws, rnd.number)
         results[name] = {"accuracy": {k: v["accuracy"] for k, v in evaluation.items()
                                       if isinstance(v, dict) and "accuracy" in v},
                          "pseudo_labels": _precision(ws, rnd.id, task_config, hidden),
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
 def _precision(ws, round_id: int, task_config, hidden: dict) -> dict:
     """Pseudo-labels of the unlabeled pool against the hidden answers, by the checker."""
-    from semievol.tasks import is_correct
+    from semievol.task.answers import is_correct
 
     rows = ws.query("SELECT p.label, p.selected, i.external_id FROM pseudo_labels p "
                     "JOIN items i ON i.id = p.item_id WHERE p.round_id=? AND "

@@ -35,12 +35,12 @@ def build_workspace(root: Path, state: str = "done") -> Path:
     """data/demo imported (not indexed), round 1 with stored rows: `done` (trained on a
     frozen set and evaluated) or `awaiting_review` (selected, base and warm-up evaluated)."""
     from semievol.config import RoundConfig
-    from semievol.data import ColumnMapping, import_file
+    from semievol.curation.training_set import freeze, training_items
+    from semievol.method.scoring import classification_report
+    from semievol.rounds.record import open_round
     from semievol.saved_config import task_config_from_dict
-    from semievol.scoring import classification_report
-    from semievol.store import Workspace, now
-    from semievol import rounds
-    from semievol.training_set import freeze, training_items
+    from semievol.workspace.imports import ColumnMapping, import_file
+    from semievol.workspace.store import Workspace, now
 
     spec = json.loads((REPO / "data/demo/task.json").read_text())
     task = task_config_from_dict(spec["task"])
@@ -49,7 +49,7 @@ def build_workspace(root: Path, state: str = "done") -> Path:
         mapping = ColumnMapping(question="text", id="id",
                                 answer=None if split == "unlabeled" else "label")
         import_file(ws, REPO / "data/demo" / name, split, mapping=mapping, task=task)
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     pool = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 60")]
     ws.conn.executemany(
         "INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement, entropy,"
@@ -152,7 +152,8 @@ def measure(page: str, state: str = "done") -> dict:
         sqlite3.connect = connect
     modules = [m for m, _ in recorder.calls]
     repeated = {f"{m}.{f}": n for (m, f), n in Counter(recorder.calls).items() if n > 1}
-    return {"page": page, "state": state, "sql": len(recorder.sql), "sql_modules": len(set(recorder.sql)),
+    return {"page": page, "state": state, "sql": len(recorder.sql),
+            "sql_modules": len(set(recorder.sql)),
             "calls": len(recorder.calls), "modules": len(set(modules)),
             "stays": _stays(modules), "library_calls": len(recorder.visits),
             "library_modules": len(set(recorder.visits)), "library_stays": _stays(recorder.visits),
@@ -176,7 +177,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['page']} (round 1 {result['state']}): {result['sql']} SQL statements from {result['sql_modules']} "
+    print(f"{result['page']} (round 1 {result['state']}): {result['sql']} SQL statements "
+          f"from {result['sql_modules']} "
           f"module(s); {result['calls']} library calls with the workspace, in "
           f"{result['modules']} module(s), {result['stays']} stays; all library calls: "
           f"{result['library_calls']} in {result['library_modules']} module(s), "

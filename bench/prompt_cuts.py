@@ -1,5 +1,5 @@
 """How many prompts a task's items lose to the context, under the old fixed truncation and
-under the context budget (semievol.prompts), for training and for scoring with k
+under the context budget (semievol.model.prompts), for training and for scoring with k
 demonstrations.
 
     .venv/bin/python bench/prompt_cuts.py --task ../shared/datasets/pubmedqa
@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, load_split, md_table, pct, true_option, write_json, write_text  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    load_split,
+    md_table,
+    pct,
+    true_option,
+    write_json,
+    write_text,
+)
 from quality_data import task_description  # noqa: E402
 
 OLD_TRAINING, OLD_SCORING = 256, 512
@@ -36,11 +44,11 @@ def main(argv=None) -> int:
     import numpy as np
 
     from semievol.config import ModelConfig, TaskConfig
-    from semievol.models import load_tokenizer, resolve_model_path, set_offline
-    from semievol.prompts import PromptBuilder, resolve_budget
-    from semievol.retrieval import SentenceTransformerEmbedder
-    from semievol.tasks import (Example, answer_target, build_messages, option_targets,
-                                render_prompt)
+    from semievol.method.retrieval import SentenceTransformerEmbedder
+    from semievol.model.loading import load_tokenizer, resolve_model_path, set_offline
+    from semievol.model.prompts import PromptBuilder, resolve_budget
+    from semievol.task.formats import (Example, answer_target, build_messages, option_targets,
+                                       render_prompt)
 
     set_offline()
     name = args.task.resolve().name

@@ -33,8 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, log, machine_info, model_dtype_name,  # noqa: E402
-                    repo_path)
+from common import REPO, RESULTS, log, machine_info, model_dtype_name, repo_path  # noqa: E402
 from quality_data import load_task  # noqa: E402
 from quality_merge import MergeRefused, held_variants  # noqa: E402
 from quality_report import write_results  # noqa: E402
@@ -121,10 +120,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from semievol.backend import LazyBackend
     from semievol.config import ModelConfig
-    from semievol.models import set_offline
-    from semievol.retrieval import SentenceTransformerEmbedder
+    from semievol.method.retrieval import SentenceTransformerEmbedder
+    from semievol.model.loading import set_offline
+    from semievol.model.local import LazyBackend
 
     set_offline()
     task = load_task(args.task)

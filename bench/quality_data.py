@@ -9,7 +9,6 @@ from pathlib import Path
 
 from common import load_split, progress_printer, true_option
 
-
 # -- data --------------------------------------------------------------------------------
 TASKS = Path(__file__).resolve().parent / "tasks.json"
 
@@ -76,10 +75,10 @@ def write_split_files(task: dict, sizes: dict, seed: int, folder: Path) -> tuple
 
 
 def build_workspace(path: Path, files: dict, task_config, embedder, calibration, k: int):
-    from semievol.calibration import hold_out
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
-    from semievol.store import Workspace
+    from semievol.curation.calibration import hold_out
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
+    from semievol.workspace.store import Workspace
 
     ws = Workspace(path, create=True)
     for split, file in files.items():
@@ -95,7 +94,7 @@ def build_workspace(path: Path, files: dict, task_config, embedder, calibration,
 
 def fork(ws, dest: Path):
     """A copy of a workspace (database, Chroma, adapters) to branch an experiment from."""
-    from semievol.store import Workspace
+    from semievol.workspace.store import Workspace
 
     ws.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     shutil.copytree(ws.path, dest)

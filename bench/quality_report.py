@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import (command_line, md_table, pct, plot_bars, plot_lines, report_footer,
                     stages_markdown, write_json, write_text)
 
@@ -249,7 +248,8 @@ def markdown(result: dict, pngs: dict) -> str:
         "",
         "The majority-class accuracy is what always answering the most frequent test class "
         "scores; a model at or near it with one dominant predicted class has learned nothing. "
-        "`warned before training`: the product's evidence guards (semievol.guards) that would "
+        "`warned before training`: the product's evidence guards (semievol.rounds.guards) that "
+        "would "
         "have stopped this training in the CLI and the app until confirmed, in any seed "
         "(the bench confirms, to measure the outcome).",
         "",
@@ -280,7 +280,7 @@ def markdown(result: dict, pngs: dict) -> str:
         "",
         "A simulated reviewer who knows the hidden answers decides the first N items of a "
         "Review queue before round 1 trains, as in the app (accept a right pseudo-label, "
-        "relabel a wrong one, through semievol.decisions); `random gold labels` gives N "
+        "relabel a wrong one, through semievol.curation.decisions); `random gold labels` gives N "
         "random pool items their true answer instead (plain labeling, no queue). Plain SFT "
         "gets the same N random items as extra labeled data. Gains are paired by seed "
         "against the variant's baseline.",

@@ -4,10 +4,9 @@ decision functions, as they would in the app."""
 
 from __future__ import annotations
 
-
 REVIEW_ORDERS = {"audit": "audit queue", "least_confident": "least confident first",
                  "random": "random items"}
-"""Which items a simulated reviewer takes: the Review page's focus queues (semievol.focus),
+"""Which items a simulated reviewer takes: the Review page's focus queues (semievol.views.focus),
 or random pool items (plain labeling of unlabeled items, no queue)."""
 REVIEWER = "simulated reviewer"
 
@@ -27,7 +26,7 @@ def random_pool_items(ws, n: int, seed: int) -> list[int]:
 
 
 def give_gold_labels(ws, item_ids: list[int], hidden: dict) -> int:
-    """Relabel each item with its hidden true answer through semievol.decisions, as a
+    """Relabel each item with its hidden true answer through semievol.curation.decisions, as a
     person labeling those items in the app would; returns how many."""
     external = {r["id"]: r["external_id"] for r in ws.query_in(
         "SELECT id, external_id FROM items WHERE id IN ({})", item_ids)}
@@ -40,7 +39,7 @@ def give_gold_labels(ws, item_ids: list[int], hidden: dict) -> int:
 
 
 def _decide(ws, ids: list[int], action: str, label: str | None = None) -> int:
-    from semievol.decisions import record_decisions
+    from semievol.curation.decisions import record_decisions
 
     return record_decisions(ws, ids, action, reviewer=REVIEWER, label=label)
 
@@ -50,7 +49,7 @@ def simulate_review(ws, rnd, hidden: dict, order: str, n: int, seed: int) -> dic
     as they would in the app: accept a right pseudo-label, relabel a wrong one with the
     true answer. `random`: n random pool items given their true answer (gold labels for
     SemiEvol, no review)."""
-    from semievol.focus import focus_queue
+    from semievol.views.focus import focus_queue
 
     if order == "random":
         return {"order": order, "n": give_gold_labels(ws, random_pool_items(ws, n, seed),

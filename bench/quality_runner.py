@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from common import Stages, log, pct, progress_printer
 from quality_data import build_workspace, fork, round_config, write_split_files
 from quality_review import give_gold_labels, random_pool_items, review_name, simulate_review
@@ -26,8 +25,8 @@ def metrics_of(report: dict) -> dict:
 def pseudo_label_stats(ws, round_id: int, hidden: dict, score: str = "nll") -> dict:
     """Precision of the round's pseudo-labels on unlabeled items against the hidden answers:
     all vs selected, by path, and the precision-coverage curve over the entropy."""
-    from semievol.calibration import calibration_report
-    from semievol.scoring import precision_coverage, wilson_interval
+    from semievol.curation.calibration import calibration_report
+    from semievol.method.scoring import precision_coverage, wilson_interval
 
     rows = ws.query(
         "SELECT p.item_id, p.label, p.path, p.entropy, p.option_entropy, p.selected, "
@@ -76,7 +75,7 @@ def warmup_knowledge(ws, rnd, hidden: dict) -> dict | None:
     answered right on its own (the argmax of the plain warm-up collaborator's option
     probabilities), how many the round corrects (right where the warm-up was wrong), how
     many are wrong. None when no collaborator is the plain warm-up (warmup, 0 demos)."""
-    from semievol.items import options_of
+    from semievol.workspace.items import options_of
 
     plain = [k for k, c in enumerate(rnd.config.collaborators)
              if c.model == "warmup" and c.demonstrations == 0 and not c.server]
@@ -106,7 +105,7 @@ def warmup_knowledge(ws, rnd, hidden: dict) -> dict | None:
 def curated_stats(ws, round_number: int, hidden: dict) -> dict:
     """Precision of what the round trained on from the unlabeled pool (selected
     pseudo-labels, accepted ones and human labels), against the hidden answers."""
-    from semievol.training_set import training_items
+    from semievol.curation.training_set import training_items
 
     ids = {r["id"]: r["external_id"] for r in ws.query(
         "SELECT id, external_id FROM items WHERE split='unlabeled'")}
@@ -161,9 +160,9 @@ class Runner:
                 f"(n={stats['selected']['n']}, coverage {pct(stats['coverage'])})")
 
     def run_step(self, ws, rnd, step: str, progress=None, **options) -> dict:
-        """One step through the library's step runner (semievol.steps.run_steps), with the
+        """One step through the library's step runner (semievol.rounds.steps.run_steps), with the
         bench's shared base model and embedder."""
-        from semievol import steps
+        from semievol.rounds import steps
 
         return steps.run_steps(ws, rnd.number, [step], progress=progress,
                                embedder=self.embedder, backends={"base": self.base},
@@ -171,17 +170,16 @@ class Runner:
 
     # -- steps ---------------------------------------------------------------------------
     def warmup(self, ws, rnd, fmt: str, name: str, **extra):
-        from semievol import rounds
-        from semievol.evaluate import evaluate
-        from semievol.round_backends import load_backends
-        from semievol.steps import budget_of
+        from semievol.method.evaluate import evaluate
+        from semievol.rounds.backends import load_backends
+        from semievol.rounds.record import budget_of, get_round
 
         with self.stage(fmt, f"{name}: train") as rec:
             summary = self.run_step(ws, rnd, "warmup", progress=progress_printer("warm-up", 30))
             rec.update(train=_train_summary(summary))
         self.training.append({"seed": self.seed, "format": fmt, "variant": name,
                               **_train_summary(summary)})
-        rnd = rounds.get_round(ws, rnd.number)
+        rnd = get_round(ws, rnd.number)
         with self.stage(fmt, f"{name}: evaluate"):
             report = evaluate(ws, load_backends(ws, rnd)["warmup"], model="warmup",
                               round_id=rnd.id, budget=budget_of(rnd),
@@ -200,17 +198,17 @@ class Runner:
                               selection=None, review=None, **extra) -> None:
         """Select, then (`review`: a simulated reviewer's decisions, as the round waits for
         review in the app), train and evaluate."""
-        from semievol import rounds
-        from semievol.evaluate import stored_evaluation
-        from semievol.guards import confirmations
+        from semievol.method.evaluate import stored_evaluation
+        from semievol.rounds.guards import confirmations
+        from semievol.rounds.record import get_round
 
         with self.stage(fmt, f"{name}: select") as rec:
             summary = self.run_step(ws, rnd, "select", selection=selection)
             rec.update(select={k: summary.get(k) for k in ("pool", "selected", "by_class",
                                                            "flagged_leakage", "threshold")})
-        self.add_pseudo(fmt, name, ws, rounds.get_round(ws, rnd.number), hidden)
+        self.add_pseudo(fmt, name, ws, get_round(ws, rnd.number), hidden)
         if review is not None:
-            extra["review"] = review(ws, rounds.get_round(ws, rnd.number))
+            extra["review"] = review(ws, get_round(ws, rnd.number))
             log(f"  review: {extra['review']}")
         with self.stage(fmt, f"{name}: train") as rec:
             summary = self.run_step(ws, rnd, "train", progress=progress_printer("train", 30))
@@ -219,7 +217,7 @@ class Runner:
                               **_train_summary(summary)})
         with self.stage(fmt, f"{name}: evaluate"):
             self.run_step(ws, rnd, "evaluate", progress=progress_printer("evaluate"))
-        rnd = rounds.get_round(ws, rnd.number)
+        rnd = get_round(ws, rnd.number)
         self.pseudo[-1]["curated"] = curated_stats(ws, rnd.number, hidden)
         # What the product warned before this training (the bench confirms and trains
         # anyway, so that the warning can be checked against the outcome).
@@ -232,20 +230,20 @@ class Runner:
         a fresh LoRA on the base model (RoundConfig.continue_from_warmup)."""
         import dataclasses
 
-        from semievol import rounds
+        from semievol.rounds.record import get_round, open_round
 
-        rnd = rounds.get_round(ws, number)
-        rnd = rounds.open_round(ws, dataclasses.replace(rnd.config, continue_from_warmup=True))
+        rnd = get_round(ws, number)
+        rnd = open_round(ws, dataclasses.replace(rnd.config, continue_from_warmup=True))
         self.select_train_evaluate(ws, rnd, fmt, name, hidden)
         ws.close()
 
     # -- one format ----------------------------------------------------------------------
     def run_format(self, fmt: str, primary: bool, files: dict, hidden: dict) -> None:
-        from semievol import rounds
         from semievol.config import (CalibrationConfig, CollaboratorConfig, SelectionConfig,
                                      TaskConfig)
-        from semievol.evaluate import evaluate
-        from semievol.prompts import resolve_budget
+        from semievol.method.evaluate import evaluate
+        from semievol.model.prompts import resolve_budget
+        from semievol.rounds.record import get_round, open_round
 
         args = self.args
         task_config = TaskConfig(kind="choice", labels=self.task["labels"], answer_format=fmt,
@@ -267,7 +265,7 @@ class Runner:
 
         if "none" in args.balance and not self.holds(fmt, NO_BALANCE_SFT):
             nb = fork(ws, self.root / f"{fmt}-no-balance")
-            rnd = rounds.open_round(nb, round_config(args, self.seed, "none"))
+            rnd = open_round(nb, round_config(args, self.seed, "none"))
             self.warmup(nb, rnd, fmt, NO_BALANCE_SFT)
             nb.close()
         for n in (args.gold_sizes if primary else []):
@@ -278,7 +276,7 @@ class Runner:
             # same warm-up SFT as SemiEvol's (class-balanced) on labeled + those.
             gws = fork(ws, self.root / f"{fmt}-gold-{n}")
             give_gold_labels(gws, random_pool_items(gws, n, self.seed), hidden)
-            rnd = rounds.open_round(gws, round_config(args, self.seed, "sampler"))
+            rnd = open_round(gws, round_config(args, self.seed, "sampler"))
             self.warmup(gws, rnd, fmt, name, gold=n)
             gws.close()
         # Plain SFT given as many optimizer steps as SemiEvol r1 takes (it trains on labeled
@@ -289,16 +287,16 @@ class Runner:
         if "sampler" not in args.balance:
             ws.close()
             return
-        rnd = rounds.open_round(ws, round_config(args, self.seed, "sampler"))
+        rnd = open_round(ws, round_config(args, self.seed, "sampler"))
         rnd = self.warmup(ws, rnd, fmt, "SFT (class-balanced)")
 
         n_rounds = args.rounds if primary else args.secondary_rounds
         forks, reviews, later = {}, {}, None
         for number in range(1, n_rounds + 1):
             if number > 1:
-                rnd = rounds.open_round(ws)
+                rnd = open_round(ws)
                 self.run_step(ws, rnd, "warmup")  # the previous final adapter
-                rnd = rounds.get_round(ws, rnd.number)
+                rnd = get_round(ws, rnd.number)
             self.label(ws, rnd, fmt, f"SemiEvol r{number}")
             if number == 1 and primary:
                 # Branch after labeling: the ablations and reviewers reuse the stored responses.
@@ -316,7 +314,7 @@ class Runner:
             if (number < n_rounds or matched is not None
                     or not self.holds(fmt, f"SemiEvol r{number}")):
                 self.select_train_evaluate(ws, rnd, fmt, f"SemiEvol r{number}", hidden)
-            rnd = rounds.get_round(ws, number)
+            rnd = get_round(ws, number)
         ws.close()
 
         if matched is not None:
@@ -324,20 +322,20 @@ class Runner:
                          if t["variant"] == "SemiEvol r1" and t["format"] == fmt)
             config = round_config(args, self.seed, "sampler")
             config.train.max_steps = steps
-            rnd = rounds.open_round(matched, config)
+            rnd = open_round(matched, config)
             self.warmup(matched, rnd, fmt, ABLATION_NAMES["matched-sft"], steps=steps)
             matched.close()
         if later is not None:
             self.train_continuing(later, 2, fmt, CONTINUED_R2, hidden)
         for (order, n), rws in reviews.items():
             self.select_train_evaluate(
-                rws, rounds.get_round(rws, 1), fmt, review_name(order, n), hidden,
+                rws, get_round(rws, 1), fmt, review_name(order, n), hidden,
                 review=lambda w, r, o=order, k=n: simulate_review(w, r, hidden, o, k,
                                                                   self.seed))
             rws.close()
         for ablation, fws in forks.items():
             name = ABLATION_NAMES[ablation]
-            rnd = rounds.get_round(fws, 1)
+            rnd = get_round(fws, 1)
             selection = None
             if ablation == "continue":
                 self.train_continuing(fws, 1, fmt, name, hidden)
@@ -357,7 +355,7 @@ class Runner:
                 config = round_config(args, self.seed, "sampler", collaborators)
                 # Replaces the open round's config; new collaborators drop the round's
                 # pseudo-labels (and the responses of collaborators beyond the new count).
-                rnd = rounds.open_round(fws, config)
+                rnd = open_round(fws, config)
                 if fws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE round_id=?", (rnd.id,)):
                     raise RuntimeError("open_round kept the old pseudo-labels after the "
                                        "collaborators changed; the ablation would reuse them.")

@@ -26,11 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from semievol.config import RoundConfig, TaskConfig  # noqa: E402
-from semievol.review import (ReviewFilter, filtered_item_ids, item_detail,  # noqa: E402
-                             review_page, round_facets)
-from semievol.rounds import round_overview  # noqa: E402
 from semievol.saved_config import to_json  # noqa: E402
-from semievol.store import Workspace  # noqa: E402
+from semievol.views.review import (  # noqa: E402
+    ReviewFilter,
+    filtered_item_ids,
+    item_detail,
+    review_page,
+    round_facets,
+)
+from semievol.views.status import round_rows  # noqa: E402
+from semievol.workspace.store import Workspace  # noqa: E402
 
 LABELS = ["billing", "outage", "equipment", "account"]
 WORDS = ("bill charge refund invoice router internet outage broadband slow wifi password "
@@ -149,8 +154,8 @@ def main(argv=None) -> int:
         for name, fn in [
                 ("filtered_item_ids (reflected + entropy 1..3)", lambda: filtered_item_ids(
                     ws, ReviewFilter(rid, path="reflected", entropy_min=1.0, entropy_max=3.0))),
-                ("round_facets + round_overview (page controls)",
-                 lambda: (round_facets(ws, rid), round_overview(ws)))]:
+                ("round_facets + round_rows (page controls)",
+                 lambda: (round_facets(ws, rid), round_rows(ws)))]:
             ms, out = median_ms(fn, args.runs)
             results.append({"query": name, "median_ms": round(ms, 1),
                             "total": len(out) if isinstance(out, list) else

@@ -56,12 +56,13 @@ def parse_args(argv=None):
 
 def prepare_round(ws, args) -> float:
     """A round awaiting review on the copy (seconds it took; 0 when there was one)."""
-    from semievol import launch, rounds
+    from semievol.rounds.record import base_config, latest_round
+    from semievol.runs import launch
 
-    latest = rounds.latest_round(ws)
+    latest = latest_round(ws)
     if latest is not None and latest.status == "awaiting_review":
         return 0.0
-    config = rounds.base_config(ws)
+    config = base_config(ws)
     config.train.max_steps = args.max_steps
     config.unlabeled_limit = args.unlabeled_limit
     started = time.time()
@@ -112,8 +113,8 @@ def review(url: str, chromium: str, answers: dict, items: int, options_of) -> li
 
 
 def item_options(workspace: Path, external: str) -> list[str]:
-    from semievol.items import item_row, resolve_item
-    from semievol.store import Workspace
+    from semievol.workspace.items import item_row, resolve_item
+    from semievol.workspace.store import Workspace
 
     with Workspace(workspace) as ws:
         return item_row(ws, resolve_item(ws, external))["options"]
@@ -121,8 +122,8 @@ def item_options(workspace: Path, external: str) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from semievol.models import set_offline
-    from semievol.store import Workspace
+    from semievol.model.loading import set_offline
+    from semievol.workspace.store import Workspace
 
     set_offline()
     if not (args.workspace / "workspace.db").exists():

@@ -28,16 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, log, machine_info, model_dtype_name  # noqa: E402
 
-MODEL_SHAPED = (3584, 576, 1536)
-
-
 def matmul_peaks() -> dict:
     """Best GFLOP/s per dtype on model-shaped and on 1,024-square matrices (semievol's own
     half-second measurement, the one its time estimates use)."""
     import torch
 
-    from semievol.estimate import matmul_peak
-    from semievol.models import pick_dtype
+    from semievol.model.loading import pick_dtype
+    from semievol.model.throughput import MODEL_SHAPED, matmul_peak
 
     # Without native bf16 (no avx512_bf16 / AMX) torch emulates it at a few GFLOP/s and one
     # product takes seconds: the round then runs in float32, so that is the peak to beat.
@@ -62,14 +59,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from semievol import jobs, launch, rounds
-    from semievol.demo import create_demo_workspace
-    from semievol.estimate import model_parameters
-    from semievol.models import resolve_model_path
-    from semievol.evaluate import evaluations_table
-    from semievol.models import set_offline
+    from semievol.cli.demo import create_demo_workspace
+    from semievol.method.evaluate import evaluations_table
+    from semievol.model.loading import resolve_model_path, set_offline
     from semievol.profiling import Profiler
-    from semievol.store import Workspace
+    from semievol.rounds.record import base_config
+    from semievol.runs import jobs, launch
+    from semievol.runs.estimate import model_parameters
+    from semievol.workspace.store import Workspace
 
     set_offline()
     root = Path(tempfile.mkdtemp(prefix="semievol-round-profile-"))
@@ -78,7 +75,7 @@ def main(argv=None) -> int:
         create_demo_workspace(root / "demo", args.data)
         setup_seconds = time.time() - started
         with Workspace(root / "demo") as ws:
-            config = rounds.base_config(ws)
+            config = base_config(ws)
             if args.max_steps:
                 config.train.max_steps = args.max_steps
             if args.unlabeled_limit:
@@ -90,7 +87,7 @@ def main(argv=None) -> int:
             if args.lora_dropout is not None:
                 config.lora.dropout = args.lora_dropout
             if args.collaborators:
-                from semievol.cli_engine import parse_collaborator
+                from semievol.cli.engine import parse_collaborator
 
                 config.collaborators = [parse_collaborator(c)
                                         for c in args.collaborators.split(",")]

@@ -33,16 +33,16 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from semievol.backend import load_backend
-    from semievol.collaborators import collaborator_prompt
+    from semievol.cli.demo import create_demo_workspace
     from semievol.config import ModelConfig, ServerConfig
-    from semievol.demo import create_demo_workspace
-    from semievol.items import load_items, split_ids
-    from semievol.models import BUNDLED_GGUF, package_dir, set_offline
-    from semievol.prompts import PromptBuilder
-    from semievol.served import ServedBackend, probe_server
-    from semievol.store import Workspace
-    from semievol.tasks import option_targets
+    from semievol.method.collaborators import collaborator_prompt
+    from semievol.model.loading import BUNDLED_GGUF, package_dir, set_offline
+    from semievol.model.local import load_backend
+    from semievol.model.prompts import PromptBuilder
+    from semievol.model.served import ServedBackend, probe_server
+    from semievol.task.formats import option_targets
+    from semievol.workspace.items import load_items, split_ids
+    from semievol.workspace.store import Workspace
 
     set_offline()
     root = Path(tempfile.mkdtemp(prefix="semievol-served-speed-"))

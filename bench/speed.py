@@ -42,13 +42,32 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, Stages, command_line, load_split, log,  # noqa: E402
-                    machine_info, model_dtype_name, pct, progress_printer, write_json, write_text)
-from readme_summary import update_readmes  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    RESULTS,
+    Stages,
+    command_line,
+    load_split,
+    log,
+    machine_info,
+    model_dtype_name,
+    pct,
+    progress_printer,
+    write_json,
+    write_text,
+)
 from quality_data import task_description  # noqa: E402
-from speed_measures import (TokenCounter, build_workspace, matmul_peak,  # noqa: E402
-                            ours_pseudo_labels, repeat_run, training_examples, truth_by_item,
-                            utilisation)
+from readme_summary import update_readmes  # noqa: E402
+from speed_measures import (  # noqa: E402
+    TokenCounter,
+    build_workspace,
+    matmul_peak,
+    ours_pseudo_labels,
+    repeat_run,
+    training_examples,
+    truth_by_item,
+    utilisation,
+)
 from speed_reference import PAD_TO, reference_pseudo_labels, reference_train  # noqa: E402
 from speed_report import markdown  # noqa: E402
 
@@ -98,13 +117,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from semievol import rounds
-    from semievol.backend import load_backend
     from semievol.config import (CalibrationConfig, ModelConfig, RetrievalConfig, RoundConfig,
                                  TrainConfig)
-    from semievol.models import set_offline
-    from semievol.retrieval import SentenceTransformerEmbedder
-    from semievol.steps import run_steps
+    from semievol.method.retrieval import SentenceTransformerEmbedder
+    from semievol.model.loading import set_offline
+    from semievol.model.local import load_backend
+    from semievol.rounds.record import get_round, open_round
+    from semievol.rounds.steps import run_steps
 
     set_offline()
     for split in ("labeled", "unlabeled"):  # a wrong --task fails now, not after the peak
@@ -136,7 +155,7 @@ def main(argv=None) -> int:
             train=TrainConfig(max_steps=args.train_steps, batch_size=args.batch_size,
                               class_balance="sampler", seed=0),
             calibration=CalibrationConfig(fraction=0.0))
-        rnd = rounds.open_round(ws, config)
+        rnd = open_round(ws, config)
 
         # 3. training: ours (the warm-up step itself) vs the HF-style loop.
         with stages.measure("train ours: step_warmup (train_lora)") as rec:
@@ -144,7 +163,7 @@ def main(argv=None) -> int:
                                 progress=progress_printer("train ours", 15))["warmup"]
         ours_train = {**summary, "peak_rss_mb": rec["peak_rss_mb"],
                       "stage_seconds": rec["seconds"]}
-        rnd = rounds.get_round(ws, rnd.number)
+        rnd = get_round(ws, rnd.number)
         ours_train["losses"] = json.loads(
             (Path(rnd.warmup_adapter) / "training.json").read_text())["losses"]
         examples, tokenizer = training_examples(ws, rnd)
@@ -245,13 +264,13 @@ def paper_configuration(ws, args, model_config, stages, truth: dict) -> dict:
     scores remembered from the other comparison)."""
     import dataclasses
 
-    from semievol import rounds
-    from semievol.backend import load_backend
     from semievol.config import CollaboratorConfig
+    from semievol.model.local import load_backend
+    from semievol.rounds.record import get_round, open_round
 
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     paper = [CollaboratorConfig("warmup", args.k, 1.0, seed) for seed in range(4)]
-    rnd = rounds.open_round(ws, dataclasses.replace(rnd.config, collaborators=paper))
+    rnd = open_round(ws, dataclasses.replace(rnd.config, collaborators=paper))
     with stages.measure("paper configuration: load the warm-up model"):
         backends = {"warmup": load_backend(model_config, adapter=rnd.warmup_adapter)}
     counters = [TokenCounter(backends["warmup"].model)]

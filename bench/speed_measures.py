@@ -12,32 +12,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, Stages, load_split, log, progress_printer, true_option
 
 
 # -- 2. matmul peak ----------------------------------------------------------------------
 def matmul_peak(size: int, reps: int) -> dict:
-    """Best and median GFLOP/s of torch.matmul on (size x size) matrices, per dtype."""
-    import torch
+    """Best and median GFLOP/s of torch.matmul on (size x size) matrices, per dtype
+    (semievol.model.throughput.matmul_speed, the measurement the estimate uses)."""
+    from semievol.model.throughput import matmul_speed
 
     out = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        for _ in range(2):  # warm-up: thread pool, kernel selection
-            torch.matmul(a, b)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            times.append(time.perf_counter() - t0)
-        flops = 2 * size ** 3
-        name = str(dtype).replace("torch.", "")
-        out[name] = {"size": size, "reps": reps, "best_gflops": flops / min(times) / 1e9,
-                     "median_gflops": flops / float(np.median(times)) / 1e9}
-        log(f"  matmul {name} {size}x{size}: best {out[name]['best_gflops']:.1f} GFLOP/s, "
-            f"median {out[name]['median_gflops']:.1f}")
+    for name in ("float32", "bfloat16"):
+        found = matmul_speed((size, size, size), name, runs=reps)
+        out[name] = {"size": size, "reps": reps, "best_gflops": found["best"],
+                     "median_gflops": found["median"]}
+        log(f"  matmul {name} {size}x{size}: best {found['best']:.1f} GFLOP/s, "
+            f"median {found['median']:.1f}")
     return out
 
 
@@ -71,9 +61,9 @@ def build_workspace(path: Path, task_dir: Path, labeled: int, items: int, embedd
     import pandas as pd
 
     from semievol.config import TaskConfig
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
-    from semievol.store import Workspace
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
+    from semievol.workspace.store import Workspace
 
     frames = {s: load_split(task_dir, s) for s in ("labeled", "unlabeled")}
     options = sorted({o for f in frames.values() for o in f["options"]})
@@ -114,7 +104,7 @@ def truth_by_item(ws, hidden: dict) -> dict[int, str]:
 def precision(labels: list, truth: list, entropy: np.ndarray, agreed: np.ndarray,
               theta: float) -> dict:
     """Precision of all pseudo-labels and of the theta-percentile selection by entropy."""
-    from semievol.selection import select
+    from semievol.method.selection import select
 
     correct = np.array([lab is not None and lab == t for lab, t in zip(labels, truth)])
     keep = select(entropy, [str(x) for x in labels], agreed, policy="percentile", theta=theta)
@@ -128,13 +118,14 @@ def precision(labels: list, truth: list, entropy: np.ndarray, agreed: np.ndarray
 # -- 1. pseudo-labeling ------------------------------------------------------------------
 def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, truth: dict,
                        theta: float) -> dict:
-    from semievol.collaborators import run_collaborators
-    from semievol.items import load_items
-    from semievol.pseudo_labels import build_pseudo_labels
-    from semievol.steps import budget_of, pool_item_ids
+    from semievol.curation.pool import pool_item_ids
+    from semievol.method.collaborators import run_collaborators
+    from semievol.method.pseudo_labels import build_pseudo_labels
+    from semievol.rounds.record import budget_of
+    from semievol.workspace.items import load_items
 
     task = ws.require_task()
-    items = load_items(ws, pool_item_ids(ws, rnd))
+    items = load_items(ws, pool_item_ids(ws, rnd.number, rnd.config.unlabeled_limit))
     before = [c.snapshot() for c in counters]
     calls0 = sum(b.calls for b in backends.values())
     t0 = time.perf_counter()
@@ -169,11 +160,12 @@ def ours_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages, 
 # -- 3. training -------------------------------------------------------------------------
 def training_examples(ws, rnd):
     """The warm-up's own examples (the labeled set, as step_warmup builds them)."""
-    from semievol.models import load_tokenizer, resolve_model_path
-    from semievol.training_set import training_examples as examples_of, warmup_items
+    from semievol.curation.training_set import training_examples as examples_of
+    from semievol.curation.training_set import warmup_items
+    from semievol.model.loading import load_tokenizer, resolve_model_path
 
     tokenizer = load_tokenizer(resolve_model_path(rnd.config.model.name_or_path))
-    from semievol.steps import budget_of
+    from semievol.rounds.record import budget_of
 
     examples, _ = examples_of(ws.require_task(), warmup_items(ws), tokenizer, budget_of(rnd))
     return examples, tokenizer
@@ -189,7 +181,7 @@ class CountingEmbedder:
     """The bundled embedder, loaded only if asked to embed; counts the texts it embeds."""
 
     def __init__(self):
-        from semievol.retrieval import LazyEmbedder
+        from semievol.method.retrieval import LazyEmbedder
         self.inner = LazyEmbedder("bundled")
         self.name = "bundled"
         self.texts = 0
@@ -201,8 +193,8 @@ class CountingEmbedder:
 
 def repeat_run(ws, rnd, embedder, stages: Stages) -> dict:
     """Every step again with nothing changed: the library must compute nothing."""
-    from semievol.retrieval import index_workspace
-    from semievol.steps import run_steps
+    from semievol.method.retrieval import index_workspace
+    from semievol.rounds.steps import run_steps
 
     out = {}
     counting = CountingEmbedder()

@@ -8,10 +8,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from common import Stages, progress_printer
 from speed_measures import precision
-
 
 PAD_TO = 256
 """The HF-style reference pads every training batch to this length (Trainer's max_length)."""
@@ -42,17 +40,17 @@ def _generate_one(backend, prompt: str, *, seed: int, max_new_tokens: int):
 def reference_pseudo_labels(ws, rnd, backends: dict, counters: list, stages: Stages,
                             truth: dict, theta: float, max_new_tokens: int) -> dict:
     """The reference pipeline's loop: generate, parse, vote, reflect; item by item."""
-    from semievol.collaborators import collaborator_prompt
-    from semievol.items import load_items
-    from semievol.steps import pool_item_ids
-    from semievol.scoring import agreement
-    from semievol.tasks import parse_choice, reflection_messages, render_prompt
-
-    from semievol.prompts import PromptBuilder
-    from semievol.steps import budget_of
+    from semievol.curation.pool import pool_item_ids
+    from semievol.method.collaborators import collaborator_prompt
+    from semievol.method.scoring import agreement
+    from semievol.model.prompts import PromptBuilder
+    from semievol.rounds.record import budget_of
+    from semievol.task.answers import parse_choice
+    from semievol.task.formats import reflection_messages, render_prompt
+    from semievol.workspace.items import load_items
 
     task = ws.require_task()
-    items = load_items(ws, pool_item_ids(ws, rnd))
+    items = load_items(ws, pool_item_ids(ws, rnd.number, rnd.config.unlabeled_limit))
     collaborators = rnd.config.collaborators
     builders = {name: PromptBuilder(task, b.tokenizer, budget_of(rnd))
                 for name, b in backends.items()}
@@ -110,11 +108,12 @@ def reference_train(examples, tokenizer, config, progress=None) -> dict:
     train_lora: every batch padded to max_length, logits over the full vocabulary at every
     position, the loss from `model(input_ids, attention_mask, labels).loss`."""
     import torch
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from semievol.finetune import lr_at, sample_order, tokenize
-    from semievol.models import pick_device, pick_dtype, resolve_model_path
+    from semievol.model.loading import pick_device, pick_dtype, resolve_model_path
+    from semievol.training.finetune import lr_at, sample_order, tokenize
 
     model_cfg, lora, train = config.model, config.lora, config.train
     device = pick_device(model_cfg.device)

@@ -1,6 +1,6 @@
 """Where a LoRA training step's time goes, operator by operator: the library's own training
-step (semievol.finetune.prepare + train_step, shared LoRA dropout, bf16 autocast on CPUs with
-bf16) on the warm-up's prompts for a real task, under torch.profiler.
+step (semievol.training.finetune.prepare + train_step, shared LoRA dropout, bf16 autocast on
+CPUs with bf16) on the warm-up's prompts for a real task, under torch.profiler.
 
     .venv/bin/python bench/train_step_profile.py                 # fpb, 64 labeled, batch 8
     .venv/bin/python bench/train_step_profile.py --steps 2 --labeled 16   # a quick check
@@ -24,19 +24,29 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, command_line, load_split, log, machine_info,  # noqa: E402
-                    machine_markdown, md_table, true_option, write_json, write_text)
+from common import (  # noqa: E402
+    REPO,
+    RESULTS,
+    command_line,
+    load_split,
+    log,
+    machine_info,
+    machine_markdown,
+    md_table,
+    true_option,
+    write_json,
+    write_text,
+)
 from quality_data import task_description  # noqa: E402
-from round_profile import MODEL_SHAPED  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 
 
 def warmup_examples(task_dir: Path, labeled: int, tokenizer, budget: int):
     """The warm-up's training examples for `labeled` items of the task's labeled split
-    (seed 0), built by the library (semievol.training_set.training_examples)."""
+    (seed 0), built by the library (semievol.curation.training_set.training_examples)."""
     from semievol.config import TaskConfig
-    from semievol.training_set import training_examples
+    from semievol.curation.training_set import training_examples
 
     frame = load_split(task_dir, "labeled").sample(frac=1.0, random_state=0).head(labeled)
     options = sorted({o for o in frame["options"]})
@@ -77,14 +87,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from semievol.config import LoraConfig, ModelConfig, TrainConfig
-    from semievol.estimate import matmul_peak
-    from semievol.finetune import prepare, train_step
-    from semievol.models import load_tokenizer, resolve_model_path
-    from semievol.prompts import resolve_budget
+    from semievol.model.loading import load_tokenizer, resolve_model_path
+    from semievol.model.prompts import resolve_budget
+    from semievol.model.throughput import MODEL_SHAPED, matmul_peak
+    from semievol.training.finetune import prepare, train_step
 
     model = ModelConfig()
     train = TrainConfig(learning_rate=1e-3, batch_size=args.batch_size,

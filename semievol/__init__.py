@@ -1,7 +1,9 @@
 """SemiEvol Studio: semi-supervised adaptation of a language model (Luo et al. 2024).
 
-Import the parts you need (`semievol.store`, `semievol.data`, ...); this package import stays
-light on purpose so that the CLI starts fast (no torch at import time).
+The library is one package per part (see each package's docstring, and the import rule in
+tests/test_architecture.py); import the modules you need (`semievol.workspace.store`,
+`semievol.rounds.steps`, ...). This package import stays light on purpose so that the CLI
+starts fast (no torch at import time).
 """
 
 import os

@@ -1,3 +1,3 @@
-from semievol.cli import main
+from semievol.cli.main import main
 
 raise SystemExit(main())

@@ -6,17 +6,25 @@ run stores its resolved config beside its outputs.
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import math
+import textwrap
 from dataclasses import dataclass, field
 
 from semievol.errors import SemiEvolError
 
 TASK_KINDS = ("choice", "open")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "bfloat16", "float32")
 ANSWER_FORMATS = ("letter", "words")
 CHECKERS = ("exact", "normalized", "numeric")
 OPEN_TARGETS = ("answer", "response")
 COLLABORATOR_MODELS = ("base", "warmup")
 SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
+THETA_POLICIES = ("percentile", "per_class")
+"""The selection policies that keep a percentile (theta) of the scores."""
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
 START_FROM = ("best", "previous")
@@ -89,12 +97,12 @@ class ModelConfig:
     """`auto` (bf16 on CUDA and on CPUs with bf16 support, else float32), `bfloat16`, `float32`."""
     context_budget: int | None = None
     """Tokens every prompt and its answer must fit in, the same for training, the
-    collaborators, reflection, the eq. 6 entropy and evaluation (semievol.prompts); None =
+    collaborators, reflection, the eq. 6 entropy and evaluation (semievol.model.prompts); None =
     the model's context window, capped at 1,024. Resolved and stored when a round opens."""
 
     def __post_init__(self):
-        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
-        _check_choice("dtype", self.dtype, ("auto", "bfloat16", "float32"))
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
         if self.context_budget is not None and self.context_budget < 64:
             raise SemiEvolError(f"The context budget must be at least 64 tokens; got "
                                 f"{self.context_budget}.")
@@ -172,7 +180,6 @@ class TrainConfig:
             raise SemiEvolError(f"min_steps must be 0 or more; got {self.min_steps}.")
         _check_range("warm-up ratio", self.warmup_ratio, 0.0, 0.5)
 
-
     def total_steps(self, examples: int) -> int:
         """Optimizer steps over `examples` training sequences: max_steps if set, else the
         epochs' worth, but at least min_steps (and at least one)."""
@@ -236,7 +243,7 @@ def default_collaborators() -> list[CollaboratorConfig]:
 @dataclass
 class ServerConfig:
     """An OpenAI-compatible server (vLLM, llama.cpp, a hosted API) that can answer for
-    collaborators, reflection, the eq. 6 entropy or evaluation (semievol.served)."""
+    collaborators, reflection, the eq. 6 entropy or evaluation (semievol.model.served)."""
     name: str = "server"
     """What collaborators and `served` call it."""
     base_url: str = "http://127.0.0.1:8000/v1"
@@ -330,6 +337,25 @@ class SelectionConfig:
         if self.policy == "absolute" and self.threshold is None:
             raise SemiEvolError("The absolute policy needs a threshold (--threshold).")
 
+    def describe(self) -> str:
+        """The rule in a few words, e.g. "percentile θ=50 (nll)" or "absolute ≤0.25 (nll)"."""
+        return f"{describe_policy(self.policy, self.theta, self.threshold)} ({self.score})"
+
+
+def takes_theta(policy: str) -> bool:
+    """Whether a selection policy keeps a percentile (theta) of the scores."""
+    return policy in THETA_POLICIES
+
+
+def describe_policy(policy: str, theta: float, threshold: float | None) -> str:
+    """A policy with the number it uses: "percentile θ=50", "absolute ≤0.25",
+    "agreement_only"."""
+    if takes_theta(policy):
+        return f"{policy} θ={theta:g}"
+    if policy == "absolute" and threshold is not None:
+        return f"{policy} ≤{threshold:.4g}"
+    return policy
+
 
 @dataclass
 class CalibrationConfig:
@@ -388,3 +414,31 @@ class RoundConfig:
             if server and server not in names:
                 raise SemiEvolError(f"{who} names the server {server!r}, which is not in "
                                     f"`servers` ({', '.join(names) or 'none configured'}).")
+
+
+CHOICES = {
+    "TaskConfig.kind": TASK_KINDS, "TaskConfig.answer_format": ANSWER_FORMATS,
+    "TaskConfig.checker": CHECKERS, "TaskConfig.open_target": OPEN_TARGETS,
+    "ModelConfig.device": DEVICES, "ModelConfig.dtype": DTYPES,
+    "TrainConfig.class_balance": CLASS_BALANCE, "CollaboratorConfig.model": COLLABORATOR_MODELS,
+    "ServerConfig.mode": SERVER_MODES, "ServerConfig.adapter_loading": ADAPTER_LOADING,
+    "SelectionConfig.policy": SELECTION_POLICIES, "SelectionConfig.score": SELECTION_SCORES,
+    "RoundConfig.start_from": START_FROM,
+}
+"""The values each text field accepts ("Class.field"): what __post_init__ checks, and what
+the CLI's flags (semievol.cli.flags) and the app's select boxes offer."""
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls) -> dict[str, str]:
+    """{field: its docstring} of a config dataclass, read from its source (the string right
+    under each field): the one text that documents a setting, shown by the CLI's --help."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) and \
+                isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

@@ -3,7 +3,7 @@ eq. 6 entropy, each evaluation, training) with their wall time, CPU time and the
 model processed. The library marks its stages with `stage(...)` and counts tokens with
 `count_tokens(...)`; both cost nothing unless a `Profiler` is active. bench/round_profile.py
 activates one for the per-stage table; run_steps keeps one for each run (`measuring`), whose
-token totals tell semievol.estimate this machine's speed.
+token totals tell semievol.runs.estimate this machine's speed.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def stage(name: str):
 @contextlib.contextmanager
 def measuring():
     """The active profiler, or a fresh one active for the enclosed block: run_steps counts
-    each step's tokens with it, to measure this machine's speed (semievol.estimate)."""
+    each step's tokens with it, to measure this machine's speed (semievol.runs.estimate)."""
     profiler = _active.get()
     if profiler is not None:
         yield profiler

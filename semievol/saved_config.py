@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from semievol.config import (CalibrationConfig, CollaboratorConfig, LoraConfig, ModelConfig,
                              RetrievalConfig, RoundConfig, SelectionConfig, ServedConfig,
@@ -77,6 +77,33 @@ _NESTED = {
 def config_from_dict(cls, data: dict):
     """Any config dataclass (e.g. TrainConfig) from its saved dict, validated."""
     return _build(cls, data)
+
+
+def overridden(config: Any, overrides: Mapping[str, Any]):
+    """`config` (a config dataclass) with `overrides` laid on top, validated as a new config.
+
+    Each key is a field's path ("train.epochs", "unlabeled_limit") and its value the new
+    value; a section given a mapping ("train": {"epochs": 4}, as a partial YAML file writes
+    it) changes only the fields it names. The one way a command's flags, a saved file or a
+    form change a config: an unknown field or a value of the wrong type is refused with a
+    message, and nothing else changes."""
+    data = to_dict(config)
+    for path, value in overrides.items():
+        *sections, key = path.split(".")
+        target = data
+        for section in sections:
+            if not isinstance(target.get(section), dict):
+                raise SemiEvolError(f"{path!r} is not a {type(config).__name__} setting: "
+                                    f"it has no section {section!r}.")
+            target = target[section]
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            target[key] = {**target[key], **value}
+        else:
+            target[key] = value
+    try:
+        return _build(type(config), data)
+    except TypeError as exc:  # a value of the wrong type reached a comparison
+        raise SemiEvolError(f"The {type(config).__name__} is not valid: {exc}.") from exc
 
 
 def round_config_from_dict(data: dict) -> RoundConfig:

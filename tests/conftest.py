@@ -24,7 +24,7 @@ import pytest
 
 from semievol.config import RoundConfig, TaskConfig
 from semievol.saved_config import to_json
-from semievol.store import Workspace, now
+from semievol.workspace.store import Workspace, now
 
 LABELS = ["billing", "outage", "equipment"]
 
@@ -170,8 +170,8 @@ def small_task_files(tmp_path) -> dict[str, Path]:
 def filled_workspace(workspace, task, small_task_files, fake_embedder):
     """`workspace` with the small files imported (question=text, answer=label, id=id; the
     unlabeled split imports no answers) and indexed with the FakeEmbedder at k=3."""
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     for split in ("labeled", "unlabeled", "test"):
         mapping = ColumnMapping(question="text", id="id",
@@ -240,7 +240,7 @@ def fake_adapter(ws, relative: str) -> str:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-16 random-weight LlamaForCausalLM (seeded, tied embeddings) saved
     with the real bundled tokenizer (ChatML template, <|im_end|> as eos/pad)."""
-    from semievol.models import bundled_model_dir, set_offline
+    from semievol.model.loading import bundled_model_dir, set_offline
 
     set_offline()
     import torch

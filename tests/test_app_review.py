@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from semievol.guards import training_warnings
-from semievol.review import ReviewFilter, filtered_item_ids
 from test_review import add_round, unlabeled_ids
+
+from semievol.rounds.guards import training_warnings
+from semievol.views.review import ReviewFilter, filtered_item_ids
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))  # the page imports `common` and `review_view` from app/
@@ -173,10 +173,11 @@ def test_focus_mode_decides_from_the_keyboard_and_moves_on(review_ws, monkeypatc
 
 
 def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
-    from semievol import launch, rounds
+    from semievol.rounds.record import get_round, set_status
+    from semievol.runs import launch
 
     ws, round_id = review_ws
-    rounds.set_status(ws, rounds.get_round(ws, 1), "awaiting_review")
+    set_status(ws, get_round(ws, 1), "awaiting_review")
     ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
                     (round_id, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
                                '"score": "nll"}'))

@@ -10,13 +10,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_lineage_audit import ids, prepare_rounds
 
 from semievol.config import RoundConfig, SelectionConfig
-from semievol.pseudo_labels import available_scores
+from semievol.curation.selection_state import applied_selection
 from semievol.saved_config import to_json
-from semievol.selection_state import applied_selection
-from semievol.store import Workspace
-from test_lineage_audit import ids, prepare_rounds
+from semievol.workspace.store import Workspace
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules from app/
@@ -32,14 +31,14 @@ SELECTION, ROUNDS, EXPORT = "pages/5_Selection.py", "pages/7_Rounds.py", "pages/
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch):
     """No page here may load a model: loading one fails the test."""
-    import semievol.backend
-    import semievol.models
+    import semievol.model.local
+    import semievol.model.loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(semievol.backend, "load_backend", refuse)
-    monkeypatch.setattr(semievol.models, "load_model", refuse)
+    monkeypatch.setattr(semievol.model.local, "load_backend", refuse)
+    monkeypatch.setattr(semievol.model.loading, "load_model", refuse)
 
 
 @pytest.fixture
@@ -169,14 +168,16 @@ def test_apply_writes_the_selection(prepared, monkeypatch):
 
 
 def test_selection_view_functions(prepared):
+    from semievol.views import selection as view
+
     config = SelectionConfig(policy="per_class", theta=50.0)
-    frame = selection_view.selection_frame(prepared, 2, config)
-    assert frame.attrs["class_thresholds"] == pytest.approx(
+    assert view.preview(prepared, 2, config).class_thresholds == pytest.approx(
         {"outage": 0.30, "equipment": 0.425})
-    frame = selection_view.selection_frame(prepared, 1, SelectionConfig(class_floor=0.0))
-    assert selection_charts.calibration_point(frame) == pytest.approx((2 / 3, 0.5))
-    assert selection_view.slider_range(prepared, 2, "nll") == pytest.approx((0.25, 0.45))
-    assert available_scores(prepared, 1) == ["nll", "option_entropy"]
+    preview = view.preview(prepared, 1, SelectionConfig(class_floor=0.0))
+    assert selection_charts.calibration_point(preview) == pytest.approx((2 / 3, 0.5))
+    assert len(selection_view.selection_frame(preview)) == len(preview.rows)
+    assert view.controls(prepared, 2).ranges["nll"] == pytest.approx((0.25, 0.45))
+    assert view.controls(prepared, 1).scores == ["nll", "option_entropy"]
 
 
 # -- Rounds -------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_rounds_page_shows_the_round_table_and_lineage(prepared, monkeypatch):
 
 
 def test_rounds_view_frames(prepared):
-    from semievol.lineage import round_summaries
+    from semievol.views.lineage import round_summaries
 
     summaries = round_summaries(prepared)
     accuracy = rounds_view.accuracy_frame(summaries)
@@ -205,7 +206,7 @@ def test_rounds_view_frames(prepared):
     volume = rounds_view.volume_frame(summaries)
     assert volume.set_index(["round", "kind"])["items"].to_dict() == {
         (1, "produced"): 10, (1, "selected"): 4, (2, "produced"): 5, (2, "selected"): 0}
-    precision = rounds_view.precision_frame(prepared, summaries)
+    precision = rounds_view.precision_frame(summaries)
     assert set(zip(precision["round"], precision["estimate"])) == {(1, "calibration"),
                                                                    (1, "audit")}
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from semievol import jobs, launch, rounds
 from semievol.config import CollaboratorConfig, RoundConfig, SelectionConfig
-from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
+from semievol.method.scoring import classification_report
+from semievol.rounds.record import open_round, set_status
+from semievol.runs import jobs, launch
 from semievol.saved_config import to_json
-from semievol.scoring import classification_report
-from semievol.store import Workspace, now
+from semievol.workspace.imports import ColumnMapping, import_file
+from semievol.workspace.store import Workspace, now
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules from app/
@@ -27,6 +28,8 @@ sys.path.insert(0, str(APP))  # the pages import `common` and the *_view modules
 import common  # noqa: E402
 import setup_view  # noqa: E402
 import train_view  # noqa: E402
+
+from semievol.views.train import VARIANT_NAMES, VARIANTS, train_page  # noqa: E402
 
 SETUP, RUNS, TRAIN = "pages/2_Round_setup.py", "pages/3_Runs.py", "pages/6_Train_and_evaluate.py"
 LABELS = ["billing", "outage", "equipment"]
@@ -168,7 +171,7 @@ def test_round_setup_reports_an_incomplete_added_row(task_workspace, launched, m
 
 def test_round_setup_shows_what_the_round_has_done_and_a_refusal(task_workspace, monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ws.conn.execute("UPDATE rounds SET warmup_adapter='adapters/round1/warmup' WHERE id=?",
                     (rnd.id,))
     ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 3")]
@@ -207,7 +210,7 @@ def test_config_from_form_overrides_only_what_the_form_holds():
 # -- runs -----------------------------------------------------------------------------------
 def test_runs_page_lists_runs_and_offers_resume_for_a_failed_one(task_workspace, monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     done = _insert_run(ws, "warmup", rnd.id, "succeeded", progress=1.0, message="trained")
     for step, loss in enumerate([2.0, 1.5, 1.1]):
         ws.conn.execute("INSERT INTO metrics(run_id, round_id, name, step, value, created_at)"
@@ -239,7 +242,7 @@ def test_runs_page_lists_runs_and_offers_resume_for_a_failed_one(task_workspace,
 
 def test_runs_page_shows_a_running_run_with_cancel(task_workspace, monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     log = ws.path / "runs" / "5.log"
     log.write_text("loading model\nstep 3/10\r step 4/10\n")
     running = _insert_run(ws, "train", rnd.id, "running", pid=os.getpid(), progress=0.4,
@@ -262,7 +265,7 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
                                                                            launched,
                                                                            monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     at = page(ws, TRAIN, monkeypatch)
     assert not at.exception
     assert "no selection yet" in texts(at.warning)
@@ -274,7 +277,7 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
                          (rnd.id, ids[2], "billing", 1), (rnd.id, ids[3], "equipment", 0)])
     ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
                     (rnd.id, to_json(SelectionConfig())))  # as apply_selection records it
-    rounds.set_status(ws, rnd, "awaiting_review")
+    set_status(ws, rnd, "awaiting_review")
     at.run()
     assert "no selection yet" not in texts(at.warning)
     counts = frame_with(at, "pseudo")
@@ -296,7 +299,7 @@ def test_train_page_warns_without_a_selection_and_trains_once_there_is_one(task_
 def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspace, launched,
                                                                    monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ws.conn.execute("UPDATE rounds SET status='done', warmup_adapter='w', final_adapter='f' "
                     "WHERE id=?", (rnd.id,))
     everything_billing = ["billing"] * 9
@@ -308,7 +311,7 @@ def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspac
     at = page(ws, TRAIN, monkeypatch)
     assert not at.exception
     table = frame_with(at, "accuracy")
-    assert list(table["model"]) == [train_view.VARIANT_NAMES[v] for v in train_view.VARIANTS]
+    assert list(table["model"]) == [VARIANT_NAMES[v] for v in VARIANTS]
     assert table["accuracy"].round(4).tolist() == [0.3333, 0.3333, 0.6667, 0.8889]
     assert table["majority baseline"].round(4).tolist() == [0.3333] * 4
     per_class = frame_with(at, "recall")
@@ -328,8 +331,8 @@ def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspac
 
 def test_training_counts_and_distribution_frames(task_workspace):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig(collaborators=[CollaboratorConfig()]))
-    counts = train_view.training_counts(ws, rnd)
+    rnd = open_round(ws, RoundConfig(collaborators=[CollaboratorConfig()]))
+    counts = train_view.training_frame(train_page(ws))
     assert list(counts["class"]) == LABELS and list(counts["total"]) == [4, 4, 4]
     report = classification_report(["billing", "outage"], ["billing", None], LABELS)
     frame = train_view.distribution_frame(report)
@@ -340,7 +343,7 @@ def test_training_counts_and_distribution_frames(task_workspace):
 def test_a_round_worse_than_its_warmup_is_flagged_everywhere(task_workspace, launched,
                                                              monkeypatch):
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ws.conn.execute("UPDATE rounds SET status='done', warmup_adapter='adapters/w', "
                     "final_adapter='adapters/f' WHERE id=?", (rnd.id,))
     _insert_evaluation(ws, rnd.id, "warmup", ["billing"] * 3 + ["outage"] * 3
@@ -359,11 +362,11 @@ def test_a_round_worse_than_its_warmup_is_flagged_everywhere(task_workspace, lau
 
 
 def test_a_trained_round_shows_its_frozen_training_set(task_workspace, launched, monkeypatch):
-    from semievol.decisions import record_decisions
-    from semievol.training_set import freeze, training_items
+    from semievol.curation.decisions import record_decisions
+    from semievol.curation.training_set import freeze, training_items
 
     ws = task_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 3")]
     ws.conn.executemany("INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement,"
                         " selected) VALUES(?, ?, 'outage', 'agreed', 1.0, 1)",

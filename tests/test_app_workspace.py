@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from semievol.config import TaskConfig
-from semievol.data import ColumnMapping, import_file
-from semievol.store import Workspace
+from semievol.workspace.imports import ColumnMapping, import_file
+from semievol.workspace.store import Workspace
 
 APP = Path(__file__).resolve().parents[1] / "app"
 sys.path.insert(0, str(APP))  # the pages import `common` and `workspace_view` from app/
@@ -26,7 +26,7 @@ def plain(markdown: str) -> str:
     """What a reader sees of Markdown whose data was escaped (common.literal)."""
     import re
     return re.sub(r"\\(.)", r"\1", markdown)
-from semievol.workflow import next_steps  # noqa: E402
+from semievol.views.workflow import next_steps  # noqa: E402
 
 LABELS = ["billing", "outage", "equipment"]
 LABELED = [("Charged twice on my bill", "billing"), ("Refund the late fee", "billing"),
@@ -234,9 +234,9 @@ def _import_form(ws_path, upload_path):
     from pathlib import Path
 
     import streamlit as st
-
-    from semievol.store import Workspace
     from workspace_view import show_import
+
+    from semievol.workspace.store import Workspace
 
     class Upload:
         name = Path(upload_path).name
@@ -309,19 +309,19 @@ def test_import_form_asks_for_the_task_on_a_fresh_workspace(tmp_path):
 
 
 def test_next_steps_follow_the_workspace(ws_path):
-    from semievol import rounds
     from semievol.config import RoundConfig
+    from semievol.rounds.record import open_round, set_status
 
     with Workspace(ws_path) as ws:
         assert "Index" in next_steps(ws)[0]  # not indexed yet: the data comes first
-        from semievol.retrieval import index_workspace
+        from semievol.method.retrieval import index_workspace
         index_workspace(ws, FakeEmbedder(), k=2)
         assert next_steps(ws)[0].startswith("Set up and launch round 1")
-        rnd = rounds.open_round(ws, RoundConfig())
+        rnd = open_round(ws, RoundConfig())
         assert "launch it" in next_steps(ws)[0]
-        rounds.set_status(ws, rnd, "awaiting_review")
+        set_status(ws, rnd, "awaiting_review")
         assert "awaiting review" in next_steps(ws)[0]
-        rounds.set_status(ws, rnd, "done")
+        set_status(ws, rnd, "done")
         assert "start round 2" in next_steps(ws)[0]
 
 

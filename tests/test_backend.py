@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from semievol.config import ModelConfig, TaskConfig
-from semievol.tasks import option_continuations
+from semievol.task.formats import option_continuations
 
 torch = pytest.importorskip("torch")
 
@@ -31,7 +31,7 @@ def tiny_config(path) -> ModelConfig:
 def backend(tiny_model_dir):
     """The tiny model with larger random weights: at the default init (std 0.02) every
     token's log-probability is within ~0.1 of -log(V), too flat to tell right from wrong."""
-    from semievol.backend import load_backend
+    from semievol.model.local import load_backend
 
     b = load_backend(tiny_config(tiny_model_dir))
     generator = torch.Generator().manual_seed(1)
@@ -75,7 +75,7 @@ def test_scores_equal_naive_forward_mixed_lengths_and_option_counts(backend):
 
 
 def test_scores_do_not_depend_on_batching(backend):
-    from semievol.backend import LocalBackend
+    from semievol.model.local import LocalBackend
 
     together = backend.score_continuations(PROMPTS, CONTINUATIONS)
     one_by_one = LocalBackend(backend.model, backend.tokenizer, name="x", batch_size=1)
@@ -86,7 +86,7 @@ def test_scores_do_not_depend_on_batching(backend):
 
 
 def test_small_batches_keep_the_input_order(backend):
-    from semievol.backend import LocalBackend
+    from semievol.model.local import LocalBackend
 
     prompts = PROMPTS + ["Another prompt of middling length here", "Hi"]
     conts = CONTINUATIONS + [["one", "two words"], ["ok"]]
@@ -110,7 +110,7 @@ def test_option_distributions_sum_to_one_and_follow_the_scores(backend):
 
 
 def test_letter_continuations_need_only_the_prompt_forward(backend):
-    from semievol.backend import LocalBackend
+    from semievol.model.local import LocalBackend
 
     task = TaskConfig(kind="choice", labels=["billing", "outage", "equipment"],
                       answer_format="letter")
@@ -170,7 +170,7 @@ def test_sampled_generation_is_deterministic_for_a_seed(backend):
 
 
 def test_lazy_backend_loads_weights_on_first_score(tiny_model_dir):
-    from semievol.backend import LazyBackend, LocalBackend, backend_name
+    from semievol.model.local import LazyBackend, LocalBackend, backend_name
 
     config = tiny_config(tiny_model_dir)
     lazy = LazyBackend(config)

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, start_server
-from semievol import rounds, steps
+
 from semievol.config import CalibrationConfig, ModelConfig, RoundConfig, TrainConfig
+from semievol.rounds import steps
+from semievol.rounds.record import get_round, open_round
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "test-output" / "screenshots"
@@ -39,7 +40,7 @@ def round_workspace(filled_workspace, tiny_model_dir, fake_embedder):
     config = RoundConfig(model=ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32"),
                          train=TrainConfig(max_steps=2, batch_size=4),
                          calibration=CalibrationConfig(fraction=0.25, min_per_class=1))
-    rnd = rounds.open_round(ws, config)
+    rnd = open_round(ws, config)
     steps.run_steps(ws, rnd.number, steps.STEPS, embedder=fake_embedder, confirm="tester")
     return ws
 
@@ -162,8 +163,8 @@ def test_a_round_launched_from_the_app_waits_for_review_by_keyboard(launch_serve
         page.get_by_text("Started run", exact=False).wait_for(timeout=60_000)
         page.screenshot(path=str(REVIEW_SHOTS / "2_launched.png"))
         _wait_text(page, url, "Review", "Review", "awaiting review", timeout=300)
-        assert rounds.get_round(ws, 1).status == "awaiting_review"
-        assert rounds.get_round(ws, 1).final_adapter is None  # nothing trained before review
+        assert get_round(ws, 1).status == "awaiting_review"
+        assert get_round(ws, 1).final_adapter is None  # nothing trained before review
         page.screenshot(path=str(REVIEW_SHOTS / "3_awaiting_review.png"))
 
         field = page.get_by_role("textbox", name="Reviewer", exact=True)
@@ -204,7 +205,7 @@ def test_a_round_launched_from_the_app_waits_for_review_by_keyboard(launch_serve
         page.get_by_text("round adapter", exact=False).first.wait_for(timeout=30_000)
         page.screenshot(path=str(REVIEW_SHOTS / "5_trained.png"))
         browser.close()
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     assert rnd.status == "done" and rnd.final_adapter
     trained = {r[0] for r in ws.query("SELECT source FROM training_rows")}
     assert "human" in trained  # the relabels made by keyboard were trained on
@@ -217,7 +218,7 @@ if __name__ == "__main__":
     #   .venv/bin/python tests/test_browser.py workspaces/demo
     import tempfile
 
-    from semievol.store import Workspace
+    from semievol.workspace.store import Workspace
 
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "workspaces/demo").resolve()
     copy = Path(tempfile.mkdtemp()) / source.name

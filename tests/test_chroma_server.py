@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FakeEmbedder
 from server_support import free_port
+
 from semievol.errors import SemiEvolError
-from semievol.retrieval import CHROMA_SERVER, index_workspace, set_chroma_server
+from semievol.method.retrieval import CHROMA_SERVER, index_workspace, set_chroma_server
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,8 @@ def test_workspaces_on_one_server_stay_apart(filled_workspace, chroma_url, tmp_p
                                              small_task_files, task):
     import chromadb
 
-    from semievol.data import ColumnMapping, import_file
-    from semievol.store import Workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
+    from semievol.workspace.store import Workspace
 
     set_chroma_server(filled_workspace, chroma_url)
     index_workspace(filled_workspace, FakeEmbedder(), k=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from semievol.store import SCHEMA_VERSION, Workspace
+from semievol.workspace.store import SCHEMA_VERSION, Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "transformers", "chromadb", "sentence_transformers", "peft", "pandas",
@@ -52,7 +52,7 @@ def test_console_script_help():
 
 
 def test_no_heavy_imports_at_cli_start():
-    code = ("import sys; import semievol.cli; semievol.cli.build_parser(); "
+    code = ("import sys; import semievol.cli.main; semievol.cli.main.build_parser(); "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(HEAVY)!r}))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
@@ -154,7 +154,7 @@ def test_index_with_the_real_embedder(tmp_path, small_task_files):
 
 def test_an_unexpected_error_is_one_line_and_a_log_with_the_traceback(tmp_path, monkeypatch,
                                                                      capsys):
-    import semievol.cli as cli
+    import semievol.cli.main as cli
 
     def broken(args):
         raise RuntimeError("a bug")
@@ -172,7 +172,7 @@ def test_a_full_disk_and_a_locked_database_are_clear_lines(tmp_path, monkeypatch
     import errno
     import sqlite3
 
-    import semievol.cli as cli
+    import semievol.cli.main as cli
 
     for error, words in ((OSError(errno.ENOSPC, "No space left on device"), "disk is full"),
                          (sqlite3.OperationalError("database is locked"), "locked"),

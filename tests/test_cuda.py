@@ -42,14 +42,14 @@ def sharpened(backend):
 
 
 def test_auto_picks_the_gpu_in_bf16():
-    from semievol.models import pick_device, pick_dtype
+    from semievol.model.loading import pick_device, pick_dtype
 
     assert pick_device("auto") == "cuda"
     assert pick_dtype("auto", "cuda") == torch.bfloat16
 
 
 def test_scores_on_the_gpu_equal_the_cpu_scores(tiny_model_dir):
-    from semievol.backend import load_backend
+    from semievol.model.local import load_backend
 
     cpu = sharpened(load_backend(config(tiny_model_dir, "cpu")))
     gpu = sharpened(load_backend(config(tiny_model_dir, "cuda")))
@@ -64,7 +64,7 @@ def test_scores_on_the_gpu_equal_the_cpu_scores(tiny_model_dir):
 
 
 def test_bf16_scoring_on_the_gpu_stays_close_to_float32(tiny_model_dir):
-    from semievol.backend import load_backend
+    from semievol.model.local import load_backend
 
     full = sharpened(load_backend(config(tiny_model_dir, "cuda", "float32")))
     half = sharpened(load_backend(config(tiny_model_dir, "cuda", "bfloat16")))
@@ -76,8 +76,8 @@ def test_bf16_scoring_on_the_gpu_stays_close_to_float32(tiny_model_dir):
 
 
 def prompts(tiny_model_dir) -> tuple[object, list[str]]:
-    from semievol.models import load_tokenizer
-    from semievol.tasks import Example, build_messages, render_prompt
+    from semievol.model.loading import load_tokenizer
+    from semievol.task.formats import Example, build_messages, render_prompt
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     return tokenizer, [render_prompt(tokenizer, build_messages(TASK, Example(q, TASK.labels)))
@@ -85,7 +85,7 @@ def prompts(tiny_model_dir) -> tuple[object, list[str]]:
 
 
 def train(tiny_model_dir, folder, device: str, dtype: str, steps: int) -> list[float]:
-    from semievol.finetune import TrainExample, train_lora
+    from semievol.training.finetune import TrainExample, train_lora
 
     tokenizer, texts = prompts(tiny_model_dir)
     examples = [TrainExample(text, a + tokenizer.eos_token, a)
@@ -108,7 +108,7 @@ def test_float32_training_on_the_gpu_follows_the_cpu_run(tiny_model_dir, tmp_pat
 
 def test_bf16_training_on_the_gpu_lowers_the_loss_and_loads_back_on_the_cpu(tiny_model_dir,
                                                                            tmp_path):
-    from semievol.backend import load_backend
+    from semievol.model.local import load_backend
 
     losses = train(tiny_model_dir, tmp_path / "adapter", "cuda", "bfloat16", steps=30)
     assert len(losses) == 30 and all(np.isfinite(losses))

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from semievol.config import TaskConfig
-from semievol.data import ColumnMapping, import_file, parse_options, resolve_answer
-from semievol.items import options_of
 from semievol.errors import SemiEvolError
+from semievol.workspace.imports import ColumnMapping, import_file, parse_options, resolve_answer
+from semievol.workspace.items import options_of
 
 TEXT_MAP = ColumnMapping(question="text", answer="label", id="id")
 OPTIONS_MAP = ColumnMapping(question="question", answer="answer", options="options", id="id")

@@ -9,13 +9,13 @@ import sqlite3
 
 import numpy as np
 import pytest
-
 from conftest import ids_of
+
 from semievol.config import TaskConfig
-from semievol.decisions import (apply_decisions, current_decision, current_decisions,
-                                decision_history, last_decision, record_decisions)
+from semievol.curation.decisions import (apply_decisions, current_decision, current_decisions,
+                                         decision_history, last_decision, record_decisions)
 from semievol.errors import SemiEvolError
-from semievol.review import ReviewFilter, count_items
+from semievol.views.review import ReviewFilter, count_items
 
 
 def decision_count(ws) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from semievol.config import LoraConfig, ModelConfig, TrainConfig
 from semievol.errors import SemiEvolError
-from semievol.finetune import TrainExample
+from semievol.training.finetune import TrainExample
 
 PAIRS = [("The bill is wrong", "billing"), ("Internet down", "outage"),
          ("Router broken", "equipment"), ("Refund my charge", "billing"),
@@ -20,8 +20,8 @@ PAIRS = [("The bill is wrong", "billing"), ("Internet down", "outage"),
 
 def _examples(tokenizer):
     from semievol.config import TaskConfig
-    from semievol.prompts import PromptBuilder
-    from semievol.tasks import Example
+    from semievol.model.prompts import PromptBuilder
+    from semievol.task.formats import Example
 
     task = TaskConfig(kind="choice", labels=["billing", "outage", "equipment"])
     builder = PromptBuilder(task, tokenizer, 256)
@@ -33,8 +33,8 @@ def _examples(tokenizer):
 
 
 def _train(tmp_path, tiny_model_dir, processes: int):
-    from semievol.finetune import train_lora
-    from semievol.models import load_tokenizer
+    from semievol.model.loading import load_tokenizer
+    from semievol.training.finetune import train_lora
 
     examples = _examples(load_tokenizer(str(tiny_model_dir)))
     seen = []
@@ -56,7 +56,7 @@ def test_two_processes_follow_one(tmp_path, tiny_model_dir):
     np.testing.assert_allclose(double_losses, single_losses, rtol=1e-4, atol=1e-5)
     assert progress[-1] == (4, 4)  # the first process's progress reached the parent
 
-    from semievol.backend import load_backend
+    from semievol.model.local import load_backend
 
     model = ModelConfig(name_or_path=str(tiny_model_dir), dtype="float32", device="cpu")
     one = load_backend(model, adapter=tmp_path / "adapter-1")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import (LABELED_TEXTS, LABELS, TEST_ROWS, UNLABELED_TEXTS, FakeEmbedder, add_pseudo,
                       add_round, write_csv)
+
 from semievol.saved_config import to_dict
-from semievol.store import Workspace
+from semievol.workspace.store import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 # One torch thread per process: a tiny model is faster so, above all on a busy machine.
@@ -56,8 +56,8 @@ def wait_for(predicate, *, timeout: float, what: str):
 def build_workspace(path: Path, files: Path) -> Path:
     """The small broadband task imported and indexed in-process (fake embedder, k=3)."""
     from semievol.config import TaskConfig
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     rows = {
         "labeled": [{"id": f"L{c}{i}", "text": t, "label": label}
@@ -123,7 +123,7 @@ def resumed(selected, tmp_path_factory) -> dict:
     """Background training (endless: it runs until killed), a refused twin, SIGKILL once a
     checkpoint is on disk, then the same training resumed in the foreground to a finish a
     few steps past the checkpoint. Returns what each stage showed."""
-    from semievol.rounds import get_round
+    from semievol.rounds.record import get_round
 
     ws_path = selected
     with Workspace(ws_path) as ws:
@@ -199,7 +199,7 @@ def _alive(pid: int) -> bool:
 
 # -- tests ---------------------------------------------------------------------------------
 def test_warmup_stores_the_command_line_config(warmed, tiny_model_dir):
-    from semievol.rounds import get_round
+    from semievol.rounds.record import get_round
 
     with Workspace(warmed) as ws:
         rnd = get_round(ws, 1)
@@ -232,7 +232,7 @@ def test_label_twice_the_second_is_all_cache(first_label, warmed):
 
 
 def test_calibration_prints_precision(selected):
-    from semievol.calibration import calibration_report
+    from semievol.curation.calibration import calibration_report
 
     out = semievol("calibration", selected).stdout
     with Workspace(selected) as ws:
@@ -294,12 +294,12 @@ def test_killed_training_resumes_from_its_checkpoint(resumed, selected):
         # Stored relative to the workspace (it may be moved), resolved by the library.
         assert ws.scalar("SELECT final_adapter FROM rounds WHERE number=1") == \
             str(final.relative_to(ws.path))
-        from semievol.rounds import get_round
+        from semievol.rounds.record import get_round
         assert get_round(ws, 1).final_adapter == str(final)
 
 
 def test_export_dataset_and_adapter(resumed, selected, tmp_path):
-    from semievol.training_set import training_items
+    from semievol.curation.training_set import training_items
 
     out = semievol("export", selected, "--what", "dataset,adapter", "--out", tmp_path).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())

@@ -15,16 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import LABELED_TEXTS, LABELS, TEST_ROWS, UNLABELED_TEXTS, FakeEmbedder
-from semievol import jobs, rounds, steps
+
 from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig, RoundConfig,
                              SelectionConfig, TrainConfig)
-from semievol.decisions import record_decisions
-from semievol.selection_state import compute_selection
-from semievol.training_set import training_items
-from semievol.evaluate import stored_evaluation
-from semievol.guards import leakage_flags
+from semievol.curation.decisions import record_decisions
+from semievol.curation.pool import pool_item_ids
+from semievol.curation.selection_state import compute_selection
+from semievol.curation.training_set import training_items
+from semievol.method.evaluate import stored_evaluation
+from semievol.rounds import steps
+from semievol.rounds.guards import leakage_flags
+from semievol.rounds.record import get_round, open_round
+from semievol.runs import jobs
 
 COLLABORATORS = [CollaboratorConfig("base", 0, 1.0, 0),
                  CollaboratorConfig("warmup", 3, 1.0, 1),
@@ -66,18 +69,18 @@ def selected_ids(ws, round_id: int, split: str = "unlabeled") -> set[int]:
 def label_and_select(ws, rnd, embedder):
     """warmup -> label -> select; returns the refreshed round."""
     steps.step_warmup(ws, rnd, embedder=embedder)
-    rnd = rounds.get_round(ws, rnd.number)
+    rnd = get_round(ws, rnd.number)
     steps.step_label(ws, rnd)
     steps.step_select(ws, rnd, embedder=embedder)
-    return rounds.get_round(ws, rnd.number)
+    return get_round(ws, rnd.number)
 
 
 def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, monkeypatch):
     ws = filled_workspace
     labeled_before = ids_of(ws, "labeled")
-    rnd = rounds.open_round(ws, tiny_config(tiny_model_dir))
+    rnd = open_round(ws, tiny_config(tiny_model_dir))
     assert (rnd.number, rnd.status) == (1, "open")
-    assert rounds.open_round(ws).id == rnd.id  # an unfinished round is reopened, not doubled
+    assert open_round(ws).id == rnd.id  # an unfinished round is reopened, not doubled
 
     # -- warm-up: calibration held out (stratified), not trained on, retrieval refreshed
     losses = []
@@ -89,7 +92,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert answers == {label: 1 for label in LABELS}  # 25% of 4 per class, one of each
     assert sorted(calibration + labeled) == labeled_before
     assert summary["calibration_items"] == 3 and summary["examples"] == len(labeled) == 9
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     warmup_dir = Path(rnd.warmup_adapter)
     assert warmup_dir == ws.path / "adapters" / "round1" / "warmup"
     assert (warmup_dir / "adapter_config.json").exists()
@@ -112,7 +115,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert demo_splits == {"labeled"}
 
     # -- label: items x collaborators responses, one pseudo-label per pool item
-    pool = steps.pool_item_ids(ws, rnd)
+    pool = pool_item_ids(ws, rnd.number, rnd.config.unlabeled_limit)
     assert pool == unlabeled + calibration
     result = steps.step_label(ws, rnd)
     n = len(COLLABORATORS)
@@ -149,7 +152,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     def no_model(*args, **kwargs):
         raise AssertionError("a cached label step loaded a model")
     with monkeypatch.context() as patch:
-        patch.setattr("semievol.backend.load_backend", no_model)
+        patch.setattr("semievol.model.local.load_backend", no_model)
         again = steps.step_label(ws, rnd)
     assert (again["computed"], again["cached"], again["model_calls"]) == (0, len(pool) * n, 0)
     assert (again["agreed"], again["reflected"], again["skipped"]) == (0, 0, len(pool))
@@ -176,7 +179,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert [m["step"] for m in metrics] == list(range(1, MAX_STEPS + 1))
     assert ws.scalar("SELECT COUNT(*) FROM metrics WHERE round_id=? AND name='train_loss'",
                      (rnd.id,)) == MAX_STEPS
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     final_dir = Path(rnd.final_adapter)
     assert final_dir == ws.path / "adapters" / "round1" / "final"
     assert (final_dir / "adapter_config.json").exists()
@@ -195,32 +198,32 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
         assert 0 <= r["accuracy"] <= 1 and results[model]["accuracy"] == r["accuracy"]
         assert len(json.loads(r["report"])["predictions"]) == len(TEST_ROWS)
     assert json.loads(evaluations[(None, "base+demos")]["report"])["demonstrations"] == 3
-    first = rounds.get_round(ws, 1)
+    first = get_round(ws, 1)
     assert first.status == "done"
     assert ws.scalar("SELECT finished_at FROM rounds WHERE id=?", (rnd.id,)) is not None
 
     # -- round 2 starts from round 1's adapter and leaves out what round 1 selected
     relabeled = min(set(unlabeled) - picked)  # a reviewer labels it between the rounds
     record_decisions(ws, [relabeled], "relabel", label=LABELS[0], reviewer="ann")
-    second = rounds.open_round(ws)
+    second = open_round(ws)
     assert (second.number, second.status) == (2, "open") and second.id != first.id
     assert second.config == first.config  # no config given: the last round's is kept
 
     def no_training(*args, **kwargs):
         raise AssertionError("round 2's warm-up trained a new adapter")
-    monkeypatch.setattr("semievol.finetune.train_lora", no_training)
+    monkeypatch.setattr("semievol.training.finetune.train_lora", no_training)
     summary = steps.step_warmup(ws, second, embedder=fake_embedder)
     # It starts from round 1's best adapter on the test set (warm-up or trained).
     accuracy = {m: stored_evaluation(ws, first.id, m)["accuracy"] for m in ("warmup", "round")}
     best = "round" if accuracy["round"] >= accuracy["warmup"] else "warmup"
     assert (summary["from_round"], summary["from"]) == (1, best)
     assert summary["adapter"] == (first.final_adapter if best == "round" else first.warmup_adapter)
-    second = rounds.get_round(ws, 2)
+    second = get_round(ws, 2)
     assert second.warmup_adapter == summary["adapter"]
     assert not (ws.path / "adapters" / "round2").exists()
     assert ids_of(ws, "calibration") == calibration  # held out once, in round 1
 
-    pool2 = steps.pool_item_ids(ws, second)
+    pool2 = pool_item_ids(ws, second.number, second.config.unlabeled_limit)
     assert pool2 == sorted(set(unlabeled) - picked - {relabeled}) + calibration
     # Its base collaborator asks exactly what round 1's asked: copied, not recomputed.
     result = steps.step_label(ws, second)
@@ -246,10 +249,10 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert {it["item_id"] for it in training_items(ws, 1)} == set(labeled) | picked
 
     # Round 2's warm-up is round 1's adapter: its test report is inherited, not recomputed.
-    from semievol.backend import LazyBackend
+    from semievol.model.local import LazyBackend
     round1 = stored_evaluation(ws, first.id, best)
     warmup = LazyBackend(second.config.model, second.warmup_adapter)
-    steps.step_evaluate(ws, rounds.get_round(ws, 2),
+    steps.step_evaluate(ws, get_round(ws, 2),
                          backends={"base": warmup, "warmup": warmup})
     assert warmup.calls == 0  # base reports are shared, the warm-up's inherited
     inherited = stored_evaluation(ws, second.id, "warmup")
@@ -260,7 +263,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
 def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_model_dir):
     ws = filled_workspace
     config = tiny_config(tiny_model_dir, collaborators=SMALL_TEAM, unlabeled_limit=8)
-    rnd = label_and_select(ws, rounds.open_round(ws, config), fake_embedder)
+    rnd = label_and_select(ws, open_round(ws, config), fake_embedder)
     pool = set(ids_of(ws, "unlabeled")[:8])
     picked = selected_ids(ws, rnd.id)
     left_out = sorted(pool - picked)
@@ -297,8 +300,8 @@ def test_decisions_override_the_policy(filled_workspace, fake_embedder, tiny_mod
 
 def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, write_csv,
                                                    tiny_model_dir):
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     leaked_text, _ = TEST_ROWS[3]
     rows = {
@@ -322,7 +325,7 @@ def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, wr
     # theta 100: the policy alone would keep every pseudo-label.
     config = tiny_config(tiny_model_dir, selection=SelectionConfig(theta=100.0),
                          collaborators=SMALL_TEAM, unlabeled_limit=6)
-    rnd = label_and_select(ws, rounds.open_round(ws, config), embedder)
+    rnd = label_and_select(ws, open_round(ws, config), embedder)
     pool = ids_of(ws, "unlabeled")[:6]
     assert leaked in pool
     flags = leakage_flags(ws, rnd.id)
@@ -348,13 +351,13 @@ def test_near_duplicate_of_a_test_item_is_held_out(workspace, task, tmp_path, wr
 def test_a_batch_reports_progress_as_its_requests_finish(filled_workspace, tiny_model_dir):
     """Labeling reports inside a batch of 64 items, not only after it: on a served model a
     batch is hundreds of requests, minutes without a word otherwise."""
-    from semievol.backend import load_backend
-    from semievol.collaborators import run_collaborators
-    from semievol.items import load_items, split_ids
+    from semievol.method.collaborators import run_collaborators
+    from semievol.model.local import load_backend
+    from semievol.workspace.items import load_items, split_ids
 
     ws = filled_workspace
     team = [CollaboratorConfig("base", 0, 1.0, 0)]
-    rnd = rounds.open_round(ws, tiny_config(tiny_model_dir, collaborators=team))
+    rnd = open_round(ws, tiny_config(tiny_model_dir, collaborators=team))
     items = load_items(ws, split_ids(ws, "unlabeled"))
     backend = load_backend(rnd.config.model, batch_size=4)
     seen = []

@@ -4,8 +4,8 @@ by the estimate, remaining time scaled by how the run is going."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import add_round
+
 from semievol.config import CollaboratorConfig, ModelConfig, RoundConfig, TrainConfig
 
 
@@ -13,7 +13,7 @@ from semievol.config import CollaboratorConfig, ModelConfig, RoundConfig, TrainC
 def machine_file(tmp_path, monkeypatch):
     """The machine-level speed file in a scratch folder (not the real cache)."""
     path = tmp_path / "throughput.json"
-    monkeypatch.setattr("semievol.throughput._machine_file", lambda: path)
+    monkeypatch.setattr("semievol.model.throughput._machine_file", lambda: path)
     return path
 
 
@@ -25,7 +25,7 @@ def _config(tiny_model_dir, **train) -> RoundConfig:
 
 
 def test_a_new_round_is_estimated_step_by_step(filled_workspace, tiny_model_dir):
-    from semievol import launch
+    from semievol.runs import launch
 
     found = launch.estimate(filled_workspace, "round", config=_config(tiny_model_dir),
                             review=False)
@@ -37,7 +37,7 @@ def test_a_new_round_is_estimated_step_by_step(filled_workspace, tiny_model_dir)
 
 
 def test_more_epochs_and_more_collaborators_cost_more(filled_workspace, tiny_model_dir):
-    from semievol import launch
+    from semievol.runs import launch
 
     small = launch.estimate(filled_workspace, "round", config=_config(tiny_model_dir),
                             review=False)
@@ -49,11 +49,11 @@ def test_more_epochs_and_more_collaborators_cost_more(filled_workspace, tiny_mod
 
 
 def test_measured_speed_replaces_the_guess(filled_workspace, tiny_model_dir, machine_file):
-    from semievol.estimate import speeds
-    from semievol.throughput import record
+    from semievol.model.throughput import record_speed
+    from semievol.runs.estimate import speeds
 
     model = _config(tiny_model_dir).model
-    record(filled_workspace, model, "inference", 50_000, 10.0)
+    record_speed(filled_workspace, model, "inference", 50_000, 10.0)
     found = speeds(filled_workspace, model)
     assert found["inference"] == pytest.approx(5000.0)
     assert found["inference_source"] == "measured in this workspace"
@@ -62,12 +62,12 @@ def test_measured_speed_replaces_the_guess(filled_workspace, tiny_model_dir, mac
 
 
 def test_answered_items_are_not_counted_again(filled_workspace, tiny_model_dir):
-    from semievol import rounds
-    from semievol.estimate_work import step_work
+    from semievol.rounds.record import open_round
+    from semievol.runs.work import step_work
 
     config = _config(tiny_model_dir)
     with filled_workspace.transaction():
-        rnd = rounds.open_round(filled_workspace, config)
+        rnd = open_round(filled_workspace, config)
     before = step_work(filled_workspace, rnd, "label", ["label"])[1]
     pool = [r[0] for r in filled_workspace.query("SELECT id FROM items WHERE split='unlabeled'")]
     with filled_workspace.transaction() as conn:
@@ -79,8 +79,8 @@ def test_answered_items_are_not_counted_again(filled_workspace, tiny_model_dir):
 
 
 def test_progress_is_weighted_by_the_estimate(workspace):
-    from semievol.jobs import register_run
-    from semievol.run_progress import RunHandle
+    from semievol.runs.jobs import register_run
+    from semievol.runs.progress import RunHandle
 
     rid = add_round(workspace)
     run_id = register_run(workspace, "round", round_id=rid)
@@ -96,7 +96,7 @@ def test_progress_is_weighted_by_the_estimate(workspace):
 
 
 def test_remaining_time_follows_how_the_run_goes():
-    from semievol.estimate import remaining
+    from semievol.runs.progress import remaining
 
     estimate = {"steps": {"warmup": 100.0, "label": 300.0}}
     assert remaining(estimate, ["warmup"], "label", 0.0, 100.0) == pytest.approx(300.0)
@@ -112,8 +112,8 @@ def test_a_step_with_a_served_part_records_no_local_speed(workspace, tiny_model_
     from types import SimpleNamespace
 
     from semievol.config import ServedConfig, ServerConfig
-    from semievol.steps import _record_speed
-    from semievol.throughput import measured
+    from semievol.model.throughput import measured
+    from semievol.rounds.steps import _remember_speed
 
     servers = [ServerConfig(name="llama", base_url="http://127.0.0.1:1/v1")]
     model = _config(tiny_model_dir).model
@@ -127,7 +127,7 @@ def test_a_step_with_a_served_part_records_no_local_speed(workspace, tiny_model_
 
     def recorded(kind: str, step: str) -> bool:
         workspace.set_setting("throughput", {})
-        _record_speed(workspace, SimpleNamespace(config=configs[kind]), step, {}, 10.0,
+        _remember_speed(workspace, SimpleNamespace(config=configs[kind]), step, {}, 10.0,
                       {"forward": 50_000, "train": 0})
         return "inference" in measured(workspace, model)[0]
 

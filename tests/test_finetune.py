@@ -11,8 +11,8 @@ import pytest
 
 from semievol.config import LoraConfig, ModelConfig, TaskConfig, TrainConfig
 from semievol.errors import SemiEvolError
-from semievol.finetune import TrainExample, lr_at, sample_order, tokenize, train_lora
-from semievol.tasks import Example, build_messages, render_prompt
+from semievol.task.formats import Example, build_messages, render_prompt
+from semievol.training.finetune import TrainExample, lr_at, sample_order, tokenize, train_lora
 
 torch = pytest.importorskip("torch")
 
@@ -25,7 +25,7 @@ LORA = LoraConfig(r=2, alpha=4, dropout=0.0)
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from semievol.models import load_tokenizer
+    from semievol.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
@@ -321,10 +321,11 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 # -- LoRA dropout: one mask per input ----------------------------------------------------------
 def test_projections_of_one_input_share_a_dropout_mask_and_others_draw_their_own(tiny_model_dir):
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from semievol.lora_dropout import SharedInputDropout, share_dropout_masks
+    from semievol.training.lora_dropout import SharedInputDropout, share_dropout_masks
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), PeftLoraConfig(
         r=2, lora_alpha=4, lora_dropout=0.5, target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -367,7 +368,7 @@ def test_training_with_lora_dropout_runs_and_saves(tiny_model_dir, examples, tmp
 
 # -- long sequences: a micro-batch in pieces ---------------------------------------------------
 def test_a_batch_of_long_sequences_runs_in_pieces_within_the_attention_cap():
-    from semievol.finetune import memory_pieces
+    from semievol.training.finetune import memory_pieces
 
     rows = [([0] * n, n - 2) for n in (50, 1000, 400, 900, 60)]
     assert memory_pieces(rows, [0, 4, 2], cells=10 ** 6) == [[0, 4, 2]]  # fits: as it was
@@ -379,7 +380,7 @@ def test_a_batch_of_long_sequences_runs_in_pieces_within_the_attention_cap():
 
 
 def test_pieces_give_the_gradient_of_the_whole_batch(tiny_model_dir, examples, monkeypatch):
-    from semievol import finetune
+    from semievol.training import finetune
 
     config = train_config(batch_size=4, class_balance="loss")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from semievol.errors import SemiEvolError
-from semievol.store import MIGRATIONS, SCHEMA_VERSION, Workspace, _split_sql
+from semievol.workspace.store import MIGRATIONS, SCHEMA_VERSION, Workspace, _split_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 

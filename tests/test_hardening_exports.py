@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import add_pseudo, add_round, ids_of
+
 from semievol.errors import SemiEvolError
-from semievol.export import export_adapter, export_dataset, parse_what, spreadsheet_safe
+from semievol.export.dataset import export_dataset, spreadsheet_safe
+from semievol.export.model import export_adapter
+from semievol.export.paths import parse_what
 
 ROOT = Path(__file__).resolve().parents[1]
 

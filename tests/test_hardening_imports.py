@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import write_csv
+
 from semievol.config import TaskConfig
-from semievol.data import ColumnMapping, import_file
 from semievol.errors import SemiEvolError
+from semievol.workspace.imports import ColumnMapping, import_file
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["billing", "outage", "equipment"]
@@ -118,7 +118,7 @@ def test_keep_answers_is_gone_and_unlabeled_answers_are_never_read(tmp_path, sma
 
 RACE = '''
 import sys
-from semievol.cli import main
+from semievol.cli.main import main
 sys.exit(main(["import", sys.argv[1], sys.argv[2], "--split", "labeled", "--question-col",
                "text", "--answer-col", "label", "--id-col", "id", "--kind", "choice",
                "--labels", "billing,outage,equipment"]))
@@ -140,7 +140,7 @@ def test_two_imports_of_one_file_at_once_give_one_clear_refusal(tmp_path):
     assert codes == [0, 2], results
     loser = next(r for r in results if r[0] == 2)
     assert "Traceback" not in loser[2] and "already in the workspace" in loser[2]
-    from semievol.store import Workspace
+    from semievol.workspace.store import Workspace
     with Workspace(tmp_path / "ws") as ws:
         assert ws.split_counts()["labeled"] == 3000
         assert ws.scalar("SELECT COUNT(*) FROM imports") == 1
@@ -149,8 +149,8 @@ def test_two_imports_of_one_file_at_once_give_one_clear_refusal(tmp_path):
 MEMORY = '''
 import sys
 from semievol.config import TaskConfig
-from semievol.data import ColumnMapping, import_file
-from semievol.store import Workspace
+from semievol.workspace.imports import ColumnMapping, import_file
+from semievol.workspace.store import Workspace
 ws = Workspace(sys.argv[1], create=True)
 import_file(ws, sys.argv[2], "unlabeled", mapping=ColumnMapping("text", None, None, "id"),
             task=TaskConfig(kind="choice", labels=["a", "b"]))

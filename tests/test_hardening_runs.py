@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from semievol import jobs, launch, rounds
 from semievol.config import CollaboratorConfig, RoundConfig
-from semievol.store import Workspace, now
+from semievol.rounds.record import open_round
+from semievol.runs import jobs, launch
+from semievol.workspace.store import Workspace, now
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app"
@@ -40,7 +41,7 @@ def semievol(*args, timeout=120) -> subprocess.CompletedProcess:
 def busy(filled_workspace):
     """Round 1 open with pseudo-labels, and a live run (this process) evaluating it."""
     ws = filled_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='unlabeled' LIMIT 5")]
     ws.conn.executemany("INSERT INTO pseudo_labels(round_id, item_id, label, path, agreement) "
                         "VALUES(?, ?, 'billing', 'agreed', 1.0)", [(rnd.id, i) for i in ids])
@@ -119,7 +120,7 @@ def test_two_background_warmups_at_once_give_one_clear_refusal(filled_workspace,
 
 def test_missing_adapters_are_refused_before_any_work(filled_workspace):
     ws = filled_workspace
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     ws.conn.execute("UPDATE rounds SET warmup_adapter='adapters/round1/warmup' WHERE id=?",
                     (rnd.id,))  # recorded, but the folder was deleted
     before = digest(ws)

@@ -14,15 +14,15 @@ import time
 
 import pytest
 
-from semievol import jobs
 from semievol.errors import SemiEvolError
-from semievol.store import now
+from semievol.runs import jobs
+from semievol.workspace.store import now
 
 CHILD = '''
 """A stand-in for a long CLI step: python -m jobchild WORKSPACE RUN_ID MODE."""
 import sys, time
-from semievol import jobs
-from semievol.store import Workspace
+from semievol.runs import jobs
+from semievol.workspace.store import Workspace
 
 ws = Workspace(sys.argv[1])
 mode = sys.argv[3]

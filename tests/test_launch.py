@@ -1,4 +1,4 @@
-"""Starting a round's steps as runs (semievol.launch): one path for every entry point,
+"""Starting a round's steps as runs (semievol.runs.launch): one path for every entry point,
 refused before anything changes, background workers that get nothing but their run id, and
 resuming failed runs.
 
@@ -16,14 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import fake_adapter
-from semievol import jobs, launch, rounds
+
 from semievol.config import CalibrationConfig, RoundConfig, SelectionConfig, TrainConfig
+from semievol.curation.selection_state import applied_selection
 from semievol.errors import SemiEvolError
+from semievol.rounds.record import get_round, open_round, with_budget
+from semievol.runs import jobs, launch
 from semievol.saved_config import to_dict, to_json
-from semievol.selection_state import applied_selection
-from semievol.store import now
+from semievol.workspace.store import now
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +77,13 @@ def _command_line(ws, run_id) -> str:
 def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(filled_workspace):
     ws = filled_workspace
     config = _config()
-    rnd = rounds.open_round(ws, config)
+    rnd = open_round(ws, config)
     ids = _pseudo_label(ws, rnd)
     run_id = launch.start(ws, "select", background=True, config=config,
                           selection=SelectionConfig(policy="absolute", threshold=0.45))
     row = jobs.get_run(ws, run_id)
     assert (row["kind"], row["round_id"]) == ("select", rnd.id)
-    assert row["config"] == to_dict(rounds.with_budget(config))  # the budget resolved
+    assert row["config"] == to_dict(with_budget(config))  # the budget resolved
     estimate = row["request"].pop("estimate")
     assert estimate["line"].startswith("about ")  # the time estimate travels with the run
     assert row["request"] == {"steps": ["select"], "round": 1, "force": False, "confirm": None,
@@ -101,10 +102,10 @@ def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(fil
 
 
 def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
-    from semievol.cli import main
+    from semievol.cli.main import main
 
     ws = filled_workspace
-    rnd = rounds.open_round(ws, _config())
+    rnd = open_round(ws, _config())
     ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
                     (fake_adapter(ws, "adapters/w"), rnd.id))
     for model, round_id in (("base", None), ("base+demos", None), ("warmup", rnd.id)):
@@ -115,7 +116,7 @@ def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
     assert "Started run" in capsys.readouterr().out
     run = jobs.list_runs(ws)[0]
     assert run["kind"] == "evaluate" and run["config"]["train"]["max_steps"] == 3
-    assert rounds.get_round(ws).config.train.max_steps == 3  # stored with the round
+    assert get_round(ws).config.train.max_steps == 3  # stored with the round
     run = _wait_finished(ws, run["id"])
     assert run["status"] == "succeeded", run["error"] or jobs.log_tail(run)
     assert "evaluate: base" in jobs.log_tail(run)  # answered from the stored evaluations
@@ -124,12 +125,12 @@ def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
 
 def test_every_entry_point_reaches_the_same_run_steps(filled_workspace, monkeypatch):
     """The CLI in the foreground, a background worker, the app's launch and the quality
-    bench all go through semievol.steps.run_steps."""
-    from semievol import steps
-    from semievol.cli import main
+    bench all go through semievol.rounds.steps.run_steps."""
+    from semievol.cli.main import main
+    from semievol.rounds import steps
 
     ws = filled_workspace
-    rnd = rounds.open_round(ws, _config())
+    rnd = open_round(ws, _config())
     ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
                     (fake_adapter(ws, "adapters/w"), rnd.id))
     calls = []
@@ -138,7 +139,7 @@ def test_every_entry_point_reaches_the_same_run_steps(filled_workspace, monkeypa
         calls.append((number, list(names), options.get("selection")))
         return {name: {} for name in names}
     monkeypatch.setattr(steps, "run_steps", recorder)
-    monkeypatch.setattr("semievol.cli_engine._report", lambda step, result: None)
+    monkeypatch.setattr("semievol.cli.engine._report", lambda step, result: None)
     spawned = []
     monkeypatch.setattr(jobs, "spawn", lambda ws_, run_id, argv, **kw: spawned.append(argv))
 
@@ -166,14 +167,14 @@ def test_every_entry_point_reaches_the_same_run_steps(filled_workspace, monkeypa
 
 def test_launch_is_refused_before_anything_changes_while_a_run_writes(filled_workspace):
     ws = filled_workspace
-    rnd = rounds.open_round(ws, _config())
+    rnd = open_round(ws, _config())
     _insert_run(ws, "label", rnd.id, "running", pid=os.getpid())
     before = ws.table_counts()
-    config_before = to_json(rounds.get_round(ws).config)
+    config_before = to_json(get_round(ws).config)
     for kind in ("round", "select", "warmup"):
         with pytest.raises(jobs.RunRefused, match="cancel"):
             launch.start(ws, kind, background=True, config=_config(learning_rate=0.5))
-    assert to_json(rounds.get_round(ws).config) == config_before  # the stored config is untouched
+    assert to_json(get_round(ws).config) == config_before  # the stored config is untouched
     assert ws.table_counts() == before
     assert not list((ws.path / "runs").iterdir())
 
@@ -193,7 +194,7 @@ def test_launch_checks_its_arguments(filled_workspace):
 
 def test_resume_check_for_failed_and_other_runs(filled_workspace):
     ws = filled_workspace
-    rnd = rounds.open_round(ws, _config())
+    rnd = open_round(ws, _config())
     failed = jobs.get_run(ws, _insert_run(ws, "train", rnd.id, "failed", error="boom"))
     assert launch.resume_check(ws, failed) == 1
     cancelled = jobs.get_run(ws, _insert_run(ws, "round", rnd.id, "cancelled"))
@@ -209,7 +210,7 @@ def test_resume_check_for_failed_and_other_runs(filled_workspace):
 
 def test_resume_starts_the_step_again_as_a_new_run(filled_workspace):
     ws = filled_workspace
-    rnd = rounds.open_round(ws, _config())
+    rnd = open_round(ws, _config())
     ws.conn.execute("UPDATE rounds SET warmup_adapter=? WHERE id=?",
                     (fake_adapter(ws, "adapters/w"), rnd.id))
     failed = _insert_run(ws, "train", rnd.id, "failed", error="the process died")

@@ -1,5 +1,5 @@
-"""The audit queue and estimate (semievol.audit) and lineage (semievol.lineage), on hand-set
-rows written with SQL: no model anywhere.
+"""The audit queue and estimate (semievol.curation.audit) and lineage
+(semievol.views.lineage), on hand-set rows written with SQL: no model anywhere.
 
 `prepare_rounds(ws)` builds the two-round workspace that the page tests reuse.
 """
@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from semievol import audit
 from semievol.config import RoundConfig
-from semievol.items import resolve_item
-from semievol.lineage import item_lineage, round_summaries
+from semievol.curation import audit
+from semievol.method.scoring import wilson_interval
 from semievol.saved_config import to_json
-from semievol.scoring import wilson_interval
+from semievol.views.lineage import item_lineage, round_summaries
+from semievol.workspace.items import resolve_item
 
 # Round 1 pool: U00..U09 with entropy 0.1 .. 1.0; agreed on even positions.
 ROUND1 = {f"U{k:02d}": ("billing" if k < 5 else "outage", 0.1 * (k + 1)) for k in range(10)}
@@ -192,7 +192,7 @@ def test_round_summaries_numbers(rounds_ws):
     assert first["calibration_selected"]["precision"] == 0.5
     assert first["calibration_all"]["precision"] == pytest.approx(2 / 3)
     assert first["selection"] == {"policy": "percentile", "theta": 50.0, "threshold": None,
-                                  "score": "nll"}
+                                  "score": "nll", "rule": "percentile θ=50 (nll)"}
     assert first["final_adapter"].endswith("round1/final")
     assert (second["pseudo_labels"], second["selected"], second["decisions"]) == (5, 0, 0)
     assert second["selection"] is None and second["calibration_items"] == 0

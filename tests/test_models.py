@@ -6,8 +6,8 @@ import pytest
 
 from semievol.config import ModelConfig
 from semievol.errors import SemiEvolError
-from semievol.models import (adapter_digest, attach_adapter, load_model, pick_device,
-                             pick_dtype, resolve_model_path)
+from semievol.model.loading import (adapter_digest, attach_adapter, load_model, pick_device,
+                                    pick_dtype, resolve_model_path)
 
 torch = pytest.importorskip("torch")
 
@@ -32,7 +32,7 @@ def make_adapter(tiny_model_dir, out, *, seed=1):
 
 @pytest.fixture
 def batch(tiny_model_dir):
-    from semievol.models import load_tokenizer
+    from semievol.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
     return tokenizer(["Is my router broken?", "Refund the double charge please, twice"],
@@ -97,7 +97,7 @@ def test_pick_device_rules(monkeypatch):
 
 
 def test_resolve_model_path(tiny_model_dir, tmp_path, monkeypatch):
-    from semievol.models import bundled_model_dir
+    from semievol.model.loading import bundled_model_dir
 
     assert resolve_model_path(str(tiny_model_dir)) == str(tiny_model_dir)
     assert resolve_model_path("bundled") == str(bundled_model_dir())
@@ -166,7 +166,7 @@ def test_attach_adapter_needs_adapter_config(tiny_model_dir, tmp_path):
 
 def test_output_head_gets_a_contiguous_last_position(tiny_model_dir):
     """A merged model's weights are frozen; the last-position slice must reach the head
-    contiguous, or torch.matmul copies the whole head once per row (see models.py)."""
+    contiguous, or torch.matmul copies the whole head once per row (see semievol/model/loading.py)."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import FakeEmbedder, write_csv
-from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig,
-                             RetrievalConfig, RoundConfig, SelectionConfig, TaskConfig,
-                             TrainConfig)
+
+from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig, RetrievalConfig,
+                             RoundConfig, SelectionConfig, TaskConfig, TrainConfig)
 from semievol.errors import SemiEvolError
-from semievol.scoring import agreement
-from semievol.tasks import distinct_answers, extract_answer, is_correct, same_answer
+from semievol.method.scoring import agreement
+from semievol.task.answers import distinct_answers, extract_answer, is_correct, same_answer
 
 NUMERIC = TaskConfig(kind="open", checker="numeric", instruction="Solve the word problem.")
 TEXT = TaskConfig(kind="open", checker="normalized")
@@ -72,7 +71,7 @@ def test_agreement_counts_by_value():
 
 
 def test_open_tasks_have_no_classes_in_selection():
-    from semievol.selection_state import for_task
+    from semievol.curation.selection_state import for_task
 
     with pytest.raises(SemiEvolError, match="not classes"):
         for_task(SelectionConfig(policy="per_class"), NUMERIC)
@@ -80,7 +79,7 @@ def test_open_tasks_have_no_classes_in_selection():
 
 
 def test_a_reviewer_answer_is_read_by_the_checker(tmp_path):
-    from semievol.decisions import checked_open_label
+    from semievol.curation.decisions import checked_open_label
 
     assert checked_open_label(NUMERIC, "1,250 apples") == "1250"
     with pytest.raises(SemiEvolError, match="has no number"):
@@ -98,8 +97,8 @@ def _problems(rows):
 
 @pytest.fixture
 def open_workspace(workspace, tmp_path):
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import index_workspace
+    from semievol.method.retrieval import index_workspace
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     splits = {"labeled": PROBLEMS[:16], "unlabeled": PROBLEMS[16:28], "test": PROBLEMS[28:36]}
     for split, rows in splits.items():
@@ -116,7 +115,8 @@ def open_workspace(workspace, tmp_path):
 def test_an_open_round_stores_numbers_and_no_classes(open_workspace, tiny_model_dir):
     import torch
 
-    from semievol import rounds, steps
+    from semievol.rounds import steps
+    from semievol.rounds.record import open_round
 
     torch.set_num_threads(1)
     ws = open_workspace
@@ -129,7 +129,7 @@ def test_an_open_round_stores_numbers_and_no_classes(open_workspace, tiny_model_
                        CollaboratorConfig("warmup", 0, 0.0, 1),
                        CollaboratorConfig("base", 2, 1.0, 2)])
     with ws.transaction():
-        rnd = rounds.open_round(ws, config)
+        rnd = open_round(ws, config)
     results = steps.run_steps(ws, rnd.number, ["warmup", "label", "select", "train",
                                                "evaluate"], confirm="test",
                               embedder=FakeEmbedder())

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from semievol.config import ModelConfig, TaskConfig
-from semievol.prompts import DEFAULT_BUDGET_CAP, PromptBuilder, resolve_budget
-from semievol.tasks import Example, option_targets
+from semievol.model.prompts import DEFAULT_BUDGET_CAP, PromptBuilder, resolve_budget
+from semievol.task.formats import Example, option_targets
 
 TASK = TaskConfig(kind="choice", labels=["No", "Maybe", "Yes"],
                   instruction="Answer the research question from the abstract.")
@@ -18,7 +18,7 @@ START, END = "ABSTRACT-BEGINS-HERE", "QUESTION: does it work? Yes, No or Maybe?"
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from semievol.models import load_tokenizer
+    from semievol.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 

@@ -85,9 +85,9 @@ class _Workspace:
 
 def _run_format(bench, monkeypatch, held, **args):
     """run_format with every model step replaced by a recorder: which variants it runs."""
-    import semievol.evaluate
-    import semievol.prompts
-    import semievol.rounds
+    import semievol.method.evaluate
+    import semievol.model.prompts
+    import semievol.rounds.record
 
     qr = bench.runner
     ran = []
@@ -101,10 +101,10 @@ def _run_format(bench, monkeypatch, held, **args):
     def a_round(ws, number=None):
         return Namespace(id=number or 1, number=number or 1, config=Namespace(
             selection=Namespace(theta=50.0), collaborators=[]))
-    monkeypatch.setattr(semievol.rounds, "open_round", lambda ws, config=None: a_round(ws))
-    monkeypatch.setattr(semievol.rounds, "get_round", a_round)
-    monkeypatch.setattr(semievol.evaluate, "evaluate", lambda ws, backend, model, **k: model)
-    monkeypatch.setattr(semievol.prompts, "resolve_budget", lambda config: 1024)
+    monkeypatch.setattr(semievol.rounds.record, "open_round", lambda ws, config=None: a_round(ws))
+    monkeypatch.setattr(semievol.rounds.record, "get_round", a_round)
+    monkeypatch.setattr(semievol.method.evaluate, "evaluate", lambda ws, backend, model, **k: model)
+    monkeypatch.setattr(semievol.model.prompts, "resolve_budget", lambda config: 1024)
 
     runner = qr.Runner(Namespace(**{
         "instruction": "Answer.", "calibration": 0.2, "k": 3, "balance": ["sampler"],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from semievol.errors import SemiEvolError
-from semievol.retrieval import _client, index_workspace, item_embeddings, neighbours_of
-from semievol.status import workspace_status
+from semievol.method.retrieval import _client, index_workspace, item_embeddings, neighbours_of
+from semievol.views.status import workspace_status
 
 
 def neighbour_rows(ws):
@@ -128,7 +128,7 @@ def test_index_without_labeled_items_is_refused(workspace, fake_embedder):
 
 
 def test_progress_is_reported(workspace, task, small_task_files, fake_embedder):
-    from semievol.data import ColumnMapping, import_file
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     import_file(workspace, small_task_files["labeled"], "labeled",
                 mapping=ColumnMapping(question="text", answer="label", id="id"), task=task)
@@ -161,8 +161,8 @@ def test_chroma_keeps_no_machine_path(filled_workspace, tmp_path):
 
 
 def test_real_bundled_embedder(workspace, task, tmp_path, write_csv):
-    from semievol.data import ColumnMapping, import_file
-    from semievol.retrieval import SentenceTransformerEmbedder
+    from semievol.method.retrieval import SentenceTransformerEmbedder
+    from semievol.workspace.imports import ColumnMapping, import_file
 
     labeled = [
         ("b1", "I was charged twice for my monthly subscription, please refund me", "billing"),

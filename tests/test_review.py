@@ -1,4 +1,4 @@
-"""The review queries (semievol.review) over a round written by hand: filters, sorting,
+"""The review queries (semievol.views.review) over a round written by hand: filters, sorting,
 pagination, the decision state, and one item's detail."""
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import time
 import pytest
 
 from semievol.config import RoundConfig
-from semievol.decisions import record_decisions
+from semievol.curation.decisions import record_decisions
 from semievol.errors import SemiEvolError
-from semievol.retrieval import neighbours_of
-from semievol.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
-                             review_page, round_facets)
-from semievol.rounds import round_overview
+from semievol.method.retrieval import neighbours_of
 from semievol.saved_config import to_json
+from semievol.views.review import (ReviewFilter, count_items, filtered_item_ids, item_detail,
+                                   review_page, round_facets)
+from semievol.views.status import round_rows
 
 LABELS = ["billing", "outage", "equipment"]
 
@@ -259,9 +259,9 @@ def test_item_detail_refuses_unknown_items(review_ws):
 
 def test_rounds_and_facets_for_the_controls(review_ws):
     ws, round_id = review_ws
-    assert round_overview(ws) == [{"id": round_id, "number": 1, "status": "open",
-                                   "final_adapter": None, "pseudo_labels": 20,
-                                   "calibration_labels": 1, "selected": 10}]
+    assert round_rows(ws) == [{"id": round_id, "number": 1, "status": "open",
+                               "status_name": "open", "final_adapter": None,
+                               "pseudo_labels": 20, "calibration_labels": 1, "selected": 10}]
     assert round_facets(ws, round_id) == {"entropy_min": 0.0, "entropy_max": 1.9,
                                           "labels": LABELS}  # the task's label set
     ws.conn.execute("DELETE FROM settings WHERE key='task'")  # open answers: the labels seen

@@ -6,18 +6,19 @@ refuses training until it is confirmed (SQL-built calibration slice, no model)."
 from __future__ import annotations
 
 import pytest
-
 from conftest import add_pseudo, add_round, fake_adapter, ids_of
-from semievol import launch, rounds
-from semievol.calibration import hold_out
+
 from semievol.config import (CalibrationConfig, CollaboratorConfig, ModelConfig, RoundConfig,
                              SelectionConfig, TrainConfig)
-from semievol.decisions import record_decisions
+from semievol.curation.calibration import hold_out
+from semievol.curation.decisions import record_decisions
+from semievol.curation.selection_state import apply_selection
+from semievol.curation.training_set import live_training_items, training_items
 from semievol.errors import SemiEvolError
-from semievol.export import export_dataset
-from semievol.guards import collapse_message, confirmations, training_warnings
-from semievol.selection_state import apply_selection
-from semievol.training_set import live_training_items, training_items
+from semievol.export.dataset import export_dataset
+from semievol.rounds.guards import collapse_message, confirmations, training_warnings
+from semievol.rounds.record import get_round
+from semievol.runs import launch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,10 +48,10 @@ def run(ws, kind, **options) -> tuple[dict, int]:
 def test_a_round_waits_for_review_then_trains_on_a_frozen_set(filled_workspace, fake_embedder,
                                                                tiny_model_dir, monkeypatch):
     ws = filled_workspace
-    monkeypatch.setattr("semievol.steps._embedder", lambda config, embedder: fake_embedder)
+    monkeypatch.setattr("semievol.rounds.steps._embedder", lambda config, embedder: fake_embedder)
     results, _ = run(ws, "round", config=tiny(tiny_model_dir))
     assert list(results) == ["warmup", "label", "select"]
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     assert rnd.status == "awaiting_review" and rnd.final_adapter is None
     # The warm-up was measured on the calibration slice before labeling (the collapse check).
     assert ws.scalar("SELECT COUNT(*) FROM evaluations WHERE split='calibration' AND "
@@ -65,7 +66,7 @@ def test_a_round_waits_for_review_then_trains_on_a_frozen_set(filled_workspace, 
 
     results, _ = run(ws, "train", confirm="ann")
     assert list(results) == ["train", "evaluate"]
-    rnd = rounds.get_round(ws, 1)
+    rnd = get_round(ws, 1)
     assert rnd.status == "done" and rnd.final_adapter
     frozen = [(it["item_id"], it["answer"], it["source"]) for it in training_items(ws, 1)]
     assert frozen == before
@@ -83,11 +84,11 @@ def test_a_round_waits_for_review_then_trains_on_a_frozen_set(filled_workspace, 
 def test_an_unattended_round_runs_every_step(filled_workspace, fake_embedder, tiny_model_dir,
                                              monkeypatch):
     ws = filled_workspace
-    monkeypatch.setattr("semievol.steps._embedder", lambda config, embedder: fake_embedder)
+    monkeypatch.setattr("semievol.rounds.steps._embedder", lambda config, embedder: fake_embedder)
     results, run_id = run(ws, "round", config=tiny(tiny_model_dir), review=False)
     assert list(results) == ["warmup", "label", "select", "train", "evaluate"]
-    assert rounds.get_round(ws, 1).status == "done"
-    from semievol import jobs
+    assert get_round(ws, 1).status == "done"
+    from semievol.runs import jobs
     assert jobs.get_run(ws, run_id)["request"]["confirm"] == "unattended (no review)"
 
 

@@ -8,16 +8,16 @@ import json
 import os
 
 import pytest
-
 from conftest import ids_of
-from semievol import rounds
+
 from semievol.config import RoundConfig
-from semievol.decisions import current_decision, record_decisions, undo_last
-from semievol.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
-from semievol.round_scores import adapter_scores, regression, start_adapter
+from semievol.curation.decisions import current_decision, record_decisions, undo_last
+from semievol.rounds.record import get_round, open_round, set_status
+from semievol.rounds.scores import adapter_scores, regression, start_adapter
 from semievol.saved_config import to_json
-from semievol.store import now
-from semievol.workflow import round_state
+from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
+from semievol.views.workflow import round_state
+from semievol.workspace.store import now
 
 
 def add_rounds(ws, accuracies: dict[tuple[int, str], float], *, start_from="best"):
@@ -40,8 +40,8 @@ def test_a_round_below_its_warmup_is_flagged_and_not_the_next_start(filled_works
     ws = filled_workspace
     add_rounds(ws, {(1, "warmup"): 0.82, (1, "round"): 0.83, (2, "warmup"): 0.83,
                     (2, "round"): 0.31})
-    assert regression(ws, rounds.get_round(ws, 1))["message"] == ""
-    check = regression(ws, rounds.get_round(ws, 2))
+    assert regression(ws, get_round(ws, 1))["message"] == ""
+    check = regression(ws, get_round(ws, 2))
     assert [b["what"] for b in check["below"]] == ["its warm-up", "round 1"]
     assert "Round 2 scores 31.0% on test, below its warm-up 83.0%; round 1 83.0%" \
         in check["message"]
@@ -50,7 +50,7 @@ def test_a_round_below_its_warmup_is_flagged_and_not_the_next_start(filled_works
     with ws.transaction() as conn:
         conn.execute("INSERT INTO rounds(id, number, status, config, created_at) "
                      "VALUES(3, 3, 'open', ?, ?)", (to_json(RoundConfig()), now()))
-    start = start_adapter(ws, rounds.get_round(ws, 3))
+    start = start_adapter(ws, 3, get_round(ws, 3).config.start_from)
     assert (start["round"], start["model"], start["accuracy"]) == (2, "warmup", 0.83)
     assert start["adapter"] == str(ws.path / "adapters/round2/warmup")
     assert "best so far" in start["reason"]
@@ -64,7 +64,7 @@ def test_start_from_previous_follows_the_paper(filled_workspace):
         conn.execute("INSERT INTO rounds(id, number, status, config, created_at) "
                      "VALUES(2, 2, 'open', ?, ?)",
                      (to_json(RoundConfig(start_from="previous")), now()))
-    start = start_adapter(ws, rounds.get_round(ws, 2))
+    start = start_adapter(ws, 2, get_round(ws, 2).config.start_from)
     assert start["adapter"] == str(ws.path / "adapters/round1/final")
     assert "previous round" in start["reason"]
 
@@ -72,12 +72,12 @@ def test_start_from_previous_follows_the_paper(filled_workspace):
 def test_the_next_action_follows_the_round(filled_workspace):
     ws = filled_workspace
     assert round_state(ws)["page"] == "setup" and round_state(ws)["round"] is None
-    rnd = rounds.open_round(ws, RoundConfig())
+    rnd = open_round(ws, RoundConfig())
     assert round_state(ws)["status"] == "open"
     for status, page, words in (("awaiting_review", "review", "awaiting review"),
                                 ("training", "runs", "resume"), ("trained", "train", "evaluate"),
                                 ("done", "train", "start round 2")):
-        rounds.set_status(ws, rnd, status)
+        set_status(ws, rnd, status)
         state = round_state(ws)
         assert state["page"] == page and words in state["action"], state
     ws.conn.execute("INSERT INTO runs(kind, round_id, status, pid, started_at, heartbeat) "

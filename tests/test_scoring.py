@@ -3,17 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from semievol.scoring import (
-    agreement,
-    classification_report,
-    entropy,
-    mean_nll,
-    precision_coverage,
-    sample_index,
-    softmax,
-    wilson_interval,
-)
-
+from semievol.method.scoring import (agreement, classification_report, entropy, mean_nll,
+                                     precision_coverage, sample_index, softmax, wilson_interval)
 
 # entropy -------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from semievol.config import SELECTION_POLICIES as POLICIES
-from semievol.selection import class_counts, select, threshold_for
+from semievol.method.selection import class_counts, select, threshold_for
 
 NAN = np.nan
 E = np.array([0.4, 0.1, 0.3, 0.2, NAN])

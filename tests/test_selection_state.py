@@ -10,17 +10,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import POOL_LABELS as LABELS
 from conftest import add_pseudo, add_round, ids_of
-from semievol.calibration import calibration_report, hold_out
+
 from semievol.config import CalibrationConfig, SelectionConfig, TaskConfig
-from semievol.decisions import record_decisions
+from semievol.curation.calibration import calibration_report, hold_out
+from semievol.curation.decisions import record_decisions
+from semievol.curation.selection_state import applied_selection, apply_selection, compute_selection
+from semievol.curation.training_set import training_items, warmup_items
 from semievol.errors import SemiEvolError
-from semievol.export import export_dataset
-from semievol.guards import validate_training_set
-from semievol.selection_state import applied_selection, apply_selection, compute_selection
-from semievol.training_set import training_items, warmup_items
+from semievol.export.dataset import export_dataset
+from semievol.rounds.guards import validate_training_set
+
 
 # -- selection -----------------------------------------------------------------------------
 def Plain(**fields) -> SelectionConfig:  # noqa: N802 - reads as the config it builds

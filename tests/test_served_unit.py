@@ -70,13 +70,13 @@ def stub():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from semievol.models import load_tokenizer
+    from semievol.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
 
 def test_prompt_logprobs_read_the_continuation_positions(stub, tokenizer, workspace):
-    from semievol.served import ServedBackend, probe_server
+    from semievol.model.served import ServedBackend, probe_server
 
     server = ServerConfig(name="vllm", base_url=stub.url)
     caps = probe_server(workspace, server, tokenizer)
@@ -92,7 +92,7 @@ def test_prompt_logprobs_read_the_continuation_positions(stub, tokenizer, worksp
 
 
 def test_the_probe_is_stored_so_a_rerun_asks_nothing(stub, tokenizer, workspace):
-    from semievol.served import probe_server
+    from semievol.model.served import probe_server
 
     server = ServerConfig(name="vllm", base_url=stub.url)
     probe_server(workspace, server, tokenizer)
@@ -103,8 +103,8 @@ def test_the_probe_is_stored_so_a_rerun_asks_nothing(stub, tokenizer, workspace)
 
 def test_vllm_adapter_loading_registers_the_adapter_once(stub, tokenizer, workspace,
                                                          tmp_path):
-    from semievol.round_backends import served_model
-    from semievol.served import ServedBackend, probe_server
+    from semievol.model.served import ServedBackend, probe_server
+    from semievol.rounds.backends import served_model
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -125,8 +125,8 @@ def test_vllm_adapter_loading_registers_the_adapter_once(stub, tokenizer, worksp
 
 def test_a_server_without_a_way_to_serve_the_adapter_is_refused(stub, tokenizer, workspace,
                                                                 tmp_path):
-    from semievol.round_backends import served_model
-    from semievol.served import probe_server
+    from semievol.model.served import probe_server
+    from semievol.rounds.backends import served_model
 
     server = ServerConfig(name="vllm", base_url=stub.url)
     caps = probe_server(workspace, server, tokenizer)
@@ -145,7 +145,7 @@ def test_the_round_config_checks_its_servers():
 
 
 def test_collaborator_specs_name_their_server():
-    from semievol.cli_engine import parse_collaborator
+    from semievol.cli.engine import parse_collaborator
 
     c = parse_collaborator("warmup:3:1.0:1@vllm")
     assert (c.model, c.demonstrations, c.server) == ("warmup", 3, "vllm")
@@ -153,7 +153,7 @@ def test_collaborator_specs_name_their_server():
 
 
 def test_a_missing_api_key_is_a_clear_error(monkeypatch):
-    from semievol.http_client import ServerClient
+    from semievol.model.http_client import ServerClient
 
     monkeypatch.delenv("SEMIEVOL_NO_SUCH_KEY", raising=False)
     with pytest.raises(SemiEvolError, match=r"\$SEMIEVOL_NO_SUCH_KEY, which is not set"):

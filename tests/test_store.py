@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from semievol.errors import SemiEvolError
-from semievol.store import MIGRATIONS, SCHEMA_VERSION, Workspace, _split_sql, now
+from semievol.workspace.store import MIGRATIONS, SCHEMA_VERSION, Workspace, _split_sql, now
 
 EXPECTED_TABLES = {"settings", "imports", "items", "neighbours", "rounds", "responses",
                    "pseudo_labels", "decisions", "runs", "metrics", "evaluations", "flags"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from semievol.config import TaskConfig
-from semievol.tasks import (Example, build_messages, is_correct, normalize, parse_choice,
-                            parse_open, reflection_messages, render_prompt)
+from semievol.task.answers import is_correct, normalize, parse_choice, parse_open
+from semievol.task.formats import Example, build_messages, reflection_messages, render_prompt
 
 LABELS = ["billing", "outage", "equipment"]
 WORDS = TaskConfig(kind="choice", labels=LABELS, answer_format="words",
@@ -93,7 +93,7 @@ def test_open_task_asks_for_a_short_answer():
 
 
 def test_demonstrations_from_the_workspace_are_nearest_first(filled_workspace):
-    from semievol.items import load_items
+    from semievol.workspace.items import load_items
 
     item_id = filled_workspace.scalar("SELECT id FROM items WHERE split='unlabeled' ORDER BY id")
     ranked = [r["question"] for r in filled_workspace.query(

@@ -1,7 +1,6 @@
 """Workspace and data: statistics, a paginated preview, import with validation, indexing."""
 
 import streamlit as st
-
 from common import page_setup, show_round_state
 from workspace_view import show_import, show_index, show_preview, show_statistics
 

@@ -2,7 +2,6 @@
 and the lineage of one item."""
 
 import streamlit as st
-
 from common import page_setup, show_round_state
 from rounds_view import show_lineage, show_rounds
 

@@ -1,0 +1,191 @@
+"""Review and results commands of the CLI: decisions, the Review page's listing, the audit
+queue, one item's lineage, exports. Each is a thin call into the library function the app's
+pages call, so the CLI and the app record and show the same things.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from semievol.cli.engine import open_workspace
+from semievol.curation import audit
+from semievol.curation.decisions import ACTIONS, record_decisions
+from semievol.errors import SemiEvolError
+from semievol.export.dataset import export_dataset
+from semievol.export.model import export_adapter, export_gguf, export_merged
+from semievol.export.paths import parse_what
+from semievol.method.pseudo_labels import PATHS
+from semievol.rounds.record import get_round
+from semievol.views.lineage import item_lineage
+from semievol.views.review import DECISION_STATES, SORTS, ReviewFilter, review_page
+from semievol.workspace.items import item_id_of, item_row, resolve_item
+
+
+def _item_ids(ws, refs: list[str], by_external: bool) -> list[int]:
+    ids = []
+    for ref in refs:
+        found = item_id_of(ws, ref, external=by_external)
+        if found is None:
+            raise SemiEvolError(f"No item {ref!r} in this workspace"
+                                + ("." if by_external else " (use --external for ids "
+                                   "from your file)."))
+        ids.append(found)
+    return ids
+
+
+def cmd_decide(args) -> int:
+    ws = open_workspace(args.workspace)
+    count = record_decisions(ws, _item_ids(ws, args.items, args.by_external), args.action,
+                             reviewer=args.reviewer, label=args.label, note=args.note)
+    print(f"Recorded {args.action} for {count} item(s) by {args.reviewer}.")
+    return 0
+
+
+def cmd_review(args) -> int:
+    """The Review page's listing: one page of a round's pseudo-labels, filtered and sorted."""
+    ws = open_workspace(args.workspace)
+    rnd = get_round(ws, args.round)
+    flt = ReviewFilter(rnd.id, path=args.path, entropy_min=args.entropy_min,
+                       entropy_max=args.entropy_max, label=args.label, decision=args.decision,
+                       selected=None if args.selected is None else args.selected == "yes",
+                       search=args.search or "", sort=args.sort, descending=args.descending)
+    rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
+    if args.json:
+        print(json.dumps({"total": total, "rows": rows}, indent=2, default=str))
+        return 0
+    print(f"round {rnd.number}: {total} item(s) match; showing {args.offset + 1}-"
+          f"{args.offset + len(rows)}")
+    for r in rows:
+        decision = r["decision"] or "-"
+        if r["decision"] == "relabel":
+            decision += f"->{r['decision_label']}"
+        entropy = "-" if r["entropy"] is None else f"{r['entropy']:.3f}"
+        print(f"{r['external_id']:<12} {r['label']:<16} {r['path']:<9} agree "
+              f"{r['agreement']:.2f} entropy {entropy:<6} "
+              f"{'selected' if r['selected'] else '-':<8} "
+              f"{decision:<14} {r['question'][:60]!r}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    ws = open_workspace(args.workspace)
+    rnd = get_round(ws, args.round)
+    rows = audit.audit_rows(ws, rnd.id, args.per_bin)
+    estimate = audit.audit_estimate(ws, rnd.id, args.per_bin)
+    if args.json:
+        print(json.dumps({"queue": rows, "estimate": estimate}, indent=2, default=str))
+        return 0
+    if not rows:
+        print("Nothing to audit: apply a selection first (`semievol select WORKSPACE`).")
+        return 0
+    print(f"audit queue of round {rnd.number} ({len(rows)} item(s), most confident bin first):")
+    for r in rows:
+        print(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score {r['score']:.3f}  "
+              f"{r['decision'] or 'undecided':<10} {r['question'][:60]!r}")
+    if estimate["error_rate"] is None:
+        print("No audited item has a decision yet: decide on them (`semievol decide`).")
+    else:
+        low, high = estimate["interval"]
+        print(f"estimated error rate of the selection: {estimate['error_rate']:.1%} "
+              f"(95% {low:.1%}-{high:.1%}; {estimate['reviewed']} of {estimate['queue']} "
+              "audited)")
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    ws = open_workspace(args.workspace)
+    item_id = resolve_item(ws, args.item)
+    if item_id is None:
+        raise SemiEvolError(f"No item {args.item!r} in this workspace.")
+    item = item_row(ws, item_id)
+    rows = item_lineage(ws, item_id)
+    if args.json:
+        print(json.dumps({"item": item, "rounds": rows}, indent=2, default=str))
+        return 0
+    print(f"{item['external_id']} ({item['split']}): {item['question'][:120]!r}")
+    if not rows:
+        print("No round has pseudo-labeled this item.")
+    for r in rows:
+        answers = "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"])
+        decisions = "; ".join(f"{d['action']}{' -> ' + d['label'] if d['label'] else ''} by "
+                              f"{d['reviewer']}" for d in r["decisions"]) or "none"
+        print(f"round {r['round']}: {answers} => {r['pseudo_label']} ({r['path']}, entropy "
+              f"{r['entropy']}); policy {r['policy'] or 'not applied'}, threshold "
+              f"{r['threshold']}, selected {r['selected']}; decisions: {decisions}; "
+              f"trained into {r['adapter'] or '-'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    ws = open_workspace(args.workspace)
+    what = set(parse_what(args.what))
+    number = get_round(ws, args.round).number  # latest when not given; 0/unknown: error
+    out = Path(args.out) if args.out else ws.path / "exports"
+    if "dataset" in what:
+        for kind, path in export_dataset(ws, number, out).items():
+            print(f"{kind}: {path}")
+    if "adapter" in what:
+        print(f"adapter: {export_adapter(ws, number, out)}")
+    if "merged" in what:
+        print(f"merged model: {export_merged(ws, number, out)}")
+    if "gguf" in what:
+        info = export_gguf(ws, number, out, gguf_type=args.gguf_type)
+        print(f"gguf: {info['path']} ({info['type']}, {info['bytes'] / 1e6:.1f} MB), with "
+              f"Modelfile and README.md (model card) in {info['folder']}")
+        if info.get("note"):
+            print(f"NOTE: {info['note']}")
+    return 0
+
+
+def add_review_commands(sub) -> None:
+    p = sub.add_parser("decide", help="accept / reject / relabel / clear pseudo-labels")
+    p.add_argument("workspace")
+    p.add_argument("items", nargs="+", help="item ids (or external ids with --external)")
+    p.add_argument("--action", required=True, choices=ACTIONS)
+    p.add_argument("--label", help="the new label (relabel)")
+    p.add_argument("--reviewer", required=True)
+    p.add_argument("--note")
+    p.add_argument("--external", dest="by_external", action="store_true")
+    p.set_defaults(func=cmd_decide)
+
+    p = sub.add_parser("review", help="list a round's pseudo-labels with the Review page's "
+                                      "filters")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int)
+    p.add_argument("--path", choices=PATHS)
+    p.add_argument("--label")
+    p.add_argument("--decision", choices=DECISION_STATES)
+    p.add_argument("--selected", choices=("yes", "no"))
+    p.add_argument("--entropy-min", type=float)
+    p.add_argument("--entropy-max", type=float)
+    p.add_argument("--search")
+    p.add_argument("--sort", choices=SORTS, default="entropy")
+    p.add_argument("--descending", action="store_true")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("audit", help="the audit queue and the selection's estimated error rate")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int)
+    p.add_argument("--per-bin", type=int, default=4, help="items per entropy bin")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("lineage", help="every round one item went through")
+    p.add_argument("workspace")
+    p.add_argument("item", help="external id (or internal number)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("export", help="curated dataset, adapter, merged model, GGUF")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int)
+    p.add_argument("--out", help="folder (default: WORKSPACE/exports)")
+    p.add_argument("--what", default="dataset,adapter",
+                   help="comma-separated: dataset, adapter, merged, gguf")
+    p.add_argument("--gguf-type", default="f16", choices=("f16", "q8_0", "f32"),
+                   help="weights of the GGUF export (default f16)")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,197 @@
+"""A round's selection over what the workspace stores: the policy over the stored scores,
+then human decisions, then the leakage guard; previewed without writing, or applied.
+
+The one place selection state lives: the `selections` table holds the config applied to
+each round (policy, theta, threshold, score), and `pseudo_labels.selected` is what that
+config kept when it was applied. Both are written only by `apply_selection`, in one
+transaction. A round's stored config carries the policy its select step applies when no
+selection has been applied yet (`selection_in_force`).
+
+Nothing here touches a model: moving a slider only re-reads stored scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from semievol.config import SelectionConfig, TaskConfig
+from semievol.curation.calibration import precision_of
+from semievol.curation.decisions import apply_decisions, current_decisions
+from semievol.errors import SemiEvolError
+from semievol.method.pseudo_labels import scored_rows
+from semievol.method.selection import class_counts, select, threshold_for
+from semievol.saved_config import round_config_from_dict, selection_config_from_dict, to_json
+from semievol.task.answers import is_correct
+from semievol.workspace.store import Workspace, now
+
+
+def applied_selection(ws: Workspace, round_id: int) -> SelectionConfig | None:
+    """The selection config applied to the round, or None before any was."""
+    raw = ws.scalar("SELECT config FROM selections WHERE round_id=?", (round_id,))
+    return None if raw is None else selection_config_from_dict(json.loads(raw))
+
+
+def selection_in_force(ws: Workspace, round_id: int) -> tuple[SelectionConfig, bool]:
+    """(the config the round's selection follows, whether it was applied): the applied one,
+    else the round config's (what its select step will apply)."""
+    applied = applied_selection(ws, round_id)
+    if applied is not None:
+        return applied, True
+    raw = ws.scalar("SELECT config FROM rounds WHERE id=?", (round_id,))
+    if raw is None:
+        raise SemiEvolError(f"There is no round with id {round_id}.")
+    return round_config_from_dict(json.loads(raw)).selection, False
+
+
+def leakage_flagged(ws: Workspace, round_id: int) -> set[int]:
+    """Items of the round flagged as near-duplicates of a test item (guards.flag_leakage)."""
+    return {r[0] for r in ws.query("SELECT item_id FROM flags WHERE round_id=? AND "
+                                   "kind='near_duplicate_test'", (round_id,))}
+
+
+def for_task(config: SelectionConfig, task: TaskConfig) -> SelectionConfig:
+    """The selection as it applies to the task: an open task's answers are not classes, so
+    the per-class policy is refused and the class floor is off."""
+    if task.kind != "open":
+        return config
+    if config.policy == "per_class":
+        raise SemiEvolError("The per_class policy groups pseudo-labels by class, and the "
+                            "answers of an open task are not classes: use percentile, "
+                            "absolute or agreement_only.")
+    import dataclasses
+
+    return dataclasses.replace(config, class_floor=0.0)
+
+
+def policy_mask(rows: list[dict], config: SelectionConfig) -> np.ndarray:
+    """What the policy alone keeps of `scored_rows` (before decisions and the guard)."""
+    scores = np.array([r["score"] for r in rows], dtype=float)
+    agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
+    # Calibration items are treated exactly as if unlabeled, the class floor included, so
+    # their precision measures the selection that trains.
+    return select(scores, [r["label"] for r in rows], agreed, policy=config.policy,
+                  theta=config.theta, threshold=config.threshold,
+                  class_floor=config.class_floor)
+
+
+def policy_threshold(rows: list[dict], config: SelectionConfig) -> float | None:
+    """The single entropy bound the policy used (percentile / absolute), else None."""
+    if config.policy == "absolute":
+        return config.threshold
+    if config.policy == "percentile" and rows:
+        value = threshold_for(np.array([r["score"] for r in rows], dtype=float),
+                              theta=config.theta)
+        return None if np.isnan(value) else float(value)
+    return None
+
+
+def class_thresholds(rows: list[dict], config: SelectionConfig) -> dict[str, float]:
+    """{pseudo-label: bound} of the per_class policy (its percentile within each class);
+    {} for other policies."""
+    if config.policy != "per_class":
+        return {}
+    out = {}
+    for label in dict.fromkeys(r["label"] for r in rows):
+        value = threshold_for(np.array([r["score"] for r in rows if r["label"] == label],
+                                       dtype=float), theta=config.theta)
+        if not np.isnan(value):
+            out[label] = float(value)
+    return out
+
+
+@dataclass
+class SelectionResult:
+    task: TaskConfig
+    rows: list[dict]             # scored_rows of the round (unlabeled and calibration)
+    labels: list[str]            # final labels (relabels applied)
+    selected: np.ndarray         # bool, after human decisions and the leakage guard
+    source: list[str]            # policy / accepted / rejected / relabeled / leakage
+    threshold: float | None      # the entropy bound the policy used (percentile/absolute)
+
+    @property
+    def item_ids(self) -> list[int]:
+        return [r["item_id"] for r in self.rows]
+
+    @property
+    def splits(self) -> list[str]:
+        return [r["split"] for r in self.rows]
+
+    def summary(self) -> dict:
+        pool = np.array([s == "unlabeled" for s in self.splits], dtype=bool)
+        train = self.selected & pool
+        classes = {} if self.task.kind == "open" else {  # open answers are not classes
+            "by_class": class_counts(self.labels, train),
+            "pool_by_class": class_counts([r["label"] for r in self.rows], pool)}
+        return {"pool": int(pool.sum()), "selected": int(train.sum()), **classes,
+                "human": {k: sum(1 for s, p in zip(self.source, pool) if p and s == k)
+                          for k in ("accepted", "rejected", "relabeled")},
+                "excluded_leakage": sum(1 for s in self.source if s == "leakage"),
+                "threshold": self.threshold}
+
+    def calibration(self) -> dict:
+        """Precision of all vs selected pseudo-labels on the calibration slice under this
+        selection (calibration.precision_of), and the selection's coverage there."""
+        cal = [k for k, r in enumerate(self.rows) if r["split"] == "calibration"]
+        correct = np.array([is_correct(self.task, self.rows[k]["label"], self.rows[k]["gold"])
+                            for k in cal], dtype=bool)
+        return precision_of(correct, self.selected[cal] if cal else np.zeros(0, dtype=bool))
+
+
+def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> SelectionResult:
+    """The policy over the round's stored scores, then human decisions, then the leakage
+    guard's flags. Pure reading; `apply_selection` writes the result."""
+    task = ws.require_task()
+    config = for_task(config, task)
+    rows = scored_rows(ws, round_id, config.score)
+    chosen = policy_mask(rows, config)
+    final, final_labels, source = apply_decisions(
+        [r["item_id"] for r in rows], chosen, [r["label"] for r in rows], current_decisions(ws))
+    flagged = leakage_flagged(ws, round_id)
+    for k, row in enumerate(rows):
+        # Leakage wins over the policy; only an explicit human accept or relabel overrides it.
+        if row["item_id"] in flagged and source[k] == "policy":
+            final[k], source[k] = False, "leakage"
+    return SelectionResult(task, rows, final_labels, final, source,
+                           policy_threshold(rows, config))
+
+
+def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> dict:
+    """Compute the selection and store it: the config in `selections`, what it keeps in
+    `pseudo_labels.selected`. Refused for a round that has trained (its training set is
+    what it trained on). Returns the selection's summary."""
+    status = ws.scalar("SELECT status FROM rounds WHERE id=?", (round_id,))
+    if status is None:
+        raise SemiEvolError(f"There is no round with id {round_id}.")
+    if ws.scalar("SELECT final_adapter FROM rounds WHERE id=?", (round_id,)):
+        raise SemiEvolError("This round is already trained: its selection stays as it was "
+                            "trained on. Change the selection of the next round instead.")
+    result = compute_selection(ws, round_id, config)
+    with ws.transaction() as conn:
+        conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?,?,?) "
+                     "ON CONFLICT(round_id) DO UPDATE SET config=excluded.config, "
+                     "applied_at=excluded.applied_at", (round_id, to_json(config), now()))
+        conn.execute("UPDATE pseudo_labels SET selected=0 WHERE round_id=?", (round_id,))
+        conn.executemany("UPDATE pseudo_labels SET selected=1 WHERE round_id=? AND item_id=?",
+                         [(round_id, i) for i, s in zip(result.item_ids, result.selected) if s])
+    return result.summary()
+
+
+def preview_rows(result: SelectionResult) -> list[dict]:
+    """One plain row per pseudo-label of a (previewed) selection: item_id, id (external),
+    split, pseudo_label, label (after relabels), path, agreement (share of collaborators),
+    score, selected, source, gold and correct (calibration items only)."""
+    out = []
+    for k, r in enumerate(result.rows):
+        calibration = r["split"] == "calibration"
+        out.append({"item_id": r["item_id"], "id": r["external_id"], "split": r["split"],
+                    "pseudo_label": r["label"], "label": result.labels[k], "path": r["path"],
+                    "agreement": r["agreement"],
+                    "score": None if np.isnan(r["score"]) else r["score"],
+                    "selected": bool(result.selected[k]), "source": result.source[k],
+                    "gold": r["gold"] if calibration else None,
+                    "correct": is_correct(result.task, r["label"], r["gold"])
+                    if calibration else None})
+    return out

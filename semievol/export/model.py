@@ -1,0 +1,75 @@
+"""The round's model as files a deployment loads: the adapter, the merged model, and the
+merged model as GGUF with an Ollama Modelfile and a model card (semievol.export.gguf,
+semievol.export.model_card). Names are never reused (semievol.export.paths).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from semievol.errors import SemiEvolError
+from semievol.export.gguf import GGUF_TYPES, write_gguf
+from semievol.export.model_card import model_card, modelfile
+from semievol.export.paths import free_path
+from semievol.model.loading import load_model, require_adapter, resolve_model_path
+from semievol.rounds.record import get_round
+from semievol.workspace.store import Workspace
+
+
+def _final_adapter(ws: Workspace, round_number: int) -> Path:
+    rnd = get_round(ws, round_number)
+    if not rnd.final_adapter:
+        raise SemiEvolError(f"Round {round_number} has no trained adapter to export; run "
+                            "`semievol train WORKSPACE` first.")
+    return require_adapter(rnd.final_adapter)
+
+
+def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
+    source = _final_adapter(ws, round_number)
+    target = free_path(Path(out_dir) / f"adapter_round{round_number}")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint*"))
+    return target
+
+
+def _merged_model(ws: Workspace, round_number: int):
+    """The base model with the round's adapter merged in (float32), and its tokenizer."""
+    import torch
+
+    config = get_round(ws, round_number).config.model
+    adapter = _final_adapter(ws, round_number)
+    return load_model(config, adapter=adapter, dtype=torch.float32)
+
+
+def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
+    """Base model with the round's adapter merged in, saved with its tokenizer (float32)."""
+    model, tokenizer = _merged_model(ws, round_number)
+    target = free_path(Path(out_dir) / f"merged_round{round_number}")
+    model.save_pretrained(target)
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path, *,
+                gguf_type: str = "f16") -> dict:
+    """A folder a deployment loads: model.gguf (the merged model), an Ollama Modelfile and
+    README.md, the model card from the workspace's evidence."""
+    if gguf_type not in GGUF_TYPES:  # before the model loads
+        raise SemiEvolError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}; got "
+                            f"{gguf_type!r}.")
+    rnd = get_round(ws, round_number)
+    model, tokenizer = _merged_model(ws, round_number)
+    target = free_path(Path(out_dir) / f"gguf_round{round_number}")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    name = "model.gguf"
+    info = write_gguf(model, Path(resolve_model_path(rnd.config.model.name_or_path)),
+                      partial / name, name=f"{ws.path.name} round {round_number}",
+                      gguf_type=gguf_type)
+    (partial / "Modelfile").write_text(modelfile(name, tokenizer), encoding="utf-8")
+    (partial / "README.md").write_text(model_card(ws, round_number, model_file=name,
+                                                  gguf=info), encoding="utf-8")
+    partial.rename(target)  # whole or not at all: a crash leaves only the .partial folder
+    return {**info, "path": target / name, "folder": target}

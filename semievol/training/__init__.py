@@ -1,0 +1,7 @@
+"""Training: LoRA fine-tuning with the loss on the answer tokens (finetune), its resumable
+checkpoints in formats that cannot run code (checkpoints), shared dropout masks
+(lora_dropout) and several processes under accelerate (distributed, distributed_worker).
+
+Trains on `TrainExample`s it is given: may import the foundation, semievol.task and
+semievol.model, and nothing of the workspace.
+"""

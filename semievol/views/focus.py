@@ -1,0 +1,77 @@
+"""The focus review queue: one item at a time, in an order that spends a reviewer's minutes
+where they matter, with a counter of what is reviewed.
+
+Orders: `audit` (the audit queue's stratified sample first, so its error estimate fills
+in, then the rest least confident first), `least_confident` (highest entropy first),
+`reflected` (items the collaborators disagreed on first), `class` (grouped by pseudo-label,
+least confident first within each). Pure reading of the round's stored pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import math
+
+from semievol.curation.audit import audit_queue
+from semievol.curation.decisions import current_decisions
+from semievol.errors import SemiEvolError
+from semievol.workspace.store import Workspace
+
+FOCUS_ORDERS = {"audit": "audit queue first", "least_confident": "least confident first",
+                "reflected": "disagreements first", "class": "by class"}
+"""Queue orders and what a reviewer reads for each."""
+
+
+def _pool(ws: Workspace, round_id: int) -> list[dict]:
+    return [dict(r) for r in ws.query(
+        "SELECT p.item_id, p.label, p.path, p.entropy FROM pseudo_labels p "
+        "JOIN items i ON i.id = p.item_id WHERE p.round_id=? AND i.split='unlabeled' "
+        "ORDER BY p.item_id", (round_id,))]
+
+
+def focus_queue(ws: Workspace, round_id: int, order: str = "audit") -> list[int]:
+    """The round's unlabeled pseudo-labeled items, in review order."""
+    if order not in FOCUS_ORDERS:
+        raise SemiEvolError(f"Unknown queue order {order!r}: choose one of "
+                            f"{', '.join(FOCUS_ORDERS)}.")
+    rows = _pool(ws, round_id)
+
+    def doubt(r):  # higher = less confident; an item without an entropy comes first
+        return math.inf if r["entropy"] is None else r["entropy"]
+
+    least_confident = sorted(rows, key=lambda r: (-doubt(r), r["item_id"]))
+    if order == "least_confident":
+        return [r["item_id"] for r in least_confident]
+    if order == "reflected":
+        return [r["item_id"] for r in sorted(
+            least_confident, key=lambda r: r["path"] != "reflected")]  # stable: keeps doubt
+    if order == "class":
+        task = ws.task
+        rank = {label: k for k, label in enumerate(task.labels or [])} if task else {}
+        return [r["item_id"] for r in sorted(
+            least_confident, key=lambda r: (rank.get(r["label"], len(rank)), r["label"]))]
+
+    sampled = audit_queue(ws, round_id)
+    seen = set(sampled)
+    return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
+
+
+def queue_progress(ws: Workspace, queue: list[int]) -> dict:
+    """{reviewed, total, decided (the set of queue items with a decision in force)}."""
+    decided = set(current_decisions(ws)) & set(queue)
+    return {"reviewed": len(decided), "total": len(queue), "decided": decided}
+
+
+def next_item(queue: list[int], current: int | None, decided: set[int], *,
+              step: int = 1, skip_decided: bool = True) -> int | None:
+    """The item after (`step` 1) or before (-1) `current` in the queue, skipping decided
+    items when asked; None at the end. With no `current`, the first undecided item."""
+    if not queue:
+        return None
+    if current not in queue:
+        return next((i for i in queue if i not in decided), queue[0]) if step > 0 else queue[-1]
+    k = queue.index(current) + step
+    while 0 <= k < len(queue):
+        if not (skip_decided and queue[k] in decided):
+            return queue[k]
+        k += step
+    return None

@@ -1,0 +1,108 @@
+"""A summary of a workspace: what the CLI's `status` prints and the app's first page shows."""
+
+from __future__ import annotations
+
+import json
+
+from semievol.model.loading import load_tokenizer, resolve_model_path
+from semievol.model.prompts import PromptBuilder, resolve_budget
+from semievol.rounds.record import STATUS_NAMES, base_config
+from semievol.saved_config import to_dict
+from semievol.task.formats import Example, build_messages, render_prompt
+from semievol.workspace.items import options_of
+from semievol.workspace.store import SCHEMA_VERSION, Workspace
+
+
+def round_rows(ws: Workspace) -> list[dict]:
+    """Every round, newest first, as the pages' round pickers list them: id, number, status,
+    status_name (in words), final_adapter, pseudo_labels (of the unlabeled pool),
+    calibration_labels (of the calibration slice), selected (pool items the applied
+    selection keeps)."""
+    return [{**dict(r), "status_name": STATUS_NAMES[r["status"]]} for r in ws.query(
+        "SELECT r.id, r.number, r.status, r.final_adapter, "
+        "(SELECT COUNT(*) FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        " WHERE p.round_id = r.id AND i.split = 'unlabeled') AS pseudo_labels, "
+        "(SELECT COUNT(*) FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        " WHERE p.round_id = r.id AND i.split = 'calibration') AS calibration_labels, "
+        "(SELECT COUNT(*) FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        " WHERE p.round_id = r.id AND i.split = 'unlabeled' AND p.selected) AS selected "
+        "FROM rounds r ORDER BY r.number DESC")]
+
+
+def workspace_status(ws: Workspace) -> dict:
+    task = ws.task
+    rounds = [{k: r[k] for k in ("number", "status", "pseudo_labels", "calibration_labels",
+                                 "selected")} for r in reversed(round_rows(ws))]
+    return {
+        "path": str(ws.path),
+        "schema_version": SCHEMA_VERSION,
+        "task": to_dict(task) if task else None,
+        "splits": ws.split_counts(),
+        "unlabeled_with_neighbours": ws.scalar(
+            "SELECT COUNT(DISTINCT n.item_id) FROM neighbours n JOIN items i ON i.id = n.item_id "
+            "WHERE i.split = 'unlabeled'"),
+        "retrieval_k": ws.get_setting("retrieval_k"),
+        "rounds": rounds,
+        "decisions": ws.scalar("SELECT COUNT(*) FROM decisions"),
+        "runs": ws.scalar("SELECT COUNT(*) FROM runs"),
+    }
+
+
+def length_report(ws, model_config=None, *, cached_only: bool = False) -> dict | None:
+    """How many items' plain prompts (and their answers) exceed the context budget, and by
+    how much: {budget, items, over, max_over, median_over, by_split: {split: over}}. The
+    budget is the latest round's (or what a new round would resolve). `cached_only`: None
+    unless the report is already stored (nothing is tokenized)."""
+    import statistics
+
+    task = ws.task
+    if task is None:
+        return {"budget": None, "items": 0, "over": 0, "max_over": 0, "median_over": 0,
+                "by_split": {}}
+    config = model_config or base_config(ws).model
+    budget = resolve_budget(config)
+    # The report depends on the items, the task, the model and the budget: kept in the
+    # workspace so `status` does not tokenize everything (and load a tokenizer) each time.
+    key = json.dumps([ws.scalar("SELECT COUNT(*) || ':' || COALESCE(MAX(id), 0) FROM items"),
+                      to_dict(task), config.name_or_path, budget])
+    cached = ws.get_setting("length_report")
+    if cached and cached.get("key") == key:
+        return cached["report"]
+    if cached_only:
+        return None
+    tokenizer = load_tokenizer(resolve_model_path(config.name_or_path))
+    builder = PromptBuilder(task, tokenizer, budget)
+
+    overs, by_split, items = [], {}, 0
+    rows = ws.query("SELECT split, question, options FROM items ORDER BY id")
+    for start in range(0, len(rows), 512):
+        chunk = rows[start:start + 512]
+        texts = [render_prompt(tokenizer, build_messages(task, Example(
+            r["question"], options_of(r, task)))) for r in chunk]
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for r, length in zip(chunk, lengths):
+            items += 1
+            over = length + builder.choice_reserve(options_of(r, task)) - budget
+            if over > 0:
+                overs.append(over)
+                by_split[r["split"]] = by_split.get(r["split"], 0) + 1
+    report = {"budget": budget, "items": items, "over": len(overs),
+              "max_over": max(overs, default=0),
+              "median_over": int(statistics.median(overs)) if overs else 0,
+              "by_split": by_split}
+    with ws.transaction() as conn:
+        ws.set_setting("length_report", {"key": key, "report": report}, conn)
+    return report
+
+
+def length_line(report: dict) -> str:
+    """The length report in one sentence."""
+    if not report["items"]:
+        return "no items yet"
+    if not report["over"]:
+        return f"every item fits the context budget of {report['budget']} tokens"
+    splits = ", ".join(f"{n} {s}" for s, n in report["by_split"].items())
+    return (f"{report['over']} of {report['items']} items are longer than the context budget "
+            f"of {report['budget']} tokens ({splits}; by {report['median_over']} tokens "
+            f"median, {report['max_over']} at most): their text is cut in the middle, and "
+            "demonstrations are dropped first. Raise --context-budget to keep more.")
