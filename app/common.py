@@ -140,13 +140,15 @@ def _empty_state(path: Path) -> None:
         st.rerun()
 
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:@])")
 
 
 def literal(text) -> str:
-    """Data (a label, an id, a file name, a question) made safe inside Markdown: every
-    character Markdown would act on is escaped, so a link or an image in imported data is
-    shown as text and never rendered or loaded."""
+    """Data (a label, an id, a file name, a question, a server's error) made safe inside
+    Markdown, the one way the app puts data into a Markdown element: every character
+    Markdown would act on is escaped, so a link or an image in the data is shown as text and
+    never rendered or loaded. The colon and the at sign too: a bare http://... or a@b.c would
+    otherwise become a link (GitHub-flavoured Markdown's autolinks)."""
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 

@@ -2,7 +2,7 @@
 memory on download) and the merged model, written to the workspace's exports/ folder.
 
 What is on disk is the truth: download buttons appear for the files exports/ holds, so they
-survive reruns and page changes. `exported_files` and `zip_folder` are tested directly.
+survive reruns and page changes. `zip_folder` is tested directly.
 """
 
 from __future__ import annotations
@@ -13,28 +13,13 @@ from functools import partial
 from pathlib import Path
 
 import streamlit as st
-from common import flash, user_errors
+from common import flash, literal, user_errors
 
 from semievol.export.dataset import export_dataset
 from semievol.export.model import export_adapter, export_gguf, export_merged
-from semievol.export.paths import versions
+from semievol.export.paths import export_folder, exported
 from semievol.views.status import round_rows
 from semievol.workspace.store import Workspace
-
-
-def export_dir(ws: Workspace) -> Path:
-    return ws.path / "exports"
-
-
-def exported_files(ws: Workspace, number: int) -> dict[str, Path]:
-    """The newest export of round `number` of each kind (exports never overwrite: a second
-    one is `name-2`): jsonl, csv, adapter, merged, gguf (those present)."""
-    folder = export_dir(ws)
-    names = {"jsonl": f"curated_round{number}.jsonl", "csv": f"curated_round{number}.csv",
-             "adapter": f"adapter_round{number}", "merged": f"merged_round{number}",
-             "gguf": f"gguf_round{number}"}
-    return {kind: written[-1] for kind, name in names.items()
-            if (written := versions(folder / name))}
 
 
 def zip_folder(folder: Path) -> bytes:
@@ -64,7 +49,7 @@ def show_export(ws: Workspace) -> None:
         return
     number = st.selectbox("Round", list(rounds), key="export_round",
                           format_func=lambda n: f"Round {n} ({rounds[n]['status_name']})")
-    st.caption(f"Files are written to `{export_dir(ws)}`.")
+    st.caption(f"Files are written to {literal(export_folder(ws))}.")
     dataset, adapter, merged, gguf = st.columns(4)
 
     with dataset:
@@ -72,26 +57,26 @@ def show_export(ws: Workspace) -> None:
                     "pseudo-labels of rounds up to this one (chat JSONL and CSV).")
         if st.button("Export dataset", key="export_dataset", type="primary"):
             with user_errors():
-                paths = export_dataset(ws, number, export_dir(ws))
+                paths = export_dataset(ws, number)
                 lines = sum(1 for _ in paths["jsonl"].open(encoding="utf-8"))
                 flash(f"Exported {lines} training example(s) of round {number} to "
-                      f"{paths['jsonl'].name} and {paths['csv'].name}.")
+                      f"{literal(paths['jsonl'].name)} and {literal(paths['csv'].name)}.")
                 st.rerun()
     with adapter:
         st.markdown("**Adapter**: the round's LoRA adapter (load it with PEFT on the base "
                     "model).")
         if st.button("Export adapter", key="export_adapter"):
             with user_errors():
-                path = export_adapter(ws, number, export_dir(ws))
-                flash(f"Copied round {number}'s adapter to {path}.")
+                path = export_adapter(ws, number)
+                flash(f"Copied round {number}'s adapter to {literal(path)}.")
                 st.rerun()
     with merged:
         st.markdown("**Merged model**: the base model with the adapter merged in, saved with "
                     "its tokenizer (loads the model: can take a while).")
         if st.button("Export merged model", key="export_merged"):
             with user_errors(), st.spinner("Loading the model and merging the adapter…"):
-                path = export_merged(ws, number, export_dir(ws))
-                flash(f"Saved the merged model of round {number} to {path}.")
+                path = export_merged(ws, number)
+                flash(f"Saved the merged model of round {number} to {literal(path)}.")
                 st.rerun()
     with gguf:
         st.markdown("**GGUF for llama.cpp / Ollama**: the merged model as one file, with an "
@@ -99,15 +84,15 @@ def show_export(ws: Workspace) -> None:
         kind = st.selectbox("Weights", ("f16", "q8_0", "f32"), key="export_gguf_type")
         if st.button("Export GGUF", key="export_gguf"):
             with user_errors(), st.spinner("Merging the adapter and writing the GGUF…"):
-                info = export_gguf(ws, number, export_dir(ws), gguf_type=kind)
-                flash(f"Wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB) with its "
+                info = export_gguf(ws, number, gguf_type=kind)
+                flash(f"Wrote {literal(info['path'])} ({info['bytes'] / 1e6:.1f} MB) with its "
                       "Modelfile and model card." + (f" {info['note']}" if info["note"] else ""))
                 st.rerun()
     show_downloads(ws, number)
 
 
 def show_downloads(ws: Workspace, number: int) -> None:
-    files = exported_files(ws, number)
+    files = exported(ws, number)
     if not files:
         st.caption(f"Nothing exported for round {number} yet.")
         return
@@ -125,10 +110,10 @@ def show_downloads(ws: Workspace, number: int) -> None:
                            partial(zip_folder, path), file_name=f"{path.name}.zip",
                            mime="application/zip", key="download_adapter", on_click="ignore")
     if "merged" in files:
-        st.markdown(f"Merged model ({_size(files['merged'])}): `{files['merged']}`")
+        st.markdown(f"Merged model ({_size(files['merged'])}): {literal(files['merged'])}")
     if "gguf" in files:
         folder = files["gguf"]
-        st.markdown(f"GGUF folder ({_size(folder)}): `{folder}` (model.gguf, Modelfile, "
+        st.markdown(f"GGUF folder ({_size(folder)}): {literal(folder)} (model.gguf, Modelfile, "
                     "README.md)")
         card = folder / "README.md"
         if card.exists():

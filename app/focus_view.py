@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 from common import REVIEWER_KEY, highlighted, literal, user_errors
 
-from semievol.curation.decisions import record_decisions, undo_last
+from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
 from semievol.views.review import item_detail
 from semievol.workspace.store import Workspace
@@ -43,8 +43,8 @@ def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
         following = next_item(queue, item_id, decided)
         st.session_state[_item_key(round_id, order)] = following if following is not None \
             else next_item(queue, None, decided)
-        st.toast(f"{PAST[action]}" + (f" as {literal(label)}" if label else ""),
-                 icon=":material/check:")
+        stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
+        st.toast(f"{PAST[action]}{stored}", icon=":material/check:")
 
 
 def _relabel_typed(ws: Workspace, round_id: int, order: str, item_id: int) -> None:
@@ -107,7 +107,7 @@ def _show_item(detail: dict) -> None:
     st.markdown(f"#### Item {literal(item['external_id'])}")
     st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
     cols = st.columns(4)
-    cols[0].metric("Pseudo-label", pseudo["label"])
+    cols[0].metric("Pseudo-label", literal(pseudo["label"]))
     cols[1].metric("Confidence", percent(pseudo["confidence"]),
                    help=f"entropy (mean token NLL) {score(pseudo['entropy'])}; 90 % = sure, "
                         "about one over the number of options = a guess")
@@ -148,9 +148,9 @@ def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
                    help="Train on the answer typed here (read by the task's checker).")
     for number, option in enumerate(options[:MAX_NUMBER_KEYS], start=1):
         current = " (current)" if option == pseudo["label"] else ""
-        row.button(f"{option}{current}", key=f"focus_relabel_{number}", shortcut=str(number),
-                   on_click=_decide, args=(*args, "relabel", option),
-                   help=f"Relabel as {option}: train on this gold label.")
+        row.button(f"{literal(option)}{current}", key=f"focus_relabel_{number}",
+                   shortcut=str(number), on_click=_decide, args=(*args, "relabel", option),
+                   help=f"Relabel as {literal(option)}: train on this gold label.")
     row = st.container(horizontal=True)
     row.button("Back", key="focus_back", shortcut="Left", icon=":material/arrow_back:",
                on_click=_move, args=(round_id, order, queue, item_id, -1))

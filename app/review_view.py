@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from common import REVIEWER_KEY, literal, user_errors
 
-from semievol.curation.decisions import ACTIONS, record_decisions
+from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.views.review import (PATHS, ReviewFilter, count_items, filtered_item_ids,
                                    item_detail, review_page, round_facets)
 from semievol.views.status import round_rows
@@ -171,12 +171,12 @@ def collaborators_frame(collaborators: list[dict]) -> pd.DataFrame:
 def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     detail = item_detail(ws, round_id, item_id)
     item, pseudo = detail["item"], detail["pseudo_label"]
-    st.subheader(f"Item {item['external_id']}")
+    st.subheader(f"Item {literal(item['external_id'])}")
     st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
     if item["options"]:
-        st.caption("Options: " + " · ".join(item["options"]))
+        st.caption("Options: " + " · ".join(literal(o) for o in item["options"]))
     cols = st.columns(4)
-    cols[0].metric("Pseudo-label", pseudo["label"])
+    cols[0].metric("Pseudo-label", literal(pseudo["label"]))
     cols[1].metric("Confidence", "—" if pseudo["confidence"] is None
                    else f"{pseudo['confidence']:.0%}",
                    help=f"entropy (mean token NLL) {_fmt(pseudo['entropy'])}, option entropy "
@@ -186,7 +186,7 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
     current = detail["decision"]
     if current:
-        label = f" → **{current['label']}**" if current["action"] == "relabel" else ""
+        label = f" → **{literal(current['label'])}**" if current["action"] == "relabel" else ""
         st.markdown(f"Current decision: **{current['action']}**{label} by "
                     f"{literal(current['reviewer'])} "
                     f"({_when(current['created_at'])})")
@@ -197,7 +197,7 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
                    f"beginning and end, with {pseudo['cut_tokens']} tokens cut from its "
                    "middle.", icon=":material/content_cut:")
     for flag in detail["flags"]:
-        st.warning(f"Flagged: {flag['kind'].replace('_', ' ')} {flag['detail'] or ''}",
+        st.warning(f"Flagged: {flag['kind'].replace('_', ' ')} {literal(flag['detail'] or '')}",
                    icon=":material/flag:")
 
     st.markdown("**Collaborators**")
@@ -239,9 +239,8 @@ def _decide(ws_path: str, round_id: int, item_id: int, external_id: str, action:
         record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
                          label=label, note=note.strip() or None, round_id=round_id)
         st.session_state["review_note"] = ""
-        st.toast(f"{PAST[action]} {literal(external_id)}"
-                 + (f" as {literal(label)}" if label else "") + ".",
-                 icon=":material/check:")
+        stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
+        st.toast(f"{PAST[action]} {literal(external_id)}{stored}.", icon=":material/check:")
 
 
 def show_actions(ws: Workspace, round_id: int, item: dict) -> None:
@@ -272,7 +271,7 @@ def show_actions(ws: Workspace, round_id: int, item: dict) -> None:
 
 # -- everything filtered --------------------------------------------------------------------
 def confirmation_text(action: str, label: str | None, count: int) -> str:
-    what = f"relabel as {label}" if action == "relabel" else action
+    what = f"relabel as {literal(label)}" if action == "relabel" else action
     return f"Apply {what} to {count} filtered item{'' if count == 1 else 's'}"
 
 
@@ -289,9 +288,8 @@ def _bulk(ws_path: str, flt: ReviewFilter, action: str, expected: int, confirm_k
             return
         done = record_decisions(ws, ids, action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
                                 label=label, note=note.strip() or None, round_id=flt.round_id)
-        st.toast(f"{PAST[action]} {done} item(s)" + (f" as {literal(label)}" if label else "")
-                 + ".",
-                 icon=":material/done_all:")
+        stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
+        st.toast(f"{PAST[action]} {done} item(s){stored}.", icon=":material/done_all:")
 
 
 def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -> None:

@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 import streamlit as st
-from common import show_error
+from common import literal, show_error
 
 from semievol.errors import SemiEvolError
 from semievol.runs import jobs, launch
@@ -152,7 +152,7 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
             _cancel(ws, run["id"])
     if run["status"] == "failed":
         first, _, rest = (run["error"] or "failed without an error message").partition("\n")
-        st.error(first, icon=":material/error:")
+        st.error(literal(first), icon=":material/error:")
         if rest:
             with st.expander("Error details"):
                 st.code(rest, language="text")
@@ -162,7 +162,7 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
                           "stores (adapters, cached responses, checkpoints)."):
             _resume(ws, run["id"])
     show_loss(ws, run)
-    tail = clean_log(jobs.log_tail(run, 4 * LOG_LINES))
+    tail = clean_log(jobs.log_tail(ws, run, 4 * LOG_LINES))
     tail = "\n".join(tail.split("\n")[-LOG_LINES:])
     st.markdown("**Log** (last lines)")
     if tail:

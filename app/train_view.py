@@ -79,7 +79,7 @@ def show_training(ws: Workspace, page: TrainPage) -> None:
         if page.regression and page.regression["message"]:
             st.error(page.regression["message"], icon=":material/trending_down:")
         else:
-            st.success(f"Round {rnd.number} is trained: `{rnd.final_adapter}`.")
+            st.success(f"Round {rnd.number} is trained: {literal(rnd.final_adapter)}.")
     for confirmed in page.confirmations:
         st.caption(f"Confirmed by {literal(confirmed['reviewer'])} before training: "
                    f"{literal(confirmed['message'])}")

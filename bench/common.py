@@ -130,6 +130,40 @@ def _version(module: str) -> str | None:
         return None
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
+"""The CPU features that decide the stack's kernels (bf16 and AMX matrix units)."""
+
+
+def cpu_identity() -> dict:
+    """{model, family, model_number, flags (of CPU_FLAGS), key}: `key` names the CPU family a
+    result belongs to (results are kept per CPU, bench/results/<key>/), e.g. amd-epyc-25-1 or
+    intel-xeon-6-143-amx."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            name = name.strip()
+            if name in ("model name", "cpu family", "model", "flags") and name not in fields:
+                fields[name] = value.strip()
+            if len(fields) == 4:
+                break
+    flags = [f for f in CPU_FLAGS if f in fields.get("flags", "").split()]
+    model = fields.get("model name", "unknown cpu")
+    words = [w for w in model.lower().replace("(r)", "").replace("(tm)", "").split()
+             if w.isalnum()][:2]
+    key = "-".join(words + [fields.get("cpu family", "x"), fields.get("model", "x")]
+                   + (["amx"] if "amx_bf16" in flags else []))
+    return {"model": model, "family": fields.get("cpu family"),
+            "model_number": fields.get("model"), "flags": flags, "key": key}
+
+
+def cpu_results(*parts: str) -> Path:
+    """bench/results/<this CPU's key>/<parts>: where a speed result of this machine goes."""
+    folder = RESULTS / cpu_identity()["key"]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.joinpath(*parts) if parts else folder
+
+
 def machine_info(model_dtype: str | None = None) -> dict:
     """Cores, threads, CPU, memory, load, dtype and library versions of this run."""
     import torch
@@ -151,6 +185,7 @@ def machine_info(model_dtype: str | None = None) -> dict:
         bf16 = None
     info = {
         "cpu": cpu,
+        "cpu_identity": cpu_identity(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),

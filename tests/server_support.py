@@ -162,4 +162,79 @@ def json_post(url: str, payload: dict) -> dict:
         return json.loads(answer.read())
 
 
-__all__ = ["FaultProxy", "llama_server", "require_llama", "free_port", "json_post"]
+class FakeOpenAI:
+    """A scriptable OpenAI-compatible server on 127.0.0.1 for the faults a real one shows:
+    `answer(path, body, headers)` returns (status, payload: a dict, or bytes sent as they
+    are), or None for a normal echo answer whose every log-probability is `logprob`.
+    `slow_body` sends the body a byte every that many seconds; `hang` never answers. Every
+    request is recorded (path, body, headers)."""
+
+    def __init__(self, *, answer=None, logprob=-0.5, slow_body: float = 0.0,
+                 hang: bool = False, models=("fake-model",)):
+        self.requests: list[dict] = []
+        self.answer, self.logprob, self.slow_body, self.hang = answer, logprob, slow_body, hang
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, payload) -> None:
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    if fake.slow_body:
+                        for k in range(len(data)):
+                            self.wfile.write(data[k:k + 1])
+                            self.wfile.flush()
+                            time.sleep(fake.slow_body)
+                    else:
+                        self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def do_GET(self):
+                fake.requests.append({"path": self.path, "headers": dict(self.headers)})
+                self._send(200, {"data": [{"id": m} for m in models]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                fake.requests.append({"path": self.path, "body": body,
+                                      "headers": dict(self.headers)})
+                if fake.hang:
+                    time.sleep(3600)
+                found = fake.answer(self.path, body, dict(self.headers)) if fake.answer \
+                    else None
+                if found is None:
+                    found = 200, fake.echo(body)
+                self._send(*found)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def echo(self, body: dict) -> dict:
+        """An echo answer: one token per character of the prompt, each `logprob` (the
+        first None, as servers give it)."""
+        prompt = body.get("prompt", "")
+        tokens = [str(t) for t in prompt] if isinstance(prompt, list) else list(str(prompt))
+        values = [None] + [self.logprob] * (len(tokens) - 1) + [self.logprob]
+        return {"choices": [{"text": "x", "logprobs": {
+            "tokens": tokens + ["x"], "token_logprobs": values}}]}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+__all__ = ["FakeOpenAI", "FaultProxy", "llama_server", "require_llama", "free_port",
+           "json_post"]

@@ -243,11 +243,9 @@ def test_runs_page_lists_runs_and_offers_resume_for_a_failed_one(task_workspace,
 def test_runs_page_shows_a_running_run_with_cancel(task_workspace, monkeypatch):
     ws = task_workspace
     rnd = open_round(ws, RoundConfig())
-    log = ws.path / "runs" / "5.log"
-    log.write_text("loading model\nstep 3/10\r step 4/10\n")
     running = _insert_run(ws, "train", rnd.id, "running", pid=os.getpid(), progress=0.4,
                           message="training")
-    ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(log), running))
+    (ws.path / "runs" / f"{running}.log").write_text("loading model\nstep 3/10\r step 4/10\n")
     cancelled = []
     monkeypatch.setattr(jobs, "cancel_run", lambda w, run_id: cancelled.append(run_id) or True)
     at = page(ws, RUNS, monkeypatch)

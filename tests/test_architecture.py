@@ -71,12 +71,13 @@ APP_ACTIONS = {
                                    "guess_mapping", "import_file"},
     "semievol.workspace.readers": {"FILE_TYPES", "read_sample"},
     "semievol.method.retrieval": {"SentenceTransformerEmbedder", "index_workspace"},
-    "semievol.curation.decisions": {"ACTIONS", "record_decisions", "undo_last"},
+    "semievol.curation.decisions": {"ACTIONS", "label_reading", "record_decisions",
+                                    "undo_last"},
     "semievol.curation.selection_state": {"apply_selection"},
     "semievol.rounds.backends": {"probe_servers"},
     "semievol.export.dataset": {"export_dataset"},
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},
-    "semievol.export.paths": {"versions"},
+    "semievol.export.paths": {"export_folder", "exported"},
 }
 """What the app's pages may import besides the foundation, `semievol.views` and
 `semievol.runs`: the workspace they open and the actions they call (import a file, index,

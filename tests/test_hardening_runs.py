@@ -115,7 +115,7 @@ def test_two_background_warmups_at_once_give_one_clear_refusal(filled_workspace,
             run = jobs.get_run(ws, run["id"])
         if run["status"] == "running":
             os.killpg(run["pid"], signal.SIGKILL)
-        assert run["status"] == "succeeded", jobs.log_tail(run)
+        assert run["status"] == "succeeded", jobs.log_tail(ws, run)
 
 
 def test_missing_adapters_are_refused_before_any_work(filled_workspace):

@@ -280,11 +280,10 @@ def test_listing_getting_and_log_tail(workspace, tmp_path):
     assert len(jobs.list_runs(workspace, limit=1)) == 1
     with pytest.raises(SemiEvolError, match="No run 99"):
         jobs.get_run(workspace, 99)
-    log = tmp_path / "x.log"
+    log = workspace.path / "runs" / f"{first}.log"
     log.write_text("".join(f"line {i}\n" for i in range(100)) + "\r 10%\r 50%\r100%\n")
-    assert jobs.log_tail({"log_path": str(log)}, 3) == "line 98\nline 99\n100%"
-    assert jobs.log_tail({"log_path": None}) == ""
-    assert jobs.log_tail({"log_path": str(tmp_path / "missing.log")}) == ""
+    assert jobs.log_tail(workspace, runs[1], 3) == "line 98\nline 99\n100%"
+    assert jobs.log_tail(workspace, {"id": 12345}) == ""  # no log yet
 
 
 def test_cancel_of_a_finished_run_says_so(workspace):
@@ -299,11 +298,11 @@ def test_background_run_succeeds_and_logs(workspace, child_module, children):
     run_id = background(workspace, "label", "quick", child_module, config={"mode": "quick"})
     run = _wait(lambda: (r := jobs.get_run(workspace, run_id))["status"] != "running" and r,
                 timeout=20)
-    assert run["status"] == "succeeded", jobs.log_tail(run)
+    assert run["status"] == "succeeded", jobs.log_tail(workspace, run)
     assert run["progress"] == 1 and run["message"] == "counting"
     assert run["config"] == {"mode": "quick"} and run["pid"] > 0
     assert run["log_path"] == str(workspace.path / "runs" / f"{run_id}.log")
-    log = jobs.log_tail(run)
+    log = jobs.log_tail(workspace, run)
     assert f"child adopted run {run_id}" in log and "child done" in log
     assert [m["value"] for m in jobs.run_metrics(workspace, run_id, "loss")] == \
         pytest.approx([1.0, 0.5, 1 / 3])
@@ -334,6 +333,6 @@ def test_cancel_a_background_run(workspace, child_module, children):
     assert jobs.cancel_run(workspace, run_id) is True
     run = jobs.get_run(workspace, run_id)
     assert run["status"] == "cancelled" and not jobs._pid_alive(pid)
-    assert "child cancelled" in jobs.log_tail(run)
+    assert "child cancelled" in jobs.log_tail(workspace, run)
     with pytest.raises(SemiEvolError, match="already finished with status cancelled"):
         jobs.cancel_run(workspace, run_id)

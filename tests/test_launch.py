@@ -39,7 +39,7 @@ def _wait_finished(ws, run_id, timeout=CHILD_TIMEOUT):
             return run
         time.sleep(0.2)
     raise AssertionError(f"run {run_id} still running after {timeout} s:\n"
-                         + jobs.log_tail(jobs.get_run(ws, run_id)))
+                         + jobs.log_tail(ws, jobs.get_run(ws, run_id)))
 
 
 def _config(**train) -> RoundConfig:
@@ -70,7 +70,7 @@ def _insert_run(ws, kind, round_id, status, *, pid=None, error=None):
 
 def _command_line(ws, run_id) -> str:
     """The command the background process was started with (the log's first line)."""
-    first = jobs.log_tail(jobs.get_run(ws, run_id), 500).splitlines()[0]
+    first = jobs.log_tail(ws, jobs.get_run(ws, run_id), 500).splitlines()[0]
     return first.split(": ", 1)[1]
 
 
@@ -90,7 +90,7 @@ def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(fil
                               "selection": to_dict(SelectionConfig(policy="absolute",
                                                                    threshold=0.45))}
     run = _wait_finished(ws, run_id)
-    assert run["status"] == "succeeded", run["error"] or jobs.log_tail(run)
+    assert run["status"] == "succeeded", run["error"] or jobs.log_tail(ws, run)
     # The process was given its run id and nothing else: no config file, no flags.
     assert _command_line(ws, run_id).split()[1:] == ["-m", "semievol", "worker",
                                                      str(ws.path), str(run_id)]
@@ -118,8 +118,8 @@ def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
     assert run["kind"] == "evaluate" and run["config"]["train"]["max_steps"] == 3
     assert get_round(ws).config.train.max_steps == 3  # stored with the round
     run = _wait_finished(ws, run["id"])
-    assert run["status"] == "succeeded", run["error"] or jobs.log_tail(run)
-    assert "evaluate: base" in jobs.log_tail(run)  # answered from the stored evaluations
+    assert run["status"] == "succeeded", run["error"] or jobs.log_tail(ws, run)
+    assert "evaluate: base" in jobs.log_tail(ws, run)  # answered from the stored evaluations
     assert _command_line(ws, run["id"]).endswith(f"worker {ws.path} {run['id']}")
 
 

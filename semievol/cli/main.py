@@ -82,16 +82,24 @@ def cmd_index(args) -> int:
 def cmd_status(args) -> int:
     ws = Workspace(args.workspace)
     status = workspace_status(ws)
-    status["integrity"] = ws.integrity()
+    check = ws.integrity()
+    status["integrity"], status["read_only"] = check, ws.read_only
+    damaged = check["ok"] is False
     if args.json:
         print(json.dumps(status, indent=2))
-        return 2 if status["integrity"] != "ok" else 0
+        return 2 if damaged else 0
     print(f"Workspace {status['path']} (schema v{status['schema_version']})")
-    if status["integrity"] != "ok":
-        print(f"DAMAGED: the database's integrity check found: {status['integrity']}. Restore "
-              "it from a backup, or export what you need and start a new workspace.")
+    if damaged:
+        print(f"DAMAGED: the database's integrity check found: {check['found']}. Nothing more "
+              "is written into it: restore it from a backup, or export what you need and "
+              "start a new workspace.")
+    elif check["ok"] is None:
+        print(f"Database: integrity check {check['found']}.")
     else:
         print("Database: integrity check ok")
+    if ws.read_only:
+        print("Read-only: this workspace can be read, and nothing can be saved in it (make "
+              "the folder and workspace.db writable to work in it).")
     task = status["task"]
     if task:
         labels = ", ".join(task["labels"]) if task["labels"] else "per-item options"
@@ -103,10 +111,9 @@ def cmd_status(args) -> int:
         print(f"Round {r['number']}: {r['status']}; {r['pseudo_labels']} pseudo-label(s), "
               f"{r['selected']} selected")
     print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
-    if status["integrity"] == "ok" and status["task"]:
-
+    if not damaged and status["task"]:
         print(f"Lengths: {length_line(length_report(ws))}")
-    return 2 if status["integrity"] != "ok" else 0
+    return 2 if damaged else 0
 
 
 def cmd_backup(args) -> int:

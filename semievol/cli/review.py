@@ -6,11 +6,11 @@ pages call, so the CLI and the app record and show the same things.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from semievol.cli.engine import open_workspace
+from semievol.cli.terminal import printable
 from semievol.curation import audit
-from semievol.curation.decisions import ACTIONS, record_decisions
+from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.errors import SemiEvolError
 from semievol.export.dataset import export_dataset
 from semievol.export.model import export_adapter, export_gguf, export_merged
@@ -38,7 +38,8 @@ def cmd_decide(args) -> int:
     ws = open_workspace(args.workspace)
     count = record_decisions(ws, _item_ids(ws, args.items, args.by_external), args.action,
                              reviewer=args.reviewer, label=args.label, note=args.note)
-    print(f"Recorded {args.action} for {count} item(s) by {args.reviewer}.")
+    label = f" as {label_reading(ws.task, args.label)}" if args.action == "relabel" else ""
+    print(printable(f"Recorded {args.action}{label} for {count} item(s) by {args.reviewer}."))
     return 0
 
 
@@ -61,10 +62,10 @@ def cmd_review(args) -> int:
         if r["decision"] == "relabel":
             decision += f"->{r['decision_label']}"
         entropy = "-" if r["entropy"] is None else f"{r['entropy']:.3f}"
-        print(f"{r['external_id']:<12} {r['label']:<16} {r['path']:<9} agree "
+        print(printable(f"{r['external_id']:<12} {r['label']:<16} {r['path']:<9} agree "
               f"{r['agreement']:.2f} entropy {entropy:<6} "
               f"{'selected' if r['selected'] else '-':<8} "
-              f"{decision:<14} {r['question'][:60]!r}")
+              f"{decision:<14} {r['question'][:60]!r}"))
     return 0
 
 
@@ -81,8 +82,9 @@ def cmd_audit(args) -> int:
         return 0
     print(f"audit queue of round {rnd.number} ({len(rows)} item(s), most confident bin first):")
     for r in rows:
-        print(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score {r['score']:.3f}  "
-              f"{r['decision'] or 'undecided':<10} {r['question'][:60]!r}")
+        print(printable(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score "
+                        f"{r['score']:.3f}  {r['decision'] or 'undecided':<10} "
+                        f"{r['question'][:60]!r}"))
     if estimate["error_rate"] is None:
         print("No audited item has a decision yet: decide on them (`semievol decide`).")
     else:
@@ -103,17 +105,18 @@ def cmd_lineage(args) -> int:
     if args.json:
         print(json.dumps({"item": item, "rounds": rows}, indent=2, default=str))
         return 0
-    print(f"{item['external_id']} ({item['split']}): {item['question'][:120]!r}")
+    print(printable(f"{item['external_id']} ({item['split']}): {item['question'][:120]!r}"))
     if not rows:
         print("No round has pseudo-labeled this item.")
     for r in rows:
         answers = "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"])
         decisions = "; ".join(f"{d['action']}{' -> ' + d['label'] if d['label'] else ''} by "
                               f"{d['reviewer']}" for d in r["decisions"]) or "none"
-        print(f"round {r['round']}: {answers} => {r['pseudo_label']} ({r['path']}, entropy "
-              f"{r['entropy']}); policy {r['policy'] or 'not applied'}, threshold "
-              f"{r['threshold']}, selected {r['selected']}; decisions: {decisions}; "
-              f"trained into {r['adapter'] or '-'}")
+        print(printable(
+            f"round {r['round']}: {answers} => {r['pseudo_label']} ({r['path']}, entropy "
+            f"{r['entropy']}); policy {r['policy'] or 'not applied'}, threshold "
+            f"{r['threshold']}, selected {r['selected']}; decisions: {decisions}; "
+            f"trained into {r['adapter'] or '-'}"))
     return 0
 
 
@@ -121,7 +124,7 @@ def cmd_export(args) -> int:
     ws = open_workspace(args.workspace)
     what = set(parse_what(args.what))
     number = get_round(ws, args.round).number  # latest when not given; 0/unknown: error
-    out = Path(args.out) if args.out else ws.path / "exports"
+    out = args.out  # None: the workspace's exports/ folder
     if "dataset" in what:
         for kind, path in export_dataset(ws, number, out).items():
             print(f"{kind}: {path}")

@@ -7,6 +7,7 @@ into what a person reading a terminal (or a background run's log) can follow, an
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -51,3 +52,13 @@ def step_banner(round_number: int):
         where = f"step {index + 1}/{count}: " if count > 1 else ""
         print(f"== round {round_number}, {where}{name}", file=sys.stderr, flush=True)
     return banner
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text) -> str:
+    """Stored text as a terminal should show it: control characters (an escape sequence
+    starts with one) written as \\xNN, so a name or note from the workspace cannot move the
+    cursor or recolour the screen."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))

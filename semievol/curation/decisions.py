@@ -3,8 +3,8 @@ item's history, and how decisions override the selection policy.
 
 Decisions are append-only rows (the schema refuses UPDATE and DELETE). The decision in force
 on an item is its latest row unless that row is a `clear`; that rule is written once, as the
-`current_decisions` view (workspace/store.py, migration 3), which both the Python readers here and the
-review queue's SQL read.
+`current_decisions` view (workspace/store.py, migration 3), which both the Python readers
+here and the review queue's SQL read.
 
 What each action means for training: accept -> kept with its pseudo-label; reject ->
 dropped; relabel -> kept with the reviewer's label (a gold label, even on an item no round
@@ -13,12 +13,14 @@ has pseudo-labeled yet); clear -> the selection policy decides again.
 
 from __future__ import annotations
 
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from semievol.errors import SemiEvolError
 from semievol.task.answers import extract_answer
+from semievol.task.numbers import overflowed
 from semievol.workspace.items import options_of
 from semievol.workspace.store import Workspace, now
 
@@ -28,6 +30,28 @@ SOURCES = ("policy", "accepted", "rejected", "relabeled")
 """Where a pseudo-label's final selection comes from (see `apply_decisions`)."""
 NEEDS_PSEUDO_LABEL = ("accept", "reject")
 """Actions that judge a pseudo-label, so the item must have one."""
+MAX_REVIEWER = 100
+MAX_NOTE = 2000
+MAX_LABEL = 1000
+"""Lengths of what a reviewer types (a name, a note, a relabel): a name is shown beside every
+decision, in tables and in a terminal."""
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def checked_text(what: str, value: str, limit: int, *, lines: bool = False) -> str:
+    """`value` stripped, refused when longer than `limit` characters or holding a control
+    character (a terminal escape sequence starts with one; `lines`: newlines and tabs are
+    kept, as in a note)."""
+    value = value.strip()
+    if len(value) > limit:
+        raise SemiEvolError(f"The {what} is {len(value):,} characters long; at most {limit:,} "
+                            "are kept: shorten it.")
+    bad = (_CONTROL if lines else _CONTROL_OR_NEWLINE).search(value)
+    if bad:
+        raise SemiEvolError(f"The {what} holds a control character (U+{ord(bad.group()):04X}), "
+                            "which a terminal or a table would act on: remove it.")
+    return value
 
 
 def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewer: str,
@@ -45,6 +69,10 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
     if not reviewer or not reviewer.strip():
         raise SemiEvolError("A decision needs a reviewer name (set it in the sidebar or with "
                             "--reviewer).")
+    reviewer = checked_text("reviewer name", reviewer, MAX_REVIEWER)
+    note = checked_text("note", note, MAX_NOTE, lines=True) or None if note else None
+    if label is not None:
+        label = checked_text("label", label, MAX_LABEL)
     if action == "relabel" and not (label and label.strip()):
         raise SemiEvolError("relabel needs the new label (--label).")
     if action != "relabel" and label:
@@ -95,10 +123,22 @@ def checked_open_label(task, label: str) -> str:
     a numeric task); refused when the checker can read no answer in it."""
     answer = extract_answer(task, label)
     if not answer:
+        if task.checker == "numeric" and overflowed(label):
+            raise SemiEvolError(f"{label!r} is a number too large to compare "
+                                f"({overflowed(label)[0]} overflows): type the answer itself.")
         what = "no number" if task.checker == "numeric" else "no answer"
         raise SemiEvolError(f"{label!r} has {what} the task's {task.checker} checker can "
                             "read: type the answer itself.")
     return answer
+
+
+def label_reading(task, label: str) -> str:
+    """A relabel as it is stored, in words for the reviewer who typed it: the label, or for
+    an open task the answer the checker read ("'1,00,000' read as 100000")."""
+    if task is None or task.kind != "open":
+        return label
+    answer = checked_open_label(task, label)
+    return answer if answer == label.strip() else f"{label.strip()!r} read as {answer}"
 
 
 def current_decisions(ws: Workspace) -> dict[int, dict]:
@@ -143,6 +183,8 @@ def undo_last(ws: Workspace, *, reviewer: str, round_id: int | None = None) -> d
     force what would be there had the undone decision never been made: the item's latest
     decision that is neither undone nor an undo (another reviewer's later one stays), else
     `clear`. Returns the undone row, or None when there is nothing to undo."""
+    reviewer = checked_text("reviewer name", reviewer or "", MAX_REVIEWER)
+
     def is_undo(row):
         return (row["note"] or "").startswith(UNDO_NOTE)
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from semievol.curation.training_set import training_items
-from semievol.export.paths import free_path
+from semievol.export.paths import export_folder, free_path, staged
 from semievol.rounds.record import get_round
 from semievol.task.formats import Example, build_messages
 from semievol.workspace.items import external_ids
@@ -28,7 +28,8 @@ def spreadsheet_safe(value) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def export_dataset(ws: Workspace, round_number: int, out_dir: str | Path) -> dict[str, Path]:
+def export_dataset(ws: Workspace, round_number: int,
+                   out_dir: str | Path | None = None) -> dict[str, Path]:
     """The set round `round_number` trains on (its frozen rows once trained): labeled +
     human labels + selected pseudo-labels.
 
@@ -38,18 +39,17 @@ def export_dataset(ws: Workspace, round_number: int, out_dir: str | Path) -> dic
     get_round(ws, round_number)  # an unknown round is an error, before anything is written
     task = ws.require_task()
     items = training_items(ws, round_number)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = export_folder(ws, out_dir)
     jsonl = free_path(out_dir / f"curated_round{round_number}.jsonl")
     table = free_path(out_dir / f"curated_round{round_number}.csv")
     external = external_ids(ws)
-    with jsonl.open("x", encoding="utf-8") as f:
+    with staged(jsonl) as partial, partial.open("x", encoding="utf-8") as f:
         for it in items:
             messages = build_messages(task, Example(it["question"], it["options"], it["answer"]),
                                       with_answer=True)
             f.write(json.dumps({"messages": messages, "id": external[it["item_id"]],
                                 "source": it["source"]}, ensure_ascii=False) + "\n")
-    with table.open("x", encoding="utf-8", newline="") as f:
+    with staged(table) as partial, partial.open("x", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "question", "options", "answer", "source"])
         for it in items:

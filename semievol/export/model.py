@@ -11,7 +11,7 @@ from pathlib import Path
 from semievol.errors import SemiEvolError
 from semievol.export.gguf import GGUF_TYPES, write_gguf
 from semievol.export.model_card import model_card, modelfile
-from semievol.export.paths import free_path
+from semievol.export.paths import export_folder, free_path, staged
 from semievol.model.loading import load_model, require_adapter, resolve_model_path
 from semievol.rounds.record import get_round
 from semievol.workspace.store import Workspace
@@ -25,10 +25,12 @@ def _final_adapter(ws: Workspace, round_number: int) -> Path:
     return require_adapter(rnd.final_adapter)
 
 
-def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
+def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path | None = None) -> Path:
+    """The round's trained adapter folder (its checkpoints left out)."""
     source = _final_adapter(ws, round_number)
-    target = free_path(Path(out_dir) / f"adapter_round{round_number}")
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoint*"))
+    target = free_path(export_folder(ws, out_dir) / f"adapter_round{round_number}")
+    with staged(target) as partial:
+        shutil.copytree(source, partial, ignore=shutil.ignore_patterns("checkpoint*"))
     return target
 
 
@@ -41,17 +43,19 @@ def _merged_model(ws: Workspace, round_number: int):
     return load_model(config, adapter=adapter, dtype=torch.float32)
 
 
-def export_merged(ws: Workspace, round_number: int, out_dir: str | Path) -> Path:
+def export_merged(ws: Workspace, round_number: int, out_dir: str | Path | None = None) -> Path:
     """Base model with the round's adapter merged in, saved with its tokenizer (float32)."""
+    folder = export_folder(ws, out_dir)
     model, tokenizer = _merged_model(ws, round_number)
-    target = free_path(Path(out_dir) / f"merged_round{round_number}")
-    model.save_pretrained(target)
-    tokenizer.padding_side = "right"
-    tokenizer.save_pretrained(target)
+    target = free_path(folder / f"merged_round{round_number}")
+    with staged(target) as partial:
+        model.save_pretrained(partial)
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(partial)
     return target
 
 
-def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path, *,
+def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path | None = None, *,
                 gguf_type: str = "f16") -> dict:
     """A folder a deployment loads: model.gguf (the merged model), an Ollama Modelfile and
     README.md, the model card from the workspace's evidence."""
@@ -59,17 +63,16 @@ def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path, *,
         raise SemiEvolError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}; got "
                             f"{gguf_type!r}.")
     rnd = get_round(ws, round_number)
+    folder = export_folder(ws, out_dir)
     model, tokenizer = _merged_model(ws, round_number)
-    target = free_path(Path(out_dir) / f"gguf_round{round_number}")
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    target = free_path(folder / f"gguf_round{round_number}")
     name = "model.gguf"
-    info = write_gguf(model, Path(resolve_model_path(rnd.config.model.name_or_path)),
-                      partial / name, name=f"{ws.path.name} round {round_number}",
-                      gguf_type=gguf_type)
-    (partial / "Modelfile").write_text(modelfile(name, tokenizer), encoding="utf-8")
-    (partial / "README.md").write_text(model_card(ws, round_number, model_file=name,
-                                                  gguf=info), encoding="utf-8")
-    partial.rename(target)  # whole or not at all: a crash leaves only the .partial folder
+    with staged(target) as partial:  # whole or not at all
+        partial.mkdir()
+        info = write_gguf(model, Path(resolve_model_path(rnd.config.model.name_or_path)),
+                          partial / name, name=f"{ws.path.name} round {round_number}",
+                          gguf_type=gguf_type)
+        (partial / "Modelfile").write_text(modelfile(name, tokenizer), encoding="utf-8")
+        (partial / "README.md").write_text(model_card(ws, round_number, model_file=name,
+                                                      gguf=info), encoding="utf-8")
     return {**info, "path": target / name, "folder": target}

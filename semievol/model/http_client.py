@@ -9,6 +9,7 @@ config names, on every client construction, and is never stored, logged or expor
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -16,17 +17,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Iterable
 
-from semievol.errors import SemiEvolError
+from semievol.errors import SemiEvolError, redact, remember_secret
 
 RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
+MAX_ANSWER_BYTES = 64 * 2**20
+"""The largest answer read from a server (a scoring answer is a few kilobytes)."""
 class ServerError(SemiEvolError):
-    """The server refused or failed a request (after retries): status and its message."""
+    """The server refused or failed a request (after retries): status and its message,
+    credentials redacted."""
 
     def __init__(self, message: str, *, status: int | None = None, body: str = ""):
         super().__init__(message)
-        self.status, self.body = status, body
+        self.status, self.body = status, redact(body)
 
 
 def api_key(env_name: str) -> str | None:
@@ -38,6 +40,7 @@ def api_key(env_name: str) -> str | None:
         raise SemiEvolError(f"The server config asks for an API key in ${env_name}, which is "
                             f"not set: export {env_name}=... before running (keys are never "
                             "stored in the workspace).")
+    remember_secret(value)
     return value
 
 
@@ -58,6 +61,7 @@ class ServerClient:
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
                                   limits=httpx.Limits(max_connections=self.concurrency))
         self._lock = threading.Lock()
+        self._batch = threading.local()  # the batch (`map`) a worker thread serves
         self.requests = 0      # every HTTP request made, retries included
         self.retried = 0
 
@@ -75,24 +79,29 @@ class ServerClient:
 
         last, status = "", None
         for attempt in range(self.retries + 1):
+            stop = getattr(self._batch, "stop", None)
+            if stop is not None and stop.is_set():
+                raise ServerError(f"{self.base_url}{path}: not sent, another request of the "
+                                  "same batch failed first.")
             self._count(retried=attempt > 0)
             try:
-                response = self._http.request(method, path, json=payload)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                status, headers, body = self._exchange(method, path, payload)
+            except (httpx.TimeoutException, httpx.TransportError, httpx.StreamError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 status, wait = None, None
             else:
-                if response.status_code < 400:
+                text = body.decode("utf-8", errors="replace")
+                if status < 400:
                     try:
-                        return response.json()
+                        return json.loads(text)
                     except ValueError as exc:
                         raise ServerError(f"{self.base_url}{path} answered with something "
-                                          f"that is not JSON: {response.text[:200]!r}") from exc
-                status, last = response.status_code, response.text[:500]
+                                          f"that is not JSON: {text[:200]!r}") from exc
+                last = redact(text)[:500]  # redacted before it is cut: no half a key
                 if status not in RETRY_STATUSES:
                     raise ServerError(f"{self.base_url}{path} refused the request (HTTP "
                                       f"{status}): {last}", status=status, body=last)
-                wait = _retry_after(response.headers.get("retry-after"))
+                wait = _retry_after(headers.get("retry-after"))
             if attempt == self.retries:
                 break
             # Exponential backoff with jitter, or what the server asked for.
@@ -100,6 +109,37 @@ class ServerClient:
                        self.backoff * (2 ** attempt) * (0.5 + random.random() / 2))
         raise ServerError(f"{self.base_url}{path} failed after {self.retries + 1} attempts: "
                           f"{last}", status=status, body=last)
+
+    def _exchange(self, method: str, path: str, payload: dict | None
+                  ) -> tuple[int, Any, bytes]:
+        """One request and its whole answer within `timeout` seconds in all: a server that
+        sends its answer slowly is cut off at the deadline (a timeout per read would let
+        it trickle for ever), and one that never answers times out."""
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        with self._http.stream(method, path, json=payload) as response:
+            # Past the deadline the answer is closed under the reader, which then fails.
+            watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), response.close)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise ServerError(f"{self.base_url}{path} sent an answer larger than "
+                                          f"{MAX_ANSWER_BYTES // 2**20} MiB.")
+            except (httpx.StreamError, httpx.TransportError) as exc:
+                if time.monotonic() >= deadline:
+                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout:g} s") \
+                        from exc
+                raise
+            finally:
+                watchdog.cancel()
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(f"no whole answer within {self.timeout:g} s")
+            return response.status_code, response.headers, bytes(body)
 
     def post(self, path: str, payload: dict) -> Any:
         return self.request("POST", path, payload)
@@ -121,13 +161,27 @@ class ServerClient:
             return out
         results: list = [None] * len(items)
         finished = 0
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        stop = threading.Event()
+
+        def one(item):
+            self._batch.stop = stop
+            return fn(item)
+
+        try:
+            futures = {pool.submit(one, item): i for i, item in enumerate(items)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 finished += 1
                 if done:
                     done(finished)
+        except BaseException:
+            # The first failure ends the batch: queued requests are dropped and the ones in
+            # flight send no retry, instead of every item waiting out its own timeouts.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return results
 
 

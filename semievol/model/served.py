@@ -53,6 +53,7 @@ class Capabilities:
     chat_logprobs: bool = False    # chat completions give top log-probabilities
     notes: list[str] = field(default_factory=list)
     probed_at: float = 0.0
+    inconclusive: list[str] = field(default_factory=list)  # server errors met while probing
 
     @property
     def modes(self) -> list[str]:
@@ -135,9 +136,11 @@ def probe(client: ServerClient, server: ServerConfig, tokenizer) -> Capabilities
         "/completions", {**base, "prompt": PROBE_PROMPT, "echo": True, "logprobs": 1}), 2))
     if caps.echo:
         caps.token_ids = _try(caps, "token-id prompts", lambda: _echoed(client.post(
-            "/completions", {**base, "prompt": ids, "echo": True, "logprobs": 1}), len(ids)))
+            "/completions", {**base, "prompt": ids, "echo": True, "logprobs": 1}), len(ids)),
+            error_means_no=True)
     caps.prompt_logprobs = _try(caps, "prompt_logprobs", lambda: bool(_choice(client.post(
-        "/completions", {**base, "prompt": ids, "prompt_logprobs": 0})).get("prompt_logprobs")))
+        "/completions", {**base, "prompt": ids, "prompt_logprobs": 0})).get("prompt_logprobs")),
+        error_means_no=True)
     caps.chat_logprobs = _try(caps, "chat log-probabilities", lambda: bool(_top(client.post(
         "/chat/completions", {**base, "messages": [{"role": "user", "content": "Say A."}],
                               "logprobs": True, "top_logprobs": 5}))))
@@ -150,8 +153,11 @@ def probe(client: ServerClient, server: ServerConfig, tokenizer) -> Capabilities
 TRANSIENT = {None, 408, 409, 425, 429, 502, 503, 504}
 
 
-def _try(caps: Capabilities, what: str, check) -> bool:
-    """Run one probe request; a refusal or an unusable answer means 'not supported'."""
+def _try(caps: Capabilities, what: str, check, *, error_means_no: bool = False) -> bool:
+    """Run one probe request; a refusal (4xx) or an unusable answer means 'not supported'.
+    A server error (5xx) says nothing about what the server can do, so it makes the probe
+    inconclusive (never stored), except where `error_means_no`: the requests that send a
+    prompt as token ids, which llama.cpp's server refuses with a 500."""
     try:
         ok = bool(check())
     except ServerError as exc:
@@ -159,6 +165,8 @@ def _try(caps: Capabilities, what: str, check) -> bool:
             raise SemiEvolError(f"The server at {caps.base_url} was busy or unreachable while "
                                 f"probing {what} ({exc}); nothing was stored. Try again when "
                                 "it answers (`semievol servers WS --config FILE`).") from exc
+        if exc.status is not None and exc.status >= 500 and not error_means_no:
+            caps.inconclusive.append(f"{what}: HTTP {exc.status} ({str(exc)[:160]})")
         caps.notes.append(f"{what}: not supported ({str(exc)[:160]})")
         return False
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -186,13 +194,23 @@ def stored_probe(ws, server: ServerConfig) -> Capabilities | None:
     return Capabilities(**found) if found else None
 
 
+def _serves(caps: Capabilities, server: ServerConfig) -> bool:
+    """Whether a stored probe says the server can serve its configured mode; a stored "no"
+    (from an older version) is asked again rather than trusted."""
+    try:
+        caps.resolve_mode(server)
+    except SemiEvolError:
+        return False
+    return True
+
+
 def probe_server(ws, server: ServerConfig, tokenizer, *, refresh: bool = False
                  ) -> Capabilities:
     """The server's capabilities: stored in the workspace after the first probe (so a
     re-run with nothing to compute makes no request at all), re-probed with `refresh`."""
     if not refresh:
         found = stored_probe(ws, server)
-        if found is not None:
+        if found is not None and _serves(found, server):
             return found
     # A probe answers fast or not at all: a short timeout and one retry, so a dead server
     # is reported in seconds rather than after the full backoff of a scoring request.
@@ -203,9 +221,16 @@ def probe_server(ws, server: ServerConfig, tokenizer, *, refresh: bool = False
         caps = probe(client, server, tokenizer)
     finally:
         client.close()
-    probes = dict(ws.get_setting(PROBE_SETTING) or {})
+    if caps.inconclusive:
+        raise SemiEvolError(
+            f"Server {server.name} ({server.base_url}) failed while it was asked what it can "
+            f"do: {'; '.join(caps.inconclusive)}. Nothing was stored; try again when it "
+            "answers (`semievol servers WS --config FILE`).")
+    caps.resolve_mode(server)  # refused before anything is stored: a verdict that it cannot
+    probes = dict(ws.get_setting(PROBE_SETTING) or {})  # serve is asked again next time
     probes[f"{server.base_url}|{server.model}"] = asdict(caps)
-    ws.set_setting(PROBE_SETTING, probes)
+    with ws.transaction() as conn:
+        ws.set_setting(PROBE_SETTING, probes, conn)
     return caps
 
 
@@ -300,13 +325,15 @@ class ServedBackend:
                     **common, "messages": _messages(prompt), "logprobs": True}))
                 content = (choice.get("logprobs") or {}).get("content") or []
                 return ((choice.get("message") or {}).get("content") or "").strip(), \
-                    [float(c["logprob"]) for c in content]
+                    [finite_logprob(c.get("logprob"), "a generated token", self.server.name)
+                     for c in content]
             stop = {"stop": [self.tokenizer.eos_token]} if self.tokenizer.eos_token else {}
             choice = _choice(self._post("/completions", {
                 **common, "prompt": str(prompt), "logprobs": 1, **stop}))
             values = (choice.get("logprobs") or {}).get("token_logprobs") or []
-            return (choice.get("text") or "").strip(), [float(v) for v in values
-                                                         if v is not None]
+            return (choice.get("text") or "").strip(), [
+                finite_logprob(v, "a generated token", self.server.name)
+                for v in values if v is not None]
 
         return self._http().map(one, range(len(prompts)),
                                 done=_reporter(progress, len(prompts), "generating"))
@@ -340,7 +367,8 @@ class ServedBackend:
         if not values or any(v is None for v in values):
             raise ServerError(f"Server {self.server.name} did not return log-probabilities "
                               f"for the continuation {continuation!r}.")
-        return np.array(values, dtype=np.float64)
+        return np.array([finite_logprob(v, repr(continuation), self.server.name)
+                         for v in values], dtype=np.float64)
 
     def _chat_letters(self, prompt, continuations: list[str]) -> list[np.ndarray]:
         """Each letter option's log-probability from the first token's top log-probs."""
@@ -355,12 +383,29 @@ class ServedBackend:
             "logprobs": True, "top_logprobs": TOP_LOGPROBS}))
         top = _top({"choices": [choice]})
         probs: dict[str, float] = {}
-        for entry in top:
-            key = str(entry.get("token", "")).strip().strip("().:").upper()
-            probs[key] = probs.get(key, 0.0) + math.exp(float(entry["logprob"]))
-        floor = 0.5 * min((math.exp(float(e["logprob"])) for e in top), default=1e-6)
+        listed = [(str(entry.get("token", "")).strip().strip("().:").upper(),
+                   math.exp(finite_logprob(entry.get("logprob"), "a listed token",
+                                           self.server.name))) for entry in top]
+        for key, probability in listed:
+            probs[key] = probs.get(key, 0.0) + probability
+        floor = 0.5 * min((probability for _, probability in listed), default=1e-6)
         return [np.array([math.log(max(probs.get(x.strip().upper(), floor), 1e-12))])
                 for x in letters]
+
+
+def finite_logprob(value, what: str, server: str) -> float:
+    """A log-probability a server sent, checked before anything uses or stores it: a real
+    number (not text, not a bool), finite and at most 0. A NaN cached once would make every
+    pseudo-label the first option, and a string crashed the step."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ServerError(f"Server {server} returned {value!r} as the log-probability of "
+                          f"{what}, which is not a number; nothing from that answer is kept.")
+    value = float(value)
+    if not math.isfinite(value) or value > 1e-6:
+        raise ServerError(f"Server {server} returned the log-probability {value} for {what} "
+                          "(a log-probability is a finite number at most 0); nothing from "
+                          "that answer is kept.")
+    return value
 
 
 def _messages(prompt) -> list[dict]:

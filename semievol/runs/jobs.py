@@ -29,8 +29,8 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
-from semievol.errors import SemiEvolError
-from semievol.runs.progress import RunHandle
+from semievol.errors import SemiEvolError, redact
+from semievol.runs.progress import RunHandle, log_file, open_log
 from semievol.runs.progress import clock as _clock
 from semievol.workspace.store import Workspace, now
 
@@ -70,14 +70,13 @@ def spawn(ws: Workspace, run_id: int, argv: list[str], *, module: str = "semievo
     """Start `python -m <module> *argv` detached, to execute the registered run `run_id`
     (its argv says which run; nothing else is passed). Output goes to
     WORKSPACE/runs/<id>.log. Returns the child's pid."""
-    log_path = ws.path / "runs" / f"{run_id}.log"
+    log_path = log_file(ws, run_id)
     ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(log_path), run_id))
     command = [sys.executable, "-m", module, *argv]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     kind = ws.scalar("SELECT kind FROM runs WHERE id=?", (run_id,))
     try:
-        with open(log_path, "ab") as log:
+        with open_log(log_path, "ab") as log:
             log.write(f"# run {run_id} ({kind}) started {_clock(now())}: "
                       f"{' '.join(command)}\n".encode())
             log.flush()
@@ -132,11 +131,16 @@ def run_context(ws: Workspace, run_id: int) -> Iterator[RunHandle]:
     except BaseException as exc:
         restore()
         _finish(ws, run_id, "failed", error=_error_text(exc))
-        if not (isinstance(exc, SemiEvolError) and sys.stderr.isatty()):
-            # A user error in a terminal is printed by the CLI; everywhere else (a log) the
-            # full traceback is what someone will need.
+        if isinstance(exc, SemiEvolError):
+            # A user error is one line: the CLI prints it in a terminal; a log (a background
+            # run, a script reading the output) gets it here. No traceback: it is no bug.
+            if not sys.stderr.isatty():
+                print(f"run {run_id} ({kind}) failed: {exc}", file=sys.stderr)
+        else:  # a bug: the full traceback is what someone will need
             print(f"run {run_id} ({kind}) failed:", file=sys.stderr)
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+            print(redact("".join(traceback.format_exception(type(exc), exc,
+                                                            exc.__traceback__))),
+                  file=sys.stderr, end="")
         raise
     else:
         restore()
@@ -216,9 +220,11 @@ def _finish(ws: Workspace, run_id: int, status: str, *, error: str | None = None
 
 
 def _error_text(exc: BaseException) -> str:
+    """The error a failed run stores: its message and the traceback's last lines, without
+    any credential (a server's reply may quote the request's key)."""
     lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     tail = lines.rstrip("\n").splitlines()[-_ERROR_TRACEBACK_LINES:]
-    return f"{type(exc).__name__}: {exc}\n" + "\n".join(tail)
+    return redact(f"{type(exc).__name__}: {exc}\n" + "\n".join(tail))
 
 
 # -- watching ------------------------------------------------------------------------------
@@ -327,19 +333,19 @@ def run_metrics(ws: Workspace, run_id: int, name: str | None = None) -> list[dic
     return [dict(r) for r in ws.query(sql + " ORDER BY step, id", params)]
 
 
-def log_tail(run: dict, lines: int = 40) -> str:
-    """The last `lines` lines of the run's log as a terminal would show them (a progress bar
-    redrawn with carriage returns shows its last state). "" when there is no log yet."""
-    path = run.get("log_path") if isinstance(run, dict) else run
-    if not path or lines <= 0:
+def log_tail(ws: Workspace, run: dict, lines: int = 40) -> str:
+    """The last `lines` lines of the run's log (WORKSPACE/runs/<id>.log, `log_file`) as a
+    terminal would show them (a progress bar redrawn with carriage returns shows its last
+    state). "" when there is no log yet."""
+    if lines <= 0:
         return ""
     try:
-        with open(path, "rb") as fh:
+        with open_log(log_file(ws, run["id"]), "rb") as fh:
             size = fh.seek(0, os.SEEK_END)
             start = max(0, size - max(65536, 400 * lines))
             fh.seek(start)
             text = fh.read().decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, SemiEvolError):
         return ""
     shown = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")]
     if start > 0:

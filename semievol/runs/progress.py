@@ -11,10 +11,12 @@ left)" so a reader sees where it is and how long it should still take.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import time
 from pathlib import Path
 
+from semievol.errors import SemiEvolError
 from semievol.workspace.store import Workspace, now
 
 PROGRESS_INTERVAL = 0.5  # at most one progress write per this many seconds (not the last)
@@ -27,6 +29,30 @@ def clock(t: float) -> str:
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
+def log_file(ws: Workspace, run_id: int) -> Path:
+    """A run's log, WORKSPACE/runs/<id>.log: named by the run's id (a path stored in the
+    database is never followed) and inside the workspace (a link out is refused)."""
+    folder = ws.inside("runs")
+    folder.mkdir(exist_ok=True)
+    return ws.inside(folder / f"{run_id}.log")
+
+
+def open_log(path: Path, mode: str = "a"):
+    """A log file opened to append (`a`, `ab`) or read (`rb`) without following a link at
+    its own name: a link planted at runs/<next id>.log would otherwise receive a run's
+    output."""
+    flags = os.O_NOFOLLOW | (os.O_WRONLY | os.O_APPEND | os.O_CREAT if "a" in mode
+                             else os.O_RDONLY)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SemiEvolError(f"{path} is a link; a run's log is never written through one. "
+                                "Remove it.") from exc
+        raise
+    return os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 def remaining(estimate: dict, done_steps: list[str], current: str | None, fraction: float,
@@ -62,14 +88,13 @@ class RunHandle:
     def keep_log(self) -> None:
         """Write a plain log of this run to WORKSPACE/runs/<id>.log (a foreground run; a
         background run's output already goes there)."""
-        self._log = self.ws.path / "runs" / f"{self.id}.log"
-        self._log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_file(self.ws, self.id)
         self.ws.conn.execute("UPDATE runs SET log_path=? WHERE id=?", (str(self._log), self.id))
         self.log(f"# run {self.id} started {clock(now())} in the foreground (pid {os.getpid()})")
 
     def log(self, line: str) -> None:
         if self._log is not None:
-            with open(self._log, "a", encoding="utf-8") as fh:
+            with open_log(self._log) as fh:
                 fh.write(line.rstrip("\n") + "\n")
 
     def begin_step(self, index: int, count: int, name: str) -> None:

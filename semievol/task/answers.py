@@ -11,6 +11,7 @@ import re
 
 from semievol.config import TaskConfig
 from semievol.task.formats import LETTERS
+from semievol.task.numbers import read_number, read_numbers
 
 
 def normalize(text: str) -> str:
@@ -45,30 +46,9 @@ def parse_open(text: str) -> str:
     return ""
 
 
-# A number as people write it: sign (also the Unicode minus), currency, thousands
-# separators in groups of three, decimals, an exponent; a percent sign is dropped.
-_NUMBER = re.compile(r"(?<![\w.])([-+\u2212]?)\s?[$\u20ac\u00a3]?\s?"
-                     r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE]([-+]?\d+))?")
-
-
 _PREAMBLE = re.compile(
     r"^\s*(?:so\s*,?\s*|therefore\s*,?\s*|thus\s*,?\s*)?(?:the\s+)?(?:final\s+|correct\s+|"
     r"short\s+)?(?:answer|result|solution)\s*(?:is|would be|will be)?\s*[:=\-]?\s*", re.I)
-
-
-def _numbers(text: str) -> list[float]:
-    out = []
-    for sign, digits, exponent in _NUMBER.findall(text):
-        value = float(digits.replace(",", "") + (f"e{exponent}" if exponent else ""))
-        out.append(-value if sign in ("-", "\u2212") else value)
-    return out
-
-
-def format_number(value: float) -> str:
-    """A number as a pseudo-label: 27, -3.5, 1250000 (no separators, no trailing zeros)."""
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return format(value, ".12g")
 
 
 def extract_answer(task: TaskConfig, text: str | None) -> str | None:
@@ -76,7 +56,7 @@ def extract_answer(task: TaskConfig, text: str | None) -> str | None:
 
     - numeric: the number after a `####` marker, else inside the last `\\boxed{}`, else
       after an "answer is" / "Answer:" phrase, else the last number in the text; written
-      plainly (thousands separators and currency dropped, the sign kept);
+      plainly (semievol.task.numbers: separators and currency dropped, the sign kept);
     - normalized: the first line without an answer preamble ("The correct answer is",
       "Answer:"), quotes, markdown emphasis and a final full stop;
     - exact: the first non-empty line without a leading "Answer:".
@@ -86,11 +66,11 @@ def extract_answer(task: TaskConfig, text: str | None) -> str | None:
     if task.checker == "numeric":
         for marker in (r"####\s*([^\n]*)", r"\\boxed\{([^{}]*)\}",
                        r"(?:final\s+answer|answer|result)\s*(?:is|:|=)\s*([^\n]*)"):
-            found = [m for m in re.findall(marker, text, flags=re.I) if _numbers(m)]
+            found = [m for m in re.findall(marker, text, flags=re.I) if read_numbers(m)]
             if found:
-                return format_number(_numbers(found[-1])[0])
-        numbers = _numbers(text)
-        return format_number(numbers[-1]) if numbers else None
+                return read_numbers(found[-1])[0].plain
+        numbers = read_numbers(text)
+        return numbers[-1].plain if numbers else None
     if task.checker == "exact":
         return parse_open(text) or None
     for line in text.strip().splitlines():
@@ -126,8 +106,8 @@ def distinct_answers(task: TaskConfig, answers) -> list[str]:
 
 
 def _number(text: str) -> float | None:
-    numbers = _numbers(text)
-    return numbers[0] if numbers else None
+    found = read_number(text)
+    return None if found is None else found.value
 
 
 def is_correct(task: TaskConfig, predicted: str | None, gold: str) -> bool:

@@ -48,23 +48,35 @@ def workspace_status(ws: Workspace) -> dict:
     }
 
 
+SAMPLE = 20_000
+"""Items the lengths report tokenizes at most: a larger workspace is sampled evenly (every
+n-th item), and the report says so."""
+
+
 def length_report(ws, model_config=None, *, cached_only: bool = False) -> dict | None:
     """How many items' plain prompts (and their answers) exceed the context budget, and by
-    how much: {budget, items, over, max_over, median_over, by_split: {split: over}}. The
-    budget is the latest round's (or what a new round would resolve). `cached_only`: None
-    unless the report is already stored (nothing is tokenized)."""
+    how much: {budget, items, over, max_over, median_over, by_split: {split: over},
+    sampled (items tokenized), estimated (items too long to tokenize whole, whose excess
+    is extrapolated)}. The budget is the latest round's (or what a new round would
+    resolve). `cached_only`: None unless the report is already stored.
+
+    In bounded memory and time whatever the data: rows are streamed, at most SAMPLE items
+    are tokenized (the counts of a sample are scaled to the whole), and an item is cut to
+    the characters that already make it longer than the budget before it is tokenized (a
+    text of a megabyte once took 14 GiB and three minutes here)."""
+    import math
     import statistics
 
     task = ws.task
     if task is None:
         return {"budget": None, "items": 0, "over": 0, "max_over": 0, "median_over": 0,
-                "by_split": {}}
+                "by_split": {}, "sampled": 0, "estimated": 0}
     config = model_config or base_config(ws).model
     budget = resolve_budget(config)
     # The report depends on the items, the task, the model and the budget: kept in the
-    # workspace so `status` does not tokenize everything (and load a tokenizer) each time.
-    key = json.dumps([ws.scalar("SELECT COUNT(*) || ':' || COALESCE(MAX(id), 0) FROM items"),
-                      to_dict(task), config.name_or_path, budget])
+    # workspace so `status` does not tokenize again (and load a tokenizer) each time.
+    total, last = ws.query("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM items")[0]
+    key = json.dumps([f"{total}:{last}", to_dict(task), config.name_or_path, budget])
     cached = ws.get_setting("length_report")
     if cached and cached.get("key") == key:
         return cached["report"]
@@ -72,26 +84,35 @@ def length_report(ws, model_config=None, *, cached_only: bool = False) -> dict |
         return None
     tokenizer = load_tokenizer(resolve_model_path(config.name_or_path))
     builder = PromptBuilder(task, tokenizer, budget)
-
-    overs, by_split, items = [], {}, 0
-    rows = ws.query("SELECT split, question, options FROM items ORDER BY id")
-    for start in range(0, len(rows), 512):
-        chunk = rows[start:start + 512]
-        texts = [render_prompt(tokenizer, build_messages(task, Example(
-            r["question"], options_of(r, task)))) for r in chunk]
+    # A token is at most this many characters, so a text this long is over the budget.
+    cap = (budget + 1) * max(map(len, tokenizer.get_vocab()))
+    step = max(1, math.ceil(total / SAMPLE))
+    overs, by_split, sampled, estimated = [], {}, 0, 0
+    rows = ws.conn.execute("SELECT split, question, options FROM items WHERE id % ? = 0 "
+                           "ORDER BY id", (step,)) if step > 1 else \
+        ws.conn.execute("SELECT split, question, options FROM items ORDER BY id")
+    while chunk := rows.fetchmany(256):
+        texts, scale = [], []
+        for r in chunk:
+            question = r["question"]
+            scale.append(len(question) / cap if len(question) > cap else 1.0)
+            texts.append(render_prompt(tokenizer, build_messages(task, Example(
+                question[:cap], options_of(r, task)))))
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        for r, length in zip(chunk, lengths):
-            items += 1
-            over = length + builder.choice_reserve(options_of(r, task)) - budget
+        for r, length, factor in zip(chunk, lengths, scale):
+            sampled += 1
+            estimated += factor > 1
+            over = int(length * factor) + builder.choice_reserve(options_of(r, task)) - budget
             if over > 0:
                 overs.append(over)
-                by_split[r["split"]] = by_split.get(r["split"], 0) + 1
-    report = {"budget": budget, "items": items, "over": len(overs),
+                by_split[r["split"]] = by_split.get(r["split"], 0) + step
+    report = {"budget": budget, "items": total, "over": min(total, len(overs) * step),
               "max_over": max(overs, default=0),
               "median_over": int(statistics.median(overs)) if overs else 0,
-              "by_split": by_split}
-    with ws.transaction() as conn:
-        ws.set_setting("length_report", {"key": key, "report": report}, conn)
+              "by_split": by_split, "sampled": sampled, "estimated": estimated}
+    if not ws.read_only and ws.damage is None:
+        with ws.transaction() as conn:
+            ws.set_setting("length_report", {"key": key, "report": report}, conn)
     return report
 
 
@@ -101,8 +122,15 @@ def length_line(report: dict) -> str:
         return "no items yet"
     if not report["over"]:
         return f"every item fits the context budget of {report['budget']} tokens"
-    splits = ", ".join(f"{n} {s}" for s, n in report["by_split"].items())
-    return (f"{report['over']} of {report['items']} items are longer than the context budget "
-            f"of {report['budget']} tokens ({splits}; by {report['median_over']} tokens "
-            f"median, {report['max_over']} at most): their text is cut in the middle, and "
-            "demonstrations are dropped first. Raise --context-budget to keep more.")
+    sampled = report.get("sampled", report["items"])
+    about = "about " if sampled < report["items"] else ""
+    splits = ", ".join(f"{about}{n} {s}" for s, n in report["by_split"].items())
+    how = (f" (from a sample of {sampled:,} of the {report['items']:,} items)"
+           if sampled < report["items"] else "")
+    estimated = (f"; {report['estimated']} too long to count whole, their excess estimated"
+                 if report.get("estimated") else "")
+    return (f"{about}{report['over']:,} of {report['items']:,} items are longer than the "
+            f"context budget of {report['budget']} tokens{how} ({splits}; by "
+            f"{report['median_over']} tokens median, {report['max_over']} at most"
+            f"{estimated}): their text is cut in the middle, and demonstrations are dropped "
+            "first. Raise --context-budget to keep more.")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from semievol.config import TaskConfig
 from semievol.errors import SemiEvolError
+from semievol.task.numbers import overflowed, read_number
 from semievol.workspace.readers import MAX_FILE_BYTES, MAX_PROBLEMS_SHOWN, open_rows
 from semievol.workspace.store import Workspace, now
 
@@ -120,9 +121,14 @@ def resolve_answer(answer: str, options: list[str], *, letters: bool = False) ->
 
 def text_of(value) -> str:
     """A cell as text, in its written form: None and NaN are empty, numbers are not
-    reformatted (an integer stays 12345, not 12345.0)."""
+    reformatted (an integer stays 12345, not 12345.0), a JSON object or list (a JSON Lines
+    or Parquet cell) is its JSON text, never a Python repr."""
     if value is None:
         return ""
+    if hasattr(value, "tolist"):  # a numpy array or scalar from Parquet
+        value = value.tolist()
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
     if isinstance(value, float) and value != value:  # NaN
         return ""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
@@ -153,6 +159,9 @@ class _RowChecker:
         self.problem_count = 0
         self.seen: dict[str, int] = {}
         self.case_resolved: list[tuple[str, str]] = []
+        self.numbers_read: list[str] = []         # "'1,00,000' read as 100000"
+        self.numbers_missing: list[str] = []      # gold answers the checker reads no number in
+        self.json_cells: list[str] = []           # fields given as JSON objects or lists
 
     def _problem(self, number: int, text: str) -> None:
         self.problem_count += 1
@@ -163,6 +172,9 @@ class _RowChecker:
         m, task = self.mapping, self.task
         before = self.problem_count
         question = text_of(record.get(m.question))
+        for column in (m.question, m.answer if self.needs_answer else None):
+            if column and isinstance(record.get(column), (dict, list)):
+                self.json_cells.append(f"row {number} {column}")
         if not question:
             self._problem(number, "empty question")
         external_id = text_of(record.get(m.id)) if m.id else f"{self.name}:{self.split}:{number}"
@@ -206,11 +218,26 @@ class _RowChecker:
                     self.case_resolved.append((raw, answer))
             else:
                 answer = raw
+                if task.kind == "open" and task.checker == "numeric":
+                    self._read_number(number, raw)
         if self.problem_count > before:
             return None
         return {"external_id": external_id, "question": question, "answer": answer,
                 "options": None if task.labels or task.kind == "open" else options,
                 "source_row": number}
+
+
+    def _read_number(self, number: int, raw: str) -> None:
+        """Note how the numeric checker reads a gold answer, where that is not as written."""
+        found = read_number(raw)
+        if found is None:
+            too_large = overflowed(raw)
+            self.numbers_missing.append(f"row {number} {raw!r}" + (
+                f" ({too_large[0]} is too large to compare)" if too_large else ""))
+        elif found.described() != found.plain or found.written.strip() != raw.strip():
+            self.numbers_read.append(f"row {number}: {found.described()}"
+                                     + ("" if found.written.strip() == raw.strip()
+                                        else f" (from {raw!r})"))
 
 
 def _check_columns(name: str, columns: list[str], mapping: ColumnMapping, split: str,
@@ -321,6 +348,17 @@ def _notes(ws: Workspace, checker: _RowChecker, split: str, import_id: int) -> l
         raw, label = checker.case_resolved[0]
         notes.append(f"{len(checker.case_resolved)} answer(s) matched a label only ignoring "
                      f"case or spacing and were stored as the label (e.g. {raw!r} -> {label!r}).")
+    if checker.json_cells:
+        notes.append(f"{len(checker.json_cells)} cell(s) held a JSON object or list and are "
+                     f"stored as its JSON text ({', '.join(checker.json_cells[:5])}).")
+    if checker.numbers_read:
+        notes.append(f"{len(checker.numbers_read)} gold answer(s) are read by the numeric "
+                     f"checker otherwise than written: {'; '.join(checker.numbers_read[:5])}.")
+    if checker.numbers_missing:
+        notes.append(f"{len(checker.numbers_missing)} gold answer(s) have no number the "
+                     f"numeric checker can read, so every answer to them counts as wrong: "
+                     f"{'; '.join(checker.numbers_missing[:5])}. Fix them, or use the "
+                     "normalized checker.")
     duplicates = _leakage(ws, split, import_id)
     if duplicates:
         examples = ", ".join(duplicates[:5])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -143,6 +144,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+INTEGRITY_SECONDS = 10.0
+"""How long `status` lets the full integrity check run before it says it stopped."""
 
 
 class Workspace:
@@ -162,6 +165,22 @@ class Workspace:
                 "(or pick an existing workspace folder).")
         if db.exists() and db.stat().st_size == 0:
             raise SemiEvolError(damaged_message(db, "it is empty (0 bytes)"))
+        self.read_only = db.exists() and not (os.access(db, os.W_OK)
+                                              and os.access(self.path, os.W_OK))
+        self.damage = read_damage(db)  # what an earlier full check found, or None
+        self._depth = 0  # nesting of transaction() blocks (savepoints)
+        if self.read_only:
+            self.conn = _open_read_only(db)
+            try:
+                if self.conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    raise SemiEvolError(
+                        f"The workspace at {self.path} is read-only and was written by another "
+                        "version of SemiEvol: make it writable once so its schema can be "
+                        "brought up to date.")
+            except sqlite3.DatabaseError as exc:
+                self.conn.close()
+                raise SemiEvolError(damaged_message(db, str(exc))) from exc
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             for sub in ("chroma", "adapters", "runs", "exports"):
@@ -174,7 +193,6 @@ class Workspace:
         self.conn = sqlite3.connect(db, timeout=30, isolation_level=None,
                                     check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
-        self._depth = 0  # nesting of transaction() blocks (savepoints)
         try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -187,14 +205,65 @@ class Workspace:
                                     "again when it has finished.") from exc
             raise SemiEvolError(damaged_message(db, str(exc))) from exc
 
-    def integrity(self) -> str:
-        """SQLite's quick integrity check: "ok", or what it found."""
+    def inside(self, path: str | Path) -> Path:
+        """`path` (relative to the workspace folder, or absolute) with every link followed,
+        refused when it leads outside the workspace: a file the library writes or shows is
+        the workspace's own, never one a link planted in the folder points to."""
+        candidate = Path(path) if Path(path).is_absolute() else self.path / path
+        resolved = candidate.resolve()
+        if resolved != self.path and not resolved.is_relative_to(self.path):
+            raise SemiEvolError(f"{candidate} leads outside the workspace (to {resolved}); "
+                                "nothing was written or read there. Remove that link.")
+        return resolved
+
+    def integrity(self, seconds: float = INTEGRITY_SECONDS) -> dict:
+        """SQLite's full integrity check (tables, indexes and their agreement: a copy taken
+        while two processes wrote once lost 532 index entries that the quick check did not
+        see), stopped after `seconds` on a large database, and saying so:
+        {ok (True, False, or None when it did not finish), found (what it reported),
+        finished}. What it finds is kept beside the database (`workspace.db.damaged`), and
+        from then on every write is refused until a check finds the database whole."""
+        deadline = time.monotonic() + seconds
+        self.conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
         try:
-            rows = self.conn.execute("PRAGMA quick_check(20)").fetchall()
+            rows = self.conn.execute("PRAGMA integrity_check(20)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                return self._damage_found(str(exc))
+            return {"ok": None, "finished": False,
+                    "found": f"not finished within {seconds:g} s (a large database): "
+                             "nothing was found in the part checked"}
         except sqlite3.DatabaseError as exc:
-            return str(exc)
+            return self._damage_found(str(exc))
+        finally:
+            self.conn.set_progress_handler(None, 0)
         found = [r[0] for r in rows]
-        return "ok" if found == ["ok"] else "; ".join(found)
+        if found != ["ok"]:
+            return self._damage_found("; ".join(found))
+        if self.damage is not None and not self.read_only:
+            damage_file(self.path / "workspace.db").unlink(missing_ok=True)
+            self.damage = None
+        return {"ok": True, "finished": True, "found": "ok"}
+
+    def _damage_found(self, found: str) -> dict:
+        self.damage = found
+        if not self.read_only:
+            damage_file(self.path / "workspace.db").write_text(found + "\n", encoding="utf-8")
+        return {"ok": False, "finished": True, "found": found}
+
+    def check_writable(self) -> None:
+        """Refuse a write, before it starts, to a workspace that cannot take one: read-only,
+        or found damaged by a full check."""
+        if self.read_only:
+            raise SemiEvolError(f"The workspace at {self.path} is read-only: nothing can be "
+                                "saved in it. Make the folder and workspace.db writable, or "
+                                "copy the workspace somewhere you can write to.")
+        if self.damage is not None:
+            raise SemiEvolError(
+                f"The workspace database {self.path / 'workspace.db'} was found damaged "
+                f"({self.damage[:200]}), so nothing more is written into it. Restore it from "
+                "a backup (`semievol status` checks it again), or export what you need and "
+                "start a new workspace.")
 
     def backup(self, target: str | Path) -> Path:
         """A consistent copy of the database at `target` (SQLite's online backup: safe
@@ -218,6 +287,7 @@ class Workspace:
 
         Nested, it is a savepoint: the inner block rolls back alone on an error, and
         nothing is committed before the outermost block ends."""
+        self.check_writable()
         if self.conn.in_transaction:
             name = f"sp{self._depth}"
             self._depth += 1
@@ -305,6 +375,36 @@ class Workspace:
         return {n: self.scalar(f"SELECT COUNT(*) FROM {n}") for n in sorted(names)}
 
 
+def damage_file(db: Path) -> Path:
+    """Where a full check's findings are kept: beside the database, never in it."""
+    return db.with_name(db.name + ".damaged")
+
+
+def read_damage(db: Path) -> str | None:
+    try:
+        return damage_file(db).read_text(encoding="utf-8").strip() or "damaged"
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"its damage report cannot be read ({exc})"
+
+
+def _open_read_only(db: Path) -> sqlite3.Connection:
+    """A read-only connection: `mode=ro`, else `immutable` (a WAL database in a folder that
+    cannot be written has no shared-memory file to open)."""
+    for query in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{db.as_uri()}?{query}", uri=True, timeout=30,
+                                   isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            continue
+    raise SemiEvolError(f"The workspace database {db} is read-only and cannot be opened "
+                        "even for reading here; copy it somewhere you can write to.")
+
+
 def damaged_message(db: Path, found: str) -> str:
     return (f"The workspace database {db} is damaged ({found}). Nothing was changed. Restore "
             "it from a backup (`semievol backup` writes one; a schema upgrade leaves "
@@ -321,13 +421,16 @@ def migrate(conn: sqlite3.Connection, db: Path | None = None) -> int:
             f"This workspace was written by a newer SemiEvol (schema {version}, this one "
             f"knows {SCHEMA_VERSION}); upgrade semievol to open it.")
     if 0 < version < SCHEMA_VERSION and db is not None:
+        # Always a fresh copy of the database as it is now: an older .bak beside it is the
+        # database as it was at some earlier upgrade, not this one.
         backup = db.with_name(f"{db.name}.v{version}.bak")
-        if not backup.exists():
-            copy = sqlite3.connect(backup)
-            try:
-                conn.backup(copy)
-            finally:
-                copy.close()
+        if backup.exists():
+            backup = db.with_name(f"{db.name}.v{version}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
+        copy = sqlite3.connect(backup)
+        try:
+            conn.backup(copy)
+        finally:
+            copy.close()
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
