@@ -17,8 +17,8 @@ from common import flash, literal, user_errors
 
 from semievol.export.dataset import export_dataset
 from semievol.export.model import export_adapter, export_gguf, export_merged
-from semievol.export.paths import export_folder, exported
-from semievol.views.status import round_rows
+from semievol.export.paths import export_folder, exported, human_size
+from semievol.views.status import round_label, round_rows
 from semievol.workspace.store import Workspace
 
 
@@ -33,12 +33,9 @@ def zip_folder(folder: Path) -> bytes:
 
 
 def _size(path: Path) -> str:
-    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() \
-        else path.stat().st_size
-    for unit in ("B", "KB", "MB", "GB"):
-        if total < 1024 or unit == "GB":
-            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
-        total /= 1024
+    """A file's or folder's size, in the one unit the CLI and the model card use."""
+    return human_size(sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                      if path.is_dir() else path.stat().st_size)
 
 
 def show_export(ws: Workspace) -> None:
@@ -47,20 +44,28 @@ def show_export(ws: Workspace) -> None:
         st.info("No round yet: the curated dataset, the adapter and the merged model of a "
                 "round can be exported once it has run (launch one on **Round setup**).")
         return
-    number = st.selectbox("Round", list(rounds), key="export_round",
-                          format_func=lambda n: f"Round {n} ({rounds[n]['status_name']})")
+    numbers = list(rounds)  # newest first; the best trained round preselected
+    best = next((i for i, n in enumerate(numbers) if rounds[n]["best"]), 0)
+    number = st.selectbox("Round", numbers, index=best, key="export_round",
+                          format_func=lambda n: round_label(rounds[n]))
+    if not rounds[number]["best"] and any(r["best"] for r in rounds.values()):
+        st.warning(f"Round {number} is not the best-scoring round: "
+                   + next(round_label(r) for r in rounds.values() if r["best"]) + ".",
+                   icon=":material/trending_down:")
     st.caption(f"Files are written to {literal(export_folder(ws))}.")
     dataset, adapter, merged, gguf = st.columns(4)
 
     with dataset:
         st.markdown("**Curated dataset**: labeled items, human labels and the selected "
-                    "pseudo-labels of rounds up to this one (chat JSONL and CSV).")
+                    "pseudo-labels of rounds up to this one, then the labels held out for "
+                    "calibration (chat JSONL, and CSV with your files' column names).")
         if st.button("Export dataset", key="export_dataset", type="primary"):
             with user_errors():
                 paths = export_dataset(ws, number)
-                lines = sum(1 for _ in paths["jsonl"].open(encoding="utf-8"))
-                flash(f"Exported {lines} training example(s) of round {number} to "
-                      f"{literal(paths['jsonl'].name)} and {literal(paths['csv'].name)}.")
+                flash(f"Exported {paths['trained']} training example(s) of round {number}"
+                      f" and {paths['calibration']} held-out calibration label(s), marked "
+                      f"as such, to {literal(paths['jsonl'].name)} and "
+                      f"{literal(paths['csv'].name)}.")
                 st.rerun()
     with adapter:
         st.markdown("**Adapter**: the round's LoRA adapter (load it with PEFT on the base "
@@ -85,7 +90,7 @@ def show_export(ws: Workspace) -> None:
         if st.button("Export GGUF", key="export_gguf"):
             with user_errors(), st.spinner("Merging the adapter and writing the GGUF…"):
                 info = export_gguf(ws, number, gguf_type=kind)
-                flash(f"Wrote {literal(info['path'])} ({info['bytes'] / 1e6:.1f} MB) with its "
+                flash(f"Wrote {literal(info['path'])} ({human_size(info['bytes'])}) with its "
                       "Modelfile and model card." + (f" {info['note']}" if info["note"] else ""))
                 st.rerun()
     show_downloads(ws, number)
@@ -115,6 +120,17 @@ def show_downloads(ws: Workspace, number: int) -> None:
         folder = files["gguf"]
         st.markdown(f"GGUF folder ({_size(folder)}): {literal(folder)} (model.gguf, Modelfile, "
                     "README.md)")
+        gguf = folder / "model.gguf"
+        if gguf.exists():  # read only when clicked: the file is hundreds of megabytes
+            st.download_button(f"Download model.gguf ({_size(gguf)})",
+                               partial(gguf.read_bytes), file_name="model.gguf",
+                               mime="application/octet-stream", key="download_gguf",
+                               on_click="ignore")
+        modelfile = folder / "Modelfile"
+        if modelfile.exists():  # beside model.gguf, `ollama create NAME -f Modelfile`
+            st.download_button("Download Modelfile", modelfile.read_bytes(),
+                               file_name="Modelfile", mime="text/plain",
+                               key="download_modelfile", on_click="ignore")
         card = folder / "README.md"
         if card.exists():
             with st.expander("Model card (README.md)"):

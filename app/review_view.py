@@ -20,7 +20,7 @@ from common import REVIEWER_KEY, literal, user_errors
 from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.views.review import (PATHS, ReviewFilter, count_items, filtered_item_ids,
                                    item_detail, review_page, round_facets)
-from semievol.views.status import round_rows
+from semievol.views.status import round_label, round_rows
 from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
 
@@ -315,9 +315,7 @@ def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -
 # -- the page -------------------------------------------------------------------------------
 def _round_name(rounds: dict[int, dict]):
     def name(round_id: int) -> str:
-        r = rounds[round_id]
-        return (f"Round {r['number']} ({r['status_name']}, {r['pseudo_labels']} "
-                "pseudo-labels)")
+        return f"{round_label(rounds[round_id])} · {rounds[round_id]['pseudo_labels']} to review"
     return name
 
 

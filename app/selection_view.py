@@ -20,7 +20,7 @@ from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
 from semievol.curation.selection_state import apply_selection
 from semievol.errors import SemiEvolError
 from semievol.views import selection as view
-from semievol.views.status import round_rows
+from semievol.views.status import round_label, round_rows
 from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
 
@@ -103,8 +103,8 @@ def choose_round(ws: Workspace) -> dict | None:
         return None
     by_id = {r["id"]: r for r in rounds}
     chosen = st.selectbox("Round", list(by_id), key="selection_round",
-                          format_func=lambda i: f"Round {by_id[i]['number']} "
-                                                f"({by_id[i]['pseudo_labels']} pseudo-labels)")
+                          format_func=lambda i: f"{round_label(by_id[i])} · "
+                                                f"{by_id[i]['pseudo_labels']} pseudo-labels")
     rnd = by_id[chosen]
     if not rnd["pseudo_labels"] + rnd["calibration_labels"]:
         st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step "

@@ -14,11 +14,11 @@ import math
 
 import pandas as pd
 import streamlit as st
-from common import RUNS_PAGE, launch_with_feedback, show_error
+from common import REVIEWER_KEY, RUNS_PAGE, launch_with_feedback, literal, show_error
 
-from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS,
+from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS, DTYPES,
                              SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES, START_FROM,
-                             DTYPES, RoundConfig, ServerConfig, takes_theta)
+                             RoundConfig, ServerConfig, takes_theta)
 from semievol.errors import SemiEvolError
 from semievol.rounds.backends import probe_servers
 from semievol.runs import launch
@@ -158,6 +158,11 @@ def _model_fields(config: RoundConfig) -> dict:
         key="setup_min_steps",
         help="At least this many optimizer steps whatever the epochs give: a few dozen "
              "labels at 2 epochs is too few steps to learn from."))
+    if max_steps and max_steps < fields["train.min_steps"]:
+        st.warning(f"Max steps {max_steps} is below the minimum of {fields['train.min_steps']} "
+                   f"steps: training stops after {max_steps} steps, which is too few to learn "
+                   "from on most tasks (set Max steps to 0 to use the minimum).",
+                   icon=":material/warning:")
     c = st.columns(3)
     fields["train.batch_size"] = int(c[0].number_input(
         "Batch size", min_value=1, value=config.train.batch_size, step=1, key="setup_batch"))
@@ -294,10 +299,25 @@ def read_form(page: SetupPage) -> tuple[RoundConfig | None, SemiEvolError | None
         return None, exc
 
 
-def _launch(ws: Workspace, step: str, config: RoundConfig, *, review: bool = True) -> None:
+def _launch(ws: Workspace, step: str, config: RoundConfig, *, review: bool = True,
+            confirm: str | None = None) -> None:
     what = (("the whole round, unattended" if not review else "the round up to review")
             if step == "round" else f"step {step}")
-    launch_with_feedback(ws, step, what, config=config, review=review)
+    launch_with_feedback(ws, step, what, config=config, review=review, confirm=confirm)
+
+
+def confirm_label_warnings(page: SetupPage) -> tuple[bool, str | None]:
+    """The classes short of labels, with a box to confirm launching anyway (recorded with
+    the round); (may launch, who confirmed)."""
+    if not page.label_warnings:
+        return True, None
+    st.warning("**Some classes have too few labeled examples to be learnt** (round 1 would "
+               "warm up on them):\n\n" + "\n".join(f"- {literal(w['message'])}"
+                                                for w in page.label_warnings),
+               icon=":material/warning:")
+    confirmed = st.checkbox("I have read this and want to launch anyway (recorded with the "
+                            "round)", key="confirm_labels")
+    return confirmed, st.session_state.get(REVIEWER_KEY) if confirmed else None
 
 
 def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
@@ -321,6 +341,7 @@ def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
                    "launching waits until it has finished.", icon=":material/hourglass_top:")
         st.page_link(RUNS_PAGE, label="Follow it on the Runs page", icon=":material/monitoring:")
     busy = bool(running)
+    labels_ok, confirm = confirm_label_warnings(page)
     unattended = st.checkbox(
         "Unattended: also train and evaluate, without waiting for review", key="unattended",
         help="For scripts and benchmarks. By default a round stops after selection and "
@@ -330,8 +351,8 @@ def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
     estimate_slot = st.empty()
     left, right = st.columns([1, 2])
     if left.button("Launch round", type="primary", key="launch_round",
-                   disabled=config is None or busy):
-        _launch(ws, "round", config, review=not unattended)
+                   disabled=config is None or busy or not labels_ok):
+        _launch(ws, "round", config, review=not unattended, confirm=confirm)
     right.caption("Warm-up, labeling and selection in one background run; the round then "
                   "waits for your review (Review page) before training"
                   + (" — unless unattended is ticked." if unattended else "."))
@@ -340,9 +361,10 @@ def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
     for column, step in zip(columns, page.step_names):
         # Steps after warm-up work on an open round; a finished round's next one starts at
         # warmup.
-        disabled = config is None or busy or (step != "warmup" and not page.open)
+        disabled = config is None or busy or (step != "warmup" and not page.open) or (
+            step == "warmup" and not labels_ok)
         if column.button(f"Run {step}", key=f"launch_{step}", disabled=disabled):
-            _launch(ws, step, config)
+            _launch(ws, step, config, confirm=confirm if step == "warmup" else None)
     if config is not None:
         name = f"round{rnd.number + page.finished if rnd else 1}_config.yaml"
         st.download_button("Save as YAML", config_yaml(config), file_name=name,

@@ -135,6 +135,14 @@ def show_split_metrics(counts: dict[str, int]) -> None:
         column.metric(split.capitalize(), counts.get(split, 0))
 
 
+def show_label_warnings(warnings: list[dict]) -> None:
+    """The classes short of labels (curation.sufficiency), before any round is spent."""
+    if warnings:
+        st.warning("**Some classes have too few labeled examples to be learnt:**\n\n"
+                   + "\n".join(f"- {literal(w['message'])}" for w in warnings),
+                   icon=":material/warning:")
+
+
 def show_overview(ws: Workspace) -> None:
     """Home: the task, split counts, neighbour coverage, rounds, and what to do next."""
     status = workspace_status(ws)
@@ -148,6 +156,9 @@ def show_overview(ws: Workspace) -> None:
     else:
         st.markdown("**Task:** not set yet (the first import sets it).")
     show_split_metrics(status["splits"])
+    if status["held_out"]:
+        st.caption(status["held_out"])
+    show_label_warnings(status["label_warnings"])
     unlabeled = status["splits"]["unlabeled"]
     covered = status["unlabeled_with_neighbours"] or 0
     st.markdown(f"**Neighbours:** {covered} of {unlabeled} unlabeled item(s) have retrieved "
@@ -169,7 +180,11 @@ def show_overview(ws: Workspace) -> None:
 
 
 def show_statistics(ws: Workspace) -> None:
-    show_split_metrics(ws.split_counts())
+    status = workspace_status(ws)
+    show_split_metrics(status["splits"])
+    if status["held_out"]:
+        st.caption(status["held_out"])
+    show_label_warnings(status["label_warnings"])
     labels = split_label_counts(ws)
     if labels.empty:
         st.info("No labeled or test items yet: import a file on the **Import a file** tab.")
@@ -194,7 +209,8 @@ def show_statistics(ws: Workspace) -> None:
         report = length_report(ws, cached_only=True)
         if report is None and st.button("Check lengths against the context budget",
                                         key="check_lengths",
-                                        help="Tokenizes every item's prompt once (seconds)."):
+                                        help="Tokenizes the items' prompts once (at most "
+                                             "20,000, sampled; seconds)."):
             report = length_report(ws)
         if report is not None:
             (st.warning if report["over"] else st.caption)(length_line(report))

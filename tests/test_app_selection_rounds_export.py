@@ -31,8 +31,8 @@ SELECTION, ROUNDS, EXPORT = "pages/5_Selection.py", "pages/7_Rounds.py", "pages/
 @pytest.fixture(autouse=True)
 def no_model(monkeypatch):
     """No page here may load a model: loading one fails the test."""
-    import semievol.model.local
     import semievol.model.loading
+    import semievol.model.local
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -220,15 +220,19 @@ def test_export_page_writes_the_dataset(prepared, monkeypatch):
     jsonl = prepared.path / "exports" / "curated_round1.jsonl"
     assert jsonl.exists() and (prepared.path / "exports" / "curated_round1.csv").exists()
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    # 9 labeled (3 moved to calibration) + U00 (accepted), U02 (relabeled), U03, U04.
-    assert len(rows) == 13
-    assert any("Exported 13 training example(s)" in s.value for s in at.success)
+    # 9 labeled (3 moved to calibration) + U00 (accepted), U02 (relabeled), U03, U04, then
+    # the 3 calibration labels, marked as such.
+    assert len(rows) == 16 and [r["source"] for r in rows[13:]] == ["calibration"] * 3
+    assert any("Exported 13 training example(s) of round 1 and 3 held-out calibration"
+               in s.value for s in at.success)
     labels = [b.proto.label for b in at.get("download_button")]
     assert any("curated_round1.jsonl" in x for x in labels)
 
 
 def test_export_adapter_and_its_error(prepared, monkeypatch):
     at = page(prepared.path, EXPORT, monkeypatch)
+    assert at.selectbox(key="export_round").value == 1  # the best (only) trained round
+    at.selectbox(key="export_round").set_value(2).run()
     at.button(key="export_adapter").click().run()  # round 2: not trained
     assert not at.exception
     assert any("no trained adapter" in e.value for e in at.error)
@@ -239,5 +243,6 @@ def test_export_adapter_and_its_error(prepared, monkeypatch):
     assert (folder / "adapter_config.json").exists()
     assert any("adapter_round1.zip" in b.proto.label for b in at.get("download_button"))
     archive = zipfile.ZipFile(io.BytesIO(export_view.zip_folder(folder)))
-    assert sorted(archive.namelist()) == ["adapter_round1/adapter_config.json",
+    assert sorted(archive.namelist()) == ["adapter_round1/README.md",
+                                          "adapter_round1/adapter_config.json",
                                           "adapter_round1/adapter_model.safetensors"]

@@ -329,7 +329,7 @@ def test_train_page_compares_evaluations_and_starts_the_next_round(task_workspac
 
 def test_training_counts_and_distribution_frames(task_workspace):
     ws = task_workspace
-    rnd = open_round(ws, RoundConfig(collaborators=[CollaboratorConfig()]))
+    open_round(ws, RoundConfig(collaborators=[CollaboratorConfig()]))
     counts = train_view.training_frame(train_page(ws))
     assert list(counts["class"]) == LABELS and list(counts["total"]) == [4, 4, 4]
     report = classification_report(["billing", "outage"], ["billing", None], LABELS)

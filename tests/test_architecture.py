@@ -77,7 +77,7 @@ APP_ACTIONS = {
     "semievol.rounds.backends": {"probe_servers"},
     "semievol.export.dataset": {"export_dataset"},
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},
-    "semievol.export.paths": {"export_folder", "exported"},
+    "semievol.export.paths": {"export_folder", "exported", "human_size"},
 }
 """What the app's pages may import besides the foundation, `semievol.views` and
 `semievol.runs`: the workspace they open and the actions they call (import a file, index,
@@ -227,6 +227,7 @@ DISTRIBUTIONS = {"yaml": "pyyaml", "sentence_transformers": "sentence-transforme
 
 def test_every_library_the_library_imports_is_declared():
     import sys
+
     import tomllib
 
     declared = {re.split(r"[<>=!~ ;\[]", d)[0].lower() for d in tomllib.loads(

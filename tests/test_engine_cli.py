@@ -101,8 +101,9 @@ def warmed(tmp_path_factory, tiny_model_dir) -> Path:
     folder = tmp_path_factory.mktemp("engine_cli")
     ws_path = build_workspace(folder / "ws", folder / "files")
     result = semievol("warmup", ws_path, "--model", tiny_model_dir, "--dtype", "float32",
-                      "--max-steps", 2, "--batch-size", 4, "--calibration", 0.25,
-                      "--unlabeled-limit", UNLABELED_LIMIT, "--collaborators", COLLABORATORS)
+                      "--max-steps", 2, "--min-steps", 0, "--batch-size", 4,
+                      "--calibration", 0.25, "--unlabeled-limit", UNLABELED_LIMIT,
+                      "--collaborators", COLLABORATORS)
     assert result.stdout.startswith("warmup: ")
     return ws_path
 
@@ -300,14 +301,18 @@ def test_killed_training_resumes_from_its_checkpoint(resumed, selected):
 
 def test_export_dataset_and_adapter(resumed, selected, tmp_path):
     from semievol.curation.training_set import training_items
+    from semievol.export.dataset import calibration_items, user_columns
 
     out = semievol("export", selected, "--what", "dataset,adapter", "--out", tmp_path).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())
     assert set(paths) == {"jsonl", "csv", "adapter"}
     with Workspace(selected) as ws:
-        expected = training_items(ws, 1)
+        trained, held_out = training_items(ws, 1), calibration_items(ws)
+        expected = trained + held_out  # the held-out labels too, marked as such
         external = dict(ws.query("SELECT id, external_id FROM items"))
-    assert {it["source"] for it in expected} == {"gold", "pseudo"}
+        columns = user_columns(ws)
+    assert {it["source"] for it in trained} == {"gold", "pseudo"}
+    assert held_out and {it["source"] for it in held_out} == {"calibration"}
 
     rows = [json.loads(line) for line in Path(paths["jsonl"]).read_text().splitlines()]
     assert [r["id"] for r in rows] == [external[it["item_id"]] for it in expected]
@@ -319,7 +324,7 @@ def test_export_dataset_and_adapter(resumed, selected, tmp_path):
         assert row["source"] == item["source"]
     with open(paths["csv"], newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
-    assert [(r["id"], r["answer"], r["source"]) for r in table] == \
+    assert [(r[columns["id"]], r[columns["answer"]], r["source"]) for r in table] == \
         [(external[it["item_id"]], it["answer"], it["source"]) for it in expected]
 
     adapter = Path(paths["adapter"])
@@ -327,6 +332,8 @@ def test_export_dataset_and_adapter(resumed, selected, tmp_path):
     assert (adapter / "adapter_config.json").exists()
     assert (adapter / "adapter_model.safetensors").exists()
     assert not any(p.name.startswith("checkpoint") for p in adapter.iterdir())
+    card = (adapter / "README.md").read_text()
+    assert "library_name: peft" in card and "## Prompt" in card
 
 
 def test_decide_checks_the_label_and_records_the_reviewer(filled_workspace):

@@ -12,7 +12,7 @@ import pytest
 from conftest import add_pseudo, add_round, ids_of
 
 from semievol.errors import SemiEvolError
-from semievol.export.dataset import export_dataset, spreadsheet_safe
+from semievol.export.dataset import export_dataset, spreadsheet_safe, user_columns
 from semievol.export.model import export_adapter
 from semievol.export.paths import parse_what
 
@@ -37,7 +37,7 @@ def test_the_dataset_export_escapes_formulas_and_never_overwrites(filled_workspa
     add_round(ws)
     first = export_dataset(ws, 1, tmp_path)
     with open(first["csv"], newline="", encoding="utf-8") as fh:
-        questions = [row["question"] for row in csv.DictReader(fh)]
+        questions = [row[user_columns(ws)["question"]] for row in csv.DictReader(fh)]
     assert "'=cmd|' /C calc'!A0" in questions
     assert "=cmd|' /C calc'!A0" in first["jsonl"].read_text()  # JSONL keeps the text exactly
     second = export_dataset(ws, 1, tmp_path)

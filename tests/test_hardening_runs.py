@@ -98,7 +98,8 @@ def test_two_background_warmups_at_once_give_one_clear_refusal(filled_workspace,
     ws_path = filled_workspace.path
     filled_workspace.close()
     args = [sys.executable, "-m", "semievol", "warmup", str(ws_path), "--background",
-            "--model", str(tiny_model_dir), "--dtype", "float32", "--max-steps", "1"]
+            "--model", str(tiny_model_dir), "--dtype", "float32", "--max-steps", "1",
+            "--min-steps", "0"]
     processes = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=RACE_TIMEOUT), *p.communicate()) for p in processes]

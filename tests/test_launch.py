@@ -112,7 +112,8 @@ def test_cli_background_registers_the_resolved_config(filled_workspace, capsys):
         ws.conn.execute("INSERT INTO evaluations(round_id, model, split, accuracy, macro_f1, "
                         "report, created_at) VALUES(?, ?, 'test', 0.5, 0.4, ?, ?)",
                         (round_id, model, json.dumps({"accuracy": 0.5, "macro_f1": 0.4}), now()))
-    assert main(["evaluate", str(ws.path), "--background", "--max-steps", "3"]) == 0
+    assert main(["evaluate", str(ws.path), "--background", "--max-steps", "3",
+                 "--min-steps", "3"]) == 0
     assert "Started run" in capsys.readouterr().out
     run = jobs.list_runs(ws)[0]
     assert run["kind"] == "evaluate" and run["config"]["train"]["max_steps"] == 3

@@ -45,8 +45,9 @@ def test_a_round_in_a_terminal_shows_bars_for_warmup_labeling_and_evaluation(
     ws = build_workspace(tmp_path / "ws", tmp_path / "files")
     out = run_in_terminal([sys.executable, "-m", "semievol", "round", str(ws), "--no-review",
                            "--model", str(tiny_model_dir), "--dtype", "float32",
-                           "--max-steps", "2", "--batch-size", "4", "--calibration", "0.25",
-                           "--unlabeled-limit", "6", "--collaborators", COLLABORATORS])
+                           "--max-steps", "2", "--min-steps", "0", "--batch-size", "4",
+                           "--calibration", "0.25", "--unlabeled-limit", "6",
+                           "--collaborators", COLLABORATORS])
     lines = re.split(r"[\r\n]+", out)
     finished = [line for line in lines if BAR.search(line)]
     for what in ("loss", "collaborators done", "pseudo-labels", "scoring"):

@@ -60,7 +60,16 @@ def round_config_from_args(ws, args) -> RoundConfig | None:
                                     for s in args.collaborators.split(",")]
     if not (changes or getattr(args, "config", None)):
         return None
-    return overridden(config_from_file(ws, getattr(args, "config", None)), changes)
+    config = overridden(config_from_file(ws, getattr(args, "config", None)), changes)
+    steps, floor = config.train.max_steps, config.train.min_steps
+    if "train.max_steps" in changes and "train.min_steps" not in changes and 0 < steps < floor:
+        # max_steps wins over min_steps by design (smoke runs), so a flag meant as "a bit
+        # shorter" silently trained a 19 % model; that takes asking for it.
+        raise SemiEvolError(
+            f"--max-steps {steps} is below the {floor}-step minimum (min_steps), under which "
+            f"the warm-up measured undertrained; add --min-steps {steps} to train only "
+            f"{steps} steps on purpose.")
+    return config
 
 
 def parse_collaborator(spec: str) -> CollaboratorConfig:
@@ -136,7 +145,7 @@ def _execute(ws, run_id: int, *, keep_log: bool) -> int:
 
 
 def _confirmer(args) -> str | None:
-    """Who confirms training despite the evidence's warnings (`train --confirm`)."""
+    """Who confirms a step despite the evidence's warnings (`--confirm`)."""
     import getpass
 
     if not getattr(args, "confirm", False):
@@ -262,6 +271,14 @@ def cmd_calibration(args) -> int:
     return 0
 
 
+def confirm_options(p, what: str) -> None:
+    """--confirm (and --reviewer, who confirms) for a step the workspace's evidence warns
+    against: the warnings and who confirmed are recorded with the round."""
+    p.add_argument("--confirm", action="store_true",
+                   help=f"{what} (the warnings and who confirmed are recorded with the round)")
+    p.add_argument("--reviewer", help="who confirms (default: the user name)")
+
+
 def add_engine_commands(sub) -> None:
     def round_options(p, *, selection=False):
         p.add_argument("workspace")
@@ -286,7 +303,10 @@ def add_engine_commands(sub) -> None:
     p.add_argument("--no-review", action="store_true",
                    help="unattended: train and evaluate right after selection, without "
                         "waiting for a reviewer (scripts, benchmarks)")
-    round_options(sub.add_parser("warmup", help="LoRA warm-up on the labeled set"))
+    confirm_options(p, "start round 1 although a class has few labeled examples")
+    confirm_options(round_options(sub.add_parser("warmup",
+                                                 help="LoRA warm-up on the labeled set")),
+                    "warm up although a class has few labeled examples")
     round_options(sub.add_parser("label", help="collaborators + agreement + reflection"))
     p = round_options(sub.add_parser("select", help="apply the selection policy and decisions"),
                       selection=True)
@@ -294,10 +314,7 @@ def add_engine_commands(sub) -> None:
                    help="show what the selection would keep, and write nothing")
     p = round_options(sub.add_parser("train", help="final LoRA training on the curated set "
                                                    "(then evaluation, when there is a test set)"))
-    p.add_argument("--confirm", action="store_true",
-                   help="train although the workspace's evidence warns against it (the "
-                        "warnings and who confirmed are recorded with the round)")
-    p.add_argument("--reviewer", help="who confirms (default: the user name)")
+    confirm_options(p, "train although the workspace's evidence warns against it")
     p = round_options(sub.add_parser("evaluate", help="test metrics of base, warm-up and the "
                                                       "round"))
     p.add_argument("--force", action="store_true", help="recompute stored evaluations")

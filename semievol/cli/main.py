@@ -13,10 +13,11 @@ from pathlib import Path
 
 from semievol.cli.demo import create_demo_workspace
 from semievol.cli.engine import add_engine_commands
+from semievol.cli.flags import INDEX_FLAGS, TASK_FLAGS, add_config_flags, overrides
 from semievol.cli.review import add_review_commands
 from semievol.cli.terminal import terminal_progress
-from semievol.cli.flags import INDEX_FLAGS, TASK_FLAGS, add_config_flags, overrides
 from semievol.config import RetrievalConfig, TaskConfig
+from semievol.curation.sufficiency import label_warnings
 from semievol.errors import SemiEvolError
 from semievol.method.retrieval import LazyEmbedder, index_workspace, set_chroma_server
 from semievol.model.loading import bundled_embedder_dir, bundled_model_dir, cache_dir
@@ -57,7 +58,8 @@ def cmd_import(args) -> int:
     print(f"Imported {report.rows} {report.split} item(s) from {Path(args.file).name}.")
     for note in report.notes:
         print(f"note: {note}")
-
+    for warning in label_warnings(ws):
+        print(f"warning: {warning['message']}")
     print(f"lengths: {length_line(length_report(ws))}")
     return 0
 
@@ -105,6 +107,10 @@ def cmd_status(args) -> int:
         labels = ", ".join(task["labels"]) if task["labels"] else "per-item options"
         print(f"Task: {task['kind']} ({labels}); answer format {task['answer_format']}")
     print("Items: " + ", ".join(f"{k} {v}" for k, v in status["splits"].items()))
+    if status["held_out"]:
+        print(status["held_out"])
+    for warning in status["label_warnings"]:
+        print(f"warning: {warning['message']}")
     print(f"Neighbours: {status['unlabeled_with_neighbours']} of {status['splits']['unlabeled']} "
           f"unlabeled item(s) have retrieved demonstrations")
     for r in status["rounds"]:

@@ -14,9 +14,10 @@ from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.errors import SemiEvolError
 from semievol.export.dataset import export_dataset
 from semievol.export.model import export_adapter, export_gguf, export_merged
-from semievol.export.paths import parse_what
+from semievol.export.paths import human_size, parse_what
 from semievol.method.pseudo_labels import PATHS
 from semievol.rounds.record import get_round
+from semievol.rounds.scores import adapter_scores, best_trained, describe
 from semievol.views.lineage import item_lineage
 from semievol.views.review import DECISION_STATES, SORTS, ReviewFilter, review_page
 from semievol.workspace.items import item_id_of, item_row, resolve_item
@@ -124,17 +125,22 @@ def cmd_export(args) -> int:
     ws = open_workspace(args.workspace)
     what = set(parse_what(args.what))
     number = get_round(ws, args.round).number  # latest when not given; 0/unknown: error
+    best = best_trained(adapter_scores(ws))
+    if args.round is None and best and best["round"] != number:
+        print(f"note: exporting round {number} (the latest); round {best['round']} scores "
+              f"higher ({describe(best)}): pass --round {best['round']} to export it.")
     out = args.out  # None: the workspace's exports/ folder
     if "dataset" in what:
-        for kind, path in export_dataset(ws, number, out).items():
-            print(f"{kind}: {path}")
+        written = export_dataset(ws, number, out)
+        for kind in ("jsonl", "csv"):
+            print(f"{kind}: {written[kind]}")
     if "adapter" in what:
         print(f"adapter: {export_adapter(ws, number, out)}")
     if "merged" in what:
         print(f"merged model: {export_merged(ws, number, out)}")
     if "gguf" in what:
         info = export_gguf(ws, number, out, gguf_type=args.gguf_type)
-        print(f"gguf: {info['path']} ({info['type']}, {info['bytes'] / 1e6:.1f} MB), with "
+        print(f"gguf: {info['path']} ({info['type']}, {human_size(info['bytes'])}), with "
               f"Modelfile and README.md (model card) in {info['folder']}")
         if info.get("note"):
             print(f"NOTE: {info['note']}")

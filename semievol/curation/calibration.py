@@ -9,6 +9,7 @@ import random
 import numpy as np
 
 from semievol.config import CalibrationConfig
+from semievol.curation.sufficiency import short_classes
 from semievol.method.pseudo_labels import SCORE_COLUMNS
 from semievol.method.scoring import precision_coverage, wilson_interval
 from semievol.task.answers import is_correct
@@ -19,7 +20,8 @@ def hold_out(ws: Workspace, config: CalibrationConfig) -> int:
     """Move a stratified slice of the labeled items to the `calibration` split, once.
 
     At least `min_per_class` per class where the class keeps at least as many for training;
-    returns how many items the calibration split holds.
+    nothing from a class short of labels (curation.sufficiency: its few examples are all
+    the warm-up can learn it from). Returns how many items the calibration split holds.
     """
     existing = ws.scalar("SELECT COUNT(*) FROM items WHERE split='calibration'")
     if existing or config.fraction <= 0:
@@ -27,10 +29,13 @@ def hold_out(ws: Workspace, config: CalibrationConfig) -> int:
     by_class: dict[str, list[int]] = {}
     for r in ws.query("SELECT id, answer FROM items WHERE split='labeled' ORDER BY id"):
         by_class.setdefault(r["answer"], []).append(r["id"])
+    short = {c["label"] for c in short_classes({k: len(v) for k, v in by_class.items()})}
     rng = random.Random(config.seed)
     chosen = []
     for label in sorted(by_class):
         ids = by_class[label]
+        if label in short:
+            continue
         take = max(round(config.fraction * len(ids)), min(config.min_per_class, len(ids) // 2))
         chosen += rng.sample(ids, min(take, len(ids) - 1))  # always leave one to train on
     with ws.transaction() as conn:

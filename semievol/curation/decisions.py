@@ -149,6 +149,23 @@ def current_decisions(ws: Workspace) -> dict[int, dict]:
         "FROM current_decisions")}
 
 
+def round_frozen_at(ws: Workspace) -> list[tuple[int, float | None]]:
+    """[(round id, when its training set was frozen, or None)], in round order: what
+    `round_of` needs."""
+    return [(r[0], r[1]) for r in ws.query("SELECT id, frozen_at FROM rounds ORDER BY number")]
+
+
+def round_of(created_at: float, rounds: list[tuple[int, float | None]]) -> int | None:
+    """The round a decision made at `created_at` counts for: the first round whose training
+    set was not frozen yet (a decision made after a round started training belongs to the
+    next one); None when that round is not opened yet. The one rule the Rounds page, the
+    lineage and the model card count decisions by."""
+    for round_id, frozen_at in rounds:
+        if frozen_at is None or frozen_at > created_at:
+            return round_id
+    return None
+
+
 def current_decision(ws: Workspace, item_id: int) -> dict | None:
     """The decision in force on one item (as in `current_decisions`), or None."""
     rows = ws.query("SELECT item_id, action, label, reviewer, note, created_at, round_id "

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from semievol.errors import SemiEvolError
 from semievol.export.gguf import GGUF_TYPES, write_gguf
-from semievol.export.model_card import model_card, modelfile
+from semievol.export.model_card import model_card
+from semievol.export.modelfile import modelfile
 from semievol.export.paths import export_folder, free_path, staged
-from semievol.model.loading import load_model, require_adapter, resolve_model_path
+from semievol.model.loading import load_model, load_tokenizer, require_adapter, resolve_model_path
 from semievol.rounds.record import get_round
 from semievol.workspace.store import Workspace
 
@@ -26,11 +27,16 @@ def _final_adapter(ws: Workspace, round_number: int) -> Path:
 
 
 def export_adapter(ws: Workspace, round_number: int, out_dir: str | Path | None = None) -> Path:
-    """The round's trained adapter folder (its checkpoints left out)."""
+    """The round's trained adapter folder (its checkpoints left out), with its model card."""
     source = _final_adapter(ws, round_number)
     target = free_path(export_folder(ws, out_dir) / f"adapter_round{round_number}")
     with staged(target) as partial:
         shutil.copytree(source, partial, ignore=shutil.ignore_patterns("checkpoint*"))
+        tokenizer = load_tokenizer(resolve_model_path(
+            get_round(ws, round_number).config.model.name_or_path))
+        (partial / "README.md").write_text(
+            model_card(ws, round_number, model_file=target.name, tokenizer=tokenizer),
+            encoding="utf-8")
     return target
 
 
@@ -72,7 +78,9 @@ def export_gguf(ws: Workspace, round_number: int, out_dir: str | Path | None = N
         info = write_gguf(model, Path(resolve_model_path(rnd.config.model.name_or_path)),
                           partial / name, name=f"{ws.path.name} round {round_number}",
                           gguf_type=gguf_type)
-        (partial / "Modelfile").write_text(modelfile(name, tokenizer), encoding="utf-8")
+        (partial / "Modelfile").write_text(modelfile(name, tokenizer, ws.require_task()),
+                                           encoding="utf-8")
         (partial / "README.md").write_text(model_card(ws, round_number, model_file=name,
-                                                      gguf=info), encoding="utf-8")
+                                                      gguf=info, tokenizer=tokenizer),
+                                           encoding="utf-8")
     return {**info, "path": target / name, "folder": target}

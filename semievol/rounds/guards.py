@@ -8,6 +8,7 @@ import json
 from semievol.config import SelectionConfig, TaskConfig
 from semievol.curation.calibration import calibration_report
 from semievol.curation.selection_state import applied_selection
+from semievol.curation.sufficiency import class_mix_shift, label_counts_by_class, label_warnings
 from semievol.curation.training_set import live_training_items
 from semievol.errors import SemiEvolError
 from semievol.method.evaluate import evaluation_split, stored_evaluation
@@ -93,8 +94,9 @@ def training_warnings(ws: Workspace, round_id: int, *, training: list[dict] | No
     [{kind, message}]. Kinds: `collapsed_warmup` (the warm-up predicts one class),
     `selection_no_better` (on the calibration slice the selected pseudo-labels are no more
     precise than all of them), `selection_below_majority` (less precise than always
-    answering the majority class), `class_dropped` (a class of the pool has no selected
-    item). What the caller has read already may be passed: the round's `training` set
+    answering the majority class), `class_mix` (the selected pseudo-labels' classes depart
+    from the labeled set's), `class_dropped` (a class of the pool has no selected item).
+    What the caller has read already may be passed: the round's `training` set
     (curation.training_set.training_items, before its freeze), its applied `selection`, the
     evaluation `split` and the warm-up's stored report on it."""
     out = []
@@ -128,12 +130,36 @@ def training_warnings(ws: Workspace, round_id: int, *, training: list[dict] | No
                 f"the most frequent class{few}.")})
     dropped = dropped_classes(ws, round_id, training) if ws.require_task().kind == "choice" \
         else []
+    shift = class_mix(ws, round_id, training) if ws.require_task().kind == "choice" else []
+    if shift:
+        said = "; ".join(f"{c['pseudo_share']:.0%} {c['label']!r} against "
+                         f"{c['labeled_share']:.0%} of the labeled examples" for c in shift)
+        out.append({"kind": "class_mix", "message": (
+            f"The selected pseudo-labels' classes depart from the labeled set's: {said}. "
+            "The warm-up model may favour a class it learnt from too few examples: review "
+            "items of those classes (Review, by class), or add labels to the short ones.")})
     if dropped:
         out.append({"kind": "class_dropped", "message": (
             f"The selection keeps no item of {', '.join(map(repr, dropped))} (present in the "
             "pool): training would see that class only in the labeled set. Use the per-class "
             "policy, or accept some of its items.")})
     return out
+
+
+def class_mix(ws: Workspace, round_id: int, training: list[dict] | None = None) -> list[dict]:
+    """How the classes of the pseudo-labels training would keep from this round's pool
+    depart from the labeled set's (curation.sufficiency.class_mix_shift)."""
+    if training is None:
+        number = ws.scalar("SELECT number FROM rounds WHERE id=?", (round_id,))
+        training = live_training_items(ws, number)
+    pool = {r[0] for r in ws.query(
+        "SELECT p.item_id FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        "WHERE p.round_id=? AND i.split='unlabeled'", (round_id,))}
+    pseudo: dict[str, int] = {}
+    for it in training:
+        if it["item_id"] in pool and it["source"] == "pseudo":
+            pseudo[it["answer"]] = pseudo.get(it["answer"], 0) + 1
+    return class_mix_shift(label_counts_by_class(ws)[0], pseudo)
 
 
 def dropped_classes(ws: Workspace, round_id: int,
@@ -193,4 +219,24 @@ def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> l
     seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
     fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
     record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
+    return warnings
+
+
+def check_label_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
+    """Before round 1 warms up: the classes short of labels (curation.sufficiency), raised
+    as one error unless `confirm` (who goes on anyway) is given, then recorded with the
+    round. Later rounds start from an earlier adapter, so only round 1 is checked."""
+    if rnd.number != 1 or rnd.warmup_adapter:
+        return []
+    warnings = [{"kind": "few_labels", "message": c["message"]} for c in label_warnings(ws)]
+    if not warnings:
+        return []
+    if not confirm:
+        raise SemiEvolError(
+            "Some classes have too few labeled examples to be learnt: add labels to them "
+            "(import more), or confirm to start the round anyway (`--confirm` on the command "
+            "line, the confirmation box on Round setup).", [w["message"] for w in warnings])
+    seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
+    record_confirmation(ws, rnd.id, [w for w in warnings if (w["kind"], w["message"])
+                                     not in seen], reviewer=confirm)
     return warnings

@@ -74,12 +74,22 @@ def start_adapter(ws: Workspace, number: int, start_from: str = "best", *,
             "summary": f"{describe(best)}, the best so far"}
 
 
+def best_trained(scores: list[dict], *, up_to: int | None = None) -> dict | None:
+    """The best-scoring trained round (an `adapter_scores` entry of model "round", of rounds
+    up to `up_to`), ties to the latest; None when none is evaluated. The round to export."""
+    trained = [s for s in scores if s["model"] == "round" and (up_to is None or
+                                                              s["round"] <= up_to)]
+    return max(reversed(trained), key=lambda s: s["accuracy"]) if trained else None
+
+
 def regression(ws: Workspace, rnd: Round, *, scores: list[dict] | None = None) -> dict | None:
     """Whether the round's trained adapter scores below what it started from: its warm-up,
     or the previous round's trained adapter. None until it is evaluated; else {accuracy,
-    split, below: [{what, accuracy}], message (empty when it is not worse)}."""
-    scores = {(s["round"], s["model"]): s
-              for s in (adapter_scores(ws) if scores is None else scores)}
+    split, below: [{what, accuracy}], message (empty when it is not worse), best (the best
+    trained round so far, `best_trained`)}."""
+    listed = adapter_scores(ws) if scores is None else scores
+    best = best_trained(listed, up_to=rnd.number)
+    scores = {(s["round"], s["model"]): s for s in listed}
     own = scores.get((rnd.number, "round"))
     if own is None:
         return None
@@ -97,4 +107,4 @@ def regression(ws: Workspace, rnd: Round, *, scores: list[dict] | None = None) -
                    f"{worse}. Its adapter is not used as the start of the next round unless "
                    "it is the best; review its pseudo-labels and training settings.")
     return {"accuracy": own["accuracy"], "split": own["split"], "below": below,
-            "message": message}
+            "message": message, "best": best}

@@ -16,7 +16,7 @@ from semievol.errors import SemiEvolError
 from semievol.method.evaluate import evaluation_split
 from semievol.rounds import steps
 from semievol.rounds.backends import check_servers
-from semievol.rounds.guards import check_training_warnings
+from semievol.rounds.guards import check_label_warnings, check_training_warnings
 from semievol.rounds.record import (FINISHED, get_round, latest_round, open_round, prospective,
                                     round_by_id)
 from semievol.runs import jobs
@@ -61,8 +61,9 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
     overrides the selection policy; `force` (evaluate / round) recomputes stored
     evaluations; `review=False` runs a whole round unattended (training without review,
     its evidence warnings recorded as confirmed by "unattended"); `confirm` names who trains
-    despite the workspace's evidence warnings (guards.training_warnings): a train run is
-    refused, before anything changes, while there are warnings and no confirmation."""
+    despite the workspace's evidence warnings (guards.training_warnings), or warms round 1
+    up although a class has few labels (curation.sufficiency): a run is refused, before
+    anything changes, while there are warnings and no confirmation."""
     if kind not in RUN_KINDS:
         raise SemiEvolError(f"Unknown step {kind!r}: choose one of {', '.join(RUN_KINDS)}.")
     if selection is not None and kind not in SELECTION_KINDS:
@@ -87,6 +88,8 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
             check_training_warnings(ws, rnd, None)  # refuses while the evidence warns
         if kind == "round" and not review:
             confirm = confirm or "unattended (no review)"
+        if "warmup" in steps_of(ws, kind, review=review):
+            check_label_warnings(ws, rnd, confirm)  # refuses while a class has few labels
         request = {"steps": steps_of(ws, kind, review=review), "round": rnd.number,
                    "force": bool(force), "confirm": confirm,
                    "selection": None if selection is None else to_dict(selection)}

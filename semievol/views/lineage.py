@@ -9,7 +9,7 @@ import json
 from semievol.config import SelectionConfig
 from semievol.curation.audit import audit_estimate
 from semievol.curation.calibration import calibration_report
-from semievol.curation.decisions import current_decisions
+from semievol.curation.decisions import current_decisions, round_frozen_at, round_of
 from semievol.curation.selection_state import (class_thresholds, policy_threshold,
                                                selection_in_force)
 from semievol.method.pseudo_labels import scored_rows
@@ -32,13 +32,19 @@ def _latest_accuracy(ws: Workspace) -> dict[tuple[int | None, str], float]:
 def round_summaries(ws: Workspace) -> list[dict]:
     """One dict per round, oldest first: number, status, test accuracy of base, base+demos
     (shared by all rounds: evaluated once), warm-up and the round's adapter; pseudo-labels
-    produced in the unlabeled pool (agreed / reflected), selected, human decisions now in
-    force on the pool's items; calibration precision of all and of the selected
-    pseudo-labels (with Wilson intervals); the applied selection config (`rule`: it in words);
+    produced in the unlabeled pool (agreed / reflected), selected, the human decisions in
+    force that were made for it (curation.decisions.round_of); calibration precision of all
+    and of the selected pseudo-labels (with Wilson intervals); the applied selection config
+    (`rule`: it in words);
     the audit queue's estimate of the selection's error (curation.audit.audit_estimate); the
     adapters."""
     accuracy = _latest_accuracy(ws)
-    decisions = current_decisions(ws)
+    frozen = round_frozen_at(ws)
+    made_for: dict[int | None, dict[str, int]] = {}
+    for d in current_decisions(ws).values():
+        counts = made_for.setdefault(round_of(d["created_at"], frozen),
+                                     {"accept": 0, "reject": 0, "relabel": 0})
+        counts[d["action"]] += 1
     out = []
     for rnd in ws.query("SELECT * FROM rounds ORDER BY number"):
         rid = rnd["id"]
@@ -48,13 +54,7 @@ def round_summaries(ws: Workspace) -> list[dict]:
             "COALESCE(SUM(p.path='reflected'), 0) AS reflected "
             "FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
             "WHERE p.round_id=? AND i.split='unlabeled'", (rid,))[0]
-        pool = [r[0] for r in ws.query(
-            "SELECT p.item_id FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
-            "WHERE p.round_id=? AND i.split='unlabeled'", (rid,))]
-        human = {"accept": 0, "reject": 0, "relabel": 0}
-        for item_id in pool:
-            if item_id in decisions:
-                human[decisions[item_id]["action"]] += 1
+        human = made_for.get(rid, {"accept": 0, "reject": 0, "relabel": 0})
         config, applied = selection_in_force(ws, rid)
         calibration = calibration_report(ws, rid, score=config.score)
         calibration.pop("curve", None)
@@ -97,20 +97,12 @@ def _thresholds(ws: Workspace, round_id: int, config: SelectionConfig) -> tuple[
 
 
 def _decision_rounds(ws: Workspace, item_id: int) -> list[tuple[int | None, dict]]:
-    """The item's decisions, each with the round it belongs to: its round_id, else the latest
-    round opened before it was made."""
-    rounds = [(r["id"], r["created_at"]) for r in
-              ws.query("SELECT id, created_at FROM rounds ORDER BY created_at")]
-    out = []
-    for d in ws.query("SELECT action, label, reviewer, note, created_at, round_id FROM "
-                      "decisions WHERE item_id=? ORDER BY id", (item_id,)):
-        rid = d["round_id"]
-        if rid is None:
-            before = [r for r, created in rounds if created <= d["created_at"]]
-            rid = before[-1] if before else None
-        out.append((rid, {k: d[k] for k in ("action", "label", "reviewer", "note",
-                                             "created_at")}))
-    return out
+    """The item's decisions, each with the round it counts for (curation.decisions.round_of)."""
+    frozen = round_frozen_at(ws)
+    return [(round_of(d["created_at"], frozen),
+             {k: d[k] for k in ("action", "label", "reviewer", "note", "created_at")})
+            for d in ws.query("SELECT action, label, reviewer, note, created_at FROM "
+                              "decisions WHERE item_id=? ORDER BY id", (item_id,))]
 
 
 def find_item(ws: Workspace, key: str) -> dict | None:

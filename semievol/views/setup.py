@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from semievol.config import RoundConfig
+from semievol.curation.sufficiency import label_warnings
 from semievol.rounds.record import FINISHED, Round, base_config, latest_round
 from semievol.rounds.scores import regression
 from semievol.rounds.steps import STEPS
@@ -23,6 +24,8 @@ class SetupPage:
     running: list[dict] = field(default_factory=list)  # runs a launch would wait for
     steps: list[dict] = field(default_factory=list)    # what each step of the round produced
     step_names: tuple = STEPS           # the steps, in order (one launch button each)
+    label_warnings: list[dict] = field(default_factory=list)  # classes short of labels,
+    # when the next launch warms round 1 up (it must then be confirmed)
 
     @property
     def finished(self) -> bool:
@@ -43,5 +46,7 @@ def setup_page(ws: Workspace) -> SetupPage:
     rnd = latest_round(ws)
     running = jobs.running_runs(ws)
     check = regression(ws, rnd) if rnd is not None and rnd.status == "done" else None
+    first_warmup = rnd is None or (rnd.number == 1 and not rnd.warmup_adapter)
     return SetupPage(rnd, state_of(ws.path, rnd, running, check), base_config(ws), running,
-                     step_states(ws, rnd) if rnd is not None else [])
+                     step_states(ws, rnd) if rnd is not None else [],
+                     label_warnings=label_warnings(ws) if first_warmup else [])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from semievol.curation.sufficiency import label_warnings
 from semievol.model.loading import load_tokenizer, resolve_model_path
 from semievol.model.prompts import PromptBuilder, resolve_budget
 from semievol.rounds.record import STATUS_NAMES, base_config
+from semievol.rounds.scores import adapter_scores, best_trained
 from semievol.saved_config import to_dict
 from semievol.task.formats import Example, build_messages, render_prompt
 from semievol.workspace.items import options_of
@@ -17,8 +19,15 @@ def round_rows(ws: Workspace) -> list[dict]:
     """Every round, newest first, as the pages' round pickers list them: id, number, status,
     status_name (in words), final_adapter, pseudo_labels (of the unlabeled pool),
     calibration_labels (of the calibration slice), selected (pool items the applied
-    selection keeps)."""
-    return [{**dict(r), "status_name": STATUS_NAMES[r["status"]]} for r in ws.query(
+    selection keeps), accuracy and split (its trained adapter's stored evaluation, or None),
+    best (the best-scoring trained round, `rounds.scores.best_trained`)."""
+    scores = adapter_scores(ws)
+    trained = {s["round"]: s for s in scores if s["model"] == "round"}
+    best = best_trained(scores)
+    return [{**dict(r), "status_name": STATUS_NAMES[r["status"]],
+             "accuracy": trained.get(r["number"], {}).get("accuracy"),
+             "split": trained.get(r["number"], {}).get("split"),
+             "best": best is not None and best["round"] == r["number"]} for r in ws.query(
         "SELECT r.id, r.number, r.status, r.final_adapter, "
         "(SELECT COUNT(*) FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
         " WHERE p.round_id = r.id AND i.split = 'unlabeled') AS pseudo_labels, "
@@ -29,15 +38,40 @@ def round_rows(ws: Workspace) -> list[dict]:
         "FROM rounds r ORDER BY r.number DESC")]
 
 
+def round_label(row: dict) -> str:
+    """A round as the pickers name it: "Round 2 (done) · 81.0 % on test · best"."""
+    parts = [f"Round {row['number']} ({row['status_name']})"]
+    if row.get("accuracy") is not None:
+        parts.append(f"{row['accuracy']:.1%} on {row['split']}")
+    if row.get("best"):
+        parts.append("best")
+    return " · ".join(parts)
+
+
+def held_out_line(splits: dict[str, int]) -> str | None:
+    """Where the labeled examples went, in words, once round 1 has held some out."""
+    held = splits.get("calibration", 0)
+    if not held:
+        return None
+    total = held + splits.get("labeled", 0)
+    return (f"{held} of the {total} labeled examples are held out as the calibration slice: "
+            "the collaborators label them as if they were unlabeled, which measures how "
+            "precise the pseudo-labels are before anyone trains on them. They are not trained "
+            "on; a class with few labels gives none.")
+
+
 def workspace_status(ws: Workspace) -> dict:
     task = ws.task
     rounds = [{k: r[k] for k in ("number", "status", "pseudo_labels", "calibration_labels",
                                  "selected")} for r in reversed(round_rows(ws))]
+    splits = ws.split_counts()
     return {
         "path": str(ws.path),
         "schema_version": SCHEMA_VERSION,
         "task": to_dict(task) if task else None,
-        "splits": ws.split_counts(),
+        "splits": splits,
+        "held_out": held_out_line(splits),
+        "label_warnings": label_warnings(ws),
         "unlabeled_with_neighbours": ws.scalar(
             "SELECT COUNT(DISTINCT n.item_id) FROM neighbours n JOIN items i ON i.id = n.item_id "
             "WHERE i.split = 'unlabeled'"),

@@ -72,8 +72,17 @@ def state_of(path, rnd: Round | None, running: list[dict], check: dict | None) -
         "done": (f"Round {number} is done: compare it, then start round {number + 1}.", "train",
                  f"semievol round {path}"),
     }
+    best = (check or {}).get("best")
+    if rnd.status == "done" and check and check["below"] and best and best["round"] != number:
+        # The evidence says this round made things worse: the next action is the best round.
+        actions["done"] = (
+            f"Round {number} scored below an earlier round; the best is round {best['round']} "
+            f"({best['accuracy']:.1%} on {best['split']}). Export round {best['round']}, or "
+            f"change the settings on Round setup before starting round {number + 1}.",
+            "export", f"semievol export {path} --round {best['round']}")
     action, page, command = actions[rnd.status]
-    return {**state, "action": action, "page": page, "command": command}
+    return {**state, "action": action, "page": page, "command": command,
+            "best_round": best["round"] if best else None}
 
 
 def next_steps(ws: Workspace) -> list[str]:
