@@ -261,7 +261,8 @@ def test_rounds_and_facets_for_the_controls(review_ws):
     ws, round_id = review_ws
     assert round_rows(ws) == [{"id": round_id, "number": 1, "status": "open",
                                "status_name": "open", "final_adapter": None,
-                               "pseudo_labels": 20, "calibration_labels": 1, "selected": 10}]
+                               "pseudo_labels": 20, "calibration_labels": 1, "selected": 10,
+                               "accuracy": None, "split": None, "best": False}]
     assert round_facets(ws, round_id) == {"entropy_min": 0.0, "entropy_max": 1.9,
                                           "labels": LABELS}  # the task's label set
     ws.conn.execute("DELETE FROM settings WHERE key='task'")  # open answers: the labels seen

@@ -5,6 +5,8 @@ refuses training until it is confirmed (SQL-built calibration slice, no model)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import add_pseudo, add_round, fake_adapter, ids_of
 
@@ -77,7 +79,9 @@ def test_a_round_waits_for_review_then_trains_on_a_frozen_set(filled_workspace, 
     assert [(it["item_id"], it["answer"], it["source"]) for it in training_items(ws, 1)] == frozen
     assert trained_pseudo not in {it["item_id"] for it in live_training_items(ws, 2)}
     paths = export_dataset(ws, 1, ws.path / "exports")
-    assert sum(1 for _ in paths["jsonl"].open()) == len(frozen)
+    assert paths["trained"] == len(frozen)  # plus the calibration labels, marked as such
+    sources = [json.loads(line)["source"] for line in paths["jsonl"].open()]
+    assert sum(s != "calibration" for s in sources) == len(frozen)
     assert labeled  # the round pseudo-labeled something to review
 
 

@@ -19,7 +19,7 @@ from semievol.curation.decisions import record_decisions
 from semievol.curation.selection_state import applied_selection, apply_selection, compute_selection
 from semievol.curation.training_set import training_items, warmup_items
 from semievol.errors import SemiEvolError
-from semievol.export.dataset import export_dataset
+from semievol.export.dataset import calibration_items, export_dataset, user_columns
 from semievol.rounds.guards import validate_training_set
 
 
@@ -311,8 +311,11 @@ def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
     apply_selection(ws, rid, Plain(policy="percentile", theta=50))
     record_decisions(ws, [items[1]], "relabel", label="outage", reviewer="ann")
     paths = export_dataset(ws, 1, tmp_path / "out")
-    expected = training_items(ws, 1)
-    assert len(expected) == 12 + 4
+    trained = training_items(ws, 1)
+    assert len(trained) == 12 + 4
+    # The calibration labels are the user's gold answers too: the export carries them, marked.
+    expected = trained + calibration_items(ws)
+    assert paths["trained"] == len(trained) and paths["calibration"] == len(calibration_items(ws))
 
     lines = paths["jsonl"].read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(expected)
@@ -330,11 +333,12 @@ def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
     with paths["csv"].open(encoding="utf-8", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(expected)
-    assert [r["id"] for r in table] == [r["id"] for r in rows]
+    names = user_columns(ws)  # the CSV speaks the user's column names
+    assert [r[names["id"]] for r in table] == [r["id"] for r in rows]
     assert [r["source"] for r in table] == [r["source"] for r in rows]
-    assert [r["answer"] for r in table] == [it["answer"] for it in expected]
-    assert json.loads(table[0]["options"]) == ["billing", "outage", "equipment"]
-    assert np.all([r["answer"] in ("billing", "outage", "equipment") for r in table])
+    assert [r[names["answer"]] for r in table] == [it["answer"] for it in expected]
+    assert json.loads(table[0][names["options"]]) == ["billing", "outage", "equipment"]
+    assert np.all([r[names["answer"]] in ("billing", "outage", "equipment") for r in table])
 
 
 def test_the_class_floor_keeps_every_class_of_the_pool(pool):
