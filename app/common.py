@@ -152,6 +152,21 @@ def literal(text) -> str:
     return _MARKDOWN.sub(r"\\\1", str(text))
 
 
+def show_verdict(pseudo: dict) -> None:
+    """An item's pseudo-label with one confidence in words and, when the warm-up model chose
+    against collaborators, how many it overrode (Review's detail and Focus mode alike)."""
+    cols = st.columns(3)
+    cols[0].metric("Pseudo-label", literal(pseudo["label"]))
+    cols[1].metric("Collaborators agreeing", pseudo["agreeing"], help=pseudo["agreement_text"])
+    cols[2].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
+    sentence = pseudo["voice"][:1].upper() + pseudo["voice"][1:]
+    st.markdown(literal(sentence) + ".", help=GLOSSARY["Confidence"])
+    if pseudo["override"]:
+        st.warning(literal(pseudo["override"][:1].upper() + pseudo["override"][1:]) +
+                   f" and chose **{literal(pseudo['label'])}**: check this one.",
+                   icon=":material/call_split:")
+
+
 def highlighted(text: str, answer: str | None) -> str:
     """A response as safe Markdown with the extracted answer in bold (its last occurrence:
     a final answer comes last); the whole text escaped like any data."""

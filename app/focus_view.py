@@ -9,7 +9,7 @@ written at once (semievol.curation.decisions); `st.session_state` holds only whi
 from __future__ import annotations
 
 import streamlit as st
-from common import REVIEWER_KEY, highlighted, literal, user_errors
+from common import REVIEWER_KEY, highlighted, literal, show_verdict, user_errors
 
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
@@ -28,8 +28,12 @@ def percent(value: float | None) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def score(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def vote_line(c: dict) -> str:
+    """A collaborator's detail line: how it decoded and, when it sampled another answer than
+    its most likely one, that answer (its vote)."""
+    if c["answer"] is not None and c["answer"] != c["top"]:
+        return f"{c['decoding']}: voted {c['answer']}"
+    return c["decoding"] + ("" if c["answer"] is not None else ": gave no answer")
 
 
 def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
@@ -106,16 +110,7 @@ def _show_item(detail: dict) -> None:
     decision = detail["decision"]
     st.markdown(f"#### Item {literal(item['external_id'])}")
     st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
-    cols = st.columns(4)
-    cols[0].metric("Pseudo-label", literal(pseudo["label"]))
-    cols[1].metric("Confidence", percent(pseudo["confidence"]),
-                   help=f"entropy (mean token NLL) {score(pseudo['entropy'])}; 90 % = sure, "
-                        "about one over the number of options = a guess")
-    cols[2].metric("Collaborators agreeing", pseudo["agreeing"],
-                   help=pseudo["agreement_text"] + ("; they disagreed, so the warm-up model "
-                                                    "chose" if pseudo["path"] == "reflected"
-                                                    else ""))
-    cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
+    show_verdict(pseudo)
     if decision:
         label = f" → {literal(decision['label'])}" if decision["action"] == "relabel" else ""
         st.success(f"Your decision: {decision['action']}{label} ({literal(decision['reviewer'])})",
@@ -175,10 +170,10 @@ def _show_evidence(detail: dict) -> None:
         st.markdown("**What each collaborator answered**")
         for column, c in zip(st.columns(len(collaborators)), collaborators):
             with column.container(border=True):
-                st.markdown(f"**{c['name']}**")
-                st.text(f"{c['answer'] if c['answer'] is not None else '(no answer)'} · "
+                st.markdown(f"**{literal(c['name'])}**")
+                st.text(f"{c['top'] if c['top'] is not None else '(no answer)'} · "
                         f"{percent(c['confidence'])}")
-                st.caption(c["decoding"])
+                st.caption(literal(vote_line(c)))
                 if c.get("text") and c["text"] != c["answer"]:  # an open answer's response
                     st.markdown(highlighted(c["text"], c["answer"]))
                 if c["demos_shown"] is not None and c["demonstrations"] and \
@@ -202,4 +197,5 @@ def _show_evidence(detail: dict) -> None:
             st.text(reflection["shown"])
             st.markdown(f"It chose **{literal(reflection['chose'])}**.")
             if reflection["scores"]:
-                st.caption(f"Its scores: {literal(reflection['scores'])}")
+                st.caption("Its scores with the collaborators' answers in view (the "
+                           f"confidence above is without them): {literal(reflection['scores'])}")

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pandas as pd
 import streamlit as st
-from common import REVIEWER_KEY, literal, user_errors
+from common import REVIEWER_KEY, literal, show_verdict, user_errors
 
 from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.views.review import (PATHS, ReviewFilter, count_items, filtered_item_ids,
@@ -156,8 +156,9 @@ def collaborators_frame(collaborators: list[dict]) -> pd.DataFrame:
 
     columns = {
         "collaborator": [c["name"] for c in collaborators],
-        "answer": [c["answer"] or "(no answer)" for c in collaborators],
+        "most likely": [c["top"] or "(no answer)" for c in collaborators],
         "confidence": [c["confidence"] for c in collaborators],
+        "voted": [c["answer"] or "(no answer)" for c in collaborators],
         "decoding": [c["decoding"] for c in collaborators],
         "option probabilities": [probs(c) for c in collaborators],
     }
@@ -175,15 +176,10 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     st.text(item["question"])  # data is shown as text: never rendered as Markdown or HTML
     if item["options"]:
         st.caption("Options: " + " · ".join(literal(o) for o in item["options"]))
-    cols = st.columns(4)
-    cols[0].metric("Pseudo-label", literal(pseudo["label"]))
-    cols[1].metric("Confidence", "—" if pseudo["confidence"] is None
-                   else f"{pseudo['confidence']:.0%}",
-                   help=f"entropy (mean token NLL) {_fmt(pseudo['entropy'])}, option entropy "
-                        f"{_fmt(pseudo['option_entropy'])}")
-    cols[2].metric("Collaborators agreeing", pseudo["agreeing"],
-                   help=pseudo["agreement_text"])
-    cols[3].metric("Trained on?", "selected" if pseudo["selected"] else "not selected")
+    show_verdict(pseudo)
+    st.caption(f"Raw scores: entropy (mean negative log-probability of the pseudo-label's "
+               f"tokens) {_fmt(pseudo['entropy'])}, option entropy "
+               f"{_fmt(pseudo['option_entropy'])}.")
     current = detail["decision"]
     if current:
         label = f" → **{literal(current['label'])}**" if current["action"] == "relabel" else ""
@@ -210,9 +206,10 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     reflection = detail["reflection"]
     if reflection:
         with st.expander(f"Reflection: the warm-up model was shown every answer and chose "
-                         f"{reflection['chose']}"):
+                         f"{literal(reflection['chose'])}"):
             st.text(reflection["shown"])
-            st.caption(f"Its scores: {literal(reflection['scores'] or '—')}")
+            st.caption("Its scores with the collaborators' answers in view (the confidence "
+                       f"above is without them): {literal(reflection['scores'] or '—')}")
     with st.expander(f"Demonstrations ({len(detail['neighbours'])} retrieved labeled "
                      "neighbours)"):
         for n in detail["neighbours"]:

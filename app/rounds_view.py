@@ -12,18 +12,24 @@ import streamlit as st
 from common import literal
 
 from semievol.views.lineage import MODELS, find_item, item_lineage, round_summaries
+from semievol.views.sampled import enough, sampled_percent
 from semievol.workspace.store import Workspace
 
 
-def _precision(stats: dict | None) -> float | None:
-    return stats["precision"] if stats and stats["n"] else None
+def _precision(stats: dict | None) -> str:
+    """A calibration precision in words: n and interval beside it, nothing below the
+    minimum sample (views.sampled's one rule)."""
+    if not stats:
+        return "–"
+    return sampled_percent(stats["precision"], stats["n"], stats["interval"],
+                           need="needs at least")
 
 
-def _interval(stats: dict | None) -> str:
-    if not stats or not stats["n"]:
-        return ""
-    low, high = stats["interval"]
-    return f"{low:.0%}–{high:.0%} (n={stats['n']})"
+def _audit(found: dict) -> str:
+    if found["precision"] is None and not found["reviewed"]:
+        return "–"
+    low, high = found["interval"] if found["precision"] is not None else (0, 1)
+    return sampled_percent(found["precision"], found["reviewed"], (1 - high, 1 - low))
 
 
 def round_table(summaries: list[dict]) -> pd.DataFrame:
@@ -39,8 +45,8 @@ def round_table(summaries: list[dict]) -> pd.DataFrame:
             "decisions": s["decisions"], "accepted": s["accepted"], "rejected": s["rejected"],
             "relabeled": s["relabeled"],
             "calib. precision (selected)": _precision(s["calibration_selected"]),
-            "95% interval": _interval(s["calibration_selected"]),
             "calib. precision (all)": _precision(s["calibration_all"]),
+            "audited precision": _audit(s["audit"]),
             "selection": s["selection"]["rule"] if s["selection"] else "not applied",
             "warning": s["regression"] or "",
             "adapter": s["final_adapter"] or "",
@@ -63,21 +69,24 @@ def volume_frame(summaries: list[dict]) -> pd.DataFrame:
 
 
 def precision_frame(summaries: list[dict]) -> pd.DataFrame:
-    """Estimated precision of the selected pseudo-labels per round, with interval bounds:
-    from the calibration slice and, where reviewers audited, from the audit queue."""
+    """Estimated precision of the selected pseudo-labels per round, with interval bounds and
+    the sample it rests on: from the calibration slice and, where reviewers audited, from
+    the audit queue. An estimate from fewer items than views.sampled.MIN_SAMPLE is no point:
+    one audited item plotted as 100 % says nothing but looks like everything."""
     rows = []
     for s in summaries:
         cal = s["calibration_selected"]
-        if cal and cal["n"]:
+        if cal and enough(cal["n"]) and cal["precision"] is not None:
             rows.append({"round": s["number"], "estimate": "calibration",
                          "precision": cal["precision"], "low": cal["interval"][0],
-                         "high": cal["interval"][1]})
+                         "high": cal["interval"][1], "n": cal["n"]})
         found = s["audit"]
-        if found["precision"] is not None:
+        if found["precision"] is not None and enough(found["reviewed"]):
             low, high = found["interval"]
             rows.append({"round": s["number"], "estimate": "audit",
-                         "precision": found["precision"], "low": 1 - high, "high": 1 - low})
-    return pd.DataFrame(rows, columns=["round", "estimate", "precision", "low", "high"])
+                         "precision": found["precision"], "low": 1 - high, "high": 1 - low,
+                         "n": found["reviewed"]})
+    return pd.DataFrame(rows, columns=["round", "estimate", "precision", "low", "high", "n"])
 
 
 def lineage_table(rows: list[dict]) -> pd.DataFrame:
@@ -86,7 +95,7 @@ def lineage_table(rows: list[dict]) -> pd.DataFrame:
     for r in rows:
         out.append({
             "round": r["round"],
-            "collaborators": "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"]),
+            "collaborators": "; ".join(f"{a['name']}: {a['answer']}" for a in r["answers"]),
             "pseudo-label": r["pseudo_label"], "path": r["path"], "entropy": r["entropy"],
             "option entropy": r["option_entropy"],
             "policy": r["policy"] or "not applied", "threshold": r["threshold"],
@@ -128,13 +137,15 @@ def show_rounds(ws: Workspace) -> None:
     precision = precision_frame(summaries)
     if precision.empty:
         st.caption("No precision estimate yet: it comes from the calibration slice once a "
-                   "selection is applied, or from the audit queue on the Selection page.")
+                   "selection is applied, or from the audit queue on the Selection page, "
+                   "each from at least 10 items.")
         return
     # The two estimates of a round side by side, not on top of each other.
     precision["x"] = precision["round"] + precision["estimate"].map(
         {"calibration": -0.08, "audit": 0.08})
     figure = px.scatter(precision, x="x", y="precision", color="estimate",
-                        labels={"x": "round"}, hover_data={"round": True, "x": False},
+                        labels={"x": "round", "n": "items"},
+                        hover_data={"round": True, "x": False, "n": True},
                         error_y=precision["high"] - precision["precision"],
                         error_y_minus=precision["precision"] - precision["low"],
                         title="Estimated precision of the selected pseudo-labels (95% interval)")

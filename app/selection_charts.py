@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from semievol.views.sampled import sampled_percent
 from semievol.views.selection import Preview
 
 
@@ -20,10 +21,8 @@ def calibration_point(preview: Preview) -> tuple[float, float] | None:
 
 
 def _share(stats: dict) -> str:
-    if not stats["n"]:
-        return "–"
-    low, high = stats["interval"]
-    return f"{stats['precision']:.0%} ({stats['correct']}/{stats['n']}; 95% {low:.0%}–{high:.0%})"
+    return sampled_percent(stats["precision"], stats["n"], stats["interval"],
+                           need="needs at least")
 
 
 

@@ -20,6 +20,7 @@ from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
 from semievol.curation.selection_state import apply_selection
 from semievol.errors import SemiEvolError
 from semievol.views import selection as view
+from semievol.views.sampled import MIN_SAMPLE, enough, sampled_percent
 from semievol.views.status import round_label, round_rows
 from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
@@ -216,16 +217,16 @@ def show_audit(ws: Workspace, round_id: int) -> None:
         st.page_link(page, label="Open the Review page", icon=":material/rate_review:")
     st.dataframe(table, hide_index=True)
     estimate = found["estimate"]
-    cols = st.columns(3)
+    cols = st.columns(2)
     cols[0].metric("Audited", f"{estimate['reviewed']} of {estimate['queue']}")
-    if estimate["error_rate"] is None:
-        cols[1].metric("Estimated error rate", "–")
-        st.caption("No audited item has a decision yet.")
+    if not enough(estimate["reviewed"]) or estimate["error_rate"] is None:
+        cols[1].metric("Estimated error rate", sampled_percent(None, estimate["reviewed"]))
+        st.caption(f"An error rate from fewer than {MIN_SAMPLE} audited items could be "
+                   "anything: decide on more items of the queue.")
         return
-    low, high = estimate["interval"]
-    cols[1].metric("Estimated error rate", f"{estimate['error_rate']:.0%}",
-                   help=estimate["method"])
-    cols[2].metric("95% interval", f"{low:.0%}–{high:.0%}")
+    cols[1].metric("Estimated error rate", sampled_percent(
+        estimate["error_rate"], estimate["reviewed"], estimate["interval"]),
+        help=estimate["method"])
     note = "" if estimate["complete"] else (" Some bins have no verdict yet: the interval "
                                             "counts them as anywhere from 0% to 100% wrong.")
     st.caption(f"Over {estimate['selected']} policy-selected item(s); about "

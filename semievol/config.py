@@ -230,6 +230,18 @@ class CollaboratorConfig:
                 f"sampled at temperature {self.temperature:g}, seed {self.seed}")
 
 
+def display_names(collaborators: list[CollaboratorConfig]) -> list[str]:
+    """Each collaborator's name in words, told apart where two read the same (by their
+    decoding, then by number): what every page and the CLI show, never `warmup/k3/t1/s1`."""
+    names = [c.display_name for c in collaborators]
+    for pass_ in ("decoding", "number"):
+        repeated = {n for n in names if names.count(n) > 1}
+        names = [n if n not in repeated else
+                 f"{n}, {c.decoding}" if pass_ == "decoding" else f"{n} (#{k + 1})"
+                 for k, (n, c) in enumerate(zip(names, collaborators))]
+    return names
+
+
 def default_collaborators() -> list[CollaboratorConfig]:
     """n=4 as in the paper, spread over {base, warm-up} x demonstrations, temperature 1."""
     return [
@@ -400,14 +412,15 @@ class RoundConfig:
         for c in self.collaborators:
             if c.demonstrations > self.retrieval.k:
                 raise SemiEvolError(
-                    f"Collaborator {c.label} asks for {c.demonstrations} demonstrations but "
-                    f"retrieval keeps k={self.retrieval.k}; raise k or lower demonstrations.")
+                    f"Collaborator '{c.display_name}' asks for {c.demonstrations} "
+                    f"demonstrations but retrieval keeps k={self.retrieval.k}; raise k or "
+                    "lower demonstrations.")
         _check_range("leakage similarity", self.leakage_similarity, 0.5, 1.0)
         _check_choice("start from", self.start_from, START_FROM)
         names = [s.name for s in self.servers]
         if len(set(names)) != len(names):
             raise SemiEvolError(f"Two servers share a name: {names}.")
-        wanted = [(f"collaborator {c.label}", c.server) for c in self.collaborators] + [
+        wanted = [(f"collaborator '{c.display_name}'", c.server) for c in self.collaborators] + [
             (f"served.{role}", getattr(self.served, role)) for role in
             ("reflection", "entropy", "evaluation")]
         for who, server in wanted:

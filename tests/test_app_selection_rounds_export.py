@@ -128,14 +128,18 @@ def test_selection_page_shows_round_one_evidence(prepared, monkeypatch):
     assert shown["Selected to train"] == "4"
     assert (shown["Accepted by a reviewer"], shown["Rejected by a reviewer"],
             shown["Relabeled by a reviewer"]) == ("1", "1", "1")
-    assert shown["Calibration precision, selected"].startswith("50% (1/2")
-    assert shown["Calibration precision, all"].startswith("67% (2/3")
+    # 1 of 2 and 2 of 3 right: samples too small for a percentage, shown as what they need.
+    assert shown["Calibration precision, selected"] == "–, needs at least 10 (2 so far)"
+    assert shown["Calibration precision, all"] == "–, needs at least 10 (3 so far)"
     assert any("controls are read-only" in i.value for i in at.info)  # a trained round
     assert at.slider(key="selection_theta_1").disabled
     assert not [b for b in at.button if b.key == "apply_selection"]
     queue = frame_with(at, "bin")
     assert list(queue["id"]) == ["U00", "U01", "U02", "U03", "U04"][:len(queue)]
-    assert shown["Audited"] == "3 of 5" and shown["Estimated error rate"] == "67%"
+    # 2 of 3 audited items wrong: shown as a need, never as "67%" in large type.
+    assert shown["Audited"] == "3 of 5"
+    assert shown["Estimated error rate"] == "–, audit at least 10 (3 so far)"
+    assert any("fewer than 10 audited items" in c.value for c in at.caption)
 
 
 def test_selection_leakage_flags_are_listed(prepared, monkeypatch):
@@ -187,12 +191,15 @@ def test_rounds_page_shows_the_round_table_and_lineage(prepared, monkeypatch):
     assert list(table["round"]) == [1, 2]
     assert list(table["selected"]) == [4, 0]
     assert list(table["acc round"].fillna(-1)) == [0.66, -1]
-    assert list(table["calib. precision (selected)"].fillna(-1)) == [0.5, -1]
+    # 1 of 2 selected calibration items right is no percentage: too few to mean anything.
+    assert list(table["calib. precision (selected)"]) == ["–, needs at least 10 (2 so far)", "–"]
+    assert not any("%" in str(v) for v in table["audited precision"])
     at.text_input(key="lineage_item").set_value("U05").run()
     assert not at.exception
     lineage = frame_with(at, "collaborators")
     assert list(lineage["round"]) == [1, 2]
-    assert lineage["collaborators"][0].startswith("warmup/k0/t1/s0: outage")
+    assert lineage["collaborators"][0].startswith("warm-up model, no examples: outage")
+    assert "/k" not in lineage["collaborators"][0]  # plain names, never warmup/k0/t1/s0
     at.text_input(key="lineage_item").set_value("missing").run()
     assert any("No item 'missing'" in w.value for w in at.warning)
 
@@ -206,9 +213,18 @@ def test_rounds_view_frames(prepared):
     volume = rounds_view.volume_frame(summaries)
     assert volume.set_index(["round", "kind"])["items"].to_dict() == {
         (1, "produced"): 10, (1, "selected"): 4, (2, "produced"): 5, (2, "selected"): 0}
-    precision = rounds_view.precision_frame(summaries)
-    assert set(zip(precision["round"], precision["estimate"])) == {(1, "calibration"),
-                                                                   (1, "audit")}
+    # Round 1's calibration (2 items) and audit (3 reviewed) are too small to plot.
+    assert rounds_view.precision_frame(summaries).empty
+    enlarged = [dict(s, calibration_selected=dict(s["calibration_selected"] or {}, n=12,
+                                                  precision=0.75, interval=(0.47, 0.91)),
+                     audit=dict(s["audit"], reviewed=10, precision=0.8, interval=(0.05, 0.5)))
+                for s in summaries[:1]]
+    precision = rounds_view.precision_frame(enlarged)
+    assert set(zip(precision["round"], precision["estimate"], precision["n"])) == {
+        (1, "calibration", 12), (1, "audit", 10)}
+    assert list(precision["low"]) == pytest.approx([0.47, 0.5])
+    assert rounds_view.round_table(enlarged)["calib. precision (selected)"][0] == (
+        "75% (n=12, 95% 47%–91%)")
 
 
 # -- Export -------------------------------------------------------------------------------------

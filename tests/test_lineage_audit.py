@@ -238,3 +238,24 @@ def test_resolve_item_by_external_or_internal_id(rounds_ws):
     assert resolve_item(rounds_ws, " U05 ") == item["U05"]
     assert resolve_item(rounds_ws, str(item["T0"])) == item["T0"]
     assert resolve_item(rounds_ws, "nope") is None and resolve_item(rounds_ws, "") is None
+
+
+# -- how a sampled share is shown --------------------------------------------------------------
+def test_a_share_is_shown_with_its_sample_and_never_below_the_minimum():
+    from semievol.views.sampled import MIN_SAMPLE, sampled_percent
+
+    assert sampled_percent(0.0, 1, (0.0, 0.96)) == "–, audit at least 10 (1 so far)"
+    assert sampled_percent(None, 0) == "–, audit at least 10"
+    assert sampled_percent(0.66, MIN_SAMPLE, (0.39, 0.86)) == "66% (n=10, 95% 39%–86%)"
+    assert sampled_percent(0.91, 240, (0.87, 0.94)) == "91% (n=240)"  # interval: large n
+    assert sampled_percent(0.5, 4, need="needs at least") == "–, needs at least 10 (4 so far)"
+
+
+def test_cli_audit_states_what_it_needs_before_an_error_rate(rounds_ws, capsys):
+    from semievol.cli.main import main
+
+    assert main(["audit", str(rounds_ws.path), "--round", "1", "--per-bin", "1"]) == 0
+    out = capsys.readouterr().out
+    # 3 verdicts (2 wrong): no "67%" printed, the need instead.
+    assert "estimated error rate of the selection: –, audit at least 10 (3 so far)" in out
+    assert "67" not in out.split("estimated error rate")[1]

@@ -209,7 +209,10 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
         "reflection_text": f"reflected on item {ids[1]}",
         "confidence": pytest.approx(math.exp(-0.7)),  # plain scale: exp(-entropy)
         "agreement_text": "2 of 4 collaborators gave this answer", "agreeing": "2 of 4",
-        "cut_tokens": 0}
+        "cut_tokens": 0,
+        # One confidence in words, and the reflection's choice against two collaborators.
+        "voice": "the warm-up model gives outage 50%",
+        "override": "the warm-up model overrode 2 of 4 collaborators"}
     neighbours = detail["neighbours"]
     assert len(neighbours) == 3
     assert [n["similarity"] for n in neighbours] == sorted(
@@ -230,7 +233,8 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
         "warm-up model, no examples", "warm-up model, 3 examples", "base model, 3 examples",
         "warm-up model, 1 example"]
     assert collaborators[0]["decoding"] == "sampled at temperature 1, seed 0"
-    assert collaborators[0]["confidence"] == pytest.approx(0.8)  # its answer's probability
+    assert collaborators[0]["confidence"] == pytest.approx(0.8)  # its most likely answer's
+    assert collaborators[0]["top"] == "equipment"
     reflection = detail["reflection"]
     assert reflection["chose"] == "outage" and "Assistant 1: equipment" in reflection["shown"]
     assert "Several assistants answered this differently" in reflection["shown"]
@@ -281,3 +285,34 @@ def test_filter_validation():
         ReviewFilter(1, sort="random")
     with pytest.raises(SemiEvolError, match="entropy range is empty"):
         ReviewFilter(1, entropy_min=2, entropy_max=1)
+
+
+def test_a_collaborator_leads_with_its_most_likely_answer_and_votes_on_a_detail_line(review_ws):
+    ws, round_id = review_ws
+    item = unlabeled_ids(ws)[1]
+    # Collaborator 0 sampled "billing" though it finds "equipment" most likely (0.8).
+    ws.conn.execute("UPDATE responses SET answer='billing' WHERE item_id=? AND collaborator=0",
+                    (item,))
+    first = item_detail(ws, round_id, item)["collaborators"][0]
+    assert (first["top"], first["confidence"], first["answer"]) == ("equipment",
+                                                                     pytest.approx(0.8), "billing")
+
+
+def test_voice_and_override_in_words():
+    from semievol.views.review import override, voice
+
+    assert voice("positive", 0.66) == "the warm-up model gives positive 66%"
+    assert override("reflected", 1, 4) == "the warm-up model overrode 3 of 4 collaborators"
+    assert override("agreed", 4, 4) is None and override("reflected", 4, 4) is None
+
+
+def test_collaborator_names_are_told_apart_in_words():
+    from semievol.config import CollaboratorConfig, display_names
+
+    twins = [CollaboratorConfig("warmup", 3, 1.0, 1), CollaboratorConfig("warmup", 3, 1.0, 2),
+             CollaboratorConfig("warmup", 3, 0.0, 0), CollaboratorConfig("base", 0, 1.0, 0)]
+    assert display_names(twins) == [
+        "warm-up model, 3 examples, sampled at temperature 1, seed 1",
+        "warm-up model, 3 examples, sampled at temperature 1, seed 2",
+        "warm-up model, 3 examples, most likely answer", "base model, no examples"]
+    assert not any("/" in n for n in display_names(twins))

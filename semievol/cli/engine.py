@@ -26,6 +26,7 @@ from semievol.rounds.record import base_config, get_round, latest_round
 from semievol.runs import jobs, launch
 from semievol.runs.jobs import cancel_run, list_runs
 from semievol.saved_config import overridden, to_dict
+from semievol.views.sampled import sampled_percent
 from semievol.views.workflow import round_state
 from semievol.workspace.store import Workspace
 
@@ -172,9 +173,8 @@ def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
 
 
 def _print_share(name: str, r: dict) -> None:
-    precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
-    print(f"{name:<21} n={r['n']:<4} precision {precision} "
-          f"(95% CI {r['interval'][0]:.2f}-{r['interval'][1]:.2f})")
+    print(f"{name:<21} precision " + sampled_percent(r["precision"], r["n"], r["interval"],
+                                                     need="needs at least"))
 
 
 def _report(step: str, result: dict) -> None:

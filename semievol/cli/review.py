@@ -20,6 +20,7 @@ from semievol.rounds.record import get_round
 from semievol.rounds.scores import adapter_scores, best_trained, describe
 from semievol.views.lineage import item_lineage
 from semievol.views.review import DECISION_STATES, SORTS, ReviewFilter, review_page
+from semievol.views.sampled import enough, sampled_percent
 from semievol.workspace.items import item_id_of, item_row, resolve_item
 
 
@@ -86,13 +87,15 @@ def cmd_audit(args) -> int:
         print(printable(f"  bin {r['bin']}  {r['id']:<12} {r['pseudo_label']:<16} score "
                         f"{r['score']:.3f}  {r['decision'] or 'undecided':<10} "
                         f"{r['question'][:60]!r}"))
-    if estimate["error_rate"] is None:
-        print("No audited item has a decision yet: decide on them (`semievol decide`).")
+    error = None if estimate["error_rate"] is None else sampled_percent(
+        estimate["error_rate"], estimate["reviewed"], estimate["interval"])
+    if error is None or not enough(estimate["reviewed"]):
+        need = sampled_percent(None, estimate["reviewed"])
+        print(f"estimated error rate of the selection: {need} audited items (decide on them "
+              "with `semievol decide`)")
     else:
-        low, high = estimate["interval"]
-        print(f"estimated error rate of the selection: {estimate['error_rate']:.1%} "
-              f"(95% {low:.1%}-{high:.1%}; {estimate['reviewed']} of {estimate['queue']} "
-              "audited)")
+        print(f"estimated error rate of the selection: {error}; {estimate['reviewed']} of "
+              f"{estimate['queue']} audited")
     return 0
 
 
@@ -110,7 +113,7 @@ def cmd_lineage(args) -> int:
     if not rows:
         print("No round has pseudo-labeled this item.")
     for r in rows:
-        answers = "; ".join(f"{a['config']}: {a['answer']}" for a in r["answers"])
+        answers = "; ".join(f"{a['name']}: {a['answer']}" for a in r["answers"])
         decisions = "; ".join(f"{d['action']}{' -> ' + d['label'] if d['label'] else ''} by "
                               f"{d['reviewer']}" for d in r["decisions"]) or "none"
         print(printable(

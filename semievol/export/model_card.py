@@ -22,6 +22,7 @@ from semievol.rounds.record import get_round
 from semievol.saved_config import to_dict
 from semievol.task.formats import Example, build_messages, render_prompt
 from semievol.views.lineage import round_summaries
+from semievol.views.sampled import sampled_percent
 from semievol.workspace.items import options_of
 from semievol.workspace.store import Workspace
 
@@ -175,6 +176,7 @@ def _adapter_section(base: str, folder: str) -> list[str]:
 
 
 def _precision(estimate) -> str:
-    if not estimate or estimate.get("precision") is None:
+    if not estimate:
         return "n/a"
-    return f"{estimate['precision']:.0%} (n={estimate['n']})"
+    return sampled_percent(estimate.get("precision"), estimate["n"], estimate.get("interval"),
+                           need="needs at least")

@@ -66,7 +66,7 @@ def run_collaborators(ws: Workspace, round_id: int, items: list[Item],
         def report(count, index=index, collaborator=collaborator):
             if progress:
                 progress(done + count, total, f"collaborator {index + 1}/{len(collaborators)} "
-                                              f"({collaborator.label})")
+                                              f"({collaborator.display_name})")
 
         with stage(f"collaborator {index + 1} ({collaborator.label})"):
             done += _one_collaborator(ws, round_id, items, index, collaborator, backend,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from semievol.config import SelectionConfig
+from semievol.config import SelectionConfig, display_names
 from semievol.curation.audit import audit_estimate
 from semievol.curation.calibration import calibration_report
 from semievol.curation.decisions import current_decisions, round_frozen_at, round_of
@@ -125,10 +125,13 @@ def item_lineage(ws: Workspace, item_id: int) -> list[dict]:
             "p.round_id = r.id AND p.item_id=?) OR EXISTS (SELECT 1 FROM responses s WHERE "
             "s.round_id = r.id AND s.item_id=?) ORDER BY r.number", (item_id, item_id)):
         config = round_config_from_dict(json.loads(rnd["config"]))
-        names = [c.label for c in config.collaborators]
+        labels = [c.label for c in config.collaborators]
+        names = display_names(config.collaborators)
         answers = [{"collaborator": r["collaborator"],
-                    "config": names[r["collaborator"]] if r["collaborator"] < len(names)
+                    "config": labels[r["collaborator"]] if r["collaborator"] < len(labels)
                     else f"#{r['collaborator']}",
+                    "name": names[r["collaborator"]] if r["collaborator"] < len(names)
+                    else f"collaborator {r['collaborator'] + 1}",
                     "answer": r["answer"], "nll": r["nll"], "option_entropy": r["option_entropy"]}
                    for r in ws.query("SELECT collaborator, answer, nll, option_entropy FROM "
                                      "responses WHERE round_id=? AND item_id=? ORDER BY "

@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from semievol.config import display_names
 from semievol.curation.decisions import current_decision, decision_history
 from semievol.errors import SemiEvolError
 from semievol.method.pseudo_labels import PATHS
@@ -256,6 +257,7 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     pseudo_label["confidence"] = confidence(pseudo_label["entropy"])
 
     configs = _collaborator_configs(ws, round_id)
+    names = display_names(configs)
     collaborators = []
     for r in ws.query("SELECT collaborator, answer, text, option_probs, option_entropy, nll, "
                       "cut_tokens, demos_shown FROM responses WHERE round_id = ? AND "
@@ -264,21 +266,25 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         config = configs[index] if index < len(configs) else None
         probs = _json(r["option_probs"])
         options = item["options"] or []
-        answer_prob = None
-        if probs and r["answer"] in options and len(probs) == len(options):
-            answer_prob = probs[options.index(r["answer"])]
+        by_option = dict(zip(options, probs)) if probs and len(probs) == len(options) else None
+        # One voice: the card leads with what the collaborator's model finds most likely and
+        # that probability; the answer it sampled (its vote) goes to a detail line. Shown
+        # side by side ("neutral · 15 %" next to "positive 66 %") they contradicted each
+        # other for a reader who does not know sampling.
+        top = max(by_option, key=by_option.get) if by_option else r["answer"]
         collaborators.append({
             "collaborator": index,
             "config": config.label if config else f"collaborator {index}",
-            "name": config.display_name if config else f"collaborator {index + 1}",
+            "name": names[index] if index < len(names) else f"collaborator {index + 1}",
             "decoding": config.decoding if config else "",
-            "confidence": answer_prob if answer_prob is not None else confidence(r["nll"]),
+            "top": top,
+            "confidence": by_option[top] if by_option else confidence(r["nll"]),
             "model": config.model if config else None,
             "demonstrations": config.demonstrations if config else None,
             "temperature": config.temperature if config else None,
             "seed": config.seed if config else None,
             "answer": r["answer"], "text": r["text"], "option_probs": probs,
-            "probs": dict(zip(options, probs)) if probs and len(probs) == len(options) else None,
+            "probs": by_option,
             "option_entropy": r["option_entropy"], "nll": r["nll"],
             "cut_tokens": r["cut_tokens"] or 0, "demos_shown": r["demos_shown"]})
 
@@ -297,9 +303,30 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     pseudo_label["cut_tokens"] = max((c["cut_tokens"] for c in collaborators), default=0)
     pseudo_label["agreement_text"] = (f"{agreeing} of {len(answers)} collaborators gave this "
                                       "answer" if answers else "no collaborator answers stored")
+    pseudo_label["voice"] = voice(pseudo_label["label"], pseudo_label["confidence"])
+    pseudo_label["override"] = override(pseudo_label["path"], agreeing, len(answers))
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,
             "collaborators": collaborators, "flags": flags, "history": history,
             "decision": current, "reflection": _reflection(ws, item, pseudo_label, answers)}
+
+
+def voice(label: str | None, probability: float | None) -> str:
+    """The one confidence a reviewer reads, in words: "the warm-up model gives positive
+    66 %" (its probability of the pseudo-label on the plain prompt, the number selection
+    ranks by)."""
+    if probability is None:
+        return f"the warm-up model did not score {label!r}"
+    return f"the warm-up model gives {label} {probability:.0%}"
+
+
+def override(path: str | None, agreeing: int, answered: int) -> str | None:
+    """When the collaborators disagreed and the warm-up model chose against some of them:
+    "the warm-up model overrode 3 of 4 collaborators"; None otherwise."""
+    overruled = answered - agreeing
+    if path != "reflected" or overruled <= 0:
+        return None
+    return (f"the warm-up model overrode {overruled} of {answered} collaborator"
+            f"{'s' if answered != 1 else ''}")
 
 
 def confidence(nll: float | None) -> float | None:
