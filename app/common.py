@@ -178,9 +178,17 @@ def highlighted(text: str, answer: str | None) -> str:
             + literal(text[at + len(answer):]))
 
 
+def app_message(exc: BaseException) -> str:
+    """An error's message in the app's words (SemiEvolError.app, where the remedy is a page
+    rather than a command), else its message without the problems list."""
+    if isinstance(exc, SemiEvolError):
+        return exc.app or (exc.args[0] if exc.args else str(exc))
+    return str(exc)
+
+
 def show_error(exc: BaseException) -> None:
     """A user-caused error as a message and the list of its problems; never a traceback."""
-    message = exc.args[0] if isinstance(exc, SemiEvolError) and exc.args else str(exc)
+    message = app_message(exc)
     problems = getattr(exc, "problems", None) or []
     text = literal(message)  # messages quote file names and values from the data
     if problems:
@@ -217,7 +225,7 @@ def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None,
         run_id = launch.start(ws, step, background=True, config=config, review=review,
                               confirm=confirm)
     except RunRefused as exc:
-        st.warning(str(exc), icon=":material/hourglass_top:")
+        st.warning(literal(app_message(exc)), icon=":material/hourglass_top:")
         return None
     except SemiEvolError as exc:
         show_error(exc)

@@ -33,8 +33,8 @@ SELECTED_CHOICES = {ANY: None, "selected": True, "not selected": False}
 SORT_CHOICES = {"entropy": "entropy", "nearest demonstration similarity": "similarity",
                 "item (import order)": "item"}
 PAST = {"accept": "Accepted", "reject": "Rejected", "relabel": "Relabeled", "clear": "Cleared"}
-NO_ROUND = ("No round yet: set one up and launch it on the **Round setup** page, or run "
-            "`semievol round WORKSPACE` in a terminal. Its pseudo-labels appear here.")
+NO_ROUND = ("No round yet: set one up and launch it on the **Round setup** page. Its "
+            "pseudo-labels appear here.")
 PAGE_KEY = "review_page"
 ITEM_KEY = "review_item"
 
@@ -332,8 +332,8 @@ def show_review(ws: Workspace) -> None:
                             key="review_round", on_change=_first_page)  # newest first
     rnd = rounds[round_id]
     if not rnd["pseudo_labels"]:
-        st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step (the "
-                "**Round setup** page, or `semievol label WORKSPACE`), then come back.")
+        st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step on "
+                "the **Round setup** page, then come back.")
         return
     if rnd["status"] in ("training", "trained", "done"):
         st.info(f"Round {rnd['number']} has started training: it trains on the rows frozen "

@@ -17,6 +17,7 @@ from common import literal, show_error
 
 from semievol.errors import SemiEvolError
 from semievol.runs import jobs, launch
+from semievol.runs.progress import run_clock
 from semievol.workspace.store import Workspace
 
 POLL_SECONDS = 2
@@ -51,10 +52,11 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
     rows = [{"id": r["id"], "status": r["status"],
              "kind": r["kind"], "round": r["round_number"],
              "progress": round(100 * (r["progress"] or 0.0), 1), "message": r["message"] or "",
+             "time": run_clock(r),
              "started": clock(r["started_at"]), "finished": clock(r["finished_at"])}
             for r in runs]
     return pd.DataFrame(rows, columns=["id", "status", "kind", "round", "progress", "message",
-                                       "started", "finished"])
+                                       "time", "started", "finished"])
 
 
 def run_label(run: dict) -> str:
@@ -136,7 +138,8 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
         return
     st.subheader(run_label(run))
     progress = min(max(run["progress"] or 0.0, 0.0), 1.0)
-    st.progress(progress, text=f"{100 * progress:.0f}% · {run['message'] or run['status']}")
+    st.progress(progress, text=f"{100 * progress:.0f}% · {run['message'] or run['status']} · "
+                               f"{run_clock(run)}")
     age = heartbeat_age(run)
     facts = [f"started {clock(run['started_at'])}"]
     if run["status"] == "running":

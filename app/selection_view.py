@@ -109,7 +109,7 @@ def choose_round(ws: Workspace) -> dict | None:
     rnd = by_id[chosen]
     if not rnd["pseudo_labels"] + rnd["calibration_labels"]:
         st.info(f"Round {rnd['number']} has no pseudo-labels yet: run its label step "
-                "(`semievol label WORKSPACE`), then come back to choose the threshold.")
+                "on the **Round setup** page, then come back to choose the threshold.")
         return None
     return rnd
 
@@ -191,7 +191,7 @@ def show_leakage(preview: view.Preview) -> None:
     flags = preview.leakage
     if not flags:
         st.caption("No pseudo-labeled item is flagged as a near-duplicate of a test item (the "
-                   "guard runs in the select step: `semievol select WORKSPACE`).")
+                   "guard runs in the round's select step).")
         return
     st.markdown(f"**{len(flags)} item(s) nearly duplicate a test item** and are left out of "
                 "training unless a reviewer accepts them.")

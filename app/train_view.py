@@ -12,6 +12,7 @@ import streamlit as st
 from common import launch_with_feedback, literal, show_round_state, show_train_action
 
 from semievol.runs import jobs
+from semievol.runs.progress import run_clock
 from semievol.views.train import VARIANT_NAMES, TrainPage, train_page
 from semievol.workspace.store import Workspace
 
@@ -96,7 +97,8 @@ def show_live(ws: Workspace, run: dict) -> None:
             st.rerun()
         progress = min(max(current["progress"] or 0.0, 0.0), 1.0)
         st.progress(progress, text=f"Run {current['id']} ({current['kind']}): "
-                                   f"{100 * progress:.0f}% · {current['message'] or ''}")
+                                   f"{100 * progress:.0f}% · {current['message'] or ''} · "
+                                   f"{run_clock(current)}")
         show_loss(ws, current)
 
     st.fragment(body, run_every=POLL_SECONDS)()

@@ -26,7 +26,7 @@ from semievol.views import workspace as browse
 from semievol.views.status import length_line, length_report, workspace_status
 from semievol.views.workflow import next_steps
 from semievol.workspace.imports import (IMPORT_SPLITS, ColumnMapping, ImportReport, guess_mapping,
-                                        import_file)
+                                        guess_split, import_file)
 from semievol.workspace.readers import FILE_TYPES, read_sample
 from semievol.workspace.store import SPLITS, Workspace
 
@@ -56,9 +56,14 @@ def question_lengths(ws: Workspace) -> pd.DataFrame:
 
 def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
                   page_size: int = browse.PREVIEW_PAGE_SIZE) -> pd.DataFrame:
-    """One page (1-based) of a split's items, in import order, with their neighbour count."""
-    return pd.DataFrame(browse.preview_rows(ws, split, page, search=search, page_size=page_size),
-                        columns=["id", "question", "answer", "options", "neighbours"])
+    """One page (1-based) of a split's items, in import order, with their neighbour count;
+    a missing answer or options shows as "—" (a table would print a raw None)."""
+    frame = pd.DataFrame(browse.preview_rows(ws, split, page, search=search,
+                                             page_size=page_size),
+                         columns=["id", "question", "answer", "options", "neighbours"])
+    for column in ("id", "answer", "options"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "—")
+    return frame
 
 
 # -- changes ------------------------------------------------------------------------------
@@ -171,7 +176,7 @@ def show_overview(ws: Workspace) -> None:
         st.dataframe(pd.DataFrame(status["rounds"]), hide_index=True)
     st.caption(f"Decisions recorded: {status['decisions']} · runs: {status['runs']}")
     st.subheader("What to do next")
-    for step in next_steps(ws):
+    for step in next_steps(ws, state):  # the same action as the box above: one source
         st.markdown(f"- {step}")
     links = st.columns(4)
     for column, (page, label, icon) in zip(links, PAGE_LINKS):
@@ -179,7 +184,7 @@ def show_overview(ws: Workspace) -> None:
             st.page_link(page, label=label, icon=icon)
 
 
-def show_statistics(ws: Workspace) -> None:
+def show_statistics(ws: Workspace, state: dict | None = None) -> None:
     status = workspace_status(ws)
     show_split_metrics(status["splits"])
     if status["held_out"]:
@@ -234,9 +239,14 @@ def show_preview(ws: Workspace) -> None:
     st.dataframe(rows, hide_index=True)
 
 
+UPLOADS_KEY = "imports_done"
+
+
 def show_import(ws: Workspace) -> None:
+    # A new key after each import empties the uploader (no file left with a live Import).
     upload = st.file_uploader("Upload a labeled, unlabeled or test file",
-                              type=sorted(t.lstrip(".") for t in FILE_TYPES))
+                              type=sorted(t.lstrip(".") for t in FILE_TYPES),
+                              key=f"upload_{st.session_state.get(UPLOADS_KEY, 0)}")
     if upload is None:
         st.caption("CSV or TSV with a header, JSON Lines, or Parquet. Only the question column "
                    "is required; labeled and test files need an answer column.")
@@ -264,8 +274,12 @@ def show_import(ws: Workspace) -> None:
                  ("Answer column", "answer", guess.answer),
                  ("Options column", "options", guess.options),
                  ("Id column", "id", guess.id)))]
-    split = cols[4].selectbox("Split", IMPORT_SPLITS, key="import_split")
     mapping = mapping_from_choices(question, *picks)
+    guessed = guess_split(upload.name, mapping)
+    split = cols[4].selectbox("Split", IMPORT_SPLITS, index=IMPORT_SPLITS.index(guessed),
+                              key=f"import_split_{upload.file_id}_{mapping.answer}",
+                              help="Guessed from the columns (no answer column: unlabeled) "
+                                   "and the file's name (test, unlabeled); check it.")
 
     task = None
     if ws.task is None:
@@ -296,6 +310,7 @@ def show_import(ws: Workspace) -> None:
         show_validation_report(error)
         return
     discard_upload(path)
+    st.session_state[UPLOADS_KEY] = st.session_state.get(UPLOADS_KEY, 0) + 1
     flash(f"Imported {report.rows} {split} item(s) from {upload.name}."
           + "".join(f"\n\n{literal(note)}" for note in report.notes))
     st.rerun()

@@ -40,11 +40,16 @@ class SemiEvolError(Exception):
     `problems` carries every individual finding (for example one per bad row of an import),
     so callers can show all of them rather than only the first. Both are redacted (`redact`):
     an error quoting a server's reply never carries a key.
+
+    `app` is the same message in the app's words where the remedy differs (a page and a
+    button, not a command and a flag); the app shows it, the CLI shows `message`.
     """
 
-    def __init__(self, message: str, problems: list[str] | None = None):
+    def __init__(self, message: str, problems: list[str] | None = None, *,
+                 app: str | None = None):
         super().__init__(redact(message))
         self.problems = [redact(p) for p in problems or []]
+        self.app = None if app is None else redact(app)
 
     def __str__(self) -> str:
         text = super().__str__()

@@ -128,6 +128,10 @@ def test_workspace_page_shows_metrics_and_paginated_preview(ws_path, monkeypatch
     assert set(lengths["split"]) == {"labeled", "unlabeled", "test"}
     preview = next(f for f in frames if "question" in f.columns)
     assert list(preview["id"]) == [f"L{i}" for i in range(6)]
+    assert set(preview["options"]) == {"—"}  # no options column: a dash, never "None"
+    at.selectbox(key="preview_split").set_value("unlabeled").run()
+    preview = next(d.value for d in at.dataframe if "question" in d.value.columns)
+    assert set(preview["answer"]) == {"—"}
     at.selectbox(key="preview_split").set_value("test").run()
     preview = next(d.value for d in at.dataframe if "question" in d.value.columns)
     assert list(preview["answer"]) == ["billing", "outage", "equipment"]
@@ -325,3 +329,18 @@ def test_next_steps_follow_the_workspace(ws_path):
         assert "start round 2" in next_steps(ws)[0]
 
 
+
+
+def test_the_split_is_guessed_from_the_columns_and_the_file_name(ws_path, tmp_path):
+    from semievol.workspace.imports import ColumnMapping, guess_split
+
+    with_answer = ColumnMapping(question="text", answer="label")
+    assert guess_split("unlabeled.csv", ColumnMapping(question="text")) == "unlabeled"
+    assert guess_split("fpb_test.csv", with_answer) == "test"
+    assert guess_split("pool-2024.jsonl", with_answer) == "unlabeled"
+    assert guess_split("train.csv", with_answer) == "labeled"
+    assert guess_split("latest.csv", with_answer) == "labeled"  # "test" inside a word: no
+    pool = write_csv(tmp_path / "unlabeled.csv", ["id", "text"], [("U9", "a new bill")])
+    at = import_form_app(ws_path, pool).run()
+    split = next(s for s in at.selectbox if s.label == "Split")
+    assert split.value == "unlabeled"  # the walk's unlabeled.csv defaulted to "labeled"

@@ -68,7 +68,7 @@ imported inside functions."""
 APP_ACTIONS = {
     "semievol.workspace.store": {"Workspace", "SPLITS"},
     "semievol.workspace.imports": {"IMPORT_SPLITS", "ColumnMapping", "ImportReport",
-                                   "guess_mapping", "import_file"},
+                                   "guess_mapping", "guess_split", "import_file"},
     "semievol.workspace.readers": {"FILE_TYPES", "read_sample"},
     "semievol.method.retrieval": {"SentenceTransformerEmbedder", "index_workspace"},
     "semievol.curation.decisions": {"ACTIONS", "label_reading", "record_decisions",

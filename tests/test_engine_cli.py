@@ -104,7 +104,8 @@ def warmed(tmp_path_factory, tiny_model_dir) -> Path:
                       "--max-steps", 2, "--min-steps", 0, "--batch-size", 4,
                       "--calibration", 0.25, "--unlabeled-limit", UNLABELED_LIMIT,
                       "--collaborators", COLLABORATORS)
-    assert result.stdout.startswith("warmup: ")
+    assert result.stdout.startswith("warmup: trained on ")  # one line in words, not a dict
+    assert "{" not in result.stdout.splitlines()[0]
     return ws_path
 
 
@@ -115,7 +116,9 @@ def first_label(warmed) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def selected(first_label, warmed) -> Path:
-    assert semievol("select", warmed).stdout.startswith("select: ")
+    out = semievol("select", warmed).stdout
+    assert out.startswith("select: ") and "pseudo-label(s) selected" in out.splitlines()[0]
+    assert "{" not in out.splitlines()[0]
     return warmed
 
 
@@ -283,7 +286,8 @@ def test_killed_training_resumes_from_its_checkpoint(resumed, selected):
     assert summary["resumed_from"] == step > 0
     assert summary["steps"] == step + 3 and len(summary["losses"]) == step + 3
     assert (final / "adapter_config.json").exists() and not (final / "checkpoint").exists()
-    assert f"\"resumed_from\": {step}" in resumed["foreground"].stdout
+    line = next(x for x in resumed["foreground"].stdout.splitlines() if x.startswith("train: "))
+    assert f"resumed from step {step}" in line and "{" not in line  # one line, in words
 
     after = resumed["runs_after_resume"]
     assert " failed " in after[run_id]

@@ -34,6 +34,7 @@ def test_a_new_round_is_estimated_step_by_step(filled_workspace, tiny_model_dir)
     assert found["steps"]["select"] == 0
     assert found["total"] == pytest.approx(sum(found["steps"].values()))
     assert "matmul peak" in found["line"] and "inference tokens/s" in found["line"]
+    assert found["line"].startswith("a rough guess until a step has run on this machine")
 
 
 def test_more_epochs_and_more_collaborators_cost_more(filled_workspace, tiny_model_dir):
@@ -92,7 +93,88 @@ def test_progress_is_weighted_by_the_estimate(workspace):
     progress, message = workspace.query("SELECT progress, message FROM runs WHERE id=?",
                                         (run_id,))[0]
     assert progress == pytest.approx(0.55)  # 10 + half of 90, of 100
-    assert message.startswith("step 2/2 label: scoring (") and "left)" in message
+    assert message == "step 2/2 label: scoring"
+    left = workspace.scalar("SELECT left_seconds FROM runs WHERE id=?", (run_id,))
+    # Half of label's 90 s, scaled by how the run went so far: 55 s of work done in no time
+    # is as fast as the scale allows (a quarter of the estimate).
+    assert left == pytest.approx(45.0 * 0.25, abs=0.5)
+
+
+def test_progress_never_goes_back_and_a_step_the_estimate_lacks_weighs_nothing(workspace):
+    from semievol.runs.jobs import register_run
+    from semievol.runs.progress import RunHandle
+
+    rid = add_round(workspace)
+    run_id = register_run(workspace, "round", round_id=rid)
+    handle = RunHandle(workspace, run_id, rid,
+                       estimate={"steps": {"warmup": 10.0, "label": 90.0}, "total": 100.0})
+    shown = []
+
+    def read():
+        shown.append(workspace.scalar("SELECT progress FROM runs WHERE id=?", (run_id,)))
+
+    handle.begin_step(0, 3, "warmup")
+    handle.progress(1, 1, "trained")
+    read()
+    handle.begin_step(1, 3, "label")
+    for done in (10, 60, 100):
+        handle.progress(done, 100, f"item {done}")
+        read()
+    # A step the estimate has no figure for: before, the formula switched to step counting
+    # (2/3 + a bit = 67 %, after 100 %); now it weighs nothing and the bar holds.
+    handle.begin_step(2, 3, "select")
+    handle.progress(1, 2, "half")
+    read()
+    handle.progress(0, 2, "again")  # a step that restarts its own count
+    read()
+    assert shown == sorted(shown) and shown[-1] == pytest.approx(1.0)
+
+
+def test_a_remaining_time_that_grows_says_why(workspace, monkeypatch):
+    from semievol.runs import progress as progress_module
+    from semievol.runs.jobs import register_run
+    from semievol.runs.progress import RunHandle
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    rid = add_round(workspace)
+    run_id = register_run(workspace, "round", round_id=rid)
+    handle = RunHandle(workspace, run_id, rid,
+                       estimate={"steps": {"label": 100.0}, "total": 100.0})
+    handle.begin_step(0, 1, "label")
+    clock[0] += 40
+    handle.progress(50, 100, "on time")  # 40 s for half of 100: a little fast
+    message = workspace.scalar("SELECT message FROM runs WHERE id=?", (run_id,))
+    assert "estimate raised" not in message
+    clock[0] += 200
+    handle.progress(55, 100, "slow")  # 240 s for 55 %: the time left jumps up
+    message = workspace.scalar("SELECT message FROM runs WHERE id=?", (run_id,))
+    assert message.endswith("· estimate raised: label runs slower than estimated")
+
+
+def test_run_clock_counts_on_the_readers_clock():
+    from semievol.runs.progress import run_clock
+
+    running = {"status": "running", "started_at": 100.0, "left_seconds": 90.0,
+               "progress_at": 130.0, "request": {"estimate": {"rough": False}}}
+    # 30 s after the last write: elapsed runs on (a model load writes nothing) and the time
+    # left counts down.
+    assert run_clock(running, at=160.0) == "1:00 elapsed, about 1:00 left"
+    assert run_clock(dict(running, request={"estimate": {"rough": True}}), at=160.0) == (
+        "1:00 elapsed, about 1:00 left (rough: no step measured on this machine yet)")
+    assert run_clock(running, at=400.0) == "5:00 elapsed, taking longer than estimated"
+    cancelled = dict(running, status="cancelled", finished_at=250.0)
+    assert run_clock(cancelled, at=900.0) == "cancelled after 2:30"  # no time left shown
+    assert run_clock(dict(cancelled, status="succeeded"), at=900.0) == "took 2:30"
+
+
+def test_a_reused_warm_up_costs_nothing_in_round_two(filled_workspace, tiny_model_dir):
+    from semievol.rounds.record import Round
+    from semievol.runs.work import step_work
+
+    second = Round(None, 2, "open", _config(tiny_model_dir), None, None)
+    assert step_work(filled_workspace, second, "warmup", ["warmup", "label"]) == (
+        "training", 0, 0)
 
 
 def test_remaining_time_follows_how_the_run_goes():

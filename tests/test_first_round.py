@@ -156,3 +156,42 @@ def test_the_dataset_export_keeps_the_users_column_names(few_negatives, tmp_path
     held = ws.scalar("SELECT COUNT(*) FROM items WHERE split='calibration'")
     assert [r["source"] for r in table].count("calibration") == held == written["calibration"]
     assert all(r["label"] for r in table)  # the calibration rows carry their gold labels
+
+
+def test_app_errors_name_pages_not_commands(few_negatives, tmp_path):
+    """What the app shows of an error (SemiEvolError.app) names a page or a box; the CLI's
+    message keeps its command and flag."""
+    from semievol.curation.decisions import record_decisions
+    from semievol.rounds.record import get_round
+    from semievol.workspace.store import Workspace
+
+    caught = []
+    for attempt in (lambda: launch.register(few_negatives, "round", config=RoundConfig()),
+                    lambda: get_round(few_negatives),
+                    lambda: record_decisions(few_negatives, [1], "accept", reviewer=" "),
+                    lambda: Workspace(tmp_path / "fresh", create=True).require_task()):
+        with pytest.raises(SemiEvolError) as error:
+            attempt()
+        caught.append(error.value)
+    assert "--confirm" in str(caught[0])  # the CLI's wording
+    for exc in caught:
+        assert exc.app and "semievol " not in exc.app and " --" not in exc.app, exc.app
+    assert "confirmation box on Round setup" in caught[0].app
+
+
+def test_the_status_reads_training_as_soon_as_its_run_starts(workspace):
+    from conftest import add_round
+
+    from semievol.views.workflow import state_of
+
+    rid = add_round(workspace)
+    workspace.conn.execute("UPDATE rounds SET status='awaiting_review' WHERE id=?", (rid,))
+    from semievol.rounds.record import get_round
+
+    rnd = get_round(workspace, 1)
+    assert state_of(workspace.path, rnd, [], None)["status_name"] == "awaiting review"
+    training = {"id": 9, "kind": "train", "round_id": rid}
+    state = state_of(workspace.path, rnd, [training], None)
+    assert state["status_name"] == "training" and state["page"] == "runs"
+    labeling = {"id": 8, "kind": "label", "round_id": rid}
+    assert state_of(workspace.path, rnd, [labeling], None)["status_name"] == "awaiting review"

@@ -85,7 +85,7 @@ def test_a_background_select_gets_only_its_run_id_and_runs_what_the_row_says(fil
     assert (row["kind"], row["round_id"]) == ("select", rnd.id)
     assert row["config"] == to_dict(with_budget(config))  # the budget resolved
     estimate = row["request"].pop("estimate")
-    assert estimate["line"].startswith("about ")  # the time estimate travels with the run
+    assert "about " in estimate["line"]  # the time estimate travels with the run
     assert row["request"] == {"steps": ["select"], "round": 1, "force": False, "confirm": None,
                               "selection": to_dict(SelectionConfig(policy="absolute",
                                                                    threshold=0.45))}

@@ -25,6 +25,7 @@ from semievol.rounds.guards import training_warnings
 from semievol.rounds.record import base_config, get_round, latest_round
 from semievol.runs import jobs, launch
 from semievol.runs.jobs import cancel_run, list_runs
+from semievol.runs.progress import run_clock
 from semievol.saved_config import overridden, to_dict
 from semievol.views.sampled import sampled_percent
 from semievol.views.workflow import round_state
@@ -177,6 +178,47 @@ def _print_share(name: str, r: dict) -> None:
                                                      need="needs at least"))
 
 
+def _trained(result: dict) -> str:
+    loss = result.get("final_loss")
+    return (f"{result.get('steps', '?')} step(s)"
+            + (f", resumed from step {result['resumed_from']}" if result.get("resumed_from")
+               else "")
+            + (f", final loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+            + (f", {result['seconds']:.0f} s" if result.get("seconds") is not None else ""))
+
+
+def _summary_line(step: str, result: dict) -> str:
+    """One line in words for a step's result (the full result is in the run's row)."""
+    if result.get("skipped"):
+        return f"already done, kept {result['adapter']}"
+    if step == "warmup" and "from_round" in result:
+        return (f"starts from round {result['from_round']}'s {result['from']} adapter "
+                f"({result['reason']})")
+    if step == "warmup":
+        return (f"trained on {result['examples']} labeled example(s), "
+                f"{result.get('calibration_items', 0)} held out for calibration; "
+                + _trained(result))
+    if step == "select":
+        human = result.get("human") or {}
+        calibration = result.get("calibration") or {}
+        selected = calibration.get("selected") or {}
+        return (f"{result['selected']} of {result['pool']} pseudo-label(s) selected "
+                f"(threshold {result['threshold']}); reviewer decisions: "
+                f"{human.get('accepted', 0)} accepted, {human.get('rejected', 0)} rejected, "
+                f"{human.get('relabeled', 0)} relabeled; {result.get('flagged_leakage', 0)} "
+                "flagged as near-duplicates of test items; calibration precision of the "
+                "selection " + sampled_percent(selected.get("precision"), selected.get("n"),
+                                               selected.get("interval"),
+                                               need="needs at least"))
+    if step == "train":
+        counts = result.get("examples") or {}
+        total = sum(counts.values()) if isinstance(counts, dict) else counts
+        return (f"trained on {total} example(s) ({counts.get('gold', 0)} labeled, "
+                f"{counts.get('human', 0)} labeled by a reviewer, {counts.get('pseudo', 0)} "
+                f"pseudo-labels); " + _trained(result))
+    return ", ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+
+
 def _report(step: str, result: dict) -> None:
     if step == "label":
         for line in result.get("servers", []):
@@ -198,7 +240,7 @@ def _report(step: str, result: dict) -> None:
         if "regression" in result:
             print(f"WARNING: {result['regression']['message']}")
     else:
-        print(f"{step}: " + json.dumps(result, default=str))
+        print(f"{step}: {_summary_line(step, result)}")
     if result.get("note"):
         print(f"NOTE: {result['note']}")
     if isinstance(result.get("prompts"), dict):
@@ -232,7 +274,7 @@ def cmd_runs(args) -> int:
         number = r["round_number"] or "-"
         line = (f"{r['id']:>4}  {r['kind']:<9} round {number:<3} "
                 f"{r['status']:<10} {100 * (r['progress'] or 0):5.1f}%  pid {r['pid'] or '-':<7} "
-                f"{started}  {r['message'] or ''}")
+                f"{started}  {r['message'] or ''}  ({run_clock(r)})")
         print(line)
         if r["status"] == "failed" and r["error"]:
             print(f"      error: {r['error'].splitlines()[0]}")

@@ -67,8 +67,8 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
     if action not in ACTIONS:
         raise SemiEvolError(f"action must be one of {', '.join(ACTIONS)}; got {action!r}.")
     if not reviewer or not reviewer.strip():
-        raise SemiEvolError("A decision needs a reviewer name (set it in the sidebar or with "
-                            "--reviewer).")
+        raise SemiEvolError("A decision needs a reviewer name (--reviewer).",
+                            app="A decision needs a reviewer name: type yours in the sidebar.")
     reviewer = checked_text("reviewer name", reviewer, MAX_REVIEWER)
     note = checked_text("note", note, MAX_NOTE, lines=True) or None if note else None
     if label is not None:

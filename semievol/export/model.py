@@ -22,7 +22,9 @@ def _final_adapter(ws: Workspace, round_number: int) -> Path:
     rnd = get_round(ws, round_number)
     if not rnd.final_adapter:
         raise SemiEvolError(f"Round {round_number} has no trained adapter to export; run "
-                            "`semievol train WORKSPACE` first.")
+                            "`semievol train WORKSPACE` first.",
+                            app=f"Round {round_number} has no trained adapter to export: train "
+                                "it on the Train and evaluate page first.")
     return require_adapter(rnd.final_adapter)
 
 

@@ -207,7 +207,9 @@ def item_embeddings(ws: Workspace, embedder: Embedder, item_ids: list[int]) -> n
     missing = [i for i in item_ids if str(i) not in found]
     if missing:
         raise SemiEvolError(f"{len(missing)} item(s) are not embedded yet; run "
-                            "`semievol index WORKSPACE` first.")
+                            "`semievol index WORKSPACE` first.",
+                            app=f"{len(missing)} item(s) are not embedded yet: press \"Index / "
+                                "retrieve neighbours\" on the Workspace page first.")
     return np.asarray([found[str(i)] for i in item_ids], dtype=np.float32)
 
 

@@ -213,9 +213,11 @@ def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> l
     if not confirm:
         raise SemiEvolError(
             f"The workspace's evidence warns against training round {rnd.number} now; "
-            "read the warnings, then confirm to train anyway (`--confirm` on the command "
-            "line, the confirmation box in the app), or change the selection.",
-            [w["message"] for w in warnings])
+            "read the warnings, then confirm to train anyway (`--confirm`), or change the "
+            "selection.", [w["message"] for w in warnings],
+            app=f"The workspace's evidence warns against training round {rnd.number} now: "
+                "read the warnings, then tick the confirmation box to train anyway, or change "
+                "the selection on the Selection page.")
     seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
     fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
     record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
@@ -234,8 +236,11 @@ def check_label_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list
     if not confirm:
         raise SemiEvolError(
             "Some classes have too few labeled examples to be learnt: add labels to them "
-            "(import more), or confirm to start the round anyway (`--confirm` on the command "
-            "line, the confirmation box on Round setup).", [w["message"] for w in warnings])
+            "(import more), or confirm to start the round anyway (`--confirm`).",
+            [w["message"] for w in warnings],
+            app="Some classes have too few labeled examples to be learnt: add labels to them "
+                "(import more on the Workspace page), or tick the confirmation box on Round "
+                "setup to start the round anyway.")
     seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
     record_confirmation(ws, rnd.id, [w for w in warnings if (w["kind"], w["message"])
                                      not in seen], reviewer=confirm)

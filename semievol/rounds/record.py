@@ -59,8 +59,10 @@ def get_round(ws: Workspace, number: int | None = None) -> Round:
     sql = "SELECT * FROM rounds " + ("WHERE number=?" if number else "ORDER BY number DESC LIMIT 1")
     rows = ws.query(sql, (number,) if number else ())
     if not rows:
-        raise SemiEvolError("No round yet: start one with `semievol round WORKSPACE`."
-                            if number is None else f"There is no round {number}.")
+        if number is None:
+            raise SemiEvolError("No round yet: start one with `semievol round WORKSPACE`.",
+                                app="No round yet: launch one on the Round setup page.")
+        raise SemiEvolError(f"There is no round {number}.")
     return _round_from_row(ws, rows[0])
 
 

@@ -61,6 +61,7 @@ def speeds(ws, model_config) -> dict:
                 out[kind] = value
                 out[f"{kind}_source"] = f"from this machine's matmul peak ({peak / 1e9:.0f} " \
                                         "GFLOP/s)"
+                out["rough"] = True  # a guess until a real step has run here
     return out
 
 
@@ -82,7 +83,8 @@ def line(estimate: dict) -> str:
     training tokens/s (measured in this workspace)"."""
     parts = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in estimate["steps"].items())
     speed = estimate["speeds"]
-    return (f"about {_minutes(estimate['total'])} here ({parts} min) at "
+    rough = "a rough guess until a step has run on this machine: " if speed.get("rough") else ""
+    return (f"{rough}about {_minutes(estimate['total'])} here ({parts} min) at "
             f"{speed['inference']:,.0f} inference tokens/s ({speed['inference_source']}) and "
             f"{speed['training']:,.0f} training tokens/s ({speed['training_source']})")
 

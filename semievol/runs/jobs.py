@@ -192,7 +192,9 @@ def refuse_if_busy(ws: Workspace, kind: str, round_id: int | None) -> None:
     raise RunRefused(
         f"Run {holder['id']} ({holder['kind']}, pid {holder['pid']}) is already writing "
         f"{where}; wait for it to finish (`semievol runs {ws.path}`) or cancel it with "
-        f"`semievol cancel {ws.path} {holder['id']}`, then start this {kind} again.")
+        f"`semievol cancel {ws.path} {holder['id']}`, then start this {kind} again.",
+        app=f"Run {holder['id']} ({holder['kind']}) is already writing {where}: wait for it "
+            f"to finish, or cancel it on the Runs page, then start this {kind} again.")
 
 
 def _raise_cancelled(signum, frame):
@@ -383,6 +385,7 @@ def set_estimate(ws: Workspace, run_id: int, estimate: dict) -> None:
     """Store a run's time estimate (semievol.runs.estimate) in its request, for its progress."""
     row = ws.query("SELECT request FROM runs WHERE id=?", (run_id,))[0]
     request = json.loads(row["request"]) if row["request"] else {}
+    rough = bool((estimate.get("speeds") or {}).get("rough"))
     request["estimate"] = {"steps": estimate["steps"], "total": estimate["total"],
-                           "line": estimate.get("line", "")}
+                           "line": estimate.get("line", ""), "rough": rough}
     ws.conn.execute("UPDATE runs SET request=? WHERE id=?", (_dumps(request), run_id))

@@ -4,8 +4,14 @@ elapsed and remaining time, training losses (semievol.runs.jobs executes runs wi
 A run of several steps (a whole round) reports one fraction over all of them. With the
 run's time estimate (semievol.runs.estimate) each step weighs what it is expected to take, so a
 three-minute selection does not count as much as a forty-minute labeling; without one,
-every step weighs the same. The message says "step k/n <name>: ... (elapsed, about N
-left)" so a reader sees where it is and how long it should still take.
+every step weighs the same. The fraction only goes forward: one formula for the whole run
+(a step the estimate does not know weighs nothing rather than switching formulas, which once
+took a round from 80 % back to 56 %), and never below what was already shown.
+
+The message says "step k/n <name>: ..." and the row keeps the seconds left as of that
+write (`left_seconds`, `progress_at`): `run_clock` turns them into "2:31 elapsed, about 1:05
+left" on the reader's clock, so elapsed time runs on while a model loads and a finished or
+cancelled run shows no time left. A remaining time that grows says why in the message.
 """
 
 from __future__ import annotations
@@ -70,6 +76,33 @@ def remaining(estimate: dict, done_steps: list[str], current: str | None, fracti
     return max(0.0, left * min(max(scale, 0.25), 4.0))
 
 
+REVISE_UP = 1.2
+"""A new remaining time above this many times the old one (counted down) is said aloud."""
+
+
+def run_clock(run: dict, at: float | None = None) -> str:
+    """A run's time in words on the reader's clock: "2:31 elapsed, about 1:05 left" while
+    it runs (the remaining time counted down since its last progress write; "rough" while
+    the estimate rests on the matmul peak alone), "took 6:40" or "cancelled after 2:31"
+    once it ended."""
+    at = now() if at is None else at
+    if run["status"] != "running":
+        end = run.get("finished_at") or at
+        took = _duration(max(0.0, end - run["started_at"]))
+        return {"succeeded": f"took {took}", "cancelled": f"cancelled after {took}",
+                "failed": f"failed after {took}"}.get(run["status"], took)
+    text = f"{_duration(max(0.0, at - run['started_at']))} elapsed"
+    left = run.get("left_seconds")
+    if left is None:
+        return text
+    left -= max(0.0, at - (run.get("progress_at") or at))
+    if left <= 0:
+        return text + ", taking longer than estimated"
+    estimate = (run.get("request") or {}).get("estimate") or {}
+    rough = " (rough: no step measured on this machine yet)" if estimate.get("rough") else ""
+    return text + f", about {_duration(left)} left{rough}"
+
+
 class RunHandle:
     def __init__(self, ws: Workspace, run_id: int, round_id: int | None, *,
                  estimate: dict | None = None):
@@ -84,6 +117,8 @@ class RunHandle:
         self._done: list[str] = []
         self._log: Path | None = None
         self._last_logged = 0.0
+        self._shown = 0.0  # the highest fraction written: progress never goes back
+        self._left: tuple[float, float] | None = None  # (when, seconds left) last written
 
     def keep_log(self) -> None:
         """Write a plain log of this run to WORKSPACE/runs/<id>.log (a foreground run; a
@@ -110,9 +145,9 @@ class RunHandle:
         index, count, name = self._step
         weights = (self.estimate or {}).get("steps") or {}
         total = sum(weights.values())
-        if total > 0 and name in weights:
+        if total > 0:  # one formula for the whole run: an unknown step weighs nothing
             done = sum(weights.get(s, 0.0) for s in self._done)
-            return min(1.0, (done + fraction * weights[name]) / total)
+            return min(1.0, (done + fraction * weights.get(name, 0.0)) / total)
         return (index + fraction) / count
 
     def times(self, fraction: float) -> tuple[float, float | None]:
@@ -130,20 +165,34 @@ class RunHandle:
             return
         self._last_write, self._last_message = t, message
         fraction = min(max(done / total, 0.0), 1.0) if total > 0 else 0.0
-        overall = fraction
+        overall, left, elapsed = fraction, None, None
         if self._step is not None:
             index, count, name = self._step
             overall = self._overall(fraction)
             message = f"step {index + 1}/{count} {name}: {message}" if count > 1 \
                 else f"{name}: {message}"
             elapsed, left = self.times(fraction)
-            message += f" ({_duration(elapsed)} elapsed" + (
-                f", about {_duration(left)} left)" if left is not None else ")")
-        self.ws.conn.execute("UPDATE runs SET progress=?, message=? WHERE id=?",
-                             (overall, message, self.id))
+            if left is not None:
+                message += self._revised(t, left, name)
+        overall = self._shown = max(self._shown, overall)
+        self.ws.conn.execute("UPDATE runs SET progress=?, message=?, left_seconds=?, "
+                             "progress_at=? WHERE id=?", (overall, message, left, now(), self.id))
         if done >= total or t - self._last_logged >= 5:
             self._last_logged = t
-            self.log(f"[{100 * overall:5.1f}%] {message}")
+            clock_text = "" if elapsed is None else f" ({_duration(elapsed)} elapsed" + (
+                f", about {_duration(left)} left)" if left is not None else ")")
+            self.log(f"[{100 * overall:5.1f}%] {message}{clock_text}")
+
+    def _revised(self, t: float, left: float, step: str) -> str:
+        """" · estimate raised: <step> runs slower than estimated" when the time left grew
+        past what the last write, counted down, promised; "" otherwise."""
+        before, self._left = self._left, (t, left)
+        if before is None:
+            return ""
+        promised = max(0.0, before[1] - (t - before[0]))
+        if left > promised * REVISE_UP + 10:
+            return f" · estimate raised: {step} runs slower than estimated"
+        return ""
 
     def metric(self, name: str, step: int | None, value: float) -> None:
         self.ws.conn.execute(

@@ -27,7 +27,10 @@ def _builder(ws: Workspace, rnd):
 def step_work(ws: Workspace, rnd, step: str, steps: list[str]) -> tuple[str, int, int]:
     """(inference or training, tokens, models to load) of `step` of round `rnd`."""
     if step == "warmup":
-        return "training", _warmup_tokens(ws, rnd), 1
+        # A reused warm-up (round N > 1 starts from an earlier adapter, or round 1's was
+        # trained already) loads no model either: the step only records which adapter.
+        tokens = _warmup_tokens(ws, rnd)
+        return "training", tokens, 1 if tokens else 0
     if step == "label":
         return "inference", _label_tokens(ws, rnd), 2
     if step == "train":

@@ -12,7 +12,7 @@ from semievol.rounds.record import FINISHED, Round, base_config, latest_round
 from semievol.rounds.scores import regression
 from semievol.rounds.steps import STEPS
 from semievol.runs import jobs
-from semievol.views.workflow import state_of, step_states
+from semievol.views.workflow import data_step, state_of, step_states
 from semievol.workspace.store import Workspace
 
 
@@ -47,6 +47,7 @@ def setup_page(ws: Workspace) -> SetupPage:
     running = jobs.running_runs(ws)
     check = regression(ws, rnd) if rnd is not None and rnd.status == "done" else None
     first_warmup = rnd is None or (rnd.number == 1 and not rnd.warmup_adapter)
-    return SetupPage(rnd, state_of(ws.path, rnd, running, check), base_config(ws), running,
+    data = data_step(ws) if rnd is None else None
+    return SetupPage(rnd, state_of(ws.path, rnd, running, check, data), base_config(ws), running,
                      step_states(ws, rnd) if rnd is not None else [],
                      label_warnings=label_warnings(ws) if first_warmup else [])

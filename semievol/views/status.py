@@ -11,7 +11,7 @@ from semievol.rounds.record import STATUS_NAMES, base_config
 from semievol.rounds.scores import adapter_scores, best_trained
 from semievol.saved_config import to_dict
 from semievol.task.formats import Example, build_messages, render_prompt
-from semievol.workspace.items import options_of
+from semievol.workspace.items import options_of, with_neighbours
 from semievol.workspace.store import SCHEMA_VERSION, Workspace
 
 
@@ -72,9 +72,7 @@ def workspace_status(ws: Workspace) -> dict:
         "splits": splits,
         "held_out": held_out_line(splits),
         "label_warnings": label_warnings(ws),
-        "unlabeled_with_neighbours": ws.scalar(
-            "SELECT COUNT(DISTINCT n.item_id) FROM neighbours n JOIN items i ON i.id = n.item_id "
-            "WHERE i.split = 'unlabeled'"),
+        "unlabeled_with_neighbours": with_neighbours(ws, "unlabeled"),
         "retrieval_k": ws.get_setting("retrieval_k"),
         "rounds": rounds,
         "decisions": ws.scalar("SELECT COUNT(*) FROM decisions"),

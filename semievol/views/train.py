@@ -19,7 +19,7 @@ from semievol.rounds.guards import collapse_message, confirmations, training_war
 from semievol.rounds.record import FINISHED, Round, latest_round
 from semievol.rounds.scores import adapter_scores, regression, start_adapter
 from semievol.runs import jobs
-from semievol.views.workflow import state_of
+from semievol.views.workflow import data_step, state_of
 from semievol.workspace.store import Workspace
 
 VARIANTS = ("base", "base+demos", "warmup", "round")
@@ -110,7 +110,7 @@ def train_page(ws: Workspace) -> TrainPage:
     rnd = latest_round(ws)
     running = jobs.running_runs(ws)
     if rnd is None:
-        return TrainPage(None, state_of(ws.path, None, running, None), running)
+        return TrainPage(None, state_of(ws.path, None, running, None, data_step(ws)), running)
     split = evaluation_split(ws)
     scores = adapter_scores(ws, split=split)
     check = regression(ws, rnd, scores=scores) if rnd.final_adapter else None

@@ -14,7 +14,7 @@ from semievol.method.pseudo_labels import path_counts
 from semievol.rounds.record import STATUS_NAMES, Round, budget_of, latest_round
 from semievol.rounds.scores import regression
 from semievol.runs import jobs
-from semievol.views.status import workspace_status
+from semievol.workspace.items import with_neighbours
 from semievol.workspace.store import Workspace
 
 PAGES = {"workspace": "pages/1_Workspace.py", "setup": "pages/2_Round_setup.py",
@@ -33,13 +33,32 @@ def round_state(ws: Workspace) -> dict:
     words), page (a key of PAGES), command (the CLI line that does it)}."""
     rnd = latest_round(ws)
     check = regression(ws, rnd) if rnd is not None and rnd.status == "done" else None
-    return state_of(ws.path, rnd, jobs.running_runs(ws), check)
+    return state_of(ws.path, rnd, jobs.running_runs(ws), check,
+                    data=data_step(ws) if rnd is None else None)
 
 
-def state_of(path, rnd: Round | None, running: list[dict], check: dict | None) -> dict:
+def data_step(ws: Workspace) -> tuple[str, str] | None:
+    """Before round 1, what the data still lacks, as (action, command), or None when it is
+    ready: a labeled file (it sets the task), unlabeled items, their neighbours."""
+    splits = ws.split_counts()
+    path = ws.path
+    if ws.task is None or not splits["labeled"]:
+        return ("Import a **labeled** file (it also sets the task) on the Workspace page.",
+                f"semievol import {path} FILE --split labeled")
+    if not splits["unlabeled"]:
+        return ("Import the **unlabeled** items you want pseudo-labeled on the Workspace page.",
+                f"semievol import {path} FILE --split unlabeled")
+    if with_neighbours(ws, "unlabeled") < splits["unlabeled"]:
+        return ("Run **Index / retrieve neighbours** on the Workspace page.",
+                f"semievol index {path}")
+    return None
+
+
+def state_of(path, rnd: Round | None, running: list[dict], check: dict | None,
+             data: tuple[str, str] | None = None) -> dict:
     """`round_state` from what a page has read already: the workspace folder, the latest
-    round, the running runs and the round's regression check (`rounds.scores.regression`;
-    used when the round is done)."""
+    round, the running runs, the round's regression check (`rounds.scores.regression`;
+    used when the round is done) and, before round 1, what the data lacks (`data_step`)."""
     writing = next((r for r in running if rnd is not None and r["round_id"] == rnd.id), None)
     if writing is None and running:
         writing = running[0]
@@ -50,10 +69,17 @@ def state_of(path, rnd: Round | None, running: list[dict], check: dict | None) -
              "running": writing, "regression": ""}
     if rnd is not None and rnd.status == "done" and check:
         state["regression"] = check["message"]
+    if writing is not None and writing["kind"] == "train" and rnd is not None and \
+            writing["round_id"] == rnd.id and rnd.status == "awaiting_review":
+        # Training from the moment its run starts (the step sets the round's own status
+        # once the model is loaded and the set frozen, seconds to minutes later).
+        state["status_name"] = STATUS_NAMES["training"]
     if writing is not None:
         return {**state, "action": f"Run {writing['id']} ({writing['kind']}) is working on "
                                    f"round {state['round']}: follow it on Runs.",
                 "page": "runs", "command": f"semievol runs {path}"}
+    if rnd is None and data is not None:
+        return {**state, "action": data[0], "page": "workspace", "command": data[1]}
     if rnd is None:
         return {**state, "action": "Set up and launch round 1: it warms up, labels the pool "
                                    "and selects, then waits for your review.",
@@ -85,21 +111,11 @@ def state_of(path, rnd: Round | None, running: list[dict], check: dict | None) -
             "best_round": best["round"] if best else None}
 
 
-def next_steps(ws: Workspace) -> list[str]:
-    """What the reviewer should do next, most urgent first: the data, then the round."""
-    status = workspace_status(ws)
-    splits = status["splits"]
-    steps = []
-    if status["task"] is None or not splits["labeled"]:
-        steps.append("Import a **labeled** file (it also sets the task) on the Workspace page.")
-    if not splits["unlabeled"]:
-        steps.append("Import the **unlabeled** items you want pseudo-labeled.")
-    if splits["labeled"] and splits["unlabeled"] and \
-            (status["unlabeled_with_neighbours"] or 0) < splits["unlabeled"]:
-        steps.append("Run **Index / retrieve neighbours** on the Workspace page.")
-    if not steps:  # the data comes first
-        steps.append(round_state(ws)["action"])
-    if not splits["test"]:
+def next_steps(ws: Workspace, state: dict | None = None) -> list[str]:
+    """What the reviewer should do next: `round_state`'s one action (the data first, then
+    the round), plus the optional test file while there is none."""
+    steps = [(state or round_state(ws))["action"]]
+    if not ws.split_counts()["test"]:
         steps.append("Optionally import a **test** file, to measure each round.")
     return steps
 

@@ -86,6 +86,26 @@ def guess_mapping(columns: list[str], sample: list[dict]) -> ColumnMapping:
                          id=found["id"])
 
 
+SPLIT_WORDS = {"test": ("test", "eval", "evaluation", "holdout"),
+               "unlabeled": ("unlabeled", "unlabelled", "pool", "unannotated")}
+"""Words in a file's name that say its split (split on anything not a letter)."""
+
+
+def guess_split(file_name: str, mapping: ColumnMapping) -> str:
+    """The split a file most likely is: unlabeled without an answer column, else by a word
+    of its name (`fpb_test.csv`, `unlabeled.csv`), else labeled. A first guess the form
+    shows; the import itself always takes the split it is given."""
+    import re
+
+    if mapping.answer is None:
+        return "unlabeled"
+    words = set(re.split(r"[^a-z]+", Path(file_name).stem.lower()))
+    for split, names in SPLIT_WORDS.items():
+        if words & set(names):
+            return split
+    return "labeled"
+
+
 def parse_options(value) -> list[str] | None:
     """Options as a list of distinct non-empty strings, from a JSON list (text) or an
     actual list; None when it is anything else (a null or a number among them included)."""

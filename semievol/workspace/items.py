@@ -52,6 +52,12 @@ def split_ids(ws: Workspace, split: str) -> list[int]:
     return [r[0] for r in ws.query("SELECT id FROM items WHERE split=? ORDER BY id", (split,))]
 
 
+def with_neighbours(ws: Workspace, split: str = "unlabeled") -> int:
+    """How many items of `split` have retrieved neighbours (demonstrations) stored."""
+    return ws.scalar("SELECT COUNT(DISTINCT n.item_id) FROM neighbours n JOIN items i "
+                     "ON i.id = n.item_id WHERE i.split = ?", (split,)) or 0
+
+
 def item_row(ws: Workspace, item_id: int) -> dict | None:
     """One item as a plain dict (id, external_id, split, question, options (resolved),
     answer), or None."""

@@ -142,6 +142,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses ADD COLUMN cut_tokens INTEGER;
     ALTER TABLE responses ADD COLUMN demos_shown INTEGER;
     """,
+    # 6: a running run's time left as of its last progress write, so a page counts elapsed
+    # and remaining time on its own clock (a model load writes no progress for a while).
+    """
+    ALTER TABLE runs ADD COLUMN left_seconds REAL;
+    ALTER TABLE runs ADD COLUMN progress_at REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 INTEGRITY_SECONDS = 10.0
@@ -359,7 +365,9 @@ class Workspace:
         task = self.task
         if task is None:
             raise SemiEvolError("This workspace has no task yet: import a labeled file first "
-                                "(`semievol import WORKSPACE FILE --split labeled ...`).")
+                                "(`semievol import WORKSPACE FILE --split labeled ...`).",
+                                app="This workspace has no task yet: import a labeled file "
+                                    "on the Workspace page first.")
         return task
 
     # -- summaries --------------------------------------------------------------------
