@@ -8,7 +8,7 @@ from common import page_setup, show_round_state
 from workspace_view import show_overview
 
 ws = page_setup("SemiEvol Studio")
-show_round_state(ws, here="home")
+state = show_round_state(ws, here="home")
 st.markdown(
     "Adapt a small language model to your task from **a few labeled examples and many "
     "unlabeled ones** (SemiEvol, Luo et al. 2024). Each round fine-tunes a warm-up adapter on "
@@ -17,4 +17,4 @@ st.markdown(
     "on them. You review the pseudo-labels before anything is trained: every decision is "
     "saved to the workspace at once.")
 st.header("Workspace")
-show_overview(ws)
+show_overview(ws, state)

@@ -148,7 +148,7 @@ def show_label_warnings(warnings: list[dict]) -> None:
                    icon=":material/warning:")
 
 
-def show_overview(ws: Workspace) -> None:
+def show_overview(ws: Workspace, state: dict | None = None) -> None:
     """Home: the task, split counts, neighbour coverage, rounds, and what to do next."""
     status = workspace_status(ws)
     task = status["task"]
@@ -184,7 +184,7 @@ def show_overview(ws: Workspace) -> None:
             st.page_link(page, label=label, icon=icon)
 
 
-def show_statistics(ws: Workspace, state: dict | None = None) -> None:
+def show_statistics(ws: Workspace) -> None:
     status = workspace_status(ws)
     show_split_metrics(status["splits"])
     if status["held_out"]:
