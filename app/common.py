@@ -295,8 +295,9 @@ def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str) ->
     box = st.container(border=True)
     counts = action.counts
     box.markdown(f"**Round {action.number} is awaiting review.** Training now uses "
-                 f"{action.total} item(s): {counts['gold']} labeled, {counts['human']} "
-                 f"labeled by a reviewer, {counts['pseudo']} selected pseudo-labels.")
+                 f"{action.total} item(s) = {counts['gold']} labeled + {counts['pseudo']} "
+                 f"pseudo-labels (kept by the policy or accepted) + {counts['human']} "
+                 "relabeled by a reviewer, this round's and earlier rounds'.")
     for warning in action.warnings:
         box.warning(warning["message"], icon=":material/warning:")
     confirmed = not action.warnings or box.checkbox(

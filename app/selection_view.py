@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from common import flash, show_error
+from common import flash, show_error, user_errors
 from selection_charts import show_calibration, show_histograms
 
 from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
-from semievol.curation.selection_state import apply_selection
+from semievol.curation.selection_state import apply_selection, keep_for_next_rounds
 from semievol.errors import SemiEvolError
 from semievol.views import selection as view
 from semievol.views.sampled import MIN_SAMPLE, enough, sampled_percent
@@ -172,6 +172,12 @@ def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
     cols[2].metric("Threshold", _fmt(summary["threshold"]))
     cols[3].metric("Leakage excluded", summary["excluded_leakage"])
     human = summary["human"]
+    by_policy = summary["selected"] - human["accepted"] - human["relabeled"]
+    # One sentence that adds up: the walk read "Selected to train 179" beside "151 + 28".
+    st.markdown(f"**{summary['selected']}** of the pool's {summary['pool']} item(s) go to "
+                f"training = {by_policy} kept by the policy + {human['accepted']} accepted + "
+                f"{human['relabeled']} relabeled by a reviewer; {human['rejected']} rejected "
+                "by a reviewer.")
     cols = st.columns(3)
     cols[0].metric("Accepted by a reviewer", human["accepted"])
     cols[1].metric("Rejected by a reviewer", human["rejected"])
@@ -254,6 +260,32 @@ def show_apply(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
     st.rerun()
 
 
+def show_keep(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
+    """"Use these settings for the next rounds": the applied selection becomes the one new
+    rounds start from (a tuned threshold no longer falls back silently in round 2)."""
+    found = view.next_rounds(ws, rnd["id"])
+    applied, kept = found["applied"], found["kept"]
+    if kept is not None:
+        st.caption(f"New rounds start from {kept[0].describe()}, kept from round {kept[1]}.")
+    if applied is None:
+        return
+    if applied != config:
+        st.caption("The controls differ from the applied selection: apply them first to "
+                   "use them for the next rounds.")
+        return
+    if kept is not None and kept[0] == applied:
+        return
+    if st.button("Use these settings for the next rounds", key="keep_selection",
+                 icon=":material/fast_forward:",
+                 help=f"New rounds will select by {applied.describe()} instead of the round "
+                      "config's rule."):
+        with user_errors():
+            kept_config = keep_for_next_rounds(ws, rnd["id"])
+            flash(f"New rounds will select by {kept_config.describe()} (from round "
+                  f"{rnd['number']}).")
+            st.rerun()
+
+
 def show_selection(ws: Workspace) -> None:
     from common import show_glossary, show_round_state, show_train_action
 
@@ -279,6 +311,8 @@ def show_selection(ws: Workspace) -> None:
     show_counts(preview, frame)
     if not trained:
         show_apply(ws, rnd, config)
+    show_keep(ws, rnd, config)
+    if not trained:
         for warning in preview.warnings:
             st.warning(warning["message"], icon=":material/warning:")
         show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),

@@ -262,3 +262,27 @@ def test_export_adapter_and_its_error(prepared, monkeypatch):
     assert sorted(archive.namelist()) == ["adapter_round1/README.md",
                                           "adapter_round1/adapter_config.json",
                                           "adapter_round1/adapter_model.safetensors"]
+
+
+def test_the_tuned_selection_carries_to_the_next_rounds(prepared, monkeypatch):
+    from semievol.config import SelectionConfig
+    from semievol.curation.selection_state import applied_selection, selection_in_force
+    from semievol.rounds.record import base_config
+
+    with Workspace(prepared.path) as ws:  # tuned on round 1 (trained): percentile θ=30
+        ws.conn.execute("UPDATE selections SET config=? WHERE round_id=1", (json.dumps(
+            {"policy": "percentile", "theta": 30.0, "threshold": None, "score": "nll"}),))
+        assert selection_in_force(ws, 2)[0].theta != 30  # round 2 would go back silently
+    at = page(prepared.path, SELECTION, monkeypatch)
+    at.selectbox(key="selection_round").set_value(1).run()
+    at.button(key="keep_selection").click().run()
+    assert not at.exception
+    assert any("New rounds will select by percentile θ=30" in s.value for s in at.success)
+    with Workspace(prepared.path) as ws:
+        tuned = applied_selection(ws, 1)
+        assert base_config(ws).selection == tuned
+        assert selection_in_force(ws, 2) == (tuned, False)  # the open round 2 follows
+    at.selectbox(key="selection_round").set_value(1).run()
+    assert not [b for b in at.button if b.key == "keep_selection"]  # kept: nothing to do
+    assert any("kept from round 1" in c.value for c in at.caption)
+    assert SelectionConfig().theta == 50  # the default it no longer falls back to

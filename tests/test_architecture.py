@@ -73,7 +73,7 @@ APP_ACTIONS = {
     "semievol.method.retrieval": {"SentenceTransformerEmbedder", "index_workspace"},
     "semievol.curation.decisions": {"ACTIONS", "label_reading", "record_decisions",
                                     "undo_last"},
-    "semievol.curation.selection_state": {"apply_selection"},
+    "semievol.curation.selection_state": {"apply_selection", "keep_for_next_rounds"},
     "semievol.rounds.backends": {"probe_servers"},
     "semievol.export.dataset": {"export_dataset"},
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},

@@ -259,3 +259,15 @@ def test_cli_audit_states_what_it_needs_before_an_error_rate(rounds_ws, capsys):
     # 3 verdicts (2 wrong): no "67%" printed, the need instead.
     assert "estimated error rate of the selection: –, audit at least 10 (3 so far)" in out
     assert "67" not in out.split("estimated error rate")[1]
+
+
+def test_cli_keeps_a_rounds_selection_for_the_next_rounds(rounds_ws, capsys):
+    from semievol.cli.main import main
+    from semievol.rounds.record import base_config
+
+    assert main(["keep-selection", str(rounds_ws.path), "--round", "2"]) == 2  # none applied
+    assert "no applied selection" in capsys.readouterr().err
+    assert main(["keep-selection", str(rounds_ws.path), "--round", "1"]) == 0
+    assert "New rounds will select by percentile θ=50 (nll) (kept from round 1)." in \
+        capsys.readouterr().out
+    assert base_config(rounds_ws).selection.theta == 50.0

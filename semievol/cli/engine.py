@@ -17,7 +17,8 @@ from semievol.cli.flags import ROUND_FLAGS, SELECTION_FLAGS, add_config_flags, o
 from semievol.cli.terminal import step_banner, terminal_progress
 from semievol.config import CollaboratorConfig, RoundConfig, SelectionConfig
 from semievol.curation.calibration import calibration_report
-from semievol.curation.selection_state import compute_selection, selection_in_force
+from semievol.curation.selection_state import (compute_selection, keep_for_next_rounds,
+                                               selection_in_force)
 from semievol.errors import SemiEvolError
 from semievol.model.prompts import PromptStats
 from semievol.rounds.backends import probe_servers
@@ -123,6 +124,14 @@ def cmd_step(args) -> int:
               f"`semievol runs {args.workspace}` (log: runs/{run_id}.log).")
         return 0
     return _execute(ws, run_id, keep_log=True)
+
+
+def cmd_keep_selection(args) -> int:
+    ws = open_workspace(args.workspace)
+    rnd = get_round(ws, args.round)
+    kept = keep_for_next_rounds(ws, rnd.id)
+    print(f"New rounds will select by {kept.describe()} (kept from round {rnd.number}).")
+    return 0
 
 
 def jobs_request(ws, run_id: int) -> dict:
@@ -354,6 +363,11 @@ def add_engine_commands(sub) -> None:
                       selection=True)
     p.add_argument("--preview", action="store_true",
                    help="show what the selection would keep, and write nothing")
+    p = sub.add_parser("keep-selection", help="use a round's applied selection for the next "
+                                              "rounds (the app's 'Use these settings')")
+    p.add_argument("workspace")
+    p.add_argument("--round", type=int, help="the round whose selection to keep (latest)")
+    p.set_defaults(func=cmd_keep_selection)
     p = round_options(sub.add_parser("train", help="final LoRA training on the curated set "
                                                    "(then evaluation, when there is a test set)"))
     confirm_options(p, "train although the workspace's evidence warns against it")

@@ -179,6 +179,41 @@ def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> di
     return result.summary()
 
 
+NEXT_SELECTION = "next_selection"
+"""The setting holding the selection new rounds start from, once a reviewer chose one."""
+
+
+def keep_for_next_rounds(ws: Workspace, round_id: int) -> SelectionConfig:
+    """Make the selection applied to round `round_id` the one every new round starts from
+    (rounds.record.base_config reads it), and the one of a later round already opened that
+    has no selection applied yet: a threshold tuned on round 1 used to fall back to the
+    round config's in round 2 without a word. Returns the kept config."""
+    import dataclasses
+
+    config = applied_selection(ws, round_id)
+    if config is None:
+        raise SemiEvolError("This round has no applied selection to keep: apply one first.")
+    number = ws.scalar("SELECT number FROM rounds WHERE id=?", (round_id,))
+    later = ws.query("SELECT id, config FROM rounds WHERE number > ? AND id NOT IN "
+                     "(SELECT round_id FROM selections)", (number,))
+    with ws.transaction() as conn:
+        ws.set_setting(NEXT_SELECTION, {"round": number, "config": json.loads(to_json(config))},
+                       conn)
+        for row in later:
+            updated = dataclasses.replace(round_config_from_dict(json.loads(row["config"])),
+                                          selection=config)
+            conn.execute("UPDATE rounds SET config=? WHERE id=?", (to_json(updated), row["id"]))
+    return config
+
+
+def kept_selection(ws: Workspace) -> tuple[SelectionConfig, int] | None:
+    """(the selection kept for new rounds, the round it was tuned on), or None."""
+    kept = ws.get_setting(NEXT_SELECTION)
+    if not kept:
+        return None
+    return selection_config_from_dict(kept["config"]), kept["round"]
+
+
 def preview_rows(result: SelectionResult) -> list[dict]:
     """One plain row per pseudo-label of a (previewed) selection: item_id, id (external),
     split, pseudo_label, label (after relabels), path, agreement (share of collaborators),

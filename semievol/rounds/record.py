@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from semievol.config import RoundConfig
+from semievol.curation.selection_state import kept_selection
 from semievol.errors import SemiEvolError
 from semievol.method.pseudo_labels import drop_derived
 from semievol.model.prompts import resolve_budget
@@ -81,12 +82,20 @@ def round_by_id(ws: Workspace, round_id: int) -> Round:
 
 def base_config(ws: Workspace) -> RoundConfig:
     """The config a new round (or a command-line override) starts from: the latest round's,
-    else the workspace's recommended one (see data/demo/task.json), else the defaults."""
+    else the workspace's recommended one (see data/demo/task.json), else the defaults; with
+    the selection a reviewer kept for the next rounds (curation.selection_state), if any."""
     latest = ws.query("SELECT config FROM rounds ORDER BY number DESC LIMIT 1")
     if latest:
-        return round_config_from_dict(json.loads(latest[0]["config"]))
-    stored = ws.get_setting("default_round_config")
-    return round_config_from_dict(stored) if stored else RoundConfig()
+        config = round_config_from_dict(json.loads(latest[0]["config"]))
+    else:
+        stored = ws.get_setting("default_round_config")
+        config = round_config_from_dict(stored) if stored else RoundConfig()
+    kept = kept_selection(ws)  # a selection a reviewer chose for the next rounds
+    if kept is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, selection=kept[0])
+    return config
 
 
 def open_round(ws: Workspace, config: RoundConfig | None = None) -> Round:

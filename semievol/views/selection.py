@@ -14,7 +14,8 @@ from semievol.config import SelectionConfig
 from semievol.curation.audit import DEFAULT_PER_BIN, audit_estimate, audit_rows
 from semievol.curation.calibration import calibration_report
 from semievol.curation.selection_state import (applied_selection, class_thresholds,
-                                               compute_selection, preview_rows, selection_in_force)
+                                               compute_selection, kept_selection, preview_rows,
+                                               selection_in_force)
 from semievol.method.pseudo_labels import available_scores, score_range
 from semievol.rounds.guards import TRUST_MIN_ITEMS, leakage_flags, training_warnings
 from semievol.views.workspace import label_counts
@@ -62,6 +63,13 @@ def controls(ws: Workspace, round_id: int) -> Controls:
     return Controls(start, applied, scores,
                     {s: _slider_range(score_range(ws, round_id, s)) for s in scores},
                     bool(task and task.kind == "open"))
+
+
+def next_rounds(ws: Workspace, round_id: int) -> dict:
+    """{applied: the round's applied selection or None, kept: (the selection new rounds start
+    from, the round it was tuned on) or None}: Selection's "Use these settings for the next
+    rounds"."""
+    return {"applied": applied_selection(ws, round_id), "kept": kept_selection(ws)}
 
 
 def preview(ws: Workspace, round_id: int, config: SelectionConfig) -> Preview:
