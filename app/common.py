@@ -243,9 +243,9 @@ GLOSSARY = {
                  "signal).",
     "Reflection": "when collaborators disagree, the warm-up model is shown every answer and "
                   "picks one; that pick becomes the pseudo-label.",
-    "Confidence": "how likely the warm-up model finds the pseudo-label (exp of minus the "
-                  "entropy): 90 % means sure; about one over the number of classes is a "
-                  "guess. Higher is better.",
+    "Confidence": "how likely the warm-up model finds the pseudo-label, among the options "
+                  "(for an open answer: exp of minus the entropy): 90 % means sure; about "
+                  "one over the number of classes is a guess. Higher is better.",
     "Entropy": "the raw score behind confidence: the mean negative log-probability of the "
                "pseudo-label's tokens (paper eq. 6). Lower is more confident.",
     "Selection": "the pseudo-labels the round trains on: those at or below an entropy "

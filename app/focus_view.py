@@ -14,6 +14,7 @@ from common import REVIEWER_KEY, highlighted, literal, show_verdict, user_errors
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
 from semievol.views.review import item_detail
+from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
 
 MAX_NUMBER_KEYS = 9
@@ -83,10 +84,22 @@ def show_focus(ws: Workspace, rnd: dict) -> None:
                                       "estimate fills in. Least confident: where a reviewer "
                                       "changes most. Disagreements: items the collaborators "
                                       "disagreed on. By class: one class at a time.")
-    st.fragment(focus_panel)(ws, rnd["id"], order or "audit")
+    st.fragment(focus_panel)(ws, rnd, order or "audit")
 
 
-def focus_panel(ws: Workspace, round_id: int, order: str) -> None:
+def focus_panel(ws: Workspace, rnd: dict, order: str) -> None:
+    """One item and its keys, then the round's train box: both inside the fragment a
+    decision reruns, so the training-set counts follow every decision (above the panel
+    they stayed as the page was loaded)."""
+    from common import show_train_action
+
+    round_id = rnd["id"]
+    _item_panel(ws, round_id, order)
+    show_train_action(ws, train_action(ws, round_id, rnd["number"], rnd["status"]),
+                      key="review_train")
+
+
+def _item_panel(ws: Workspace, round_id: int, order: str) -> None:
     queue = focus_queue(ws, round_id, order)
     if not queue:
         st.info("This round has no pseudo-labeled items to review.")

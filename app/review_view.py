@@ -59,8 +59,10 @@ def show_filters(round_id: int, facets: dict) -> ReviewFilter:
     entropy_min = entropy_max = None
     if facets["entropy_min"] is not None and facets["entropy_max"] > facets["entropy_min"]:
         low, high = entropy_bounds(facets["entropy_min"], facets["entropy_max"])
-        chosen = bar.slider("Entropy (mean token NLL)", low, high, (low, high), step=0.01,
-                            key=f"review_entropy_{round_id}", on_change=_first_page)
+        chosen = bar.slider("Uncertainty (entropy)", low, high, (low, high), step=0.01,
+                            key=f"review_entropy_{round_id}", on_change=_first_page,
+                            help="How unsure the warm-up model is of the pseudo-label: 0 = "
+                                 "sure; higher = less sure (see the glossary).")
         if chosen != (low, high):  # the full range also keeps items without an entropy
             entropy_min, entropy_max = chosen
     label = bar.selectbox("Pseudo-label", (ANY, *facets["labels"]), key="review_label",
@@ -339,14 +341,14 @@ def show_review(ws: Workspace) -> None:
         st.info(f"Round {rnd['number']} has started training: it trains on the rows frozen "
                 f"then. Decisions you make now belong to round {rnd['number'] + 1}.",
                 icon=":material/lock:")
-    show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),
-                      key="review_train")
     show_glossary()
     mode = st.segmented_control("Mode", list(MODES), default="focus", format_func=MODES.get,
                                 key="review_mode")
     if mode != "table":
-        show_focus(ws, rnd)
+        show_focus(ws, rnd)  # its train box lives in the focus fragment, current per decision
         return
+    show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),
+                      key="review_train")
     facets = round_facets(ws, round_id)
     flt = show_filters(round_id, facets)
     rows, total = show_table(ws, flt)

@@ -38,7 +38,7 @@ def round_table(summaries: list[dict]) -> pd.DataFrame:
     for s in summaries:
         acc = s["accuracy"]
         rows.append({
-            "round": s["number"], "status": s["status"],
+            "round": s["number"], "status": s["status_name"],
             **{f"acc {m}": acc[m] for m in MODELS},
             "pseudo-labels": s["pseudo_labels"], "agreed": s["agreed"],
             "reflected": s["reflected"], "selected": s["selected"],

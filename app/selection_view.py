@@ -132,8 +132,9 @@ def policy_controls(ws: Workspace, round_id: int, *,
     score = cols[1].radio("Score", scores, horizontal=True,
                           index=scores.index(start.score) if start.score in scores else 0,
                           key=f"selection_score_{round_id}", disabled=disabled,
-                          help="nll: mean token NLL of the pseudo-response under the warm-up "
-                               "model (paper eq. 6); option_entropy: entropy of the options.")
+                          help="nll: how unsure the warm-up model is of the pseudo-label itself "
+                               "(paper eq. 6); option_entropy: how spread its probabilities "
+                               "are over the options.")
     low, high = start_at.ranges[score]
     cols = st.columns(2)
     theta = cols[0].slider("Keep the most confident θ % (percentile)", 0.0, 100.0,

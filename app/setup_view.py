@@ -317,7 +317,9 @@ def confirm_label_warnings(page: SetupPage) -> tuple[bool, str | None]:
                icon=":material/warning:")
     confirmed = st.checkbox("I have read this and want to launch anyway (recorded with the "
                             "round)", key="confirm_labels")
-    return confirmed, st.session_state.get(REVIEWER_KEY) if confirmed else None
+    # Recorded with the round: the reviewer's name, or that no name was given.
+    who = st.session_state.get(REVIEWER_KEY) or "app user (no reviewer name set)"
+    return confirmed, who if confirmed else None
 
 
 def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,

@@ -54,6 +54,17 @@ def question_lengths(ws: Workspace) -> pd.DataFrame:
     return frame.sort_values("split", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
+def rounds_frame(rounds: list[dict]) -> pd.DataFrame:
+    """The rounds in words (never the database's `pseudo_labels` or `awaiting_review`)."""
+    return pd.DataFrame(
+        [{"round": r["number"], "status": r["status_name"], "pseudo-labels": r["pseudo_labels"],
+          "calibration labels": r["calibration_labels"], "selected": r["selected"],
+          "accuracy": "—" if r["accuracy"] is None else f"{r['accuracy']:.1%} on {r['split']}",
+          "best": "best" if r["best"] else ""} for r in rounds],
+        columns=["round", "status", "pseudo-labels", "calibration labels", "selected",
+                 "accuracy", "best"])
+
+
 def preview_items(ws: Workspace, split: str, page: int = 1, *, search: str = "",
                   page_size: int = browse.PREVIEW_PAGE_SIZE) -> pd.DataFrame:
     """One page (1-based) of a split's items, in import order, with their neighbour count;
@@ -173,7 +184,7 @@ def show_overview(ws: Workspace, state: dict | None = None) -> None:
         st.progress(min(covered / unlabeled, 1.0))
     if status["rounds"]:
         st.subheader("Rounds")
-        st.dataframe(pd.DataFrame(status["rounds"]), hide_index=True)
+        st.dataframe(rounds_frame(status["rounds"]), hide_index=True)
     st.caption(f"Decisions recorded: {status['decisions']} · runs: {status['runs']}")
     st.subheader("What to do next")
     for step in next_steps(ws, state):  # the same action as the box above: one source

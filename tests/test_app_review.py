@@ -194,3 +194,23 @@ def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
     at.button(key="review_train").click().run()
     assert started and started[0][0] == "train" and started[0][1]["background"] is True
     assert started[0][1]["confirm"] == ("ana" if warnings else None)
+
+
+def test_the_training_counts_in_focus_mode_follow_each_decision(review_ws, monkeypatch):
+    from semievol.rounds.record import get_round, set_status
+
+    ws, round_id = review_ws
+    set_status(ws, get_round(ws, 1), "awaiting_review")
+    ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
+                    (round_id, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
+                               '"score": "nll"}'))
+
+    def counts(at):
+        return next(m.value for m in at.markdown if "Training now uses" in m.value)
+
+    at = page_at(ws, monkeypatch, reviewer="ana", mode="focus")
+    at.segmented_control(key="focus_order").set_value("least_confident").run()
+    before = counts(at)
+    at.button(key="focus_relabel_1").click().run()  # a relabel adds a reviewer's label
+    after = counts(at)
+    assert before != after and "+ 1 relabeled by a reviewer" in after

@@ -144,6 +144,7 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
         assert r["agreement"] == pytest.approx(max(Counter(given).values()) / n)
         assert math.isfinite(r["entropy"]) and r["entropy"] > 0
         assert 0 <= r["option_entropy"] <= math.log(len(LABELS)) + 1e-6
+        assert 0 < r["probability"] <= 1  # the label's share of the option distribution
         assert r["selected"] == 0
     assert paths["reflected"] > 0
     assert (result["agreed"], result["reflected"]) == (paths["agreed"], paths["reflected"])

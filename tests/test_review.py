@@ -316,3 +316,14 @@ def test_collaborator_names_are_told_apart_in_words():
         "warm-up model, 3 examples, sampled at temperature 1, seed 2",
         "warm-up model, 3 examples, most likely answer", "base model, no examples"]
     assert not any("/" in n for n in display_names(twins))
+
+
+def test_the_one_confidence_is_the_warm_up_models_share_of_the_options(review_ws):
+    ws, round_id = review_ws
+    item = unlabeled_ids(ws)[1]
+    ws.conn.execute("UPDATE pseudo_labels SET probability=0.56 WHERE item_id=?", (item,))
+    pseudo = item_detail(ws, round_id, item)["pseudo_label"]
+    # The walk read "85 %" (exp(-mean token NLL)) above a card saying the same model gives
+    # the label 56 % among the options: one scale now.
+    assert pseudo["confidence"] == pytest.approx(0.56)
+    assert pseudo["voice"] == "the warm-up model gives outage 56%"

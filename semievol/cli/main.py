@@ -114,7 +114,7 @@ def cmd_status(args) -> int:
     print(f"Neighbours: {status['unlabeled_with_neighbours']} of {status['splits']['unlabeled']} "
           f"unlabeled item(s) have retrieved demonstrations")
     for r in status["rounds"]:
-        print(f"Round {r['number']}: {r['status']}; {r['pseudo_labels']} pseudo-label(s), "
+        print(f"Round {r['number']}: {r['status_name']}; {r['pseudo_labels']} pseudo-label(s), "
               f"{r['selected']} selected")
     print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
     if not damaged and status["task"]:

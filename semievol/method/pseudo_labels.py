@@ -49,7 +49,8 @@ def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_colla
         with ws.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO pseudo_labels(round_id, item_id, label, path, agreement, "
-                "reflection_text, entropy, option_entropy, selected) VALUES(?,?,?,?,?,?,?,?,0)",
+                "reflection_text, entropy, option_entropy, probability, selected) "
+                "VALUES(?,?,?,?,?,?,?,?,?,0)",
                 [(round_id, *row) for row in rows])
         for row in rows:
             counts[row[2]] += 1
@@ -140,10 +141,11 @@ def _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builde
         scores = warmup.score_continuations(plain, conts)
         chosen = [it.example.options.index(decided[it.id]) for it in batch]
         nll = mean_nll([per_option[k] for per_option, k in zip(scores, chosen)])
-        for it, per_option, e in zip(batch, scores, nll):
+        for it, per_option, e, k in zip(batch, scores, nll, chosen):
+            distribution = normalised(per_option)
             rows.append((it.id, decided[it.id], paths[it.id], shares[it.id],
                          reflection_text.get(it.id), float(e),
-                         float(distribution_entropy(normalised(per_option)))))
+                         float(distribution_entropy(distribution)), float(distribution[k])))
     else:
         # An item no response gave an answer for has no pseudo-label to score: its entropy
         # stays empty, so no policy ever selects it.
@@ -157,7 +159,8 @@ def _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builde
         for it in batch:
             e = nll.get(it.id)
             rows.append((it.id, decided[it.id], paths[it.id], shares[it.id],
-                         reflection_text.get(it.id), None if e is None else float(e), None))
+                         reflection_text.get(it.id), None if e is None else float(e), None,
+                         None))
     return rows
 
 

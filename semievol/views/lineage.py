@@ -13,7 +13,7 @@ from semievol.curation.decisions import current_decisions, round_frozen_at, roun
 from semievol.curation.selection_state import (class_thresholds, policy_threshold,
                                                selection_in_force)
 from semievol.method.pseudo_labels import scored_rows
-from semievol.rounds.record import round_by_id
+from semievol.rounds.record import STATUS_NAMES, round_by_id
 from semievol.rounds.scores import regression
 from semievol.saved_config import round_config_from_dict
 from semievol.workspace.items import item_row, resolve_item
@@ -60,6 +60,7 @@ def round_summaries(ws: Workspace) -> list[dict]:
         calibration.pop("curve", None)
         out.append({
             "round_id": rid, "number": rnd["number"], "status": rnd["status"],
+            "status_name": STATUS_NAMES[rnd["status"]],
             "accuracy": {"base": accuracy.get((None, "base")),
                          "base+demos": accuracy.get((None, "base+demos")),
                          "warmup": accuracy.get((rid, "warmup")),

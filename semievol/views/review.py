@@ -246,15 +246,21 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     item = item_row(ws, item_id)
     if item is None:
         raise SemiEvolError(f"No item with id {item_id} in this workspace.")
-    pseudo = ws.query("SELECT label, path, agreement, entropy, option_entropy, selected, "
-                      "reflection_text FROM pseudo_labels WHERE round_id = ? AND item_id = ?",
+    pseudo = ws.query("SELECT label, path, agreement, entropy, option_entropy, probability, "
+                      "selected, reflection_text FROM pseudo_labels WHERE round_id = ? AND "
+                      "item_id = ?",
                       (round_id, item_id))
     if not pseudo:
         raise SemiEvolError(f"Item {item_id} has no pseudo-label in this round; pick an item "
                             "from the review table.")
     pseudo_label = dict(pseudo[0])
     pseudo_label["selected"] = bool(pseudo_label["selected"])
-    pseudo_label["confidence"] = confidence(pseudo_label["entropy"])
+    # One confidence: the warm-up model's probability of the pseudo-label among the options
+    # (a collaborator card reads the same scale); exp(-entropy) where there are no options
+    # (an open answer) or the round predates the stored probability.
+    probability = pseudo_label.pop("probability")
+    pseudo_label["confidence"] = probability if probability is not None else \
+        confidence(pseudo_label["entropy"])
 
     configs = _collaborator_configs(ws, round_id)
     names = display_names(configs)

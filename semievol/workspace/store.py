@@ -143,10 +143,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses ADD COLUMN demos_shown INTEGER;
     """,
     # 6: a running run's time left as of its last progress write, so a page counts elapsed
-    # and remaining time on its own clock (a model load writes no progress for a while).
+    # and remaining time on its own clock (a model load writes no progress for a while);
+    # the warm-up model's probability of a choice pseudo-label among the options (the one
+    # confidence Review shows).
     """
     ALTER TABLE runs ADD COLUMN left_seconds REAL;
     ALTER TABLE runs ADD COLUMN progress_at REAL;
+    ALTER TABLE pseudo_labels ADD COLUMN probability REAL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
