@@ -143,12 +143,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses ADD COLUMN demos_shown INTEGER;
     """,
     # 6: a running run's time left as of its last progress write, so a page counts elapsed
-    # and remaining time on its own clock (a model load writes no progress for a while);
-    # the warm-up model's probability of a choice pseudo-label among the options (the one
-    # confidence Review shows).
+    # and remaining time on its own clock (a model load writes no progress for a while).
     """
     ALTER TABLE runs ADD COLUMN left_seconds REAL;
     ALTER TABLE runs ADD COLUMN progress_at REAL;
+    """,
+    # 7: the warm-up model's probability of a choice pseudo-label among the options (the one
+    # confidence Review shows; empty for rounds labeled before).
+    """
     ALTER TABLE pseudo_labels ADD COLUMN probability REAL;
     """,
 ]
