@@ -172,7 +172,9 @@ def main(argv=None) -> int:
           f"| key press to next item, median | {result['median_seconds']:.2f} s |\n"
           f"| key press to next item, 95th percentile | {result['p95_seconds']:.2f} s |\n"
           f"| slowest | {result['max_seconds']:.2f} s |\n"
-          f"| CPU | {result['machine'].get('cpu')} |\n")
+          f"| CPU | {result['machine'].get('cpu')} "
+          f"({(result['machine'].get('cpu_identity') or {}).get('key', '?')}, "
+          f"{result['machine'].get('cores')} cores) |\n")
     (args.out / "review_timing.md").write_text(md)
     print(md)
     return 0
