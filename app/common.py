@@ -286,18 +286,27 @@ def show_round_state(ws: Workspace, *, here: str | None = None,
     return state
 
 
-def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str) -> None:
+def training_counts(action: TrainAction) -> str:
+    """What training would use now, in one sentence that adds up (the train box, and the
+    focus panel where it follows each decision)."""
+    counts = action.counts
+    return (f"Training now uses {action.total} item(s) = {counts['gold']} labeled + "
+            f"{counts['pseudo']} pseudo-labels (kept by the policy or accepted) + "
+            f"{counts['human']} relabeled by a reviewer, this round's and earlier rounds'.")
+
+
+def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str,
+                      counts: bool = True) -> None:
     """"Train on the curated set" for a round awaiting review (views.train.train_action):
-    what it would train on, the evidence's warnings (to be confirmed, and then recorded),
-    and the button; disabled while a run writes the workspace's rounds."""
+    what it would train on (unless `counts` is False: focus mode shows them in its panel,
+    current with each decision), the evidence's warnings (to be confirmed, and then
+    recorded), and the button; disabled while a run writes the workspace's rounds."""
     if action is None:
         return
     box = st.container(border=True)
-    counts = action.counts
-    box.markdown(f"**Round {action.number} is awaiting review.** Training now uses "
-                 f"{action.total} item(s) = {counts['gold']} labeled + {counts['pseudo']} "
-                 f"pseudo-labels (kept by the policy or accepted) + {counts['human']} "
-                 "relabeled by a reviewer, this round's and earlier rounds'.")
+    box.markdown(f"**Round {action.number} is awaiting review.**"
+                 + (f" {training_counts(action)}" if counts else
+                    " What training would use is shown under the item, as you decide."))
     for warning in action.warnings:
         box.warning(warning["message"], icon=":material/warning:")
     confirmed = not action.warnings or box.checkbox(

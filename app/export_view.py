@@ -58,14 +58,15 @@ def show_export(ws: Workspace) -> None:
     with dataset:
         st.markdown("**Curated dataset**: labeled items, human labels and the selected "
                     "pseudo-labels of rounds up to this one, then the labels held out for "
-                    "calibration (chat JSONL, and CSV with your files' column names).")
+                    "calibration (chat JSONL; CSV and Parquet with your files' column names).")
         if st.button("Export dataset", key="export_dataset", type="primary"):
             with user_errors():
                 paths = export_dataset(ws, number)
                 flash(f"Exported {paths['trained']} training example(s) of round {number}"
                       f" and {paths['calibration']} held-out calibration label(s), marked "
-                      f"as such, to {literal(paths['jsonl'].name)} and "
-                      f"{literal(paths['csv'].name)}.")
+                      f"as such, to {literal(paths['jsonl'].name)}, "
+                      f"{literal(paths['csv'].name)}, {literal(paths['parquet'].name)} and "
+                      f"the Hugging Face datasets folder {literal(paths['dataset'].name)}.")
                 st.rerun()
     with adapter:
         st.markdown("**Adapter**: the round's LoRA adapter (load it with PEFT on the base "
@@ -102,7 +103,8 @@ def show_downloads(ws: Workspace, number: int) -> None:
         st.caption(f"Nothing exported for round {number} yet.")
         return
     st.subheader("Exported files")
-    for kind, mime in (("jsonl", "application/jsonl"), ("csv", "text/csv")):
+    for kind, mime in (("jsonl", "application/jsonl"), ("csv", "text/csv"),
+                       ("parquet", "application/vnd.apache.parquet")):
         if kind in files:
             path = files[kind]
             st.download_button(f"Download {path.name} ({_size(path)})", path.read_bytes(),

@@ -88,15 +88,16 @@ def show_focus(ws: Workspace, rnd: dict) -> None:
 
 
 def focus_panel(ws: Workspace, rnd: dict, order: str) -> None:
-    """One item and its keys, then the round's train box: both inside the fragment a
-    decision reruns, so the training-set counts follow every decision (above the panel
+    """One item and its keys, then what training would use now: inside the fragment a
+    decision reruns, so the counts follow every decision (in the train box above the panel
     they stayed as the page was loaded)."""
-    from common import show_train_action
+    from common import training_counts
 
     round_id = rnd["id"]
     _item_panel(ws, round_id, order)
-    show_train_action(ws, train_action(ws, round_id, rnd["number"], rnd["status"]),
-                      key="review_train")
+    action = train_action(ws, round_id, rnd["number"], rnd["status"])
+    if action is not None:
+        st.caption(training_counts(action))
 
 
 def _item_panel(ws: Workspace, round_id: int, order: str) -> None:

@@ -344,11 +344,13 @@ def show_review(ws: Workspace) -> None:
     show_glossary()
     mode = st.segmented_control("Mode", list(MODES), default="focus", format_func=MODES.get,
                                 key="review_mode")
+    action = train_action(ws, rnd["id"], rnd["number"], rnd["status"])
     if mode != "table":
-        show_focus(ws, rnd)  # its train box lives in the focus fragment, current per decision
+        # The counts move to the focus panel (a fragment), which a decision redraws.
+        show_train_action(ws, action, key="review_train", counts=False)
+        show_focus(ws, rnd)
         return
-    show_train_action(ws, train_action(ws, rnd["id"], rnd["number"], rnd["status"]),
-                      key="review_train")
+    show_train_action(ws, action, key="review_train")
     facets = round_facets(ws, round_id)
     flt = show_filters(round_id, facets)
     rows, total = show_table(ws, flt)

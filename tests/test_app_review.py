@@ -206,7 +206,7 @@ def test_the_training_counts_in_focus_mode_follow_each_decision(review_ws, monke
                                '"score": "nll"}'))
 
     def counts(at):
-        return next(m.value for m in at.markdown if "Training now uses" in m.value)
+        return next(c.value for c in at.caption if "Training now uses" in c.value)
 
     at = page_at(ws, monkeypatch, reviewer="ana", mode="focus")
     at.segmented_control(key="focus_order").set_value("least_confident").run()

@@ -57,7 +57,7 @@ PURE_LIBRARIES = {"math", "typing", "numpy", "collections", "dataclasses", "func
 
 HEAVY = {"torch", "transformers", "peft", "accelerate", "chromadb", "sentence_transformers",
          "gguf", "safetensors", "streamlit", "pandas", "pyarrow", "plotly", "httpx", "yaml",
-         "huggingface_hub"}
+         "huggingface_hub", "datasets"}
 """Libraries imported inside the functions that need them, so `semievol --help` and the
 pure parts start fast."""
 

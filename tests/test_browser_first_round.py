@@ -168,7 +168,9 @@ def test_a_short_class_is_named_before_any_run_and_keeps_its_examples(files, tmp
 
             # Selection: no error rate or precision as a bare percentage from < 10 items.
             open_page(page, f"{url}/Selection", "Selection")
-            page.get_by_text("Audit queue", exact=False).first.wait_for(timeout=30_000)
+            page.get_by_text("Estimated error rate", exact=False).first.wait_for(
+                timeout=60_000)
+            page.wait_for_load_state("networkidle")
             values = {m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
                       m.locator('[data-testid="stMetricValue"]').inner_text().strip()
                       for m in page.locator('[data-testid="stMetric"]').all()}

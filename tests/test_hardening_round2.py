@@ -297,8 +297,11 @@ def test_6_a_schema_upgrade_always_takes_a_fresh_backup(filled_workspace):
     stale = path / "workspace.db.v4.bak"
     stale.write_bytes(b"an old backup")
     conn = sqlite3.connect(path / "workspace.db")
-    for column in ("prompt_tokens", "cut_tokens", "demos_shown"):  # undo migration 5
-        conn.execute(f"ALTER TABLE responses DROP COLUMN {column}")
+    for table, column in (("responses", "prompt_tokens"), ("responses", "cut_tokens"),
+                          ("responses", "demos_shown"),  # undo migrations 5, 6 and 7
+                          ("runs", "left_seconds"), ("runs", "progress_at"),
+                          ("pseudo_labels", "probability")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute("PRAGMA user_version=4")
     conn.commit()
     conn.close()

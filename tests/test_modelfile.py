@@ -106,6 +106,10 @@ def test_the_gguf_asked_as_the_modelfile_says_answers_like_the_merged_model(demo
     parsed = parse_modelfile((demo_export["folder"] / "Modelfile").read_text())
     card = (demo_export["folder"] / "README.md").read_text()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    from huggingface_hub import ModelCard  # the Hub's own parser reads the YAML header
+
+    parsed_card = ModelCard.load(demo_export["folder"] / "README.md")
+    assert parsed_card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert parsed["SYSTEM"] in card  # the card shows the exact system message
     assert task.instruction in parsed["SYSTEM"]
     prompts = [fill(parsed["TEMPLATE"], parsed["SYSTEM"], q) for q in questions]

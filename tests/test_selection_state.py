@@ -338,6 +338,22 @@ def test_export_dataset_writes_chat_jsonl_and_csv(pool, tmp_path):
     assert [r["source"] for r in table] == [r["source"] for r in rows]
     assert [r[names["answer"]] for r in table] == [it["answer"] for it in expected]
     assert json.loads(table[0][names["options"]]) == ["billing", "outage", "equipment"]
+    # The Parquet file: the same rows, typed (options as a list), for pandas and datasets.
+    import pandas as pd
+
+    frame = pd.read_parquet(paths["parquet"])
+    assert list(frame[names["id"]]) == [r["id"] for r in rows]
+    assert list(frame[names["answer"]]) == [it["answer"] for it in expected]
+    assert list(frame[names["options"]].iloc[0]) == ["billing", "outage", "equipment"]
+    assert list(frame["source"]) == [r["source"] for r in rows]
+    from datasets import load_from_disk  # and an HF datasets folder, with a dataset card
+    from huggingface_hub import DatasetCard
+
+    hub = load_from_disk(str(paths["dataset"]))
+    assert hub[names["answer"]] == [it["answer"] for it in expected]
+    assert hub[names["id"]] == [r["id"] for r in rows]
+    card = DatasetCard.load(paths["dataset"] / "README.md")
+    assert "semievol" in card.data.tags and "text-classification" in card.data.task_categories
     assert np.all([r[names["answer"]] in ("billing", "outage", "equipment") for r in table])
 
 

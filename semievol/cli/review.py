@@ -135,7 +135,7 @@ def cmd_export(args) -> int:
     out = args.out  # None: the workspace's exports/ folder
     if "dataset" in what:
         written = export_dataset(ws, number, out)
-        for kind in ("jsonl", "csv"):
+        for kind in ("jsonl", "csv", "parquet", "dataset"):
             print(f"{kind}: {written[kind]}")
     if "adapter" in what:
         print(f"adapter: {export_adapter(ws, number, out)}")

@@ -60,9 +60,12 @@ def export_dataset(ws: Workspace, round_number: int,
     human labels + selected pseudo-labels.
 
     JSONL rows are {"messages": [...]} in the chat format most trainers read (system, user,
-    assistant), plus the item id and where its label came from; the CSV is the flat view.
-    Both end with the calibration items (source "calibration", not trained on). Returns
-    {jsonl, csv (the paths), trained, calibration (how many rows of each)}.
+    assistant), plus the item id and where its label came from; the CSV is the flat view,
+    and the Parquet file the same flat rows typed (options as a list of strings), for pandas,
+    HF `datasets` and Argilla. All end with the calibration items (source "calibration", not
+    trained on); the `datasets` folder holds them for `load_from_disk`, with a dataset card.
+    Returns {jsonl, csv, parquet, dataset (the paths), trained, calibration (how many rows
+    of each)}.
     """
     get_round(ws, round_number)  # an unknown round is an error, before anything is written
     task = ws.require_task()
@@ -88,4 +91,71 @@ def export_dataset(ws: Workspace, round_number: int,
                 external[it["item_id"]], it["question"],
                 json.dumps(it["options"]) if it["options"] else "", it["answer"],
                 it["source"])])
-    return {"jsonl": jsonl, "csv": table, "trained": len(trained), "calibration": len(held_out)}
+    parquet = free_path(out_dir / f"curated_round{round_number}.parquet")
+    with staged(parquet) as partial:
+        _write_parquet(partial, columns, [
+            (external[it["item_id"]], it["question"], it["options"], it["answer"], it["source"])
+            for it in items])
+    hub = free_path(out_dir / f"curated_round{round_number}_dataset")
+    with staged(hub) as partial:
+        _write_hf_dataset(partial, parquet, _dataset_card(ws, round_number, columns,
+                                                          len(trained), len(held_out)))
+    return {"jsonl": jsonl, "csv": table, "parquet": parquet, "dataset": hub,
+            "trained": len(trained), "calibration": len(held_out)}
+
+
+def _write_hf_dataset(folder: Path, parquet: Path, card: str) -> None:
+    """The Parquet rows as a Hugging Face `datasets` folder (`Dataset.save_to_disk`, read
+    back with `datasets.load_from_disk`), with a dataset card as its README."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    # From the table itself: no builder, so nothing is cached under ~/.cache/huggingface.
+    Dataset(pq.read_table(str(parquet))).save_to_disk(str(folder))
+    (folder / "README.md").write_text(card, encoding="utf-8")
+
+
+def _dataset_card(ws: Workspace, round_number: int, columns: dict[str, str], trained: int,
+                  held_out: int) -> str:
+    """A dataset card: the Hub's YAML header (built with huggingface_hub's card data) and
+    what the rows are, where each label came from and what the columns hold."""
+    from huggingface_hub import DatasetCardData
+
+    task = ws.require_task()
+    data = DatasetCardData(task_categories=["text-classification"] if task.kind == "choice"
+                           else ["text-generation"], size_categories=[_size_category(
+                               trained + held_out)], tags=["semievol", "curated"])
+    labels = ", ".join(task.labels) if task.labels else "each item's own options"
+    return (f"---\n{data.to_yaml()}\n---\n\n"
+            f"# Curated training set of round {round_number}\n\n"
+            f"Exported by SemiEvol Studio: {trained} row(s) round {round_number} trains on "
+            f"(source `gold`: the labeled file; `human`: relabeled by a reviewer; `pseudo`: a "
+            f"pseudo-label selected by the round's policy or accepted by a reviewer), then "
+            f"{held_out} calibration row(s) (source `calibration`: gold labels held out of "
+            "training to measure the pseudo-labels).\n\n"
+            f"Columns: `{columns['id']}` (the item's id), `{columns['question']}` (the text), "
+            f"`{columns['options']}` (the options, if any), `{columns['answer']}` (the label; "
+            f"labels: {labels}), `source`.\n\n"
+            "```python\nfrom datasets import load_from_disk\n"
+            f"rows = load_from_disk(\"curated_round{round_number}_dataset\")\n```\n")
+
+
+def _size_category(n: int) -> str:
+    """The Hub's size category of a dataset of `n` rows."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < bound:
+            return name
+    return "100K<n<1M"
+
+
+def _write_parquet(path: Path, columns: dict[str, str], rows: list[tuple]) -> None:
+    """The flat rows as Parquet, under the user's column names; data stays data (no
+    spreadsheet escaping: no spreadsheet reads this file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = [columns["id"], columns["question"], columns["options"], columns["answer"],
+             "source"]
+    types = [pa.string(), pa.string(), pa.list_(pa.string()), pa.string(), pa.string()]
+    data = [pa.array([r[k] for r in rows], type=t) for k, t in enumerate(types)]
+    pq.write_table(pa.Table.from_arrays(data, names=names), path)

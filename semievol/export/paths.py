@@ -95,12 +95,13 @@ def human_size(size: int) -> str:
 
 def exported(ws: Workspace, round_number: int) -> dict[str, Path]:
     """The newest export of each kind of round `round_number` in the workspace's exports/
-    folder (exports never overwrite: a second one is `name-2`): {jsonl, csv, adapter,
-    merged, gguf}, those present. Each is resolved inside the workspace (a link out is
+    folder (exports never overwrite: a second one is `name-2`): {jsonl, csv, parquet,
+    adapter, merged, gguf}, those present. Each is resolved inside the workspace (a link out is
     refused), since the app offers them for download."""
     folder = export_folder(ws)
     names = {"jsonl": f"curated_round{round_number}.jsonl",
              "csv": f"curated_round{round_number}.csv",
+             "parquet": f"curated_round{round_number}.parquet",
              "adapter": f"adapter_round{round_number}",
              "merged": f"merged_round{round_number}", "gguf": f"gguf_round{round_number}"}
     return {kind: ws.inside(written[-1]) for kind, name in names.items()

@@ -62,8 +62,9 @@ def held_out_line(splits: dict[str, int]) -> str | None:
 
 def workspace_status(ws: Workspace) -> dict:
     task = ws.task
-    rounds = [{k: r[k] for k in ("number", "status", "pseudo_labels", "calibration_labels",
-                                 "selected")} for r in reversed(round_rows(ws))]
+    rounds = [{k: r[k] for k in ("number", "status", "status_name", "pseudo_labels",
+                                 "calibration_labels", "selected", "accuracy", "split", "best")}
+              for r in reversed(round_rows(ws))]
     splits = ws.split_counts()
     return {
         "path": str(ws.path),
