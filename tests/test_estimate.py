@@ -150,6 +150,14 @@ def test_a_remaining_time_that_grows_says_why(workspace, monkeypatch):
     handle.progress(55, 100, "slow")  # 240 s for 55 %: the time left jumps up
     message = workspace.scalar("SELECT message FROM runs WHERE id=?", (run_id,))
     assert message.endswith("· estimate raised: label runs slower than estimated")
+    clock[0] += 5
+    handle.progress(56, 100, "still slow")  # the note stays while a reader may look
+    assert workspace.scalar("SELECT message FROM runs WHERE id=?", (run_id,)).endswith(
+        "runs slower than estimated")
+    clock[0] += 60
+    handle.progress(70, 100, "later")
+    assert "estimate raised" not in workspace.scalar("SELECT message FROM runs WHERE id=?",
+                                                     (run_id,))
 
 
 def test_run_clock_counts_on_the_readers_clock():

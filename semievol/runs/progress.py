@@ -78,6 +78,8 @@ def remaining(estimate: dict, done_steps: list[str], current: str | None, fracti
 
 REVISE_UP = 1.2
 """A new remaining time above this many times the old one (counted down) is said aloud."""
+REVISED_SHOWN = 30.0
+"""Seconds the "estimate raised" note stays in the message (a reader polls every 2 s)."""
 
 
 def run_clock(run: dict, at: float | None = None) -> str:
@@ -119,6 +121,7 @@ class RunHandle:
         self._last_logged = 0.0
         self._shown = 0.0  # the highest fraction written: progress never goes back
         self._left: tuple[float, float] | None = None  # (when, seconds left) last written
+        self._raised: tuple[float, str] | None = None  # (until when, the note) once raised
 
     def keep_log(self) -> None:
         """Write a plain log of this run to WORKSPACE/runs/<id>.log (a foreground run; a
@@ -185,13 +188,14 @@ class RunHandle:
 
     def _revised(self, t: float, left: float, step: str) -> str:
         """" · estimate raised: <step> runs slower than estimated" when the time left grew
-        past what the last write, counted down, promised; "" otherwise."""
+        past what the last write, counted down, promised, and for REVISED_SHOWN seconds
+        after; "" otherwise."""
         before, self._left = self._left, (t, left)
-        if before is None:
-            return ""
-        promised = max(0.0, before[1] - (t - before[0]))
-        if left > promised * REVISE_UP + 10:
-            return f" · estimate raised: {step} runs slower than estimated"
+        if before is not None and left > max(0.0, before[1] - (t - before[0])) * REVISE_UP + 10:
+            self._raised = (t + REVISED_SHOWN,
+                            f" · estimate raised: {step} runs slower than estimated")
+        if self._raised is not None and t < self._raised[0]:
+            return self._raised[1]
         return ""
 
     def metric(self, name: str, step: int | None, value: float) -> None:
