@@ -17,8 +17,8 @@ import streamlit as st
 from common import REVIEWER_KEY, RUNS_PAGE, launch_with_feedback, literal, show_error
 
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS, DTYPES,
-                             SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES, START_FROM,
-                             RoundConfig, ServerConfig, takes_theta)
+                             REPORT_TO, SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES,
+                             START_FROM, RoundConfig, ServerConfig, takes_theta)
 from semievol.errors import SemiEvolError
 from semievol.rounds.backends import probe_servers
 from semievol.runs import launch
@@ -207,6 +207,13 @@ def _round_fields(config: RoundConfig) -> dict:
                      "adapter (paper)"}.get,
         help="The best: the earlier adapter (warm-ups included) with the highest accuracy on "
              "the test set (or calibration slice), so a round that got worse is not built on.")
+    fields["report_to"] = st.radio(
+        "Also report to", REPORT_TO, horizontal=True,
+        index=REPORT_TO.index(config.report_to), key="setup_report_to",
+        format_func={"none": "no tracker", "tensorboard": "TensorBoard"}.get,
+        help="TensorBoard: the training losses, learning rate and test accuracy as event "
+             "files in the workspace's tensorboard/ folder (`tensorboard --logdir "
+             "WORKSPACE/tensorboard`).")
     return fields
 
 

@@ -28,6 +28,7 @@ THETA_POLICIES = ("percentile", "per_class")
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
 START_FROM = ("best", "previous")
+REPORT_TO = ("none", "tensorboard")
 SERVER_MODES = ("auto", "echo", "prompt_logprobs", "chat")
 ADAPTER_LOADING = ("none", "vllm")
 
@@ -405,6 +406,9 @@ class RoundConfig:
     """Where round N > 1 starts (its warm-up model): `best` (the best-scoring adapter of the
     earlier rounds, warm-ups included, on the test set or else the calibration slice) or
     `previous` (round N-1's trained adapter, as in the paper)."""
+    report_to: str = "none"
+    """Also write the round's training losses, learning rate and test accuracy to a tracker:
+    `none` or `tensorboard` (event files in WORKSPACE/tensorboard/roundN)."""
 
     def __post_init__(self):
         if not self.collaborators:
@@ -417,6 +421,7 @@ class RoundConfig:
                     "lower demonstrations.")
         _check_range("leakage similarity", self.leakage_similarity, 0.5, 1.0)
         _check_choice("start from", self.start_from, START_FROM)
+        _check_choice("report to", self.report_to, REPORT_TO)
         names = [s.name for s in self.servers]
         if len(set(names)) != len(names):
             raise SemiEvolError(f"Two servers share a name: {names}.")
@@ -436,7 +441,7 @@ CHOICES = {
     "TrainConfig.class_balance": CLASS_BALANCE, "CollaboratorConfig.model": COLLABORATOR_MODELS,
     "ServerConfig.mode": SERVER_MODES, "ServerConfig.adapter_loading": ADAPTER_LOADING,
     "SelectionConfig.policy": SELECTION_POLICIES, "SelectionConfig.score": SELECTION_SCORES,
-    "RoundConfig.start_from": START_FROM,
+    "RoundConfig.start_from": START_FROM, "RoundConfig.report_to": REPORT_TO,
 }
 """The values each text field accepts ("Class.field"): what __post_init__ checks, and what
 the CLI's flags (semievol.cli.flags) and the app's select boxes offer."""

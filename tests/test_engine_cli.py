@@ -311,7 +311,7 @@ def test_export_dataset_and_adapter(resumed, selected, tmp_path):
 
     out = semievol("export", selected, "--what", "dataset,adapter", "--out", tmp_path).stdout
     paths = dict(line.split(": ", 1) for line in out.splitlines())
-    assert set(paths) == {"jsonl", "csv", "adapter"}
+    assert set(paths) == {"jsonl", "csv", "parquet", "dataset", "adapter"}
     with Workspace(selected) as ws:
         trained, held_out = training_items(ws, 1), calibration_items(ws)
         expected = trained + held_out  # the held-out labels too, marked as such

@@ -100,8 +100,11 @@ def test_two_rounds_end_to_end(filled_workspace, fake_embedder, tiny_model_dir, 
     assert json.loads((warmup_dir / "semievol_config.json").read_text())["examples"] == 9
     trained = json.loads((warmup_dir / "training.json").read_text())
     assert trained["steps"] == MAX_STEPS and len(trained["losses"]) == MAX_STEPS
-    # The metric callback got every step; nothing was written to the store by itself.
-    assert [(n, s) for n, s, _ in losses] == [("warmup_loss", s + 1) for s in range(MAX_STEPS)]
+    # The metric callback got every step's loss and rate, under the step's names; nothing
+    # was written to the store by itself.
+    assert [(n, s) for n, s, _ in losses] == [
+        (name, s + 1) for s in range(MAX_STEPS) for name in ("warmup_loss",
+                                                             "warmup_learning_rate")]
     assert all(math.isfinite(v) for _, _, v in losses)
     assert ws.scalar("SELECT COUNT(*) FROM metrics") == 0
     # Every non-labeled item has k neighbours, drawn from the labeled items only: a held-out

@@ -109,8 +109,10 @@ def test_first_step_loss_is_over_answer_tokens_only(tiny_model_dir, tokenizer, e
     train_lora(examples, tmp_path / "plain", model=model_config(tiny_model_dir), lora=LORA,
                train=train_config(max_steps=1, batch_size=len(examples)),
                metric=lambda name, step, value: seen.append((name, step, value)))
-    assert [(n, s) for n, s, _ in seen] == [("train_loss", 1)]
+    # The loss, then the rate the step used (one step of warm-up: the peak / 1).
+    assert [(n, s) for n, s, _ in seen] == [("train_loss", 1), ("learning_rate", 1)]
     assert seen[0][2] == pytest.approx(expected, rel=1e-5)
+    assert seen[1][2] == pytest.approx(train_config().learning_rate)
 
     # class_balance="loss": each token weighted by its example's inverse class frequency
     # (3 billing, 1 outage -> 4/6 and 4/2).
@@ -121,7 +123,8 @@ def test_first_step_loss_is_over_answer_tokens_only(tiny_model_dir, tokenizer, e
     summary = train_lora(examples, tmp_path / "weighted", model=model_config(tiny_model_dir),
                          lora=LORA, train=train_config(max_steps=1, batch_size=len(examples),
                                                        class_balance="loss"),
-                         metric=lambda name, step, value: seen.append(value))
+                         metric=lambda name, step, value: name == "train_loss" and
+                         seen.append(value))
     assert seen[0] == pytest.approx(num / den, rel=1e-5)
     assert seen[0] != pytest.approx(expected, rel=1e-5)
     assert math.isfinite(summary["final_loss"])
@@ -139,7 +142,7 @@ def straight_run(tiny_model_dir, examples, tmp_path_factory):
     summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=LORA,
                          train=train_config(**RESUMABLE),
                          progress=lambda d, t, m: progress.append((d, t)),
-                         metric=lambda n, s, v: metrics.append((n, s, v)))
+                         metric=lambda n, s, v: n == "train_loss" and metrics.append((n, s, v)))
     return out, summary, progress, metrics
 
 
@@ -194,7 +197,8 @@ def test_resume_after_an_interruption_is_exact(tiny_model_dir, examples, tmp_pat
     first_losses = []
     with pytest.raises(Interrupted):
         train_lora(examples, out, model=model_config(tiny_model_dir), lora=DROPOUT, train=train,
-                   progress=stop_at(4), metric=lambda n, s, v: first_losses.append(v))
+                   progress=stop_at(4),
+                   metric=lambda n, s, v: n == "train_loss" and first_losses.append(v))
     checkpoint = out / "checkpoint"
     # Nothing pickled: JSON for the state, safetensors for the tensors.
     assert sorted(p.name for p in checkpoint.iterdir()) == [
@@ -206,7 +210,8 @@ def test_resume_after_an_interruption_is_exact(tiny_model_dir, examples, tmp_pat
 
     steps = []
     summary = train_lora(examples, out, model=model_config(tiny_model_dir), lora=DROPOUT,
-                         train=train, metric=lambda n, s, v: steps.append(s))
+                         train=train,
+                         metric=lambda n, s, v: n == "train_loss" and steps.append(s))
     saved = json.loads((out / "training.json").read_text())
     assert saved["resumed_from"] == 4 == summary["resumed_from"]
     assert saved["steps"] == 6 and len(saved["losses"]) == 6

@@ -137,3 +137,39 @@ def test_collapse_is_read_from_the_predicted_distribution():
     assert collapse_message(fair, "X") is None  # that class is as frequent in the gold labels
     spread = {**report, "predicted_distribution": {"No": 12, "Yes": 8}}
     assert collapse_message(spread, "X") is None
+
+
+def test_a_round_reported_to_tensorboard_reads_back(filled_workspace, fake_embedder,
+                                                    tiny_model_dir, monkeypatch):
+    """`report_to: tensorboard`: losses and learning rate per optimizer step and the test
+    accuracy per model, read back with TensorBoard's own event reader."""
+    import dataclasses
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ws = filled_workspace
+    monkeypatch.setattr("semievol.rounds.steps._embedder", lambda config, embedder: fake_embedder)
+    config = dataclasses.replace(tiny(tiny_model_dir), report_to="tensorboard")
+    results, run_id = run(ws, "round", config=config, review=False)
+    events = EventAccumulator(str(ws.path / "tensorboard" / "round1"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"warmup_loss", "warmup_learning_rate", "train_loss", "train_learning_rate"} <= tags
+    from semievol.runs.jobs import run_metrics
+
+    stored = [m["value"] for m in run_metrics(ws, run_id, "train_loss")]
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx(stored)
+    assert [e.step for e in events.Scalars("warmup_loss")] == [1, 2]  # max_steps=2
+    rates = [e.value for e in events.Scalars("train_learning_rate")]
+    assert all(r > 0 for r in rates)
+    evaluated = {k: v for k, v in results["evaluate"].items() if k != "regression"}
+    for model, report in evaluated.items():
+        split = report["split"]
+        assert [e.value for e in events.Scalars(f"{split}/{model}_accuracy")] == \
+            pytest.approx([report["accuracy"]])
+    assert "config/text_summary" in events.Tags()["tensors"]  # the resolved config, as text
+
+
+def test_report_to_takes_only_what_is_supported():
+    with pytest.raises(SemiEvolError, match="report to"):
+        RoundConfig(report_to="wandb")

@@ -29,6 +29,7 @@ ROUND_FLAGS = {
     "-k": "retrieval.k",
     "--calibration": "calibration.fraction",
     "--unlabeled-limit": "unlabeled_limit",
+    "--report-to": "report_to",
 }
 """The round settings a step command takes, by flag: the RoundConfig field each sets."""
 

@@ -43,6 +43,7 @@ from semievol.rounds.guards import (check_training_warnings, collapse_message, f
 from semievol.rounds.record import (Round, adapter_dir, budget_of, get_round, set_adapter,
                                     set_status)
 from semievol.rounds.scores import regression, start_adapter
+from semievol.rounds.tracking import open_tracker
 from semievol.training.finetune import train_lora
 from semievol.workspace.items import load_items
 from semievol.workspace.store import Workspace
@@ -61,8 +62,13 @@ def _embedder(config, embedder):
 
 
 def _named(metric: Metric | None, name: str) -> Metric | None:
-    """The training loss reported under the step's own name (warmup_loss, train_loss)."""
-    return None if metric is None else (lambda _, step, value: metric(name, step, value))
+    """The training loss reported under the step's own name (warmup_loss, train_loss); any
+    other training metric under the step's prefix (warmup_learning_rate)."""
+    if metric is None:
+        return None
+    prefix = name.removesuffix("_loss")
+    return lambda what, step, value: metric(name if what == "train_loss" else
+                                            f"{prefix}_{what}", step, value)
 
 
 def step_warmup(ws: Workspace, rnd: Round, *, embedder=None, progress: Progress | None = None,
@@ -317,20 +323,38 @@ def run_steps(ws: Workspace, number: int, steps, *, selection: SelectionConfig |
     preflight(ws, get_round(ws, number), steps)
     results: dict[str, dict] = {}
     cache: dict = {}
-    with measuring() as profiler:
-        for index, step in enumerate(steps):
-            rnd = get_round(ws, number)
-            if on_step:
-                on_step(index, len(steps), step)
-            shared = {**load_backends(ws, rnd, cache), **(backends or {})}
-            before, started = dict(profiler.totals), time.perf_counter()
-            with stage(step):
-                results[step] = _run_one(ws, rnd, step, shared, selection=selection,
-                                         force=force, confirm=confirm, progress=progress,
-                                         metric=metric, embedder=embedder)
-            _remember_speed(ws, rnd, step, results[step], time.perf_counter() - started,
-                          {k: profiler.totals[k] - before[k] for k in before})
+    tracker = open_tracker(ws, get_round(ws, number))
+    if tracker is not None:
+        metric = _tracked(metric, tracker)
+    try:
+        with measuring() as profiler:
+            for index, step in enumerate(steps):
+                rnd = get_round(ws, number)
+                if on_step:
+                    on_step(index, len(steps), step)
+                shared = {**load_backends(ws, rnd, cache), **(backends or {})}
+                before, started = dict(profiler.totals), time.perf_counter()
+                with stage(step):
+                    results[step] = _run_one(ws, rnd, step, shared, selection=selection,
+                                             force=force, confirm=confirm, progress=progress,
+                                             metric=metric, embedder=embedder)
+                _remember_speed(ws, rnd, step, results[step], time.perf_counter() - started,
+                              {k: profiler.totals[k] - before[k] for k in before})
+                if tracker is not None and step == "evaluate":
+                    tracker.evaluation(number, results[step])
+    finally:
+        if tracker is not None:
+            tracker.close()
     return results
+
+
+def _tracked(metric: Metric | None, tracker) -> Metric:
+    """`metric`, and the same numbers to the round's tracker."""
+    def both(name, step, value):
+        tracker.scalar(name, value, step)
+        if metric is not None:
+            metric(name, step, value)
+    return both
 
 
 def _remember_speed(ws: Workspace, rnd: Round, step: str, result: dict, seconds: float,

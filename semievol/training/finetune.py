@@ -367,6 +367,8 @@ def _run_steps(t: Training, train: TrainConfig, start_step: int, losses: list[fl
             save_checkpoint(t.peft_model, t.optimizer, step + 1, losses, checkpoint, digest)
         if metric:
             metric("train_loss", step + 1, step_loss)
+            # The rate this step used (train_step sets it from lr_at), for a tracker.
+            metric("learning_rate", step + 1, t.optimizer.param_groups[0]["lr"])
         if progress:
             progress(step + 1, t.total_steps, f"step {step + 1}/{t.total_steps} "
                                               f"loss {step_loss:.4f}")
