@@ -34,9 +34,10 @@ UNLABELED_LIMIT = 8
 COLLABORATORS = "base:0:1.0:0,warmup:2:1.0:1"
 
 
-def semievol(*args, check: bool = True) -> subprocess.CompletedProcess:
+def semievol(*args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`semievol ARGS` in a subprocess; `timeout` guards against a hang, it measures nothing."""
     result = subprocess.run([sys.executable, "-m", "semievol", *map(str, args)], cwd=ROOT,
-                            env=ENV, capture_output=True, text=True, timeout=300)
+                            env=ENV, capture_output=True, text=True, timeout=timeout)
     if check:
         assert result.returncode == 0, (f"{args[:2]}: rc {result.returncode}\n"
                                         f"{result.stdout}\n{result.stderr[-3000:]}")

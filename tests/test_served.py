@@ -203,7 +203,9 @@ def served_round(tiny_model_dir, tiny_gguf, tmp_path_factory):
         path.write_text(yaml.safe_dump(config))
         # The key only in the commands' environment (test_engine_cli.ENV is what they get).
         with mock.patch.dict(test_engine_cli.ENV, {"SEMIEVOL_TEST_API_KEY": SECRET}):
-            first = semievol("round", ws_path, "--no-review", "--config", path)
+            # llama-cpp-python echoes at ~30 ms a token here: about 50 requests of ~6 s,
+            # 290 s on a 2-core EPYC, too close to the default hang guard.
+            first = semievol("round", ws_path, "--no-review", "--config", path, timeout=900)
             requests_first = len(proxy.posts())
             keys = {r["headers"].get("Authorization") for r in proxy.posts()}
             second = semievol("label", ws_path)
