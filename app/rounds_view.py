@@ -28,8 +28,7 @@ def _precision(stats: dict | None) -> str:
 def _audit(found: dict) -> str:
     if found["precision"] is None and not found["reviewed"]:
         return "–"
-    low, high = found["interval"] if found["precision"] is not None else (0, 1)
-    return sampled_percent(found["precision"], found["reviewed"], (1 - high, 1 - low))
+    return sampled_percent(found["precision"], found["reviewed"], found["precision_interval"])
 
 
 def round_table(summaries: list[dict]) -> pd.DataFrame:
@@ -82,9 +81,9 @@ def precision_frame(summaries: list[dict]) -> pd.DataFrame:
                          "high": cal["interval"][1], "n": cal["n"]})
         found = s["audit"]
         if found["precision"] is not None and enough(found["reviewed"]):
-            low, high = found["interval"]
+            low, high = found["precision_interval"]
             rows.append({"round": s["number"], "estimate": "audit",
-                         "precision": found["precision"], "low": 1 - high, "high": 1 - low,
+                         "precision": found["precision"], "low": low, "high": high,
                          "n": found["reviewed"]})
     return pd.DataFrame(rows, columns=["round", "estimate", "precision", "low", "high", "n"])
 

@@ -59,7 +59,7 @@ def rounds_frame(rounds: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(
         [{"round": r["number"], "status": r["status_name"], "pseudo-labels": r["pseudo_labels"],
           "calibration labels": r["calibration_labels"], "selected": r["selected"],
-          "accuracy": "—" if r["accuracy"] is None else f"{r['accuracy']:.1%} on {r['split']}",
+          "accuracy": r["score"] or "—",
           "best": "best" if r["best"] else ""} for r in rounds],
         columns=["round", "status", "pseudo-labels", "calibration labels", "selected",
                  "accuracy", "best"])

@@ -3,6 +3,7 @@ server on a workspace, finding Debian chromium, and opening a page once it has r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -61,6 +62,32 @@ def start_server(workspace: Path):
     process.kill()
     raise RuntimeError("the Streamlit server did not become healthy: "
                        + (Path(workspace) / "streamlit.log").read_text()[-2000:])
+
+
+@contextlib.contextmanager
+def served(workspace: Path):
+    """The app served on `workspace` for a test, yielding its URL: a server that does not
+    start fails the test; on the way out the server stops, and so does every run it left
+    running (their process groups: a background round's worker and its children)."""
+    from semievol.workspace.store import Workspace
+
+    try:
+        process, url = start_server(workspace)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        with Workspace(workspace) as ws:
+            running = [pid for (pid,) in ws.query("SELECT pid FROM runs WHERE "
+                                                  "status='running'")]
+        for pid in running:
+            try:
+                os.killpg(pid, 9)
+            except (ProcessLookupError, PermissionError, TypeError):
+                pass
 
 
 def open_page(page, url: str, title: str) -> None:

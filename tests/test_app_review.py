@@ -172,15 +172,22 @@ def test_focus_mode_decides_from_the_keyboard_and_moves_on(review_ws, monkeypatc
     assert any("2 of 20 reviewed" in p.proto.text for p in again.get("progress"))
 
 
-def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
+def awaiting_review(review_ws):
+    """The review workspace's round 1 awaiting review, percentile 50 applied."""
     from semievol.rounds.record import get_round, set_status
-    from semievol.runs import launch
 
     ws, round_id = review_ws
     set_status(ws, get_round(ws, 1), "awaiting_review")
     ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
                     (round_id, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
                                '"score": "nll"}'))
+    return ws, round_id
+
+
+def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
+    from semievol.runs import launch
+
+    ws, round_id = awaiting_review(review_ws)
     started = []
     monkeypatch.setattr(launch, "start",
                         lambda ws_, kind, **kw: started.append((kind, kw)) or 7)
@@ -197,13 +204,7 @@ def test_the_round_awaiting_review_offers_training(review_ws, monkeypatch):
 
 
 def test_the_training_counts_in_focus_mode_follow_each_decision(review_ws, monkeypatch):
-    from semievol.rounds.record import get_round, set_status
-
-    ws, round_id = review_ws
-    set_status(ws, get_round(ws, 1), "awaiting_review")
-    ws.conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?, ?, 0)",
-                    (round_id, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
-                               '"score": "nll"}'))
+    ws, round_id = awaiting_review(review_ws)
 
     def counts(at):
         return next(c.value for c in at.caption if "Training now uses" in c.value)

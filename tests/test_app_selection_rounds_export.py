@@ -217,7 +217,8 @@ def test_rounds_view_frames(prepared):
     assert rounds_view.precision_frame(summaries).empty
     enlarged = [dict(s, calibration_selected=dict(s["calibration_selected"] or {}, n=12,
                                                   precision=0.75, interval=(0.47, 0.91)),
-                     audit=dict(s["audit"], reviewed=10, precision=0.8, interval=(0.05, 0.5)))
+                     audit=dict(s["audit"], reviewed=10, precision=0.8, interval=(0.05, 0.5),
+                                precision_interval=(0.5, 0.95)))
                 for s in summaries[:1]]
     precision = rounds_view.precision_frame(enlarged)
     assert set(zip(precision["round"], precision["estimate"], precision["n"])) == {

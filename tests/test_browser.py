@@ -13,14 +13,13 @@ Skipped when chromium or playwright is missing, unless SEMIEVOL_REQUIRE_BROWSER=
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, start_server
+from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, served, start_server
 
 from semievol.config import CalibrationConfig, ModelConfig, RoundConfig, TrainConfig
 from semievol.rounds import steps
@@ -47,13 +46,8 @@ def round_workspace(filled_workspace, tiny_model_dir, fake_embedder):
 
 @pytest.fixture
 def server(round_workspace):
-    try:
-        process, url = start_server(round_workspace.path)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield url, round_workspace
-    process.terminate()
-    process.wait(timeout=20)
+    with served(round_workspace.path) as url:
+        yield url, round_workspace
 
 
 def walk_pages(chromium: str, url: str, shots: Path, reviewer: str) -> None:
@@ -112,18 +106,8 @@ decisions from six key presses."""
 
 @pytest.fixture
 def launch_server(filled_workspace):
-    try:
-        process, url = start_server(filled_workspace.path)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    yield url, filled_workspace
-    process.terminate()
-    process.wait(timeout=20)
-    for (pid,) in filled_workspace.query("SELECT pid FROM runs WHERE status='running'"):
-        try:
-            os.killpg(pid, 9)
-        except (ProcessLookupError, PermissionError, TypeError):
-            pass
+    with served(filled_workspace.path) as url:
+        yield url, filled_workspace
 
 
 def _wait_text(page, url: str, path: str, title: str, text: str, timeout: float) -> None:

@@ -14,13 +14,12 @@ playwright, unless SEMIEVOL_REQUIRE_BROWSER=1 (as in `make test`).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
-from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, start_server
+from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, served
 from conftest import LABELS, write_csv
 
 from semievol.workspace.store import Workspace
@@ -48,23 +47,6 @@ def files(tmp_path) -> dict[str, Path]:
     return {"labeled": write_csv(folder / "labeled.csv", labeled),
             "unlabeled": write_csv(folder / "unlabeled.csv", unlabeled),
             "test": write_csv(folder / "test.csv", test)}
-
-
-def _server(path: Path):
-    try:
-        return start_server(path)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-
-
-def _stop(process, ws: Workspace) -> None:
-    process.terminate()
-    process.wait(timeout=20)
-    for (pid,) in ws.query("SELECT pid FROM runs WHERE status='running'"):
-        try:
-            os.killpg(pid, 9)
-        except (ProcessLookupError, PermissionError, TypeError):
-            pass
 
 
 def _upload(page, path: Path, expected_split: str, labels: str | None = None) -> None:
@@ -98,90 +80,86 @@ def test_a_short_class_is_named_before_any_run_and_keeps_its_examples(files, tmp
     chromium = browser_or_skip()
     path = tmp_path / "ws"
     Workspace(path, create=True).close()
-    process, url = _server(path)
     ws = Workspace(path)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            open_page(page, f"{url}/Workspace", "Workspace and data")
-            _upload(page, files["labeled"], "labeled", labels=", ".join(LABELS))
-            _upload(page, files["unlabeled"], "unlabeled")
-            _upload(page, files["test"], "test")
-            assert ws.split_counts() == {"labeled": 40, "unlabeled": 18, "test": 9,
-                                         "calibration": 0}
+    with served(path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2400})
+        open_page(page, f"{url}/Workspace", "Workspace and data")
+        _upload(page, files["labeled"], "labeled", labels=", ".join(LABELS))
+        _upload(page, files["unlabeled"], "unlabeled")
+        _upload(page, files["test"], "test")
+        assert ws.split_counts() == {"labeled": 40, "unlabeled": 18, "test": 9,
+                                     "calibration": 0}
 
-            # Before any run: Home names the short class, its count and the remedy.
-            assert ws.scalar("SELECT COUNT(*) FROM runs") == 0
-            open_page(page, url, "SemiEvol Studio")
-            page.get_by_text("billing: 2 labeled examples", exact=False).first.wait_for(
-                timeout=30_000)
-            page.screenshot(path=str(SHOTS / "1_home_warns.png"))
+        # Before any run: Home names the short class, its count and the remedy.
+        assert ws.scalar("SELECT COUNT(*) FROM runs") == 0
+        open_page(page, url, "SemiEvol Studio")
+        page.get_by_text("billing: 2 labeled examples", exact=False).first.wait_for(
+            timeout=30_000)
+        page.screenshot(path=str(SHOTS / "1_home_warns.png"))
 
-            open_page(page, f"{url}/Round_setup", "Round setup")
-            page.get_by_text("billing: 2 labeled examples", exact=False).first.wait_for(
-                timeout=30_000)
-            for name, value in (("Base model", str(tiny_model_dir)),
-                                ("Max steps (0 = none)", "2"), ("Batch size", "4"),
-                                ("Calibration fraction", "0.25")):
-                box = page.get_by_label(name, exact=True)
-                box.fill(value)
-                box.press("Enter")
-                page.wait_for_load_state("networkidle")
-            launch = page.get_by_role("button", name="Launch round")
-            assert launch.is_disabled()  # refused until the warning is confirmed
-            page.get_by_text("I have read this and want to launch anyway",
-                             exact=False).first.click()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('button')].some(b => "
-                "b.innerText.includes('Launch round') && !b.disabled)", timeout=30_000)
-            page.screenshot(path=str(SHOTS / "2_setup_confirmed.png"))
-            launch.click()
-            page.get_by_text("Started run", exact=False).wait_for(timeout=60_000)
-
-            # The Runs page polls the run: its progress never goes back.
-            open_page(page, f"{url}/Runs", "Runs")
-            seen = []
-            deadline = time.time() + 300
-            while time.time() < deadline:
-                bars = page.locator('[data-testid="stProgress"]')
-                text = bars.first.inner_text() if bars.count() else ""
-                found = PERCENT.match(text.strip())
-                if found:
-                    seen.append(int(found[1]))
-                status = ws.scalar("SELECT status FROM runs ORDER BY id DESC LIMIT 1")
-                if status != "running":
-                    break
-                time.sleep(0.5)
-            assert ws.scalar("SELECT status FROM runs ORDER BY id DESC LIMIT 1") == \
-                "succeeded", ws.scalar("SELECT error FROM runs ORDER BY id DESC LIMIT 1")
-            assert len(seen) >= 3, seen
-            assert seen == sorted(seen), f"progress went back: {seen}"
-            page.screenshot(path=str(SHOTS / "3_runs.png"))
-
-            # The confirmation was recorded, and the hold-out kept both billing examples.
-            assert [r[0] for r in ws.query("SELECT kind FROM confirmations")] == ["few_labels"]
-            assert dict(ws.query("SELECT split, COUNT(*) FROM items WHERE answer='billing' "
-                                 "AND split != 'test' GROUP BY split")) == {"labeled": 2}
-            assert ws.split_counts()["calibration"] > 0
-
-            # Selection: no error rate or precision as a bare percentage from < 10 items.
-            open_page(page, f"{url}/Selection", "Selection")
-            page.get_by_text("Estimated error rate", exact=False).first.wait_for(
-                timeout=60_000)
+        open_page(page, f"{url}/Round_setup", "Round setup")
+        page.get_by_text("billing: 2 labeled examples", exact=False).first.wait_for(
+            timeout=30_000)
+        for name, value in (("Base model", str(tiny_model_dir)),
+                            ("Max steps (0 = none)", "2"), ("Batch size", "4"),
+                            ("Calibration fraction", "0.25")):
+            box = page.get_by_label(name, exact=True)
+            box.fill(value)
+            box.press("Enter")
             page.wait_for_load_state("networkidle")
-            values = {m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
-                      m.locator('[data-testid="stMetricValue"]').inner_text().strip()
-                      for m in page.locator('[data-testid="stMetric"]').all()}
-            assert values["Estimated error rate"].startswith("–, audit at least 10"), values
-            calibration = ws.split_counts()["calibration"]
-            if calibration < 10:
-                assert values["Calibration precision, all"].startswith("–, needs at least 10")
-            page.screenshot(path=str(SHOTS / "4_selection.png"), full_page=True)
-            browser.close()
-    finally:
-        _stop(process, ws)
+        launch = page.get_by_role("button", name="Launch round")
+        assert launch.is_disabled()  # refused until the warning is confirmed
+        page.get_by_text("I have read this and want to launch anyway",
+                         exact=False).first.click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('button')].some(b => "
+            "b.innerText.includes('Launch round') && !b.disabled)", timeout=30_000)
+        page.screenshot(path=str(SHOTS / "2_setup_confirmed.png"))
+        launch.click()
+        page.get_by_text("Started run", exact=False).wait_for(timeout=60_000)
+
+        # The Runs page polls the run: its progress never goes back.
+        open_page(page, f"{url}/Runs", "Runs")
+        seen = []
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            bars = page.locator('[data-testid="stProgress"]')
+            text = bars.first.inner_text() if bars.count() else ""
+            found = PERCENT.match(text.strip())
+            if found:
+                seen.append(int(found[1]))
+            status = ws.scalar("SELECT status FROM runs ORDER BY id DESC LIMIT 1")
+            if status != "running":
+                break
+            time.sleep(0.5)
+        assert ws.scalar("SELECT status FROM runs ORDER BY id DESC LIMIT 1") == \
+            "succeeded", ws.scalar("SELECT error FROM runs ORDER BY id DESC LIMIT 1")
+        assert len(seen) >= 3, seen
+        assert seen == sorted(seen), f"progress went back: {seen}"
+        page.screenshot(path=str(SHOTS / "3_runs.png"))
+
+        # The confirmation was recorded, and the hold-out kept both billing examples.
+        assert [r[0] for r in ws.query("SELECT kind FROM confirmations")] == ["few_labels"]
+        assert dict(ws.query("SELECT split, COUNT(*) FROM items WHERE answer='billing' "
+                             "AND split != 'test' GROUP BY split")) == {"labeled": 2}
+        assert ws.split_counts()["calibration"] > 0
+
+        # Selection: no error rate or precision as a bare percentage from < 10 items.
+        open_page(page, f"{url}/Selection", "Selection")
+        page.get_by_text("Estimated error rate", exact=False).first.wait_for(
+            timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        values = {m.locator('[data-testid="stMetricLabel"]').inner_text().strip():
+                  m.locator('[data-testid="stMetricValue"]').inner_text().strip()
+                  for m in page.locator('[data-testid="stMetric"]').all()}
+        assert values["Estimated error rate"].startswith("–, audit at least 10"), values
+        calibration = ws.split_counts()["calibration"]
+        if calibration < 10:
+            assert values["Calibration precision, all"].startswith("–, needs at least 10")
+        page.screenshot(path=str(SHOTS / "4_selection.png"), full_page=True)
+        browser.close()
 
 
 def test_after_a_regression_home_and_export_name_the_best_round(filled_workspace):
@@ -197,25 +175,21 @@ def test_after_a_regression_home_and_export_name_the_best_round(filled_workspace
             folder.mkdir(parents=True)
             (folder / "adapter_config.json").write_text('{"r": 8}')
             (folder / "adapter_model.safetensors").write_bytes(b"weights")
-    process, url = _server(ws.path)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2000})
-            open_page(page, url, "SemiEvol Studio")
-            box = page.get_by_text("the best is round 1", exact=False).first
-            box.wait_for(timeout=30_000)
-            text = box.inner_text()
-            assert "Export round 1" in text and "start round 3" not in text.split("before")[0]
-            page.get_by_text("Go to Export", exact=False).first.wait_for(timeout=30_000)
-            page.screenshot(path=str(SHOTS / "5_home_best_round.png"))
-            open_page(page, f"{url}/Export", "Export")
-            picker = page.get_by_role("combobox", name="Round").first
-            picker.wait_for(timeout=30_000)
-            chosen = picker.input_value()
-            assert chosen.startswith("Round 1 ") and chosen.endswith("· best"), chosen
-            page.screenshot(path=str(SHOTS / "6_export_preselects_best.png"))
-            browser.close()
-    finally:
-        _stop(process, ws)
+    with served(ws.path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        open_page(page, url, "SemiEvol Studio")
+        box = page.get_by_text("the best is round 1", exact=False).first
+        box.wait_for(timeout=30_000)
+        text = box.inner_text()
+        assert "Export round 1" in text and "start round 3" not in text.split("before")[0]
+        page.get_by_text("Go to Export", exact=False).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "5_home_best_round.png"))
+        open_page(page, f"{url}/Export", "Export")
+        picker = page.get_by_role("combobox", name="Round").first
+        picker.wait_for(timeout=30_000)
+        chosen = picker.input_value()
+        assert chosen.startswith("Round 1 ") and chosen.endswith("· best"), chosen
+        page.screenshot(path=str(SHOTS / "6_export_preselects_best.png"))
+        browser.close()

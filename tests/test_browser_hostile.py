@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, start_server
+from browser_support import CHROMIUM_ARGS, browser_or_skip, open_page, served
 from conftest import add_round, write_csv
 
 from semievol.config import TaskConfig
@@ -91,28 +91,20 @@ def test_hostile_ids_options_labels_and_errors_make_no_request(hostile_workspace
     from playwright.sync_api import sync_playwright
 
     chromium = browser_or_skip()
-    try:
-        process, url = start_server(hostile_workspace.path)
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 2600})
-            open_page(page, f"{url}/Review", "Review")
-            page.get_by_text("Which answer?").first.wait_for(timeout=30_000)  # focus mode
-            page.get_by_text("Table: filter, sort, bulk").click()
-            page.wait_for_load_state("networkidle")
-            page.get_by_text("Current decision").first.wait_for(timeout=30_000)
-            for path, title in (("Selection", "Selection"), ("Rounds", "Rounds"),
-                                ("Runs", "Runs")):
-                open_page(page, f"{url}/{path}", title)
-            page.get_by_text("the server said").first.wait_for(timeout=30_000)
-            shown = page.inner_text("body")
-            time.sleep(1)
-            browser.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+    with served(hostile_workspace.path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 2600})
+        open_page(page, f"{url}/Review", "Review")
+        page.get_by_text("Which answer?").first.wait_for(timeout=30_000)  # focus mode
+        page.get_by_text("Table: filter, sort, bulk").click()
+        page.wait_for_load_state("networkidle")
+        page.get_by_text("Current decision").first.wait_for(timeout=30_000)
+        for path, title in (("Selection", "Selection"), ("Rounds", "Rounds"),
+                            ("Runs", "Runs")):
+            open_page(page, f"{url}/{path}", title)
+        page.get_by_text("the server said").first.wait_for(timeout=30_000)
+        shown = page.inner_text("body")
+        time.sleep(1)
+        browser.close()
     assert spy.hits == []
     assert f"![error]({spy.base}/error.png)" in shown  # the error is shown, as its text

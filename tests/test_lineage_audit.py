@@ -158,6 +158,8 @@ def test_audit_estimate_reads_the_reviewers_verdicts(rounds_ws):
     assert result["queue"] == 5 and result["reviewed"] == 3 and result["wrong"] == 2
     assert result["error_rate"] == pytest.approx(2 / 3)
     assert result["precision"] == pytest.approx(1 / 3)
+    low, high = result["interval"]  # the precision's interval: the error's turned around
+    assert result["precision_interval"] == pytest.approx([1 - high, 1 - low])
     assert not result["complete"]
     expected_high = 0.2 * (wilson_interval(0, 1)[1] + 2 * wilson_interval(1, 1)[1]) + 0.4
     assert result["interval"][1] == pytest.approx(expected_high)

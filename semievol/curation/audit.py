@@ -184,10 +184,11 @@ def verdicts(ws: Workspace, round_id: int, item_ids: Sequence[int],
 def audit_estimate(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BIN, *,
                    bins: int = DEFAULT_BINS, seed: int = 0) -> dict:
     """The selected set's estimated error rate from the decisions on the audit queue's items
-    (`estimate_error`), plus `queue` (its length), `precision` (1 - error) and
-    `expected_wrong` (error rate x policy-selected items that no reviewer has decided).
-    Decisions on items outside the queue are not used: reviewers pick items for a reason,
-    so they are no random sample."""
+    (`estimate_error`), plus `queue` (its length), `precision` (1 - error) with its
+    `precision_interval` (the error interval turned around) and `expected_wrong` (error
+    rate x policy-selected items that no reviewer has decided). Decisions on items outside
+    the queue are not used: reviewers pick items for a reason, so they are no random
+    sample."""
     ids, scores, labels = audit_population(ws, round_id)
     bin_of = entropy_bins(scores, bins=bins)
     queue = audit_sample(scores, bins=bins, per_bin=n_per_bin, seed=seed)
@@ -197,6 +198,8 @@ def audit_estimate(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BI
     result["queue"] = int(queue.size)
     rate = result["error_rate"]
     result["precision"] = None if rate is None else 1.0 - rate
+    low, high = result["interval"]
+    result["precision_interval"] = [1.0 - high, 1.0 - low]
     undecided = len(ids) - len(verdicts(ws, round_id, ids, labels))
     result["expected_wrong"] = None if rate is None else rate * undecided
     return result

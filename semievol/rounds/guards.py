@@ -207,21 +207,13 @@ def check_training_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> l
     `confirm` (who trains anyway) is given, then recorded with the round."""
     if rnd.final_adapter or ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (rnd.id,)):
         return []  # training started already: it was decided then
-    warnings = training_warnings(ws, rnd.id)
-    if not warnings:
-        return []
-    if not confirm:
-        raise SemiEvolError(
-            f"The workspace's evidence warns against training round {rnd.number} now; "
-            "read the warnings, then confirm to train anyway (`--confirm`), or change the "
-            "selection.", [w["message"] for w in warnings],
-            app=f"The workspace's evidence warns against training round {rnd.number} now: "
-                "read the warnings, then tick the confirmation box to train anyway, or change "
-                "the selection on the Selection page.")
-    seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
-    fresh = [w for w in warnings if (w["kind"], w["message"]) not in seen]
-    record_confirmation(ws, rnd.id, fresh, reviewer=confirm)
-    return warnings
+    return _confirmed(ws, rnd, training_warnings(ws, rnd.id), confirm, (
+        f"The workspace's evidence warns against training round {rnd.number} now; "
+        "read the warnings, then confirm to train anyway (`--confirm`), or change the "
+        "selection.",
+        f"The workspace's evidence warns against training round {rnd.number} now: "
+        "read the warnings, then tick the confirmation box to train anyway, or change "
+        "the selection on the Selection page."))
 
 
 def check_label_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list[dict]:
@@ -231,16 +223,24 @@ def check_label_warnings(ws: Workspace, rnd: Round, confirm: str | None) -> list
     if rnd.number != 1 or rnd.warmup_adapter:
         return []
     warnings = [{"kind": "few_labels", "message": c["message"]} for c in label_warnings(ws)]
+    return _confirmed(ws, rnd, warnings, confirm, (
+        "Some classes have too few labeled examples to be learnt: add labels to them "
+        "(import more), or confirm to start the round anyway (`--confirm`).",
+        "Some classes have too few labeled examples to be learnt: add labels to them "
+        "(import more on the Workspace page), or tick the confirmation box on Round "
+        "setup to start the round anyway."))
+
+
+def _confirmed(ws: Workspace, rnd: Round, warnings: list[dict], confirm: str | None,
+               refusal: tuple[str, str]) -> list[dict]:
+    """The one rule of a warning that takes a confirmation: none, nothing to do; not
+    confirmed, one error (`refusal`: its message, and the same in the app's words) with
+    every warning as a problem; confirmed, the warnings not confirmed before are recorded
+    with the round, with who confirmed. Returns `warnings`."""
     if not warnings:
         return []
     if not confirm:
-        raise SemiEvolError(
-            "Some classes have too few labeled examples to be learnt: add labels to them "
-            "(import more), or confirm to start the round anyway (`--confirm`).",
-            [w["message"] for w in warnings],
-            app="Some classes have too few labeled examples to be learnt: add labels to them "
-                "(import more on the Workspace page), or tick the confirmation box on Round "
-                "setup to start the round anyway.")
+        raise SemiEvolError(refusal[0], [w["message"] for w in warnings], app=refusal[1])
     seen = {(c["kind"], c["message"]) for c in confirmations(ws, rnd.id)}
     record_confirmation(ws, rnd.id, [w for w in warnings if (w["kind"], w["message"])
                                      not in seen], reviewer=confirm)

@@ -40,10 +40,15 @@ def adapter_scores(ws: Workspace, *, before_round: int | None = None,
     return out
 
 
+def accuracy_on(accuracy: float, split: str) -> str:
+    """"83.1% on test": a score and the split it was measured on, as every page says it."""
+    return f"{accuracy:.1%} on {split}"
+
+
 def describe(score: dict) -> str:
     """"round 1's warm-up adapter (83.1 % on test)"."""
     what = "warm-up adapter" if score["model"] == "warmup" else "trained adapter"
-    return f"round {score['round']}'s {what} ({score['accuracy']:.1%} on {score['split']})"
+    return f"round {score['round']}'s {what} ({accuracy_on(score['accuracy'], score['split'])})"
 
 
 def start_adapter(ws: Workspace, number: int, start_from: str = "best", *,
@@ -103,7 +108,7 @@ def regression(ws: Workspace, rnd: Round, *, scores: list[dict] | None = None) -
     message = ""
     if below:
         worse = "; ".join(f"{b['what']} {b['accuracy']:.1%}" for b in below)
-        message = (f"Round {rnd.number} scores {own['accuracy']:.1%} on {own['split']}, below "
+        message = (f"Round {rnd.number} scores {accuracy_on(own['accuracy'], own['split'])}, below "
                    f"{worse}. Its adapter is not used as the start of the next round unless "
                    "it is the best; review its pseudo-labels and training settings.")
     return {"accuracy": own["accuracy"], "split": own["split"], "below": below,

@@ -8,7 +8,7 @@ from semievol.curation.sufficiency import label_warnings
 from semievol.model.loading import load_tokenizer, resolve_model_path
 from semievol.model.prompts import PromptBuilder, resolve_budget
 from semievol.rounds.record import STATUS_NAMES, base_config
-from semievol.rounds.scores import adapter_scores, best_trained
+from semievol.rounds.scores import accuracy_on, adapter_scores, best_trained
 from semievol.saved_config import to_dict
 from semievol.task.formats import Example, build_messages, render_prompt
 from semievol.workspace.items import options_of, with_neighbours
@@ -42,7 +42,7 @@ def round_label(row: dict) -> str:
     """A round as the pickers name it: "Round 2 (done) · 81.0 % on test · best"."""
     parts = [f"Round {row['number']} ({row['status_name']})"]
     if row.get("accuracy") is not None:
-        parts.append(f"{row['accuracy']:.1%} on {row['split']}")
+        parts.append(accuracy_on(row["accuracy"], row["split"]))
     if row.get("best"):
         parts.append("best")
     return " · ".join(parts)
@@ -62,8 +62,10 @@ def held_out_line(splits: dict[str, int]) -> str | None:
 
 def workspace_status(ws: Workspace) -> dict:
     task = ws.task
-    rounds = [{k: r[k] for k in ("number", "status", "status_name", "pseudo_labels",
-                                 "calibration_labels", "selected", "accuracy", "split", "best")}
+    rounds = [{**{k: r[k] for k in ("number", "status", "status_name", "pseudo_labels",
+                                    "calibration_labels", "selected", "accuracy", "split",
+                                    "best")},
+               "score": None if r["accuracy"] is None else accuracy_on(r["accuracy"], r["split"])}
               for r in reversed(round_rows(ws))]
     splits = ws.split_counts()
     return {

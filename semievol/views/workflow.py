@@ -12,7 +12,7 @@ from semievol.curation.selection_state import applied_selection
 from semievol.method.evaluate import evaluated_models
 from semievol.method.pseudo_labels import path_counts
 from semievol.rounds.record import STATUS_NAMES, Round, budget_of, latest_round
-from semievol.rounds.scores import regression
+from semievol.rounds.scores import accuracy_on, regression
 from semievol.runs import jobs
 from semievol.workspace.items import with_neighbours
 from semievol.workspace.store import Workspace
@@ -103,7 +103,7 @@ def state_of(path, rnd: Round | None, running: list[dict], check: dict | None,
         # The evidence says this round made things worse: the next action is the best round.
         actions["done"] = (
             f"Round {number} scored below an earlier round; the best is round {best['round']} "
-            f"({best['accuracy']:.1%} on {best['split']}). Export round {best['round']}, or "
+            f"({accuracy_on(best['accuracy'], best['split'])}). Export round {best['round']}, or "
             f"change the settings on Round setup before starting round {number + 1}.",
             "export", f"semievol export {path} --round {best['round']}")
     action, page, command = actions[rnd.status]
