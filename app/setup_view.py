@@ -210,10 +210,13 @@ def _round_fields(config: RoundConfig) -> dict:
     fields["report_to"] = st.radio(
         "Also report to", REPORT_TO, horizontal=True,
         index=REPORT_TO.index(config.report_to), key="setup_report_to",
-        format_func={"none": "no tracker", "tensorboard": "TensorBoard"}.get,
-        help="TensorBoard: the training losses, learning rate and test accuracy as event "
-             "files in the workspace's tensorboard/ folder (`tensorboard --logdir "
-             "WORKSPACE/tensorboard`).")
+        format_func={"none": "no tracker", "tensorboard": "TensorBoard",
+                     "mlflow": "MLflow"}.get,
+        help="The training losses, learning rate and test accuracy, kept in the workspace. "
+             "TensorBoard: event files in tensorboard/ (`tensorboard --logdir "
+             "WORKSPACE/tensorboard`). MLflow: a run per round with the config as params and "
+             "the adapters as artifacts (`mlflow ui --backend-store-uri "
+             "sqlite:///WORKSPACE/mlflow/mlflow.db`).")
     return fields
 
 

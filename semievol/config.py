@@ -28,7 +28,7 @@ THETA_POLICIES = ("percentile", "per_class")
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
 START_FROM = ("best", "previous")
-REPORT_TO = ("none", "tensorboard")
+REPORT_TO = ("none", "tensorboard", "mlflow")
 SERVER_MODES = ("auto", "echo", "prompt_logprobs", "chat")
 ADAPTER_LOADING = ("none", "vllm")
 
@@ -408,7 +408,8 @@ class RoundConfig:
     `previous` (round N-1's trained adapter, as in the paper)."""
     report_to: str = "none"
     """Also write the round's training losses, learning rate and test accuracy to a tracker:
-    `none` or `tensorboard` (event files in WORKSPACE/tensorboard/roundN)."""
+    `none`, `tensorboard` (event files in WORKSPACE/tensorboard/roundN) or `mlflow` (a run
+    per round in the SQLite store WORKSPACE/mlflow/mlflow.db, the adapters as artifacts)."""
 
     def __post_init__(self):
         if not self.collaborators:

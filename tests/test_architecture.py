@@ -57,7 +57,7 @@ PURE_LIBRARIES = {"math", "typing", "numpy", "collections", "dataclasses", "func
 
 HEAVY = {"torch", "transformers", "peft", "accelerate", "chromadb", "sentence_transformers",
          "gguf", "safetensors", "streamlit", "pandas", "pyarrow", "plotly", "httpx", "yaml",
-         "huggingface_hub", "datasets"}
+         "huggingface_hub", "datasets", "mlflow"}
 """Libraries imported inside the functions that need them, so `semievol --help` and the
 pure parts start fast."""
 
@@ -221,7 +221,7 @@ def test_every_part_says_what_it_owns_and_may_import():
 
 
 DISTRIBUTIONS = {"yaml": "pyyaml", "sentence_transformers": "sentence-transformers",
-                 "huggingface_hub": "huggingface-hub"}
+                 "huggingface_hub": "huggingface-hub", "mlflow": "mlflow-skinny"}
 """Import names whose distribution on PyPI is named otherwise."""
 
 

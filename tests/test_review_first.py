@@ -170,6 +170,48 @@ def test_a_round_reported_to_tensorboard_reads_back(filled_workspace, fake_embed
     assert "config/text_summary" in events.Tags()["tensors"]  # the resolved config, as text
 
 
+def test_a_round_reported_to_mlflow_reads_back(filled_workspace, fake_embedder,
+                                               tiny_model_dir, monkeypatch):
+    """`report_to: mlflow`: one run per round in the workspace's SQLite store, read back with
+    `mlflow.search_runs` and MLflow's client: the metrics per step, the resolved config as
+    params, the adapters as artifacts in the workspace."""
+    import dataclasses
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from semievol.rounds.tracking import mlflow_name, mlflow_uri
+    from semievol.runs.jobs import run_metrics
+
+    ws = filled_workspace
+    monkeypatch.setattr("semievol.rounds.steps._embedder", lambda config, embedder: fake_embedder)
+    config = dataclasses.replace(tiny(tiny_model_dir), report_to="mlflow")
+    results, run_id = run(ws, "round", config=config, review=False)
+    mlflow.set_tracking_uri(mlflow_uri(ws))
+    try:
+        runs = mlflow.search_runs(experiment_names=[f"semievol:{ws.path.name}"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(runs) == 1 and runs.loc[0, "tags.semievol.round"] == "1"
+    assert runs.loc[0, "status"] == "FINISHED"
+    assert runs.loc[0, "params.train.learning_rate"] == str(config.train.learning_rate)
+    assert runs.loc[0, "params.report_to"] == "mlflow"
+    evaluated = {k: v for k, v in results["evaluate"].items() if k != "regression"}
+    for model, report in evaluated.items():
+        assert runs.loc[0, "metrics." + mlflow_name(f"{report['split']}/{model}_accuracy")] == \
+            pytest.approx(report["accuracy"])
+    client = MlflowClient(tracking_uri=mlflow_uri(ws))
+    history = client.get_metric_history(runs.loc[0, "run_id"], "train_loss")
+    stored = [m["value"] for m in run_metrics(ws, run_id, "train_loss")]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(stored)
+    assert [m.step for m in client.get_metric_history(runs.loc[0, "run_id"],
+                                                      "warmup_loss")] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(runs.loc[0, "run_id"], "adapters/final")}
+    assert "adapters/final/adapter_model.safetensors" in artifacts
+    assert (ws.path / "mlflow" / "mlflow.db").is_file()
+    assert runs.loc[0, "artifact_uri"].startswith((ws.path / "mlflow" / "artifacts").as_uri())
+
+
 def test_report_to_takes_only_what_is_supported():
     with pytest.raises(SemiEvolError, match="report to"):
         RoundConfig(report_to="wandb")
