@@ -112,6 +112,7 @@ def reference_train(examples, tokenizer, config, progress=None) -> dict:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from semievol.model.architectures import lora_targets
     from semievol.model.loading import pick_device, pick_dtype, resolve_model_path
     from semievol.training.finetune import lr_at, sample_order, tokenize
 
@@ -121,8 +122,7 @@ def reference_train(examples, tokenizer, config, progress=None) -> dict:
     torch.manual_seed(train.seed)
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_cfg.name_or_path),
                                                 dtype=torch.float32).to(device)
-    targets = lora.target_modules if lora.target_modules == "all-linear" else \
-        [m.strip() for m in lora.target_modules.split(",")]
+    targets = lora_targets(base.config.model_type, lora.target_modules)
     model = get_peft_model(base, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha,
                                                 lora_dropout=lora.dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))

@@ -120,8 +120,10 @@ class LoraConfig:
     are a fifth of a step) but scored lower in all three fpb-64 seeds (class-balanced SFT
     -0.5, SemiEvol r1 -1.2 points on average; SFT without balance unchanged):
     bench/results/fpb_64_dropout0 vs fpb_64_bf16_base, both with a bf16 frozen base."""
-    target_modules: str = "all-linear"
-    """Which layers get adapters: `all-linear` (paper) or a comma-separated list of names."""
+    target_modules: str = "auto"
+    """Which layers get adapters: `auto` (every attention and MLP projection, as the model's
+    architecture names them: semievol.model.architectures), `all-linear` (PEFT's choice:
+    every linear layer but the output head) or a comma-separated list of names."""
 
     def __post_init__(self):
         if self.r < 1:

@@ -236,6 +236,65 @@ def fake_adapter(ws, relative: str) -> str:
 
 
 # -- tiny model ----------------------------------------------------------------------------
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
+"""One tiny model per supported architecture (semievol.model.architectures)."""
+
+
+def tiny_architecture_config(model_type: str, tokenizer):
+    """A 2-layer, hidden-32 config of `model_type` over the bundled tokenizer's vocabulary:
+    grouped-query attention (2 heads, 1 KV head), rows long enough for q8_0 blocks, and
+    each architecture's own parts at their defaults (Qwen2's biases, Qwen3's and Gemma 3's
+    Q/K norms, Gemma's soft-capping and sliding window, Phi-3's fused projections)."""
+    import transformers
+
+    classes = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config",
+               "qwen3": "Qwen3Config", "gemma2": "Gemma2Config",
+               "gemma3_text": "Gemma3TextConfig", "phi3": "Phi3Config"}
+    shape = dict(vocab_size=max(len(tokenizer), tokenizer.vocab_size), hidden_size=32,
+                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                 intermediate_size=64, max_position_embeddings=1024,
+                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                 pad_token_id=tokenizer.pad_token_id,
+                 tie_word_embeddings=model_type not in ("mistral", "phi3"))
+    if model_type in ("mistral", "qwen3", "gemma2", "gemma3_text"):
+        shape["head_dim"] = 16
+    if model_type.startswith("gemma"):
+        shape["query_pre_attn_scalar"] = 16  # llama.cpp scales by the head size
+    return getattr(transformers, classes[model_type])(**shape)
+
+
+@pytest.fixture(scope="session")
+def tiny_architecture(tmp_path_factory):
+    """`tiny_architecture(model_type)`: a folder with a tiny random-weight model of that
+    architecture (weights std 0.3, so its option scores are not flat) and the bundled
+    tokenizer standing in for the model's own; built once per session."""
+    from semievol.model.loading import bundled_model_dir, set_offline
+
+    set_offline()
+    built: dict[str, Path] = {}
+
+    def build(model_type: str) -> Path:
+        if model_type in built:
+            return built[model_type]
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_architecture_config(model_type, tokenizer))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "norm" not in name:
+                    parameter.normal_(0.0, 0.3)
+        path = tmp_path_factory.mktemp(f"tiny_{model_type}")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        built[model_type] = path
+        return path
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-16 random-weight LlamaForCausalLM (seeded, tied embeddings) saved

@@ -20,7 +20,8 @@ from semievol.config import RetrievalConfig, TaskConfig
 from semievol.curation.sufficiency import label_warnings
 from semievol.errors import SemiEvolError
 from semievol.method.retrieval import LazyEmbedder, index_workspace, set_chroma_server
-from semievol.model.loading import bundled_embedder_dir, bundled_model_dir, cache_dir
+from semievol.model.loading import bundled_embedder_dir, cache_dir
+from semievol.model.prepare import prepare_model
 from semievol.runs.jobs import RunCancelled
 from semievol.saved_config import overridden
 from semievol.views.status import length_line, length_report, workspace_status
@@ -136,9 +137,16 @@ def cmd_prepare_model(args) -> int:
     import time
 
     start = time.time()
-    path = bundled_model_dir()
-    print(f"Bundled model ready at {path} ({time.time() - start:.1f} s); "
-          f"embedder at {bundled_embedder_dir()}; cache {cache_dir()}")
+    found = prepare_model(args.source, budget=args.context_budget)
+    targets = found["lora_targets"]
+    print(f"{found['architecture']} model ready at {found['path']} "
+          f"({time.time() - start:.1f} s): context window {found['window'] or 'not stated'}, "
+          f"vocabulary {found['vocabulary']:,}, answers close with {found['end_of_turn']}, "
+          f"LoRA on {', '.join(targets) if isinstance(targets, list) else targets}.")
+    if args.source == "bundled":
+        print(f"Bundled embedder at {bundled_embedder_dir()}; cache {cache_dir()}")
+    else:
+        print(f"Use it with `--model {args.source}` (or Round setup's Base model field).")
     return 0
 
 
@@ -192,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the backup file (default: WORKSPACE/backups/workspace-TIME.db)")
     p.set_defaults(func=cmd_backup)
 
-    p = sub.add_parser("prepare-model", help="convert the bundled model once (cached)")
+    p = sub.add_parser("prepare-model", help="check a model (bundled, a Hugging Face folder or "
+                                             "a GGUF file) and convert it once (cached)")
+    p.add_argument("source", nargs="?", default="bundled",
+                   help="`bundled` (default), a local Hugging Face folder or a .gguf file")
+    p.add_argument("--context-budget", type=int, default=None, metavar="TOKENS",
+                   help="refuse a model whose context window is smaller than this")
     p.set_defaults(func=cmd_prepare_model)
 
     p = sub.add_parser("demo", help="create the demo workspace from data/demo if missing")

