@@ -24,7 +24,7 @@ from semievol.rounds.backends import probe_servers
 from semievol.runs import launch
 from semievol.runs.estimate import workspace_state
 from semievol.saved_config import overridden, to_dict, to_json
-from semievol.views.setup import SetupPage, setup_page
+from semievol.views.setup import SetupPage, model_note, setup_page
 from semievol.workspace.store import Workspace
 
 COLLABORATOR_COLUMNS = ["model", "demonstrations", "temperature", "seed", "server"]
@@ -128,11 +128,15 @@ def _model_fields(config: RoundConfig) -> dict:
     fields = {
         "model.name_or_path": left.text_input(
             "Base model", value=config.model.name_or_path, key="setup_model",
-            help="`bundled` (SmolLM2-135M-Instruct), a local folder, or a Hugging Face id "
-                 "already in the local cache.").strip(),
+            help="`bundled` (SmolLM2-135M-Instruct), a local Hugging Face folder, a GGUF "
+                 "file, or a Hugging Face id already in the local cache. Llama, Mistral, "
+                 "Qwen2, Qwen3, Gemma 2, Gemma 3 and Phi-3 models are supported.").strip(),
         "model.dtype": right.selectbox("dtype", DTYPES, index=DTYPES.index(config.model.dtype),
                                        key="setup_dtype"),
     }
+    usable, note = model_note(fields["model.name_or_path"] or "bundled",
+                              config.model.context_budget)
+    (left.caption if usable else left.error)(literal(note))
     st.subheader("LoRA and training")
     c = st.columns(3)
     fields["lora.r"] = int(c[0].number_input("LoRA r", min_value=1, max_value=512, step=1,

@@ -120,6 +120,9 @@ def test_round_setup_shows_the_defaults_and_launches_the_whole_round(task_worksp
     assert not at.exception
     assert "No round yet" in texts(at.markdown)
     assert at.text_input(key="setup_model").value == "bundled"
+    # What the model is, checked from its files (semievol.views.setup.model_note).
+    assert any(c.value.replace("\\", "").startswith(  # shown as literal text (escaped)
+        "Llama: context window 8192 tokens, vocabulary 49,152") for c in at.caption)
     editor = setup_view.collaborator_frame(RoundConfig())
     shown = frame_with(at, "demonstrations")
     assert shown.to_dict("records") == editor.to_dict("records")
@@ -378,3 +381,22 @@ def test_a_trained_round_shows_its_frozen_training_set(task_workspace, launched,
     assert "trained on **15** item(s), frozen when its training started" in texts(at.markdown)
     assert "2 decision(s) were made after this round started training" in texts(at.info)
     assert frame_with(at, "pseudo").set_index("class")["pseudo"].to_dict()["outage"] == 3
+
+
+def test_round_setup_says_why_a_model_would_be_refused(task_workspace, tmp_path, monkeypatch):
+    """A folder without a chat template, typed into the model field: the page says so before
+    any launch, as the round would."""
+    import shutil
+
+    from semievol.model.loading import bundled_model_dir
+
+    folder = tmp_path / "no_template"
+    shutil.copytree(bundled_model_dir(), folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    at = page(task_workspace, SETUP, monkeypatch)
+    at.text_input(key="setup_model").set_value(str(folder)).run()
+    assert not at.exception
+    assert any("has no chat template" in e.value for e in at.error)

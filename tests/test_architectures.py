@@ -253,3 +253,29 @@ def test_lora_targets_follow_the_architecture_unless_the_user_names_them():
     assert lora_targets("gpt_neox", "auto") == "all-linear"
     assert lora_targets("llama", "all-linear") == "all-linear"
     assert lora_targets("llama", "q_proj, v_proj") == ["q_proj", "v_proj"]
+
+
+def test_round_setup_notes_what_a_model_is_without_converting_it(tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """The note under Round setup's model field: a folder's architecture and window; a GGUF
+    file not yet converted, from its header only (nothing lands in the cache); a refusal's
+    reason."""
+    from transformers import AutoModelForCausalLM
+
+    from semievol.export.gguf import write_gguf
+    from semievol.views.setup import model_note
+
+    monkeypatch.setenv("SEMIEVOL_CACHE", str(tmp_path / "cache"))
+    assert model_note(str(tiny_model_dir)) == (True, (
+        "Llama: context window 1024 tokens, vocabulary 49,152, LoRA on q_proj, k_proj, "
+        "v_proj, o_proj, gate_proj, up_proj, down_proj."))
+    gguf = tmp_path / "tiny.gguf"
+    write_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_model_dir, gguf,
+               name="tiny", gguf_type="f32")
+    usable, note = model_note(str(gguf))
+    assert usable and "llama.cpp's llama architecture: it is converted once" in note
+    assert not (tmp_path / "cache").exists()
+    usable, note = model_note(str(unsupported_gguf(tmp_path / "mamba.gguf")))
+    assert not usable and "'mamba' architecture, which is not supported" in note
+    assert model_note(str(tiny_model_dir), 2048)[1].startswith(
+        "The model's context window (1024 tokens) is smaller than the context budget (2048)")

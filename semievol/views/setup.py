@@ -4,10 +4,16 @@ that would make a launch wait, and the next action."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from semievol.config import RoundConfig
 from semievol.curation.sufficiency import label_warnings
+from semievol.errors import SemiEvolError
+from semievol.model.architectures import check_gguf
+from semievol.model.loading import converted_gguf_dir, resolve_model_path
+from semievol.model.prepare import check_model
 from semievol.rounds.record import FINISHED, Round, base_config, latest_round
 from semievol.rounds.scores import regression
 from semievol.rounds.steps import STEPS
@@ -51,3 +57,38 @@ def setup_page(ws: Workspace) -> SetupPage:
     return SetupPage(rnd, state_of(ws.path, rnd, running, check, data), base_config(ws), running,
                      step_states(ws, rnd) if rnd is not None else [],
                      label_warnings=label_warnings(ws) if first_warmup else [])
+
+
+def model_note(name_or_path: str, budget: int | None = None) -> tuple[bool, str]:
+    """Round setup's line under the model field: (usable, what the model is, or why a round
+    would refuse it). Reads files and the tokenizer, never weights; a GGUF file not yet
+    converted is checked from its header only (converting is a round's or prepare-model's
+    work, not a page render's). Cached until the file or folder changes."""
+    local = Path(name_or_path).expanduser()
+    target = local / "config.json" if local.is_dir() else local
+    stamp = target.stat().st_mtime_ns if target.exists() else None
+    return _model_note(name_or_path, budget, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_note(name_or_path: str, budget: int | None, _stamp) -> tuple[bool, str]:
+    local = Path(name_or_path).expanduser()
+    try:
+        if local.suffix.lower() == ".gguf" and local.is_file():
+            try:
+                path = converted_gguf_dir(local, convert=False)
+            except SemiEvolError:
+                stated = check_gguf(local)["architecture"]
+                return True, (f"A GGUF file of llama.cpp's {stated} architecture: it is "
+                              "converted once when the round starts, or now with "
+                              f"`semievol prepare-model {name_or_path}`.")
+        else:
+            path = resolve_model_path(name_or_path)
+        found = check_model(path, budget=budget)
+    except SemiEvolError as exc:
+        return False, str(exc)
+    targets = found["lora_targets"]
+    return True, (f"{found['architecture']}: context window "
+                  f"{found['window'] or 'not stated'} tokens, vocabulary "
+                  f"{found['vocabulary']:,}, LoRA on "
+                  f"{', '.join(targets) if isinstance(targets, list) else targets}.")
