@@ -279,3 +279,29 @@ def test_round_setup_notes_what_a_model_is_without_converting_it(tiny_model_dir,
     assert not usable and "'mamba' architecture, which is not supported" in note
     assert model_note(str(tiny_model_dir), 2048)[1].startswith(
         "The model's context window (1024 tokens) is smaller than the context budget (2048)")
+
+
+def test_the_card_header_carries_the_rounds_test_metrics_in_model_index_form(filled_workspace,
+                                                                              tmp_path):
+    """The Hub header of an exported card, read back by huggingface_hub's own parser: base
+    model, license, library, dataset, and the round's stored test accuracy and macro-F1 as
+    model-index results."""
+    from conftest import add_round
+    from huggingface_hub import ModelCard
+
+    from semievol.export.model_card import card_data
+    from semievol.method.evaluate import store_evaluation
+
+    ws = filled_workspace
+    round_id = add_round(ws)
+    store_evaluation(ws, {"model": "round", "split": "test", "accuracy": 0.8125,
+                          "macro_f1": 0.75}, round_id=round_id)
+    path = tmp_path / "README.md"
+    ModelCard(f"---\n{card_data(ws, 1, library='peft').to_yaml()}\n---\n# card").save(path)
+    data = ModelCard.load(path).data
+    assert (data.base_model, data.license, data.library_name) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0", "peft")
+    assert data.datasets == [ws.path.name]
+    results = {r.metric_type: r for r in data.eval_results}
+    assert results["accuracy"].metric_value == 0.8125
+    assert results["f1"].metric_value == 0.75 and results["f1"].dataset_split == "test"

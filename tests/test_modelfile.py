@@ -110,6 +110,8 @@ def test_the_gguf_asked_as_the_modelfile_says_answers_like_the_merged_model(demo
 
     parsed_card = ModelCard.load(demo_export["folder"] / "README.md")
     assert parsed_card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (parsed_card.data.license, parsed_card.data.library_name) == ("apache-2.0", "gguf")
+    assert parsed_card.data.datasets == ["demo"]
     assert parsed["SYSTEM"] in card  # the card shows the exact system message
     assert task.instruction in parsed["SYSTEM"]
     prompts = [fill(parsed["TEMPLATE"], parsed["SYSTEM"], q) for q in questions]
