@@ -240,7 +240,7 @@ TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_te
 """One tiny model per supported architecture (semievol.model.architectures)."""
 
 
-def tiny_architecture_config(model_type: str, tokenizer):
+def tiny_architecture_config(model_type: str, tokenizer, **overrides):
     """A 2-layer, hidden-32 config of `model_type` over the bundled tokenizer's vocabulary:
     grouped-query attention (2 heads, 1 KV head), rows long enough for q8_0 blocks, and
     each architecture's own parts at their defaults (Qwen2's biases, Qwen3's and Gemma 3's
@@ -260,7 +260,7 @@ def tiny_architecture_config(model_type: str, tokenizer):
         shape["head_dim"] = 16
     if model_type.startswith("gemma"):
         shape["query_pre_attn_scalar"] = 16  # llama.cpp scales by the head size
-    return getattr(transformers, classes[model_type])(**shape)
+    return getattr(transformers, classes[model_type])(**{**shape, **overrides})
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ARCHITECTURES
+from conftest import TINY_ARCHITECTURES, tiny_architecture_config
 from server_support import require_llama
 from test_engine_cli import semievol
 from test_review_first import run, tiny
@@ -305,3 +305,43 @@ def test_the_card_header_carries_the_rounds_test_metrics_in_model_index_form(fil
     results = {r.metric_type: r for r in data.eval_results}
     assert results["accuracy"].metric_value == 0.8125
     assert results["f1"].metric_value == 0.75 and results["f1"].dataset_split == "test"
+
+
+def test_llama3_rope_scaling_reaches_llama_cpp(tmp_path):
+    """Llama 3.1's rope scaling (rope_type llama3) goes into the GGUF as llama.cpp's
+    `rope_freqs` factors: llama.cpp then scores as transformers does, where the same weights
+    with plain rope score measurably otherwise (so the factors are what make them agree)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from semievol.export.gguf import write_gguf
+    from semievol.model.loading import bundled_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    scaled = tiny_architecture_config("llama", tokenizer, rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(scaled)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(tmp_path / "scaled")
+    tokenizer.save_pretrained(tmp_path / "scaled")
+    plain = json.loads((tmp_path / "scaled" / "config.json").read_text())
+    for key in ("rope_scaling", "rope_parameters"):
+        plain.pop(key, None)
+    shutil.copytree(tmp_path / "scaled", tmp_path / "plain")
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(plain))
+
+    text = " ".join(["The quarterly report says revenue grew while costs fell."] * 4)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    sequences = [(ids[:n], ids[n:n + 2]) for n in (20, 30, 40)]
+    write_gguf(model, tmp_path / "scaled", tmp_path / "scaled.gguf", name="tiny",
+               gguf_type="f32")
+    want = np.array(transformers_scores(tmp_path / "scaled", sequences))
+    unscaled = np.array(transformers_scores(tmp_path / "plain", sequences))
+    got = np.array(llama_scores(tmp_path / "scaled.gguf", sequences))
+    assert np.abs(unscaled - want).max() > 0.1  # the scaling matters at these positions
+    np.testing.assert_allclose(got, want, atol=0.02)
