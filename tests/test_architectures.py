@@ -171,6 +171,11 @@ def damaged_copy(source: Path, target: Path, how: str) -> Path:
         (target / "tokenizer_config.json").write_text(json.dumps(settings))
     elif how == "pickle weights":
         (target / "model.safetensors").rename(target / "pytorch_model.bin")
+    elif how == "cannot pad":
+        settings = json.loads((target / "tokenizer_config.json").read_text())
+        for key in ("eos_token", "pad_token"):
+            settings.pop(key, None)
+        (target / "tokenizer_config.json").write_text(json.dumps(settings))
     elif how == "unknown architecture":
         config = json.loads((target / "config.json").read_text())
         (target / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
@@ -182,6 +187,7 @@ REFUSALS = {
     "no tokenizer": "has no tokenizer (tokenizer.json or tokenizer.model)",
     "no chat template": "has no chat template",
     "pickle weights": "no safetensors weights (only pytorch_model.bin: pickle files",
+    "cannot pad": "cannot pad batches: it has neither a pad token nor an end-of-sequence",
     "unknown architecture": "The model's architecture (gpt2) is not supported. Supported: "
                             "Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3, Phi-3.",
 }
@@ -345,3 +351,36 @@ def test_llama3_rope_scaling_reaches_llama_cpp(tmp_path):
     got = np.array(llama_scores(tmp_path / "scaled.gguf", sequences))
     assert np.abs(unscaled - want).max() > 0.1  # the scaling matters at these positions
     np.testing.assert_allclose(got, want, atol=0.02)
+
+
+def test_the_gguf_export_refuses_what_llama_cpp_would_read_otherwise(tiny_model_dir, tmp_path):
+    """Refused before the file is opened: an architecture outside the table, a rope scaling
+    the writer does not carry (Phi-3's longrope), an attention scale llama.cpp does not use,
+    a SentencePiece-style vocabulary written as byte-level BPE."""
+    from transformers import AutoTokenizer, GemmaConfig
+
+    from semievol.export.gguf import exportable, tokenizer_fields
+    from semievol.model.loading import bundled_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+    with pytest.raises(SemiEvolError, match=r"architecture \(gemma: Gemma 1; Gemma 2 and "):
+        exportable(GemmaConfig())
+    longrope = tiny_architecture_config("phi3", tokenizer, rope_scaling={
+        "rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
+        "original_max_position_embeddings": 512})
+    with pytest.raises(SemiEvolError, match="uses 'longrope' rope scaling"):
+        exportable(longrope)
+    scaled = tiny_architecture_config("gemma2", tokenizer, query_pre_attn_scalar=144)
+    with pytest.raises(SemiEvolError, match="query_pre_attn_scalar=144, not its head size"):
+        exportable(scaled)
+    assert exportable(tiny_architecture_config("gemma2", tokenizer)).label == "Gemma 2"
+
+    spm = tmp_path / "spm"
+    shutil.copytree(tiny_model_dir, spm)
+    spec = json.loads((spm / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581"}
+    spec["decoder"] = {"type": "Metaspace", "replacement": "\u2581"}
+    (spm / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(SemiEvolError, match="SentencePiece-style vocabulary"):
+        tokenizer_fields(spm)
+    assert tokenizer_fields(tiny_model_dir)["tokens"][2] == "<|im_end|>"
