@@ -264,22 +264,54 @@ def tiny_architecture_config(model_type: str, tokenizer, **overrides):
 
 
 @pytest.fixture(scope="session")
+def byte_fallback_tokenizer_dir(tmp_path_factory) -> Path:
+    """A SentencePiece-style tokenizer as Gemma, Mistral, Phi-3 and Llama 2 ship theirs
+    (BPE with byte fallback, spaces as ▁ prepended by the normalizer, <0xNN> byte tokens),
+    trained offline on the small task's texts with `tokenizers`, with the bundled ChatML
+    template and special tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from semievol.model.loading import bundled_model_dir
+
+    texts = [t for ts in LABELED_TEXTS.values() for t in ts] + list(UNLABELED_TEXTS) + \
+        [t for t, _ in TEST_ROWS] + ["Route the broadband support message to a team."]
+    specials = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    model = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    model.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                             normalizers.Replace(" ", "\u2581")])
+    model.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                       decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    model.train_from_iterator(texts * 3, trainers.BpeTrainer(
+        vocab_size=700, show_progress=False,
+        special_tokens=specials + [f"<0x{i:02X}>" for i in range(256)]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>",
+                                        eos_token="<|im_end|>", unk_token="<unk>",
+                                        pad_token="<|im_end|>")
+    tokenizer.chat_template = AutoTokenizer.from_pretrained(bundled_model_dir()).chat_template
+    path = tmp_path_factory.mktemp("byte_fallback_tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_architecture(tmp_path_factory):
-    """`tiny_architecture(model_type)`: a folder with a tiny random-weight model of that
-    architecture (weights std 0.3, so its option scores are not flat) and the bundled
-    tokenizer standing in for the model's own; built once per session."""
+    """`tiny_architecture(model_type, tokenizer_dir=None)`: a folder with a tiny random-weight
+    model of that architecture (weights std 0.3, so its option scores are not flat) and the
+    bundled tokenizer (or the one in `tokenizer_dir`) standing in for the model's own; built
+    once per session."""
     from semievol.model.loading import bundled_model_dir, set_offline
 
     set_offline()
-    built: dict[str, Path] = {}
+    built: dict[tuple, Path] = {}
 
-    def build(model_type: str) -> Path:
-        if model_type in built:
-            return built[model_type]
+    def build(model_type: str, tokenizer_dir: Path | None = None) -> Path:
+        if (model_type, tokenizer_dir) in built:
+            return built[model_type, tokenizer_dir]
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or bundled_model_dir())
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(tiny_architecture_config(model_type, tokenizer))
         with torch.no_grad():
@@ -289,7 +321,7 @@ def tiny_architecture(tmp_path_factory):
         path = tmp_path_factory.mktemp(f"tiny_{model_type}")
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-        built[model_type] = path
+        built[model_type, tokenizer_dir] = path
         return path
 
     return build

@@ -2,7 +2,9 @@
 
 Run with the llama.cpp environment's Python (`.venv-llama`, as the served tests use it):
 reads {"gguf": PATH, "sequences": [[prompt_ids, continuation_ids], ...]} as JSON on stdin
-and writes, for each sequence, the continuation's summed log-probability given the prompt.
+and writes, for each sequence, the continuation's summed log-probability given the prompt;
+or, given {"gguf": PATH, "texts": [...]}, how llama.cpp tokenizes each text (special tokens
+parsed, no BOS added).
 In-process through llama-cpp-python's bindings rather than its HTTP server: the server's
 echo computes every position's log-probabilities in Python (about 2 s a request here), and
 the served path has its own tests (test_served.py).
@@ -22,6 +24,11 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     request = json.load(sys.stdin)
+    if "texts" in request:
+        vocabulary = Llama(request["gguf"], vocab_only=True, verbose=False)
+        json.dump([vocabulary.tokenize(t.encode("utf-8"), add_bos=False, special=True)
+                   for t in request["texts"]], sys.stdout)
+        return
     model = Llama(request["gguf"], logits_all=True, n_ctx=512, n_threads=2, verbose=False)
     totals = []
     for prompt, continuation in request["sequences"]:

@@ -111,6 +111,40 @@ def test_an_architecture_prepares_trains_runs_a_round_and_exports(
         atol=2e-3)
 
 
+@pytest.mark.parametrize("model_type", ("llama", "mistral", "gemma2", "gemma3_text", "phi3"))
+def test_a_byte_fallback_vocabulary_reaches_llama_cpp_as_sentencepiece(
+        model_type, tiny_architecture, byte_fallback_tokenizer_dir, tmp_path):
+    """Gemma, Mistral, Phi-3 and Llama 2 ship SentencePiece-style vocabularies (▁ for
+    spaces, byte fallback). Exported as llama.cpp's `llama` tokenizer (scores from the
+    merges' ranks, <0xNN> as byte tokens, the space prefix), llama.cpp tokenizes the
+    rendered prompts, text with double spaces, an accent and a special token in the middle
+    exactly as transformers does, and scores the options as the model does. (Qwen models
+    ship byte-level vocabularies, and transformers loads any tokenizer in a Qwen folder with
+    Qwen's own splitting rules, so the pairing would test nothing real.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from semievol.export.gguf import write_gguf
+
+    folder = tiny_architecture(model_type, byte_fallback_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    target = tmp_path / "model.gguf"
+    info = write_gguf(AutoModelForCausalLM.from_pretrained(folder), folder, target,
+                      name="tiny", gguf_type="f32")
+    assert info["pre_tokenizer"] is None  # a SentencePiece vocabulary has no pre-tokenizer
+    prompts, options = _prompts(tokenizer)
+    texts = prompts + ["My bill is  wrong, é!", "x<|im_end|>y", " leading space"]
+    assert llama_tokens(target, texts) == [
+        tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert tokenizer.tokenize("é")[-2:] == ["<0xC3>", "<0xA9>"]  # through byte fallback
+    sequences = [(tokenizer(p, add_special_tokens=False)["input_ids"],
+                  tokenizer(o, add_special_tokens=False)["input_ids"])
+                 for p, item_options in zip(prompts, options) for o in item_options]
+    np.testing.assert_allclose(
+        distributions(llama_scores(target, sequences), len(options[0])),
+        distributions(transformers_scores(folder, sequences), len(options[0])),
+        atol=TOLERANCE["f32"])
+
+
 def transformers_scores(folder: Path, sequences) -> list[float]:
     """Each continuation's summed log-probability given its prompt, by transformers."""
     import torch
@@ -131,6 +165,17 @@ def llama_scores(gguf: Path, sequences) -> list[float]:
     import subprocess
 
     request = json.dumps({"gguf": str(gguf), "sequences": sequences})
+    done = subprocess.run([require_llama(), str(Path(__file__).with_name("llama_scores.py"))],
+                          input=request, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def llama_tokens(gguf: Path, texts: list[str]) -> list[list[int]]:
+    """How llama.cpp tokenizes each text (special tokens parsed, no BOS)."""
+    import subprocess
+
+    request = json.dumps({"gguf": str(gguf), "texts": texts})
     done = subprocess.run([require_llama(), str(Path(__file__).with_name("llama_scores.py"))],
                           input=request, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -356,7 +401,7 @@ def test_llama3_rope_scaling_reaches_llama_cpp(tmp_path):
 def test_the_gguf_export_refuses_what_llama_cpp_would_read_otherwise(tiny_model_dir, tmp_path):
     """Refused before the file is opened: an architecture outside the table, a rope scaling
     the writer does not carry (Phi-3's longrope), an attention scale llama.cpp does not use,
-    a SentencePiece-style vocabulary written as byte-level BPE."""
+    a vocabulary that is neither byte-level nor byte-fallback BPE (a Unigram one)."""
     from transformers import AutoTokenizer, GemmaConfig
 
     from semievol.export.gguf import exportable, tokenizer_fields
@@ -375,12 +420,11 @@ def test_the_gguf_export_refuses_what_llama_cpp_would_read_otherwise(tiny_model_
         exportable(scaled)
     assert exportable(tiny_architecture_config("gemma2", tokenizer)).label == "Gemma 2"
 
-    spm = tmp_path / "spm"
-    shutil.copytree(tiny_model_dir, spm)
-    spec = json.loads((spm / "tokenizer.json").read_text())
-    spec["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581"}
-    spec["decoder"] = {"type": "Metaspace", "replacement": "\u2581"}
-    (spm / "tokenizer.json").write_text(json.dumps(spec))
-    with pytest.raises(SemiEvolError, match="SentencePiece-style vocabulary"):
-        tokenizer_fields(spm)
+    unigram = tmp_path / "unigram"
+    shutil.copytree(tiny_model_dir, unigram)
+    spec = json.loads((unigram / "tokenizer.json").read_text())
+    spec["model"] = {"type": "Unigram", "vocab": [["<unk>", 0.0]], "unk_id": 0}
+    (unigram / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(SemiEvolError, match="is a 'Unigram' vocabulary; the GGUF export "):
+        tokenizer_fields(unigram)
     assert tokenizer_fields(tiny_model_dir)["tokens"][2] == "<|im_end|>"

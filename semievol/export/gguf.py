@@ -11,12 +11,16 @@ Pure Python over the `gguf` package, written for the layout llama.cpp's loader e
   biases (Qwen2) and the Q/K norms (Qwen3, Gemma 3) under their own names; Gemma's logit
   soft-capping and sliding window, the head size, the rope base and linear rope scaling in
   the header;
-- the tokenizer as `gpt2` BPE: every token by id with its type (normal, control for special
-  added tokens, user-defined for the rest), the merges, the special token ids and the chat
-  template, all read from the model's own tokenizer.json.
+- the tokenizer, read from the model's own tokenizer.json: every token by id with its type
+  (normal, control for special added tokens, user-defined for the rest), the special token
+  ids and the chat template; a byte-level BPE vocabulary (SmolLM, Llama 3, Qwen) as
+  llama.cpp's `gpt2` tokenizer with its merges, a byte-fallback one (SentencePiece's layout:
+  Gemma, Mistral, Phi-3, Llama 2) as its `llama` tokenizer with scores from the merges'
+  ranks, <0xNN> byte tokens and the space prefix (tests compare llama.cpp's tokenization
+  with transformers' on the rendered prompts).
 
-The pre-tokenizer name (`tokenizer.ggml.pre`) selects llama.cpp's splitting regex and is not
-recorded in tokenizer.json; for the bundled SmolLM2 vocabulary it is `smollm` (what the
+For byte-level BPE, the pre-tokenizer name (`tokenizer.ggml.pre`) selects llama.cpp's
+splitting regex and is not recorded in tokenizer.json; for the bundled SmolLM2 vocabulary it is `smollm` (what the
 bundled GGUF states). Another vocabulary gets `default`, and the export says so: llama.cpp's
 own converter (convert_hf_to_gguf.py on the merged folder) knows more pre-tokenizers.
 """
@@ -34,7 +38,8 @@ from semievol.model.architectures import Architecture, architecture_of
 from semievol.model.loading import BUNDLED_GGUF, package_dir
 
 GGUF_TYPES = ("f16", "q8_0", "f32")
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
+TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_BYTE = 1, 2, 3, 4, 6
+"""llama.cpp's token types (gguf.TokenType)."""
 SKIPPED = ("rotary_emb.inv_freq",)
 """State-dict entries that are buffers computed from the config, not weights."""
 
@@ -130,22 +135,23 @@ def _head_dim(config) -> int:
 
 
 def tokenizer_fields(model_dir: Path) -> dict:
-    """tokens, token types, merges, special ids and chat template from tokenizer.json."""
+    """tokens, token types, merges or scores, special ids and chat template from
+    tokenizer.json, as llama.cpp's tokenizer of the vocabulary's kind (`vocabulary_kind`)
+    reads them."""
     try:
         spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
         settings = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise SemiEvolError(f"{model_dir} has no readable tokenizer.json / "
                             f"tokenizer_config.json to write into the GGUF: {exc}") from exc
-    model = spec.get("model") or {}
-    byte_level = "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
-    if model.get("type") != "BPE" or not byte_level:
-        kind = "a SentencePiece-style vocabulary (spaces as ▁, byte fallback: Gemma, Mistral, " \
-            "Phi-3 and Llama 2 tokenizers)" if model.get("type") in ("BPE", "Unigram") \
-            else f"a {model.get('type')!r} vocabulary"
-        raise SemiEvolError(f"The tokenizer in {model_dir} is {kind}; the GGUF export writes "
-                            "byte-level BPE vocabularies (SmolLM, Llama 3, Qwen) only. Export "
-                            "`merged` and convert it with llama.cpp's convert_hf_to_gguf.py.")
+    kind = vocabulary_kind(spec)
+    if kind is None:
+        raise SemiEvolError(
+            f"The tokenizer in {model_dir} is a {(spec.get('model') or {}).get('type')!r} "
+            "vocabulary; the GGUF export writes byte-level BPE (SmolLM, Llama 3, Qwen) and "
+            "byte-fallback BPE (Gemma, Mistral, Phi-3, Llama 2) vocabularies. Export "
+            "`merged` and convert it with llama.cpp's convert_hf_to_gguf.py.")
+    model = spec["model"]
     vocab = dict(model["vocab"])
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     for token_id, token in added.items():
@@ -156,23 +162,65 @@ def tokenizer_fields(model_dir: Path) -> dict:
     for text, token_id in vocab.items():
         tokens[token_id] = text
         types[token_id] = TOKEN_NORMAL
-    for token_id, token in added.items():
-        types[token_id] = TOKEN_CONTROL if token.get("special") else TOKEN_USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    by_text = {t: i for t, i in vocab.items()}
+    if kind == "llama":
+        for token_id, text in enumerate(tokens):
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+                types[token_id] = TOKEN_BYTE  # byte fallback: <0x41> is the byte 0x41
+        if model.get("unk_token") in vocab:
+            types[vocab[model["unk_token"]]] = TOKEN_UNKNOWN
+    for token_id, token in added.items():
+        if types[token_id] != TOKEN_UNKNOWN:
+            types[token_id] = TOKEN_CONTROL if token.get("special") else TOKEN_USER_DEFINED
 
     def token_id(name):
         value = settings.get(name)
         value = value.get("content") if isinstance(value, dict) else value
-        return by_text.get(value) if value else None
+        return vocab.get(value) if value else None
 
     template = settings.get("chat_template")
     if template is None and (model_dir / "chat_template.jinja").exists():
         template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    return {"tokens": tokens, "types": types, "merges": merges,
+    return {"model": kind, "tokens": tokens, "types": types, "merges": merges,
+            "scores": merge_scores(tokens, merges) if kind == "llama" else None,
+            "add_space_prefix": prepends_space(spec),
             "bos": token_id("bos_token"), "eos": token_id("eos_token"),
             "unk": token_id("unk_token"), "pad": token_id("pad_token") or token_id("eos_token"),
             "add_bos": bool(settings.get("add_bos_token", False)), "template": template}
+
+
+def vocabulary_kind(spec: dict) -> str | None:
+    """llama.cpp's tokenizer for a tokenizer.json: `gpt2` for byte-level BPE (every byte a
+    printable stand-in character: SmolLM, Llama 3, Qwen), `llama` for BPE with byte
+    fallback over text whose spaces are ▁ (SentencePiece's layout: Gemma, Mistral, Phi-3,
+    Llama 2), None for anything else (Unigram, WordPiece)."""
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        return None
+    if "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")]):
+        return "gpt2"
+    return "llama" if model.get("byte_fallback") else None
+
+
+def merge_scores(tokens: list[str], merges: list[str]) -> list[float]:
+    """Scores for llama.cpp's SentencePiece tokenizer, which merges the adjacent pair whose
+    joined text has the highest score: the token a merge makes scores minus its rank, so
+    the earlier merge wins as in the BPE that tokenized the training data. Tokens no merge
+    makes (characters, bytes, special tokens) are never the result of joining two, and
+    score 0."""
+    made = {}
+    for rank, merge in enumerate(merges):
+        left, right = merge.split(" ", 1)
+        made.setdefault(left + right, -float(rank + 1))
+    return [made.get(text, 0.0) for text in tokens]
+
+
+def prepends_space(spec: dict) -> bool:
+    """Whether the tokenizer puts a ▁ before the text (a Prepend normalizer, or a
+    Metaspace pre-tokenizer that prepends): llama.cpp's `add_space_prefix`."""
+    text = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")])
+    return '"Prepend"' in text or ('"Metaspace"' in text and '"never"' not in text
+                                   and '"add_prefix_space": false' not in text)
 
 
 def pre_tokenizer(tokens: list[str]) -> tuple[str, str | None]:
@@ -213,7 +261,7 @@ def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,
     config = model.config
     arch = exportable(config)
     fields = tokenizer_fields(Path(tokenizer_dir))
-    pre, note = pre_tokenizer(fields["tokens"])
+    pre, note = pre_tokenizer(fields["tokens"]) if fields["model"] == "gpt2" else (None, None)
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     tensors = gguf_tensors(state, config)  # refuses before the file is opened
     heads = config.num_attention_heads
@@ -248,11 +296,15 @@ def write_gguf(model, tokenizer_dir: Path, target: Path, *, name: str,
     writer.add_vocab_size(len(fields["tokens"]))
     writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+    writer.add_tokenizer_model(fields["model"])
     writer.add_token_list(fields["tokens"])
     writer.add_token_types(fields["types"])
-    writer.add_token_merges(fields["merges"])
+    if fields["model"] == "gpt2":
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_merges(fields["merges"])
+    else:
+        writer.add_token_scores(fields["scores"])
+        writer.add_add_space_prefix(fields["add_space_prefix"])
     for setter, value in ((writer.add_bos_token_id, fields["bos"]),
                           (writer.add_eos_token_id, fields["eos"]),
                           (writer.add_unk_token_id, fields["unk"]),
