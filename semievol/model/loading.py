@@ -131,7 +131,7 @@ def convert_gguf(gguf_file: Path, target: Path, *, head_dim: int | None = None) 
 
 def converted_gguf_dir(gguf_file: Path, *, convert: bool = True) -> Path:
     """The cached safetensors copy of a user's GGUF file, converted on first use. The copy is
-    keyed by the file's name, size and modification time, so a replaced file is converted
+    keyed by the file's path, size and modification time, so a replaced file is converted
     again (hashing gigabytes would cost more than the check saves)."""
     import hashlib
 
