@@ -21,8 +21,9 @@ Pure Python over the `gguf` package, written for the layout llama.cpp's loader e
 
 For byte-level BPE, the pre-tokenizer name (`tokenizer.ggml.pre`) selects llama.cpp's
 splitting regex and is not recorded in tokenizer.json; for the bundled SmolLM2 vocabulary it
-is `smollm` (what the bundled GGUF states). Another vocabulary gets `default`, and the export says so: llama.cpp's
-own converter (convert_hf_to_gguf.py on the merged folder) knows more pre-tokenizers.
+is `smollm` (what the bundled GGUF states). Another vocabulary gets `default`, and the
+export says so: llama.cpp's own converter (convert_hf_to_gguf.py on the merged folder) knows
+more pre-tokenizers.
 """
 
 from __future__ import annotations
