@@ -236,6 +236,19 @@ def fake_adapter(ws, relative: str) -> str:
 
 
 # -- tiny model ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """A tiny model runs faster on one thread than on two busy ones (a shared machine); a
+    module that trains or scores tiny models uses it for all its tests
+    (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
 """One tiny model per supported architecture (semievol.model.architectures)."""
 

@@ -43,14 +43,7 @@ weights (std 0.3) make q8_0's rounding show: up to 0.107 measured on the Phi-3 o
 item whose two options were 0.39 and 0.60. Picks are compared where they are clear of it."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("model_type", TINY_ARCHITECTURES)

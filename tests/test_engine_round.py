@@ -37,15 +37,7 @@ SMALL_TEAM = [CollaboratorConfig("base", 2, 1.0, 0), CollaboratorConfig("warmup"
 MAX_STEPS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """A tiny model runs faster on one thread than on two busy ones (a shared machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(model_dir: Path, **overrides) -> RoundConfig:

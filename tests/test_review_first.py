@@ -23,14 +23,7 @@ from semievol.rounds.record import get_round
 from semievol.runs import launch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(model_dir) -> RoundConfig:
