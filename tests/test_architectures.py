@@ -155,22 +155,21 @@ def transformers_scores(folder: Path, sequences) -> list[float]:
 
 def llama_scores(gguf: Path, sequences) -> list[float]:
     """The same by llama.cpp, in the llama.cpp environment (tests/llama_scores.py)."""
-    import subprocess
-
-    request = json.dumps({"gguf": str(gguf), "sequences": sequences})
-    done = subprocess.run([require_llama(), str(Path(__file__).with_name("llama_scores.py"))],
-                          input=request, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    return _llama({"gguf": str(gguf), "sequences": sequences})
 
 
 def llama_tokens(gguf: Path, texts: list[str]) -> list[list[int]]:
     """How llama.cpp tokenizes each text (special tokens parsed, no BOS)."""
+    return _llama({"gguf": str(gguf), "texts": texts})
+
+
+def _llama(request: dict):
+    """tests/llama_scores.py's answer to `request`, run in the llama.cpp environment."""
     import subprocess
 
-    request = json.dumps({"gguf": str(gguf), "texts": texts})
     done = subprocess.run([require_llama(), str(Path(__file__).with_name("llama_scores.py"))],
-                          input=request, capture_output=True, text=True, timeout=300)
+                          input=json.dumps(request), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 

@@ -21,7 +21,7 @@ from semievol.curation.sufficiency import label_warnings
 from semievol.errors import SemiEvolError
 from semievol.method.retrieval import LazyEmbedder, index_workspace, set_chroma_server
 from semievol.model.loading import bundled_embedder_dir, cache_dir
-from semievol.model.prepare import prepare_model
+from semievol.model.prepare import model_summary, prepare_model
 from semievol.runs.jobs import RunCancelled
 from semievol.saved_config import overridden
 from semievol.views.status import length_line, length_report, workspace_status
@@ -138,11 +138,9 @@ def cmd_prepare_model(args) -> int:
 
     start = time.time()
     found = prepare_model(args.source, budget=args.context_budget)
-    targets = found["lora_targets"]
     print(f"{found['architecture']} model ready at {found['path']} "
-          f"({time.time() - start:.1f} s): context window {found['window'] or 'not stated'}, "
-          f"vocabulary {found['vocabulary']:,}, answers close with {found['end_of_turn']}, "
-          f"LoRA on {', '.join(targets) if isinstance(targets, list) else targets}.")
+          f"({time.time() - start:.1f} s): {model_summary(found)}; answers close with "
+          f"{found['end_of_turn']}.")
     if args.source == "bundled":
         print(f"Bundled embedder at {bundled_embedder_dir()}; cache {cache_dir()}")
     else:

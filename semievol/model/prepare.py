@@ -73,6 +73,15 @@ def check_model(path: str | Path, *, budget: int | None = None) -> dict:
             "end_of_turn": end_of_turn(tokenizer), "vocabulary": len(tokenizer)}
 
 
+def model_summary(found: dict) -> str:
+    """What `check_model` found, as the CLI and Round setup say it: "context window 8192
+    tokens, vocabulary 49,152, LoRA on q_proj, ..." ."""
+    targets = found["lora_targets"]
+    return (f"context window {found['window'] or 'not stated'} tokens, vocabulary "
+            f"{found['vocabulary']:,}, LoRA on "
+            f"{', '.join(targets) if isinstance(targets, list) else targets}")
+
+
 def prepare_model(source: str, *, budget: int | None = None) -> dict:
     """The model `source` names, converted once where needed and checked: what a round
     will load. A refused GGUF file leaves nothing in the cache."""

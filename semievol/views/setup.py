@@ -13,7 +13,7 @@ from semievol.curation.sufficiency import label_warnings
 from semievol.errors import SemiEvolError
 from semievol.model.architectures import check_gguf
 from semievol.model.loading import converted_gguf_dir, resolve_model_path
-from semievol.model.prepare import check_model
+from semievol.model.prepare import check_model, model_summary
 from semievol.rounds.record import FINISHED, Round, base_config, latest_round
 from semievol.rounds.scores import regression
 from semievol.rounds.steps import STEPS
@@ -87,8 +87,4 @@ def _model_note(name_or_path: str, budget: int | None, _stamp) -> tuple[bool, st
         found = check_model(path, budget=budget)
     except SemiEvolError as exc:
         return False, str(exc)
-    targets = found["lora_targets"]
-    return True, (f"{found['architecture']}: context window "
-                  f"{found['window'] or 'not stated'} tokens, vocabulary "
-                  f"{found['vocabulary']:,}, LoRA on "
-                  f"{', '.join(targets) if isinstance(targets, list) else targets}.")
+    return True, f"{found['architecture']}: {model_summary(found)}."
