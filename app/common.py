@@ -1,8 +1,14 @@
-"""What every page shares: `page_setup()` (config, sidebar, the open workspace) and the way
-a user-caused error is shown (`show_error`, `user_errors`).
+"""What every page shares: `page_setup()` (config, sidebar, sign-in in team mode, the open
+workspace) and the way a user-caused error is shown (`show_error`, `user_errors`).
 
 The UI holds no truth: `st.session_state` keeps only the workspace folder and the reviewer
-name; everything else is read from the workspace database on every run (nothing cached).
+name, or in team mode the session token; everything else is read from the workspace
+database on every run (nothing cached).
+
+Team mode (`semievol serve WORKSPACE --team`): the server fixes the workspace, nothing is
+shown before sign-in, the signed-in account is the reviewer of every decision, and every
+action a role may not take is refused here (`allow`) as well as hidden (semievol.team.accounts
+holds the rule).
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import streamlit as st
 from semievol.errors import SemiEvolError
 from semievol.runs import launch
 from semievol.runs.jobs import RunRefused
+from semievol.team.accounts import (LEAD_ONLY, SESSION_SECONDS, Account, SignInRefused,
+                                    close_session, may, require, session_account, sign_in,
+                                    sso_sign_in)
 from semievol.views.train import TrainAction
 from semievol.views.workflow import PAGE_TITLES, PAGES, round_state
 from semievol.workspace.store import Workspace
@@ -28,6 +37,9 @@ REVIEW_PAGE = "pages/4_Review.py"
 WORKSPACE_KEY = "workspace_path"
 REVIEWER_KEY = "reviewer"
 FLASH_KEY = "flash"
+SESSION_KEY = "team_session"
+SESSION_COOKIE = "semievol_session"
+_REMEMBER_KEY = "_team_remember"
 
 
 def _script_arg(name: str, argv: list[str] | None) -> str | None:
@@ -41,6 +53,16 @@ def _script_arg(name: str, argv: list[str] | None) -> str | None:
         if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1]
     return None
+
+
+def team_mode(argv: list[str] | None = None, environ=None) -> bool:
+    """`--team` among the script arguments (what `semievol serve --team` passes), or
+    $SEMIEVOL_TEAM=1."""
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1:]
+    return "--team" in argv or environ.get("SEMIEVOL_TEAM") == "1"
 
 
 def default_workspace(argv: list[str] | None = None, environ=None) -> str:
@@ -92,13 +114,23 @@ def _sidebar_input(label: str, key: str, default: str, help: str) -> str:
     return st.session_state[key]
 
 
+PAGE_NEEDS = {"setup": "launch", "selection": "settings", "train": "train", "export": "export"}
+"""The lead-only action (semievol.team.accounts.LEAD_ONLY) each lead's page is for; in team
+mode a reviewer neither sees these pages in the navigation nor can open them."""
+
+
 def page_setup(title: str, *, icon: str = ":material/science:") -> Workspace:
     """Page config, the sidebar (workspace folder, reviewer name) and the open workspace.
 
     When the folder holds no workspace, shows an empty state with a create button and stops
-    the page; a workspace that cannot be opened is shown as an error, also stopping.
+    the page; a workspace that cannot be opened is shown as an error, also stopping. In team
+    mode: the server's workspace after sign-in, and only the pages the account's role may
+    use.
     """
     st.set_page_config(page_title=f"{title} · {APP_NAME}", page_icon=icon, layout="wide")
+    if team_mode():
+        page = next((key for key, name in PAGE_TITLES.items() if name == title), None)
+        return _team_page(title, PAGE_NEEDS.get(page))
     root = workspace_root()
     path = _sidebar_input("Workspace folder", WORKSPACE_KEY, default_workspace(),
                           f"A folder holding workspace.db, under {root} (a name there, or a "
@@ -125,6 +157,133 @@ def page_setup(title: str, *, icon: str = ":material/science:") -> Workspace:
         st.stop()
     st.sidebar.caption(f"Open: {literal(ws.path)}")
     return ws
+
+
+# -- team mode --------------------------------------------------------------------------------
+def _team_page(title: str, needs: str | None) -> Workspace:
+    """The server's workspace once a live session is held; else the sign-in form, and the
+    page stops before anything of the workspace is sent to the browser."""
+    try:
+        ws = Workspace(default_workspace())
+    except (SemiEvolError, OSError):
+        # Before sign-in not even the folder's name is shown; the server's log has it.
+        st.error("This server's workspace cannot be opened; its operator should check it.")
+        st.stop()
+    cookie = st.context.cookies.get(SESSION_COOKIE)
+    token = st.session_state.get(SESSION_KEY) or cookie
+    account = session_account(ws, token)
+    if account is None:
+        st.session_state.pop(SESSION_KEY, None)
+        if cookie:
+            _set_cookie("")  # a dead token: the browser forgets it
+        _sign_in_form(ws)
+        st.stop()
+    st.session_state[SESSION_KEY] = token
+    if st.session_state.pop(_REMEMBER_KEY, False):
+        _set_cookie(token)
+    bar = st.sidebar
+    # The server hides Streamlit's own page list (it would show before sign-in); this one
+    # holds the pages this role may use.
+    bar.page_link("Home.py", label=APP_NAME, icon=":material/home:")
+    for key, path in PAGES.items():
+        if may(account, PAGE_NEEDS.get(key, "review")):
+            bar.page_link(path, label=PAGE_TITLES[key])
+    bar.markdown(f"Signed in as **{literal(account.name)}** ({account.role})")
+    if bar.button("Sign out", key="sign_out", icon=":material/logout:"):
+        close_session(ws, st.session_state.pop(SESSION_KEY, None))
+        if _sso_configured() and getattr(st.user, "is_logged_in", False):
+            st.logout()
+        st.rerun()
+    st.title(title)
+    show_flash()
+    if needs and not may(account, needs):
+        st.info(f"Only a lead can {LEAD_ONLY[needs]}: this page is not open to a "
+                "reviewer. Review is.", icon=":material/lock:")
+        st.page_link(REVIEW_PAGE, label="Go to Review", icon=":material/arrow_forward:")
+        st.stop()
+    return ws
+
+
+def _set_cookie(token: str) -> None:
+    """Keep the session token in a cookie (a new tab or a reload stays signed in), or drop it
+    (""). Streamlit cannot set a cookie from the server, so a line of script does; the
+    token is URL-safe base64, nothing to escape. SameSite=Strict: no other site's page can
+    send it; Secure behind https (the TLS proxy)."""
+    age = SESSION_SECONDS if token else 0
+    st.html(f"<script>document.cookie = '{SESSION_COOKIE}={token}; path=/; max-age={age}; "
+            "samesite=strict' + (location.protocol === 'https:' ? '; secure' : '');</script>",
+            unsafe_allow_javascript=True)
+
+
+def _signed_in(token: str) -> None:
+    st.session_state[SESSION_KEY] = token
+    st.session_state[_REMEMBER_KEY] = True
+    st.rerun()
+
+
+def _sso_configured() -> bool:
+    """Whether .streamlit/secrets.toml configures single sign-on (an [auth] section)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all: Streamlit raises rather than answer no
+        return False
+
+
+def _sign_in_form(ws: Workspace) -> None:
+    st.title(f"Sign in to {APP_NAME}")
+    if _sso_configured():
+        if getattr(st.user, "is_logged_in", False):
+            try:
+                token = sso_sign_in(ws, st.user.get("email"))
+            except SignInRefused as exc:
+                show_error(exc)
+                if st.button("Sign out of single sign-on", key="sso_logout"):
+                    st.logout()
+                return
+            _signed_in(token)
+        st.button("Sign in with single sign-on", key="sso_login", type="primary",
+                  on_click=st.login)
+        st.caption("Or with a name and password:")
+    with st.form("sign_in", enter_to_submit=True):
+        name = st.text_input("Name", key="sign_in_name")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        try:
+            token = sign_in(ws, name, password)
+        except SignInRefused as exc:
+            show_error(exc)
+            return
+        _signed_in(token)
+
+
+def current_account(ws: Workspace) -> Account | None:
+    """The signed-in account, checked against the workspace now (a session that expired
+    or was ended since the page was drawn has none); None in single-user mode."""
+    if not team_mode():
+        return None
+    account = session_account(ws, st.session_state.get(SESSION_KEY))
+    if account is None:
+        raise SemiEvolError("Your session has ended: sign in again.")
+    return account
+
+
+def allow(ws: Workspace, action: str) -> None:
+    """Refuse an action the signed-in account's role may not take (a SemiEvolError, shown
+    like any other); nothing in single-user mode."""
+    require(current_account(ws), action)
+
+
+def may_here(ws: Workspace, action: str) -> bool:
+    """Whether to show the controls of `action` to whoever is signed in."""
+    return not team_mode() or may(current_account(ws), action)
+
+
+def reviewer_name(ws: Workspace) -> str:
+    """Who a decision is recorded for: the signed-in account in team mode, else the name
+    typed in the sidebar."""
+    account = current_account(ws)
+    return account.name if account else st.session_state.get(REVIEWER_KEY, "")
 
 
 def _empty_state(path: Path) -> None:
@@ -222,6 +381,7 @@ def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None,
     live); a refusal (another run holds the round) is a warning, any other user error a
     readable message. Returns None when nothing was started (a start reruns the page)."""
     try:
+        allow(ws, "train" if step in ("train", "evaluate") else "launch")
         run_id = launch.start(ws, step, background=True, config=config, review=review,
                               confirm=confirm)
     except RunRefused as exc:
@@ -303,6 +463,9 @@ def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str,
     recorded), and the button; disabled while a run writes the workspace's rounds."""
     if action is None:
         return
+    if not may_here(ws, "train"):
+        st.caption(f"Round {action.number} is awaiting review; a lead trains it.")
+        return
     box = st.container(border=True)
     box.markdown(f"**Round {action.number} is awaiting review.**"
                  + (f" {training_counts(action)}" if counts else
@@ -322,5 +485,4 @@ def show_train_action(ws: Workspace, action: TrainAction | None, *, key: str,
                   help="Freezes this training set, trains the round's adapter on it and "
                        "evaluates it. Decisions made afterwards count for the next round."):
         launch_with_feedback(ws, "train", f"training round {action.number}",
-                             confirm=st.session_state.get(REVIEWER_KEY)
-                             if action.warnings else None)
+                             confirm=reviewer_name(ws) if action.warnings else None)

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 import streamlit as st
-from common import flash, literal, user_errors
+from common import allow, flash, literal, user_errors
 
 from semievol.export.dataset import export_dataset
 from semievol.export.model import export_adapter, export_gguf, export_merged
@@ -61,6 +61,7 @@ def show_export(ws: Workspace) -> None:
                     "calibration (chat JSONL; CSV and Parquet with your files' column names).")
         if st.button("Export dataset", key="export_dataset", type="primary"):
             with user_errors():
+                allow(ws, "export")
                 paths = export_dataset(ws, number)
                 flash(f"Exported {paths['trained']} training example(s) of round {number}"
                       f" and {paths['calibration']} held-out calibration label(s), marked "
@@ -73,6 +74,7 @@ def show_export(ws: Workspace) -> None:
                     "model).")
         if st.button("Export adapter", key="export_adapter"):
             with user_errors():
+                allow(ws, "export")
                 path = export_adapter(ws, number)
                 flash(f"Copied round {number}'s adapter to {literal(path)}.")
                 st.rerun()
@@ -81,6 +83,7 @@ def show_export(ws: Workspace) -> None:
                     "its tokenizer (loads the model: can take a while).")
         if st.button("Export merged model", key="export_merged"):
             with user_errors(), st.spinner("Loading the model and merging the adapter…"):
+                allow(ws, "export")
                 path = export_merged(ws, number)
                 flash(f"Saved the merged model of round {number} to {literal(path)}.")
                 st.rerun()
@@ -90,6 +93,7 @@ def show_export(ws: Workspace) -> None:
         kind = st.selectbox("Weights", ("f16", "q8_0", "f32"), key="export_gguf_type")
         if st.button("Export GGUF", key="export_gguf"):
             with user_errors(), st.spinner("Merging the adapter and writing the GGUF…"):
+                allow(ws, "export")
                 info = export_gguf(ws, number, gguf_type=kind)
                 flash(f"Wrote {literal(info['path'])} ({human_size(info['bytes'])}) with its "
                       "Modelfile and model card." + (f" {info['note']}" if info["note"] else ""))

@@ -9,7 +9,7 @@ written at once (semievol.curation.decisions); `st.session_state` holds only whi
 from __future__ import annotations
 
 import streamlit as st
-from common import REVIEWER_KEY, highlighted, literal, show_verdict, user_errors
+from common import highlighted, literal, reviewer_name, show_verdict, user_errors
 
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
@@ -41,7 +41,7 @@ def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
             label: str | None = None) -> None:
     """Button callback: record the decision, then show the next undecided item."""
     with user_errors():
-        record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+        record_decisions(ws, [item_id], action, reviewer=reviewer_name(ws),
                          label=label, round_id=round_id)
         queue = focus_queue(ws, round_id, order)
         decided = queue_progress(ws, queue)["decided"]
@@ -67,7 +67,7 @@ def _move(round_id: int, order: str, queue: list[int], current: int, step: int) 
 
 def _undo(ws: Workspace, round_id: int, order: str) -> None:
     with user_errors():
-        undone = undo_last(ws, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+        undone = undo_last(ws, reviewer=reviewer_name(ws),
                            round_id=round_id)
         if undone is None:
             st.toast("Nothing to undo.", icon=":material/info:")

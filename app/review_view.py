@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pandas as pd
 import streamlit as st
-from common import REVIEWER_KEY, literal, show_verdict, user_errors
+from common import allow, literal, may_here, reviewer_name, show_verdict, user_errors
 
 from semievol.curation.decisions import ACTIONS, label_reading, record_decisions
 from semievol.views.review import (PATHS, ReviewFilter, count_items, filtered_item_ids,
@@ -235,7 +235,7 @@ def _decide(ws_path: str, round_id: int, item_id: int, external_id: str, action:
     label = st.session_state.get(f"review_relabel_{item_id}") if action == "relabel" else None
     note = st.session_state.get("review_note", "")
     with user_errors(), Workspace(ws_path) as ws:
-        record_decisions(ws, [item_id], action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+        record_decisions(ws, [item_id], action, reviewer=reviewer_name(ws),
                          label=label, note=note.strip() or None, round_id=round_id)
         st.session_state["review_note"] = ""
         stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
@@ -280,18 +280,21 @@ def _bulk(ws_path: str, flt: ReviewFilter, action: str, expected: int, confirm_k
     note = st.session_state.get("review_bulk_note", "")
     st.session_state[confirm_key] = False
     with user_errors(), Workspace(ws_path) as ws:
+        allow(ws, "bulk")
         ids = filtered_item_ids(ws, flt)
         if len(ids) != expected:
             st.warning(f"The filter now matches {len(ids)} item(s), not {expected}: nothing was "
                        "applied. Check the table and confirm again.")
             return
-        done = record_decisions(ws, ids, action, reviewer=st.session_state.get(REVIEWER_KEY, ""),
+        done = record_decisions(ws, ids, action, reviewer=reviewer_name(ws),
                                 label=label, note=note.strip() or None, round_id=flt.round_id)
         stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
         st.toast(f"{PAST[action]} {done} item(s){stored}.", icon=":material/done_all:")
 
 
 def show_bulk(ws: Workspace, flt: ReviewFilter, total: int, labels: list[str]) -> None:
+    if not may_here(ws, "bulk"):  # in team mode, items are handed out one at a time
+        return
     st.subheader("All filtered items")
     cols = st.columns([1, 1, 2])
     action = cols[0].selectbox("Action", ACTIONS, key="review_bulk_action")

@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 import streamlit as st
-from common import literal, show_error
+from common import allow, literal, may_here, show_error
 
 from semievol.errors import SemiEvolError
 from semievol.runs import jobs, launch
@@ -92,6 +92,7 @@ def show_loss(ws: Workspace, run: dict) -> None:
 
 def _cancel(ws: Workspace, run_id: int) -> None:
     try:
+        allow(ws, "launch")
         sent = jobs.cancel_run(ws, run_id)
     except SemiEvolError as exc:
         show_error(exc)
@@ -103,6 +104,7 @@ def _cancel(ws: Workspace, run_id: int) -> None:
 
 def _resume(ws: Workspace, run_id: int) -> None:
     try:
+        allow(ws, "launch")
         new_id = launch.resume(ws, run_id)
     except SemiEvolError as exc:  # RunRefused included
         show_error(exc)
@@ -150,7 +152,8 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
         facts.append(f"finished {clock(run['finished_at'])} "
                      f"({run['finished_at'] - run['started_at']:.0f} s)")
     st.caption(" · ".join(facts))
-    if run["status"] == "running":
+    lead = may_here(ws, "launch")
+    if run["status"] == "running" and lead:
         if st.button("Cancel run", key=f"cancel_{run['id']}", icon=":material/stop:"):
             _cancel(ws, run["id"])
     if run["status"] == "failed":
@@ -159,7 +162,7 @@ def show_run_detail(ws: Workspace, run_id: int) -> None:
         if rest:
             with st.expander("Error details"):
                 st.code(rest, language="text")
-    if run["status"] in launch.RESUMABLE and run["kind"] in launch.RUN_KINDS:
+    if run["status"] in launch.RESUMABLE and run["kind"] in launch.RUN_KINDS and lead:
         if st.button("Resume", key=f"resume_{run['id']}", icon=":material/replay:",
                      help="Run the same step again; it continues from what the workspace "
                           "stores (adapters, cached responses, checkpoints)."):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from common import flash, show_error, user_errors
+from common import allow, flash, show_error, user_errors
 from selection_charts import show_calibration, show_histograms
 
 from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
@@ -249,6 +249,7 @@ def show_apply(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
         st.caption("Training uses the applied selection; the preview above changes nothing.")
         return
     try:
+        allow(ws, "settings")
         summary = apply_selection(ws, rnd["id"], config)
     except (SemiEvolError, ValueError) as exc:
         show_error(exc)
@@ -281,6 +282,7 @@ def show_keep(ws: Workspace, rnd: dict, config: SelectionConfig) -> None:
                  help=f"New rounds will select by {applied.describe()} instead of the round "
                       "config's rule."):
         with user_errors():
+            allow(ws, "settings")
             kept_config = keep_for_next_rounds(ws, rnd["id"])
             flash(f"New rounds will select by {kept_config.describe()} (from round "
                   f"{rnd['number']}).")

@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 import streamlit as st
-from common import REVIEWER_KEY, RUNS_PAGE, launch_with_feedback, literal, show_error
+from common import RUNS_PAGE, launch_with_feedback, literal, reviewer_name, show_error
 
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS, DTYPES,
                              REPORT_TO, SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES,
@@ -320,7 +320,7 @@ def _launch(ws: Workspace, step: str, config: RoundConfig, *, review: bool = Tru
     launch_with_feedback(ws, step, what, config=config, review=review, confirm=confirm)
 
 
-def confirm_label_warnings(page: SetupPage) -> tuple[bool, str | None]:
+def confirm_label_warnings(ws: Workspace, page: SetupPage) -> tuple[bool, str | None]:
     """The classes short of labels, with a box to confirm launching anyway (recorded with
     the round); (may launch, who confirmed)."""
     if not page.label_warnings:
@@ -332,7 +332,7 @@ def confirm_label_warnings(page: SetupPage) -> tuple[bool, str | None]:
     confirmed = st.checkbox("I have read this and want to launch anyway (recorded with the "
                             "round)", key="confirm_labels")
     # Recorded with the round: the reviewer's name, or that no name was given.
-    who = st.session_state.get(REVIEWER_KEY) or "app user (no reviewer name set)"
+    who = reviewer_name(ws) or "app user (no reviewer name set)"
     return confirmed, who if confirmed else None
 
 
@@ -357,7 +357,7 @@ def show_launch(ws: Workspace, page: SetupPage, config: RoundConfig | None,
                    "launching waits until it has finished.", icon=":material/hourglass_top:")
         st.page_link(RUNS_PAGE, label="Follow it on the Runs page", icon=":material/monitoring:")
     busy = bool(running)
-    labels_ok, confirm = confirm_label_warnings(page)
+    labels_ok, confirm = confirm_label_warnings(ws, page)
     unattended = st.checkbox(
         "Unattended: also train and evaluate, without waiting for review", key="unattended",
         help="For scripts and benchmarks. By default a round stops after selection and "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from common import flash, literal, show_error, user_errors
+from common import allow, flash, literal, may_here, show_error, user_errors
 
 from semievol.config import ANSWER_FORMATS, CHECKERS, TASK_KINDS, TaskConfig
 from semievol.errors import SemiEvolError
@@ -127,6 +127,7 @@ def run_import(ws: Workspace, path: str | Path, split: str, mapping: ColumnMappi
                ) -> tuple[ImportReport | None, SemiEvolError | None]:
     """Import all of the file or none of it: (report, None) or (None, the validation error)."""
     try:
+        allow(ws, "import")
         return import_file(ws, path, split, mapping=mapping, task=task), None
     except SemiEvolError as exc:
         return None, exc
@@ -134,6 +135,7 @@ def run_import(ws: Workspace, path: str | Path, split: str, mapping: ColumnMappi
 
 def run_index(ws: Workspace, k: int, progress=None, embedder=None) -> dict:
     """Embed and retrieve neighbours (the bundled embedder unless one is given)."""
+    allow(ws, "import")
     embedder = embedder or SentenceTransformerEmbedder("bundled")
     return index_workspace(ws, embedder, k=k, progress=progress)
 
@@ -254,6 +256,9 @@ UPLOADS_KEY = "imports_done"
 
 
 def show_import(ws: Workspace) -> None:
+    if not may_here(ws, "import"):
+        st.info("A lead imports files.", icon=":material/lock:")
+        return
     # A new key after each import empties the uploader (no file left with a live Import).
     upload = st.file_uploader("Upload a labeled, unlabeled or test file",
                               type=sorted(t.lstrip(".") for t in FILE_TYPES),
@@ -341,6 +346,9 @@ def show_validation_report(error: SemiEvolError) -> None:
 
 
 def show_index(ws: Workspace) -> None:
+    if not may_here(ws, "import"):
+        st.info("A lead indexes the workspace.", icon=":material/lock:")
+        return
     status = workspace_status(ws)
     unlabeled = status["splits"]["unlabeled"]
     st.markdown(f"{status['unlabeled_with_neighbours'] or 0} of {unlabeled} unlabeled item(s) "

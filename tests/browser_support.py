@@ -41,16 +41,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workspace: Path):
-    """Start `streamlit run app/Home.py` on a free port; (process, url) once healthy."""
+def start_server(workspace: Path, *, team: bool = False):
+    """Start `streamlit run app/Home.py` on a free port (`team`: through `semievol serve
+    --team`, as a team's server is started); (process, url) once healthy."""
     port = _free_port()
     log = open(Path(workspace) / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
-         "--server.headless", "true", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--", "--workspace", str(workspace)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    command = ([sys.executable, "-m", "semievol", "serve", str(workspace), "--team",
+                "--host", "127.0.0.1", "--port", str(port)] if team else
+               [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
+                "--server.headless", "true", "--server.address", "127.0.0.1",
+                "--server.port", str(port), "--browser.gatherUsageStats", "false",
+                "--", "--workspace", str(workspace)])
+    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -65,14 +67,14 @@ def start_server(workspace: Path):
 
 
 @contextlib.contextmanager
-def served(workspace: Path):
+def served(workspace: Path, *, team: bool = False):
     """The app served on `workspace` for a test, yielding its URL: a server that does not
     start fails the test; on the way out the server stops, and so does every run it left
     running (their process groups: a background round's worker and its children)."""
     from semievol.workspace.store import Workspace
 
     try:
-        process, url = start_server(workspace)
+        process, url = start_server(workspace, team=team)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     try:

@@ -31,13 +31,14 @@ RULES = {
     "training":  ("task", "model"),
     "curation":  ("task", "workspace", "model", "method", "training"),
     "rounds":    ("task", "workspace", "model", "method", "training", "curation"),
+    "team":      ("task", "workspace", "curation"),
     "runs":      ("task", "workspace", "model", "method", "training", "curation", "rounds"),
     "views":     ("task", "workspace", "model", "method", "training", "curation", "rounds",
-                  "runs"),
+                  "runs", "team"),
     "export":    ("task", "workspace", "model", "method", "training", "curation", "rounds",
                   "runs", "views"),
     "cli":       ("task", "workspace", "model", "method", "training", "curation", "rounds",
-                  "runs", "views", "export"),
+                  "runs", "views", "export", "team"),
 }
 """Who may import whom: the foundation at the bottom, then the task and the workspace, the
 model, the method, training and curation, the round and its runs, what pages read, exports,
@@ -78,6 +79,8 @@ APP_ACTIONS = {
     "semievol.export.dataset": {"export_dataset"},
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},
     "semievol.export.paths": {"export_folder", "exported", "human_size"},
+    "semievol.team.accounts": {"LEAD_ONLY", "SESSION_SECONDS", "Account", "SignInRefused", "close_session", "may",
+                               "require", "session_account", "sign_in", "sso_sign_in"},
 }
 """What the app's pages may import besides the foundation, `semievol.views` and
 `semievol.runs`: the workspace they open and the actions they call (import a file, index,
@@ -221,7 +224,8 @@ def test_every_part_says_what_it_owns_and_may_import():
 
 
 DISTRIBUTIONS = {"yaml": "pyyaml", "sentence_transformers": "sentence-transformers",
-                 "huggingface_hub": "huggingface-hub", "mlflow": "mlflow-skinny"}
+                 "huggingface_hub": "huggingface-hub", "mlflow": "mlflow-skinny",
+                 "argon2": "argon2-cffi"}
 """Import names whose distribution on PyPI is named otherwise."""
 
 

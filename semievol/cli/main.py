@@ -15,6 +15,7 @@ from semievol.cli.demo import create_demo_workspace
 from semievol.cli.engine import add_engine_commands
 from semievol.cli.flags import INDEX_FLAGS, TASK_FLAGS, add_config_flags, overrides
 from semievol.cli.review import add_review_commands
+from semievol.cli.team import add_team_commands
 from semievol.cli.terminal import terminal_progress
 from semievol.config import RetrievalConfig, TaskConfig
 from semievol.curation.sufficiency import label_warnings
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_engine_commands(sub)
     add_review_commands(sub)
+    add_team_commands(sub)
     return parser
 
 

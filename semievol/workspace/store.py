@@ -153,6 +153,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE pseudo_labels ADD COLUMN probability REAL;
     """,
+    # 8: team mode's accounts (a password hash, or none for a single-sign-on identity) with
+    # their failed sign-ins, and the sessions signed-in browsers hold (a token's hash only).
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('lead','reviewer')),
+        password_hash TEXT,
+        created_at REAL NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        failed_at REAL,
+        locked_until REAL);
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_name TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE ON UPDATE CASCADE,
+        created_at REAL NOT NULL,
+        seen_at REAL NOT NULL);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 INTEGRITY_SECONDS = 10.0
