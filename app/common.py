@@ -114,7 +114,8 @@ def _sidebar_input(label: str, key: str, default: str, help: str) -> str:
     return st.session_state[key]
 
 
-PAGE_NEEDS = {"setup": "launch", "selection": "settings", "train": "train", "export": "export"}
+PAGE_NEEDS = {"setup": "launch", "selection": "settings", "train": "train", "export": "export",
+              "team": "team"}
 """The lead-only action (semievol.team.accounts.LEAD_ONLY) each lead's page is for; in team
 mode a reviewer neither sees these pages in the navigation nor can open them."""
 

@@ -4,15 +4,21 @@ keyboard (A accept, X reject, 1-9 relabel, arrows to move, U undo) with auto-adv
 
 The panel is a fragment: a key press reruns only the panel, not the page. Every decision is
 written at once (semievol.curation.decisions); `st.session_state` holds only which item is shown.
+
+In team mode the next item is handed out (semievol.team.handout.claim_next: one reviewer at a
+time, two for overlap items), a reviewer sees only their own decision, Skip gives the item
+back, and Back returns to the items they decided.
 """
 
 from __future__ import annotations
 
 import streamlit as st
-from common import highlighted, literal, reviewer_name, show_verdict, user_errors
+from common import current_account, highlighted, literal, reviewer_name, show_verdict, user_errors
 
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
-from semievol.views.focus import FOCUS_ORDERS, focus_queue, next_item, queue_progress
+from semievol.team.handout import claim_next, release
+from semievol.views.focus import (FOCUS_ORDERS, focus_queue, next_item, queue_progress,
+                                  reviewer_decided, reviewer_decision, team_progress)
 from semievol.views.review import item_detail
 from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
@@ -43,13 +49,16 @@ def _decide(ws: Workspace, round_id: int, order: str, item_id: int, action: str,
     with user_errors():
         record_decisions(ws, [item_id], action, reviewer=reviewer_name(ws),
                          label=label, round_id=round_id)
+        stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
+        st.toast(f"{PAST[action]}{stored}", icon=":material/check:")
+        if current_account(ws) is not None:  # team mode: the next item is handed out
+            st.session_state[_item_key(round_id, order)] = None
+            return
         queue = focus_queue(ws, round_id, order)
         decided = queue_progress(ws, queue)["decided"]
         following = next_item(queue, item_id, decided)
         st.session_state[_item_key(round_id, order)] = following if following is not None \
             else next_item(queue, None, decided)
-        stored = f" as {literal(label_reading(ws.task, label))}" if label else ""
-        st.toast(f"{PAST[action]}{stored}", icon=":material/check:")
 
 
 def _relabel_typed(ws: Workspace, round_id: int, order: str, item_id: int) -> None:
@@ -63,6 +72,19 @@ def _move(round_id: int, order: str, queue: list[int], current: int, step: int) 
     target = next_item(queue, current, set(), step=step, skip_decided=False)
     if target is not None:
         st.session_state[_item_key(round_id, order)] = target
+
+
+def _team_skip(ws: Workspace, round_id: int, order: str, item_id: int) -> None:
+    """Team mode's Skip: give the item back (another reviewer may take it) and hand out the
+    next one; skipped items come round again once the rest of the queue is done."""
+    with user_errors():
+        release(ws, round_id, reviewer_name(ws), item_id)
+        st.session_state.setdefault(_skipped_key(round_id), []).append(item_id)
+        st.session_state[_item_key(round_id, order)] = None
+
+
+def _skipped_key(round_id: int) -> str:
+    return f"focus_skipped_{round_id}"
 
 
 def _undo(ws: Workspace, round_id: int, order: str) -> None:
@@ -105,6 +127,10 @@ def _item_panel(ws: Workspace, round_id: int, order: str) -> None:
     if not queue:
         st.info("This round has no pseudo-labeled items to review.")
         return
+    account = current_account(ws)
+    if account is not None:
+        _team_item_panel(ws, round_id, order, queue, account.name)
+        return
     progress = queue_progress(ws, queue)
     key = _item_key(round_id, order)
     current = st.session_state.get(key)
@@ -116,6 +142,38 @@ def _item_panel(ws: Workspace, round_id: int, order: str) -> None:
     detail = item_detail(ws, round_id, current)
     _show_item(detail)
     _show_keys(ws, round_id, order, queue, detail)
+    _show_evidence(detail)
+
+
+def _team_item_panel(ws: Workspace, round_id: int, order: str, queue: list[int],
+                     reviewer: str) -> None:
+    """Team mode: the item handed to this reviewer now (or one of theirs they went back
+    to), with their own decision only."""
+    key, skipped = _item_key(round_id, order), st.session_state.get(_skipped_key(round_id), [])
+    mine = reviewer_decided(ws, reviewer, queue)
+    current = st.session_state.get(key)
+    if current not in mine:  # not revisiting one of theirs: the item handed out now
+        current = claim_next(ws, round_id, reviewer, queue, skip=skipped)
+        if current is None and skipped:  # only skipped ones left: offer them again
+            st.session_state[_skipped_key(round_id)] = []
+            current = claim_next(ws, round_id, reviewer, queue)
+        st.session_state[key] = current
+    team = team_progress(ws, queue)
+    st.progress(team["done"] / team["total"],
+                text=f"{len(mine)} decided by you · {team['done']} of {team['total']} items "
+                     "have every review they need")
+    if current is None:
+        st.success("Nothing is left for you in this queue: every item is decided or in a "
+                   "colleague's hands. Back shows your decisions.", icon=":material/done_all:")
+        if mine:
+            st.button("Back", key="focus_back", shortcut="Left", icon=":material/arrow_back:",
+                      on_click=_move, args=(round_id, order, mine, mine[-1], 0))
+        return
+    detail = item_detail(ws, round_id, current)
+    detail["decision"] = reviewer_decision(ws, current, reviewer)  # never a colleague's
+    _show_item(detail)
+    _show_keys(ws, round_id, order, mine + ([] if current in mine else [current]), detail,
+               team=True)
     _show_evidence(detail)
 
 
@@ -138,7 +196,9 @@ def _show_item(detail: dict) -> None:
 
 
 def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
-               detail: dict) -> None:
+               detail: dict, *, team: bool = False) -> None:
+    """The decision keys and the moves; in team mode `queue` is the reviewer's own items
+    (Back walks them) and Skip gives the item back."""
     item, pseudo = detail["item"], detail["pseudo_label"]
     item_id = item["id"]
     args = (ws, round_id, order, item_id)
@@ -163,8 +223,13 @@ def _show_keys(ws: Workspace, round_id: int, order: str, queue: list[int],
     row = st.container(horizontal=True)
     row.button("Back", key="focus_back", shortcut="Left", icon=":material/arrow_back:",
                on_click=_move, args=(round_id, order, queue, item_id, -1))
-    row.button("Skip", key="focus_skip", shortcut="Right", icon=":material/arrow_forward:",
-               on_click=_move, args=(round_id, order, queue, item_id, 1))
+    if team:
+        row.button("Skip", key="focus_skip", shortcut="Right", icon=":material/arrow_forward:",
+                   on_click=_team_skip, args=(ws, round_id, order, item_id))
+    else:
+        row.button("Skip", key="focus_skip", shortcut="Right",
+                   icon=":material/arrow_forward:", on_click=_move,
+                   args=(round_id, order, queue, item_id, 1))
     row.button("Undo last", key="focus_undo", shortcut="U", icon=":material/undo:",
                on_click=_undo, args=(ws, round_id, order))
     if len(options) > MAX_NUMBER_KEYS:

@@ -345,7 +345,10 @@ def show_review(ws: Workspace) -> None:
                 f"then. Decisions you make now belong to round {rnd['number'] + 1}.",
                 icon=":material/lock:")
     show_glossary()
-    mode = st.segmented_control("Mode", list(MODES), default="focus", format_func=MODES.get,
+    # A reviewer in team mode reviews in focus mode only: the table shows the decisions in
+    # force, a colleague's included, and overlap review is blind.
+    modes = list(MODES) if may_here(ws, "bulk") else ["focus"]
+    mode = st.segmented_control("Mode", modes, default="focus", format_func=MODES.get,
                                 key="review_mode")
     action = train_action(ws, rnd["id"], rnd["number"], rnd["status"])
     if mode != "table":

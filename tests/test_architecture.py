@@ -79,6 +79,7 @@ APP_ACTIONS = {
     "semievol.export.dataset": {"export_dataset"},
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},
     "semievol.export.paths": {"export_folder", "exported", "human_size"},
+    "semievol.team.handout": {"adjudicate", "claim_next", "release", "set_overlap_share"},
     "semievol.team.accounts": {"LEAD_ONLY", "SESSION_SECONDS", "Account", "SignInRefused", "close_session", "may",
                                "require", "session_account", "sign_in", "sso_sign_in"},
 }

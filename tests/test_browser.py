@@ -31,7 +31,8 @@ PAGES = [("Home", "", "SemiEvol Studio"), ("Workspace", "Workspace", "Workspace 
          ("Round_setup", "Round_setup", "Round setup"), ("Runs", "Runs", "Runs"),
          ("Review", "Review", "Review"), ("Selection", "Selection", "Selection"),
          ("Train_and_evaluate", "Train_and_evaluate", "Train and evaluate"),
-         ("Rounds", "Rounds", "Rounds"), ("Export", "Export", "Export")]
+         ("Rounds", "Rounds", "Rounds"), ("Export", "Export", "Export"),
+         ("Team", "Team", "Team and agreement")]
 @pytest.fixture
 def round_workspace(filled_workspace, tiny_model_dir, fake_embedder):
     """A workspace after one whole round on the tiny model (every page has something)."""

@@ -13,7 +13,8 @@ from browser_support import CHROMIUM_ARGS, browser_or_skip, served
 
 from semievol.team.accounts import LOCK_AFTER, add_user
 
-PASSWORDS = {"ana": "ana's long password", "bo": "bo's long password"}
+PASSWORDS = {"ana": "ana's long password", "bo": "bo's long password",
+             "cy": "cy's long password"}
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def team_server(pool):
         conn.execute("UPDATE rounds SET status='awaiting_review' WHERE id=?", (rid,))
     add_user(ws, "ana", "lead", PASSWORDS["ana"])
     add_user(ws, "bo", "reviewer", PASSWORDS["bo"])
+    add_user(ws, "cy", "reviewer", PASSWORDS["cy"])
     with served(ws.path, team=True) as url:
         yield url, ws, rid, items
 
@@ -64,6 +66,9 @@ def _sign_in(page, url: str, name: str, path: str = "") -> None:
     _sign_in_form(page, url, path)
     _try_sign_in(page, name, PASSWORDS[name])
     page.get_by_text(f"Signed in as {name}").wait_for(timeout=30_000)
+    # The session cookie is written by the page once signed in: a new tab opened before
+    # that would ask again.
+    page.wait_for_function("document.cookie.includes('semievol_session=')", timeout=30_000)
     page.wait_for_load_state("networkidle")
 
 
@@ -88,7 +93,7 @@ def test_nothing_is_shown_before_sign_in(team_server, browser):
     assert not any(str(ws.path) in f for f in frames)
     # Signed in, the same browser does receive the items: the check can fail.
     _sign_in(page, url, "bo", "Review")
-    page.get_by_text("reviewed · item", exact=False).first.wait_for(timeout=30_000)
+    page.get_by_text("decided by you", exact=False).first.wait_for(timeout=30_000)
     assert any(q in f for q in questions for f in frames)
 
 
@@ -135,7 +140,7 @@ def test_a_reviewer_reviews_and_cannot_reach_lead_actions(team_server, browser):
     reviewer.get_by_text("A lead imports files.").wait_for(timeout=30_000)
     # Review: no typed reviewer name, no bulk action; a decision is recorded for bo.
     reviewer.goto(f"{url}/Review")
-    reviewer.get_by_text("reviewed · item", exact=False).first.wait_for(timeout=30_000)
+    reviewer.get_by_text("decided by you", exact=False).first.wait_for(timeout=30_000)
     assert reviewer.get_by_role("textbox", name="Reviewer").count() == 0
     assert reviewer.get_by_text("All filtered items").count() == 0
     reviewer.get_by_role("button", name="Accept").first.click()
@@ -153,3 +158,49 @@ def test_a_reviewer_reviews_and_cannot_reach_lead_actions(team_server, browser):
     reviewer.get_by_role("button", name="Sign out").click()
     reviewer.get_by_role("heading", name="Sign in to SemiEvol Studio").wait_for(timeout=30_000)
     assert ws.scalar("SELECT COUNT(*) FROM sessions WHERE user_name='bo'") == 0
+
+
+def _decide_in_focus(page, url: str, name: str, button: str) -> None:
+    _sign_in(page, url, name, "Review")
+    page.get_by_text("decided by you", exact=False).first.wait_for(timeout=30_000)
+    page.get_by_role("button", name=button).first.click()  # the name ends with its key
+    page.get_by_text("1 decided by you", exact=False).first.wait_for(timeout=30_000)
+
+
+def test_overlap_reviewers_conflict_and_the_lead_adjudicates_what_trains(team_server, browser):
+    from semievol.curation.decisions import current_decisions
+    from semievol.curation.training_set import training_items
+    from semievol.team.handout import set_overlap_share
+
+    url, ws, rid, items = team_server
+    set_overlap_share(ws, 1.0)  # every item to two reviewers
+    bo, _ = _page(browser)
+    cy, _ = _page(browser)
+    _decide_in_focus(bo, url, "bo", "Accept")
+    [(item, label)] = ws.query("SELECT d.item_id, p.label FROM decisions d JOIN pseudo_labels "
+                               "p ON p.item_id = d.item_id WHERE d.reviewer='bo'")
+    other = next(x for x in ("billing", "outage", "equipment") if x != label)
+    # cy is handed the same item (it needs two reviews) and sees nothing of bo's decision.
+    _sign_in(cy, url, "cy", "Review")
+    cy.get_by_text("decided by you", exact=False).first.wait_for(timeout=30_000)
+    assert "Your decision" not in cy.locator("body").inner_text()
+    cy.get_by_role("button", name=other).first.click()
+    cy.get_by_text("1 decided by you", exact=False).first.wait_for(timeout=30_000)
+    assert ws.scalar("SELECT item_id FROM decisions WHERE reviewer='cy'") == item
+    assert current_decisions(ws)[item]["note"].startswith("conflict")
+    assert item not in {r["item_id"] for r in training_items(ws, 1)}  # left out
+    # The lead adjudicates on the Team page, in a browser of their own.
+    lead, _ = _page(browser)
+    _sign_in(lead, url, "ana", "Team")
+    lead.get_by_text("Conflicts (1)").wait_for(timeout=30_000)
+    lead.get_by_role("button", name=f"Relabel: {other}").click()
+    lead.get_by_text("Conflicts (0)").wait_for(timeout=30_000)
+    assert _errors(lead) == []
+    in_force = current_decisions(ws)[item]
+    assert (in_force["action"], in_force["label"], in_force["reviewer"]) == \
+        ("relabel", other, "ana")
+    trained = {r["item_id"]: r for r in training_items(ws, 1)}
+    assert trained[item]["answer"] == other and trained[item]["source"] == "human"
+    # A reviewer cannot open the Team page.
+    bo.goto(f"{url}/Team")
+    bo.get_by_text("Only a lead can", exact=False).wait_for(timeout=30_000)

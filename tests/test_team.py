@@ -330,3 +330,123 @@ def test_serve_refuses_before_it_starts_anything(workspace):
                                          port=8501)
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+# -- handing items out, conflicts, adjudication, the team rule ----------------------------------
+from semievol.curation.decisions import current_decisions, decision_rule  # noqa: E402
+from semievol.team.handout import (CLAIM_SECONDS, adjudicate, claim_next, conflicts,  # noqa: E402
+                                   is_overlap, release, set_overlap_share)
+from semievol.views.focus import reviewer_decided, reviewer_decision, team_progress  # noqa: E402
+
+
+@pytest.fixture
+def team(pool):
+    ws, rid, items = pool
+    add_user(ws, "ana", "lead", PASSWORD)
+    add_user(ws, "bo", "reviewer", PASSWORD)
+    add_user(ws, "cy", "reviewer", PASSWORD)
+    return ws, rid, items
+
+
+def test_overlap_items_are_stable_and_grow_with_the_share():
+    ids = range(1, 2001)
+    fifth = {i for i in ids if is_overlap(i, 0.2)}
+    assert 0.17 < len(fifth) / 2000 < 0.23
+    assert fifth <= {i for i in ids if is_overlap(i, 0.5)}
+    assert not any(is_overlap(i, 0.0) for i in ids) and all(is_overlap(i, 1.0) for i in ids)
+
+
+def test_accounts_switch_the_workspace_to_the_team_rule(pool):
+    ws, rid, items = pool
+    record_decisions(ws, [items[0]], "accept", reviewer="x", round_id=rid)
+    record_decisions(ws, [items[0]], "reject", reviewer="y", round_id=rid)
+    assert decision_rule(ws) == "latest" and current_decisions(ws)[items[0]]["action"] == "reject"
+    add_user(ws, "ana", "lead", PASSWORD)
+    assert decision_rule(ws) == "team"
+    assert current_decisions(ws)[items[0]]["note"].startswith("conflict")
+
+
+def test_each_item_goes_to_one_reviewer_at_a_time(team):
+    ws, rid, items = team
+    queue = items[:4]
+    bo = claim_next(ws, rid, "bo", queue, at=100.0)
+    cy = claim_next(ws, rid, "cy", queue, at=100.0)
+    assert bo == queue[0] and cy == queue[1]
+    assert claim_next(ws, rid, "bo", queue, at=101.0) == bo  # a live claim is kept
+    record_decisions(ws, [bo], "accept", reviewer="bo", round_id=rid)
+    assert claim_next(ws, rid, "bo", queue, at=102.0) == queue[2]
+    # cy walks away: the claim lapses and the item goes to the next reviewer who asks.
+    assert claim_next(ws, rid, "ana", queue, at=100.0 + CLAIM_SECONDS + 1) == queue[1]
+    release(ws, rid, "ana", queue[1])
+    assert claim_next(ws, rid, "bo", queue, skip=[queue[2]],
+                      at=100.0 + CLAIM_SECONDS + 2) == queue[1]
+    assert reviewer_decided(ws, "bo", queue) == [queue[0]]
+
+
+def test_overlap_items_go_to_two_reviewers_blind_and_a_conflict_waits_for_the_lead(team):
+    ws, rid, items = team
+    set_overlap_share(ws, 1.0)
+    item = claim_next(ws, rid, "bo", items[:1], at=10.0)
+    assert claim_next(ws, rid, "cy", items[:1], at=10.0) == item  # needed twice
+    assert claim_next(ws, rid, "ana", items[:1], at=10.0) is None  # but not three times
+    record_decisions(ws, [item], "accept", reviewer="bo", round_id=rid)
+    assert reviewer_decision(ws, item, "cy") is None  # cy does not see bo's decision
+    record_decisions(ws, [item], "relabel", label="outage", reviewer="cy", round_id=rid)
+    assert current_decisions(ws)[item]["action"] == "reject"  # left out of training
+    [conflict] = conflicts(ws)
+    assert conflict["item_id"] == item and {d["reviewer"] for d in conflict["decisions"]} == \
+        {"bo", "cy"}
+    assert team_progress(ws, items[:1]) == {"done": 1, "total": 1, "conflicts": 1}
+    with pytest.raises(SemiEvolError, match="only a lead adjudicates"):
+        adjudicate(ws, item, "accept", lead="bo")
+    adjudicate(ws, item, "relabel", label="outage", lead="ana", round_id=rid)
+    assert conflicts(ws) == []
+    in_force = current_decisions(ws)[item]
+    assert (in_force["action"], in_force["label"], in_force["reviewer"]) == \
+        ("relabel", "outage", "ana")
+    # Agreed decisions stand without a lead.
+    other = items[1]
+    record_decisions(ws, [other], "reject", reviewer="bo", round_id=rid)
+    record_decisions(ws, [other], "reject", reviewer="cy", round_id=rid)
+    assert current_decisions(ws)[other]["action"] == "reject" and not conflicts(ws)
+
+
+def test_an_undo_under_the_team_rule_puts_back_the_reviewers_own_decision(team):
+    ws, rid, items = team
+    record_decisions(ws, [items[0]], "accept", reviewer="bo", round_id=rid)
+    record_decisions(ws, [items[0]], "reject", reviewer="cy", round_id=rid)
+    undo_last(ws, reviewer="cy", round_id=rid)
+    assert reviewer_decision(ws, items[0], "cy") is None  # not bo's accept
+    assert current_decisions(ws)[items[0]]["action"] == "accept"
+    assert conflicts(ws) == []
+
+
+def test_agreement_counts_reviewers_not_adjudications(team):
+    ws, rid, items = team
+    record_decisions(ws, [items[0]], "accept", reviewer="bo", round_id=rid)
+    record_decisions(ws, [items[0]], "reject", reviewer="cy", round_id=rid)
+    adjudicate(ws, items[0], "accept", lead="ana", round_id=rid)
+    found = workspace_agreement(ws)
+    assert found["reviewers"]["reviewers"] == ["bo", "cy"]
+    assert found["accuracy"] == {"bo": {"items": 1, "correct": 1, "accuracy": 1.0}}
+
+
+def test_overlap_conflicts_and_adjudicate_from_the_cli(team):
+    ws, rid, items = team
+    external = ws.scalar("SELECT external_id FROM items WHERE id=?", (items[0],))
+    record_decisions(ws, [items[0]], "accept", reviewer="bo", round_id=rid)
+    record_decisions(ws, [items[0]], "reject", reviewer="cy", round_id=rid)
+    assert "20%" in semievol("overlap", ws.path, "0.2").stdout
+    bad = semievol("overlap", ws.path, "1.5", check=False)
+    assert bad.returncode == 2 and "from 0 to 1" in bad.stderr
+    listed = semievol("conflicts", ws.path).stdout
+    assert "1 conflict(s)" in listed and "bo accept; cy reject" in listed
+    refused = semievol("adjudicate", ws.path, external, "--action", "accept", "--lead", "bo",
+                       check=False)
+    assert refused.returncode == 2 and "not a lead" in refused.stderr
+    semievol("adjudicate", ws.path, external, "--action", "accept", "--lead", "ana")
+    assert "0 conflict(s)" in semievol("conflicts", ws.path).stdout
+    found = json.loads(semievol("agreement", ws.path, "--json").stdout)
+    assert found["reviewers"]["pairs"][0] | {"kappa": 0} == {
+        "a": "bo", "b": "cy", "items": 1, "agreed": 0, "kappa": 0}
+    assert found["accuracy"]["bo"]["correct"] == 1

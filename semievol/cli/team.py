@@ -22,6 +22,8 @@ from semievol.errors import SemiEvolError
 from semievol.team.accounts import (ROLES, add_user, has_accounts, list_users, remove_user,
                                     reset_password)
 from semievol.team.agreement import workspace_agreement
+from semievol.team.handout import adjudicate, conflicts, overlap_share, set_overlap_share
+from semievol.workspace.items import resolve_item
 
 
 def read_password(password_file: str | None) -> str:
@@ -122,6 +124,39 @@ def cmd_agreement(args) -> int:
     return 0
 
 
+def cmd_overlap(args) -> int:
+    ws = open_workspace(args.workspace)
+    if args.share is not None:
+        set_overlap_share(ws, args.share)
+    print(f"Overlap: {overlap_share(ws):.0%} of the items go to two reviewers.")
+    return 0
+
+
+def cmd_conflicts(args) -> int:
+    found = conflicts(open_workspace(args.workspace))
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"{len(found)} conflict(s) wait for a lead.")
+    for c in found:
+        votes = "; ".join(f"{d['reviewer']} {d['action']}"
+                          + (f" {d['label']}" if d["action"] == "relabel" else "")
+                          for d in c["decisions"])
+        print(printable(f"  {c['external_id']} (pseudo-label {c['pseudo_label']}): {votes}"))
+    return 0
+
+
+def cmd_adjudicate(args) -> int:
+    ws = open_workspace(args.workspace)
+    item = resolve_item(ws, args.item)
+    if item is None:
+        raise SemiEvolError(f"No item {args.item!r} in this workspace.")
+    adjudicate(ws, item, args.action, lead=args.lead, label=args.label, note=args.note)
+    label = f" as {args.label}" if args.label else ""
+    print(printable(f"Adjudicated {args.item}: {args.action}{label} by {args.lead}."))
+    return 0
+
+
 # -- the server -------------------------------------------------------------------------------
 def is_loopback(host: str) -> bool:
     """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
@@ -211,6 +246,26 @@ def add_team_commands(sub) -> None:
     p.add_argument("workspace")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_agreement)
+
+    p = sub.add_parser("overlap", help="show or set the share of items two reviewers review")
+    p.add_argument("workspace")
+    p.add_argument("share", nargs="?", type=float, help="a fraction from 0 to 1, e.g. 0.2")
+    p.set_defaults(func=cmd_overlap)
+
+    p = sub.add_parser("conflicts", help="items reviewers disagree on, waiting for a lead")
+    p.add_argument("workspace")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_conflicts)
+
+    p = sub.add_parser("adjudicate", help="a lead settles a conflict (in force over the "
+                                          "reviewers' decisions)")
+    p.add_argument("workspace")
+    p.add_argument("item", help="the item's id from your file, or its number")
+    p.add_argument("--action", required=True, choices=("accept", "reject", "relabel"))
+    p.add_argument("--label", help="the label, for relabel")
+    p.add_argument("--lead", required=True, help="the lead's account name")
+    p.add_argument("--note")
+    p.set_defaults(func=cmd_adjudicate)
 
     p = sub.add_parser("serve", help="start the app on a workspace (--team: with sign-in)")
     p.add_argument("workspace")

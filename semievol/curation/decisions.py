@@ -1,10 +1,14 @@
 """Human decisions on pseudo-labels: recording them, the decision now in force per item, an
 item's history, and how decisions override the selection policy.
 
-Decisions are append-only rows (the schema refuses UPDATE and DELETE). The decision in force
-on an item is its latest row unless that row is a `clear`; that rule is written once, as the
-`current_decisions` view (workspace/store.py, migration 3), which both the Python readers
-here and the review queue's SQL read.
+Decisions are append-only rows (the schema refuses UPDATE and DELETE). Which one is in force
+on an item depends on the workspace's decision rule (DECISION_RULES), written once, as the
+`current_decisions` view (workspace/store.py, migration 9), which both the Python readers
+here and the review queue's SQL read:
+- `latest` (one reviewer): the item's newest decision, unless it is a `clear`;
+- `team` (a workspace with accounts): the newest adjudication by a lead; else the reviewers'
+  decision when every reviewer's standing decision agrees; else the item is a conflict and is
+  left out of training (read as a reject, noted as a conflict) until a lead adjudicates.
 
 What each action means for training: accept -> kept with its pseudo-label; reject ->
 dropped; relabel -> kept with the reviewer's label (a gold label, even on an item no round
@@ -24,6 +28,12 @@ from semievol.task.numbers import overflowed
 from semievol.workspace.items import options_of
 from semievol.workspace.store import Workspace, now
 
+DECISION_RULES = {
+    "latest": "the newest decision on an item is in force",
+    "team": "a lead's adjudication, else the reviewers' agreed decision, else left out",
+}
+"""Which decision trains (see the module's docstring); the rule is a workspace setting and
+is kept with each round when its training set is frozen."""
 ACTIONS = ("accept", "reject", "relabel", "clear")
 """Every decision action (the CLI's choices, the app's buttons, the schema's CHECK)."""
 SOURCES = ("policy", "accepted", "rejected", "relabeled")
@@ -54,10 +64,17 @@ def checked_text(what: str, value: str, limit: int, *, lines: bool = False) -> s
     return value
 
 
+def decision_rule(ws: Workspace) -> str:
+    """The workspace's decision rule, a key of DECISION_RULES."""
+    return ws.get_setting("decision_rule", "latest")
+
+
 def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewer: str,
                      label: str | None = None, note: str | None = None,
-                     round_id: int | None = None) -> int:
+                     round_id: int | None = None, adjudication: bool = False) -> int:
     """Append one decision per item, all in one transaction; returns how many.
+    `adjudication`: a lead settles a conflict (in force over the reviewers' decisions under
+    the team rule; the caller checks the role).
 
     Refused, with nothing written, when: the action is unknown; there is no reviewer; a
     relabel has no label or one that is not an option of the item; accept or clear is given
@@ -111,10 +128,10 @@ def record_decisions(ws: Workspace, item_ids: list[int], action: str, *, reviewe
         label = checked_open_label(task, label)
     with ws.transaction() as conn:
         conn.executemany(
-            "INSERT INTO decisions(item_id, action, label, reviewer, note, created_at, round_id) "
-            "VALUES(?,?,?,?,?,?,?)",
+            "INSERT INTO decisions(item_id, action, label, reviewer, note, created_at, round_id,"
+            " adjudication) VALUES(?,?,?,?,?,?,?,?)",
             [(i, action, label.strip() if action == "relabel" else None, reviewer.strip(),
-              note or None, now(), round_id) for i in item_ids])
+              note or None, now(), round_id, int(adjudication)) for i in item_ids])
     return len(item_ids)
 
 
@@ -206,22 +223,28 @@ def undo_last(ws: Workspace, *, reviewer: str, round_id: int | None = None) -> d
         return (row["note"] or "").startswith(UNDO_NOTE)
 
     rows = [dict(r) for r in ws.query(
-        "SELECT id, item_id, action, label, reviewer, note FROM decisions ORDER BY id")]
+        "SELECT id, item_id, action, label, reviewer, note, adjudication FROM decisions "
+        "ORDER BY id")]
     undone = {int(r["note"][len(UNDO_NOTE):]) for r in rows if is_undo(r)}
     target = next((r for r in reversed(rows) if r["reviewer"] == reviewer.strip()
                    and not is_undo(r) and r["id"] not in undone), None)
     if target is None:
         return None
     undone.add(target["id"])
+    # Under the team rule each reviewer's (and each adjudication's) decisions stand apart:
+    # an undo puts back the reviewer's own earlier one, never a colleague's.
+    own = decision_rule(ws) == "team"
     standing = [r for r in rows if r["item_id"] == target["item_id"] and not is_undo(r)
-                and r["id"] not in undone]
+                and r["id"] not in undone and (not own or (
+                    r["reviewer"] == target["reviewer"]
+                    and r["adjudication"] == target["adjudication"]))]
     action, label = (standing[-1]["action"], standing[-1]["label"]) if standing \
         else ("clear", None)
     with ws.transaction() as conn:
         conn.execute("INSERT INTO decisions(item_id, action, label, reviewer, note, created_at,"
-                     " round_id) VALUES(?,?,?,?,?,?,?)",
+                     " round_id, adjudication) VALUES(?,?,?,?,?,?,?,?)",
                      (target["item_id"], action, label, reviewer.strip(),
-                      f"{UNDO_NOTE}{target['id']}", now(), round_id))
+                      f"{UNDO_NOTE}{target['id']}", now(), round_id, target["adjudication"]))
     return target
 
 

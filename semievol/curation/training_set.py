@@ -14,7 +14,7 @@ afterwards belong to the next round.
 from __future__ import annotations
 
 from semievol.config import TaskConfig
-from semievol.curation.decisions import current_decisions
+from semievol.curation.decisions import current_decisions, decision_rule
 from semievol.model.prompts import PromptBuilder
 from semievol.task.answers import extract_answer, same_answer
 from semievol.task.formats import Example
@@ -61,7 +61,8 @@ def freeze(ws: Workspace, round_id: int, items: list[dict]) -> None:
             "VALUES(?,?,?,?,?)",
             [(round_id, it["item_id"], k, it["answer"], it["source"])
              for k, it in enumerate(items)])
-        conn.execute("UPDATE rounds SET frozen_at=? WHERE id=?", (now(), round_id))
+        conn.execute("UPDATE rounds SET frozen_at=?, decision_rule=? WHERE id=?",
+                     (now(), decision_rule(ws), round_id))
 
 
 def decisions_since_freeze(ws: Workspace, round_id: int) -> int:

@@ -52,7 +52,7 @@ LEAD_ONLY = {
     "settings": "change selection settings",
     "bulk": "decide on every filtered item at once",
     "adjudicate": "adjudicate conflicts",
-    "team": "set the overlap share",
+    "team": "see the team's agreement and set the overlap share",
 }
 """Every action only a lead may take, with the words a refusal uses."""
 
@@ -120,7 +120,8 @@ def _checked_name(name: str) -> str:
 def add_user(ws: Workspace, name: str, role: str, password: str | None = None, *,
              sso: bool = False) -> Account:
     """Create an account: with a password, or with `sso` for a single-sign-on identity
-    (its name is the e-mail address the identity provider gives)."""
+    (its name is the e-mail address the identity provider gives). The workspace's decisions
+    follow the team rule from then on."""
     name, role = _checked_name(name), checked_role(role)
     if sso == (password is not None):
         raise SemiEvolError("An account has either a password or single sign-on (--sso), "
@@ -132,6 +133,9 @@ def add_user(ws: Workspace, name: str, role: str, password: str | None = None, *
                                 "`semievol users reset-password` changes its password.")
         conn.execute("INSERT INTO users(name, role, password_hash, created_at) "
                      "VALUES(?,?,?,?)", (name, role, digest, time.time()))
+        # A workspace with accounts is reviewed by a team: its decisions follow the team
+        # rule from now on (curation.decisions.DECISION_RULES).
+        ws.set_setting("decision_rule", "team", conn)
     return Account(name, role)
 
 

@@ -85,7 +85,7 @@ def reviewer_ratings(ws: Workspace, round_id: int | None = None) -> dict[int, di
     """{item id: {reviewer: rating}} from every reviewer's standing decision (of one round's
     decisions, or all)."""
     rows = ws.query("SELECT id, item_id, action, label, reviewer, note, round_id FROM decisions "
-                    "ORDER BY id")
+                    "WHERE adjudication = 0 ORDER BY id")
     undone = {int(r["note"][len(UNDO_NOTE):]) for r in rows
               if (r["note"] or "").startswith(UNDO_NOTE)}
     standing: dict[tuple[int, str], dict] = {}
@@ -201,9 +201,10 @@ def pace(times: Sequence[float]) -> dict:
 
 
 def reviewer_pace(ws: Workspace) -> dict[str, dict]:
-    """{reviewer: pace} over every decision they made (undos included: they are work too)."""
+    """{reviewer: pace} over every decision they made as a reviewer (undos included: they
+    are work too; adjudications are not reviews)."""
     times: dict[str, list[float]] = defaultdict(list)
-    for r in ws.query("SELECT reviewer, created_at FROM decisions"):
+    for r in ws.query("SELECT reviewer, created_at FROM decisions WHERE adjudication = 0"):
         times[r["reviewer"]].append(r["created_at"])
     return {who: pace(ts) for who, ts in sorted(times.items())}
 
@@ -227,10 +228,22 @@ def reviewer_accuracy(ratings: dict[int, dict[str, str]],
 
 
 def known_answers(ws: Workspace, items: set[int]) -> dict[int, str]:
-    """{item id: its known answer} among `items`: the gold answer where the workspace holds
+    """{item id: its known answer} among `items`: a lead's adjudication (the label it
+    accepts or gives; a reject names none), else the gold answer where the workspace holds
     one."""
-    return {r["id"]: r["answer"] for r in ws.query_in(
+    known = {r["id"]: r["answer"] for r in ws.query_in(
         "SELECT id, answer FROM items WHERE answer IS NOT NULL AND id IN ({})", sorted(items))}
+    adjudicated = ws.query_in("SELECT item_id, action, label, round_id FROM adjudications "
+                              "WHERE item_id IN ({})", sorted(items))
+    pseudo = _pseudo_labels(ws, {r["item_id"] for r in adjudicated})
+    for r in adjudicated:
+        if r["action"] == "relabel":
+            known[r["item_id"]] = r["label"]
+        elif r["action"] == "accept":
+            label = pseudo.get((r["round_id"], r["item_id"])) or pseudo.get((None, r["item_id"]))
+            if label is not None:
+                known[r["item_id"]] = label
+    return known
 
 
 def workspace_agreement(ws: Workspace, round_id: int | None = None) -> dict:

@@ -1,6 +1,9 @@
 """The focus review queue: one item at a time, in an order that spends a reviewer's minutes
 where they matter, with a counter of what is reviewed.
 
+In team mode a reviewer sees their own decisions only (`reviewer_decided`,
+`reviewer_decision`: overlap review is blind) and the team's progress (`team_progress`).
+
 Orders: `audit` (the audit queue's stratified sample first, so its error estimate fills
 in, then the rest least confident first), `least_confident` (highest entropy first),
 `reflected` (items the collaborators disagreed on first), `class` (grouped by pseudo-label,
@@ -10,10 +13,12 @@ least confident first within each). Pure reading of the round's stored pseudo-la
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from semievol.curation.audit import audit_queue
 from semievol.curation.decisions import current_decisions
 from semievol.errors import SemiEvolError
+from semievol.team.handout import conflicts, overlap_share, reviews_needed
 from semievol.workspace.store import Workspace
 
 FOCUS_ORDERS = {"audit": "audit queue first", "least_confident": "least confident first",
@@ -75,3 +80,29 @@ def next_item(queue: list[int], current: int | None, decided: set[int], *,
             return queue[k]
         k += step
     return None
+
+
+# -- team mode: what one reviewer sees of the team's review --------------------------------
+def reviewer_decided(ws: Workspace, reviewer: str, queue: Sequence[int]) -> list[int]:
+    """The items of `queue` that `reviewer` has a standing decision on, in queue order."""
+    mine = {r[0] for r in ws.query("SELECT item_id FROM reviewer_decisions WHERE reviewer=?",
+                                   (reviewer,))}
+    return [i for i in queue if i in mine]
+
+
+def reviewer_decision(ws: Workspace, item_id: int, reviewer: str) -> dict | None:
+    """One reviewer's standing decision on an item (what they see as theirs: never a
+    colleague's, so overlap stays blind)."""
+    rows = ws.query("SELECT action, label, reviewer, note, created_at FROM reviewer_decisions "
+                    "WHERE item_id=? AND reviewer=?", (item_id, reviewer))
+    return dict(rows[0]) if rows else None
+
+
+def team_progress(ws: Workspace, queue: Sequence[int]) -> dict:
+    """{done: items with all the reviews they need, total, conflicts}."""
+    share = overlap_share(ws)
+    counts: dict[int, int] = {}
+    for r in ws.query("SELECT item_id, COUNT(*) FROM reviewer_decisions GROUP BY item_id"):
+        counts[r[0]] = r[1]
+    done = sum(counts.get(i, 0) >= reviews_needed(i, share) for i in queue)
+    return {"done": done, "total": len(queue), "conflicts": len(conflicts(ws))}

@@ -20,11 +20,12 @@ from semievol.workspace.store import Workspace
 PAGES = {"workspace": "pages/1_Workspace.py", "setup": "pages/2_Round_setup.py",
          "runs": "pages/3_Runs.py", "review": "pages/4_Review.py",
          "selection": "pages/5_Selection.py", "train": "pages/6_Train_and_evaluate.py",
-         "rounds": "pages/7_Rounds.py", "export": "pages/8_Export.py"}
+         "rounds": "pages/7_Rounds.py", "export": "pages/8_Export.py",
+         "team": "pages/9_Team.py"}
 """The app's pages by role (the action's `page` names one of them)."""
 PAGE_TITLES = {"workspace": "Workspace and data", "setup": "Round setup", "runs": "Runs",
                "review": "Review", "selection": "Selection", "train": "Train and evaluate",
-               "rounds": "Rounds", "export": "Export"}
+               "rounds": "Rounds", "export": "Export", "team": "Team and agreement"}
 
 
 def round_state(ws: Workspace) -> dict:

@@ -170,6 +170,56 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         seen_at REAL NOT NULL);
     """,
+    # 9: review by a team. Items handed to one reviewer at a time (claims); a lead's
+    # adjudication of a conflict; each reviewer's standing decision; the decision in force
+    # by the workspace's rule: 'latest' (one reviewer, as before: an item's newest
+    # decision) or 'team' (the newest adjudication, else the reviewers' decision when they
+    # all agree, else a conflict: left out of training, read as a reject). The rule a
+    # round trained under is kept with it.
+    """
+    ALTER TABLE decisions ADD COLUMN adjudication INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rounds ADD COLUMN decision_rule TEXT;
+    CREATE TABLE claims (
+        round_id INTEGER NOT NULL REFERENCES rounds(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        reviewer TEXT NOT NULL,
+        claimed_at REAL NOT NULL,
+        PRIMARY KEY (round_id, item_id, reviewer));
+    CREATE INDEX decisions_reviewer ON decisions(item_id, reviewer, id);
+    CREATE VIEW reviewer_decisions AS
+        SELECT d.* FROM decisions d
+        WHERE d.id IN (SELECT MAX(id) FROM decisions WHERE adjudication = 0
+                       GROUP BY item_id, reviewer)
+        AND d.action != 'clear';
+    CREATE VIEW adjudications AS
+        SELECT d.* FROM decisions d
+        WHERE d.id IN (SELECT MAX(id) FROM decisions WHERE adjudication = 1 GROUP BY item_id)
+        AND d.action != 'clear';
+    DROP VIEW current_decisions;
+    CREATE VIEW current_decisions AS
+        SELECT d.* FROM decisions d
+        WHERE NOT EXISTS (SELECT 1 FROM settings WHERE key = 'decision_rule'
+                          AND value = '"team"')
+        AND d.id IN (SELECT MAX(id) FROM decisions GROUP BY item_id) AND d.action != 'clear'
+        UNION ALL
+        SELECT a.* FROM adjudications a
+        WHERE EXISTS (SELECT 1 FROM settings WHERE key = 'decision_rule' AND value = '"team"')
+        UNION ALL
+        SELECT MAX(r.id) AS id, r.item_id,
+            CASE WHEN COUNT(DISTINCT r.action || '|' || COALESCE(r.label, '')) = 1
+                 THEN r.action ELSE 'reject' END AS action,
+            CASE WHEN COUNT(DISTINCT r.action || '|' || COALESCE(r.label, '')) = 1
+                 THEN r.label END AS label,
+            r.reviewer,
+            CASE WHEN COUNT(DISTINCT r.action || '|' || COALESCE(r.label, '')) = 1
+                 THEN r.note ELSE 'conflict: the reviewers disagree; left out of training '
+                                  || 'until a lead adjudicates' END AS note,
+            r.created_at, r.round_id, r.adjudication
+        FROM reviewer_decisions r
+        WHERE EXISTS (SELECT 1 FROM settings WHERE key = 'decision_rule' AND value = '"team"')
+        AND r.item_id NOT IN (SELECT item_id FROM adjudications)
+        GROUP BY r.item_id;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 INTEGRITY_SECONDS = 10.0
