@@ -29,9 +29,17 @@ model: env
 demo: model
 	$(VENV)/bin/semievol demo $(WORKSPACE) --data data/demo
 
+# TEAM=1: team mode (sign-in, roles) through `semievol serve --team`; add accounts first
+# (`semievol users add WORKSPACE NAME --role lead`), HOST=0.0.0.0 to serve other machines.
+TEAM ?=
+HOST ?= 127.0.0.1
 app: demo
+ifeq ($(TEAM),1)
+	$(VENV)/bin/semievol serve $(WORKSPACE) --team --host $(HOST) --port $(PORT)
+else
 	$(VENV)/bin/streamlit run app/Home.py --server.headless true --server.address 127.0.0.1 \
 		--server.port $(PORT) --browser.gatherUsageStats false -- --workspace $(WORKSPACE)
+endif
 
 # The browser test drives Debian's chromium with playwright (no browser download).
 browser:

@@ -137,8 +137,7 @@ def _adjudicate(ws_path: str, item_id: int, choice: str, label: str | None) -> N
 def show_conflicts(ws: Workspace, page: TeamPage) -> None:
     st.subheader(f"Conflicts ({len(page.conflicts)})")
     st.caption("Reviewers disagreed: the item is left out of training until you decide. "
-               "Rule: " + literal(page.rule) + " — the adjudicated decision trains, else the "
-               "agreed one, else the item is left out.")
+               f"What trains ({literal(page.rule)} rule): {literal(page.rule_text)}.")
     if not page.conflicts:
         st.caption("No conflict waits for a lead.")
         return

@@ -41,18 +41,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(workspace: Path, *, team: bool = False):
+def start_server(workspace: Path, *, team: bool = False, secrets=None):
     """Start `streamlit run app/Home.py` on a free port (`team`: through `semievol serve
-    --team`, as a team's server is started); (process, url) once healthy."""
+    --team`, as a team's server is started); (process, url) once healthy. `secrets(port)`:
+    the text of the .streamlit/secrets.toml the server reads (from the folder it starts in,
+    then the workspace's)."""
     port = _free_port()
     log = open(Path(workspace) / "streamlit.log", "w")
+    cwd = ROOT
+    if secrets is not None:
+        cwd = Path(workspace)
+        (cwd / ".streamlit").mkdir(exist_ok=True)
+        (cwd / ".streamlit" / "secrets.toml").write_text(secrets(port))
     command = ([sys.executable, "-m", "semievol", "serve", str(workspace), "--team",
                 "--host", "127.0.0.1", "--port", str(port)] if team else
                [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "Home.py"),
                 "--server.headless", "true", "--server.address", "127.0.0.1",
                 "--server.port", str(port), "--browser.gatherUsageStats", "false",
                 "--", "--workspace", str(workspace)])
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -67,14 +74,14 @@ def start_server(workspace: Path, *, team: bool = False):
 
 
 @contextlib.contextmanager
-def served(workspace: Path, *, team: bool = False):
+def served(workspace: Path, *, team: bool = False, secrets=None):
     """The app served on `workspace` for a test, yielding its URL: a server that does not
     start fails the test; on the way out the server stops, and so does every run it left
     running (their process groups: a background round's worker and its children)."""
     from semievol.workspace.store import Workspace
 
     try:
-        process, url = start_server(workspace, team=team)
+        process, url = start_server(workspace, team=team, secrets=secrets)
     except RuntimeError as exc:
         pytest.fail(str(exc))
     try:

@@ -80,12 +80,14 @@ APP_ACTIONS = {
     "semievol.export.model": {"export_adapter", "export_gguf", "export_merged"},
     "semievol.export.paths": {"export_folder", "exported", "human_size"},
     "semievol.team.handout": {"adjudicate", "claim_next", "release", "set_overlap_share"},
-    "semievol.team.accounts": {"LEAD_ONLY", "SESSION_SECONDS", "Account", "SignInRefused", "close_session", "may",
-                               "require", "session_account", "sign_in", "sso_sign_in"},
+    "semievol.team.accounts": {"LEAD_ONLY", "SESSION_SECONDS", "Account", "SignInRefused",
+                               "close_session", "may", "require", "session_account", "sign_in",
+                               "sso_sign_in"},
 }
 """What the app's pages may import besides the foundation, `semievol.views` and
 `semievol.runs`: the workspace they open and the actions they call (import a file, index,
-decide, apply a selection, probe servers, export). Everything a page reads comes from
+decide, apply a selection, probe servers, export; in team mode sign in and out, check a
+role, hand out an item, adjudicate, set the overlap). Everything a page reads comes from
 `semievol.views`."""
 
 

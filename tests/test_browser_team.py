@@ -204,3 +204,68 @@ def test_overlap_reviewers_conflict_and_the_lead_adjudicates_what_trains(team_se
     # A reviewer cannot open the Team page.
     bo.goto(f"{url}/Team")
     bo.get_by_text("Only a lead can", exact=False).wait_for(timeout=30_000)
+
+
+# -- single sign-on (st.login) against a local OpenID Connect provider ----------------------------
+@pytest.fixture
+def oidc_provider(tmp_path):
+    """oidc-provider-mock on a free port of 127.0.0.1; yields its base URL."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "oidc.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "oidc_provider_mock", "--host",
+                                "127.0.0.1", "--port", str(port)], stdout=log,
+                               stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/.well-known/openid-configuration", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("the OIDC test provider did not start: "
+                            + (tmp_path / "oidc.log").read_text()[-2000:])
+            time.sleep(0.3)
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def test_single_sign_on_through_streamlit_login(pool, oidc_provider, browser):
+    ws, rid, _ = pool
+    add_user(ws, "ana", "lead", PASSWORDS["ana"])
+    add_user(ws, "cy@example.org", "reviewer", sso=True)
+
+    def secrets(port: int) -> str:
+        return (f'[auth]\nredirect_uri = "http://127.0.0.1:{port}/oauth2callback"\n'
+                'cookie_secret = "a test cookie secret, not a real one"\n'
+                'client_id = "semievol-test"\nclient_secret = "test-secret"\n'
+                f'server_metadata_url = "{oidc_provider}/.well-known/openid-configuration"\n')
+
+    with served(ws.path, team=True, secrets=secrets) as url:
+        page, _ = _page(browser)
+        _sign_in_form(page, url)
+        page.get_by_role("button", name="Sign in with single sign-on").click()
+        page.get_by_placeholder("sub").wait_for(timeout=30_000)  # the provider's own page
+        page.get_by_placeholder("sub").fill("cy@example.org")
+        page.get_by_role("button", name="Authorize").click()
+        page.get_by_text("Signed in as cy@example.org").wait_for(timeout=60_000)
+        assert "(reviewer)" in page.locator("body").inner_text()
+        assert ws.scalar("SELECT COUNT(*) FROM sessions WHERE user_name='cy@example.org'") == 1
+        # An identity the provider vouches for, but with no account here, is refused.
+        stranger, _ = _page(browser)
+        _sign_in_form(stranger, url)
+        stranger.get_by_role("button", name="Sign in with single sign-on").click()
+        stranger.get_by_placeholder("sub").fill("stranger@example.org")
+        stranger.get_by_role("button", name="Authorize").click()
+        stranger.get_by_text("has no single-sign-on account", exact=False).wait_for(
+            timeout=60_000)
+        assert "Signed in as" not in stranger.locator("body").inner_text()

@@ -450,3 +450,12 @@ def test_overlap_conflicts_and_adjudicate_from_the_cli(team):
     assert found["reviewers"]["pairs"][0] | {"kappa": 0} == {
         "a": "bo", "b": "cy", "items": 1, "agreed": 0, "kappa": 0}
     assert found["accuracy"]["bo"]["correct"] == 1
+
+
+def test_the_rule_a_round_trained_under_is_kept_with_it(pool):
+    from semievol.curation.training_set import freeze, live_training_items
+
+    ws, rid, items = pool
+    add_user(ws, "ana", "lead", PASSWORD)
+    freeze(ws, rid, live_training_items(ws, 1))
+    assert ws.scalar("SELECT decision_rule FROM rounds WHERE id=?", (rid,)) == "team"

@@ -6,7 +6,8 @@ A reviewer's rating of an item is what their standing decision says the item's l
 accept -> the pseudo-label they accepted, relabel -> their label, reject -> `rejected` (a
 category of its own: the pseudo-label is wrong, and no label is named). A reviewer's
 standing decision is their newest one that no undo took back; a `clear` leaves the item
-unrated by them. Per class, each class is scored one against the rest on the items where
+unrated by them; a lead's adjudication is not a rating (it is the known answer accuracy is
+measured against). Per class, each class is scored one against the rest on the items where
 any reviewer named it.
 
 The statistics (`cohen_kappa`, `krippendorff_alpha`) are pure functions over ratings and

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from semievol.curation.decisions import decision_rule
+from semievol.curation.decisions import DECISION_RULES, decision_rule
 from semievol.team.accounts import list_users
 from semievol.team.agreement import workspace_agreement
 from semievol.team.handout import conflicts, overlap_share
@@ -19,6 +19,7 @@ from semievol.workspace.store import Workspace
 class TeamPage:
     users: list[dict]
     rule: str
+    rule_text: str
     overlap: float
     progress: dict | None
     conflicts: list[dict]
@@ -31,6 +32,8 @@ def team_page(ws: Workspace) -> TeamPage:
     if rounds and rounds[0]["pseudo_labels"]:  # newest first: the round under review
         progress = team_progress(ws, focus_queue(ws, rounds[0]["id"], "least_confident"))
         progress["round"] = rounds[0]["number"]
-    return TeamPage(users=list_users(ws), rule=decision_rule(ws), overlap=overlap_share(ws),
+    rule = decision_rule(ws)
+    return TeamPage(users=list_users(ws), rule=rule, rule_text=DECISION_RULES[rule],
+                    overlap=overlap_share(ws),
                     progress=progress, conflicts=conflicts(ws),
                     agreement=workspace_agreement(ws))
