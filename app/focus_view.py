@@ -103,9 +103,15 @@ def show_focus(ws: Workspace, rnd: dict) -> None:
     order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default="audit",
                                  format_func=FOCUS_ORDERS.get, key="focus_order",
                                  help="Audit queue: a stratified sample first, so the error "
-                                      "estimate fills in. Least confident: where a reviewer "
-                                      "changes most. Disagreements: items the collaborators "
-                                      "disagreed on. By class: one class at a time.")
+                                      "estimate fills in. Least confident: the highest "
+                                      "entropy. Reflected: the collaborators disagreed. By "
+                                      "class: one class at a time. Smallest margin: the two "
+                                      "likeliest options closest. Highest entropy: the "
+                                      "options most spread. Most split votes: the "
+                                      "collaborators' answers most divided. Typical and "
+                                      "diverse: items like many others, spread over the "
+                                      "pool (vote-k; for the first few decisions). Typical, "
+                                      "then margin: the first ten typical, then by margin.")
     st.fragment(focus_panel)(ws, rnd, order or "audit")
 
 

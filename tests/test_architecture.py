@@ -47,6 +47,7 @@ and the command line on top. Nothing in the library imports the app or streamlit
 NARROWER = {
     "semievol.method.scoring": (),
     "semievol.method.selection": (),
+    "semievol.method.queues": (),
     "semievol.runs.jobs": ("semievol.workspace.store", "semievol.runs.progress"),
     "semievol.runs.progress": ("semievol.workspace.store",),
 }

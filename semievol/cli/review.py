@@ -18,8 +18,10 @@ from semievol.export.paths import human_size, parse_what
 from semievol.method.pseudo_labels import PATHS
 from semievol.rounds.record import get_round
 from semievol.rounds.scores import adapter_scores, best_trained, describe
+from semievol.views.focus import FOCUS_ORDERS, focus_queue
 from semievol.views.lineage import item_lineage
-from semievol.views.review import DECISION_STATES, SORTS, ReviewFilter, review_page
+from semievol.views.review import (DECISION_STATES, SORTS, ReviewFilter, filtered_item_ids,
+                                   review_page)
 from semievol.views.sampled import enough, sampled_percent
 from semievol.workspace.items import item_id_of, item_row, resolve_item
 
@@ -53,7 +55,14 @@ def cmd_review(args) -> int:
                        entropy_max=args.entropy_max, label=args.label, decision=args.decision,
                        selected=None if args.selected is None else args.selected == "yes",
                        search=args.search or "", sort=args.sort, descending=args.descending)
-    rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
+    if args.order:  # the focus queue's order over what the filters keep
+        total = len(filtered_item_ids(ws, flt))
+        every, _ = review_page(ws, flt, limit=max(1, total), offset=0, total=total)
+        by_item = {r["item_id"]: r for r in every}
+        ranked = [by_item[i] for i in focus_queue(ws, rnd.id, args.order) if i in by_item]
+        rows = ranked[args.offset:args.offset + args.limit]
+    else:
+        rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
     if args.json:
         print(json.dumps({"total": total, "rows": rows}, indent=2, default=str))
         return 0
@@ -174,6 +183,10 @@ def add_review_commands(sub) -> None:
     p.add_argument("--search")
     p.add_argument("--sort", choices=SORTS, default="entropy")
     p.add_argument("--descending", action="store_true")
+    p.add_argument("--order", choices=tuple(FOCUS_ORDERS),
+                   help="list in a review queue's order instead of --sort (focus mode's "
+                        "queues: " + "; ".join(f"{k}: {v}" for k, v in FOCUS_ORDERS.items())
+                        + ")")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--json", action="store_true")

@@ -213,6 +213,27 @@ def item_embeddings(ws: Workspace, embedder: Embedder, item_ids: list[int]) -> n
     return np.asarray([found[str(i)] for i in item_ids], dtype=np.float32)
 
 
+def stored_embeddings(ws: Workspace, item_ids: list[int]) -> np.ndarray | None:
+    """(len(item_ids), d) embeddings already stored for the items, in the order asked; None
+    when any of them has none (not indexed yet). Reads vectors only: no embedder loads (the
+    collection's own, rebuilt from its config, is lazy)."""
+    if not item_ids:
+        return np.zeros((0, 0), dtype=np.float32)
+    _embedding_function_class()  # registers the function the stored config names
+    try:
+        collection = _client(ws).get_collection(_collection_name(ws, "items"))
+    except Exception:  # chromadb's NotFoundError (or ValueError in older releases)
+        return None
+    found = {}
+    for start in range(0, len(item_ids), CHROMA_BATCH):
+        got = collection.get(ids=[str(i) for i in item_ids[start:start + CHROMA_BATCH]],
+                             include=["embeddings"])
+        found.update(zip(got["ids"], got["embeddings"]))
+    if any(str(i) not in found for i in item_ids):
+        return None
+    return np.asarray([found[str(i)] for i in item_ids], dtype=np.float32)
+
+
 def index_workspace(ws: Workspace, embedder: Embedder, *, k: int = 3,
                     progress: Progress | None = None) -> dict:
     """Embed, sync the labeled pool, store neighbours of every non-labeled item.

@@ -5,25 +5,37 @@ In team mode a reviewer sees their own decisions only (`reviewer_decided`,
 `reviewer_decision`: overlap review is blind) and the team's progress (`team_progress`).
 
 Orders: `audit` (the audit queue's stratified sample first, so its error estimate fills
-in, then the rest least confident first), `least_confident` (highest entropy first),
+in, then the rest least confident first), `least_confident` (highest eq. 6 entropy first),
 `reflected` (items the collaborators disagreed on first), `class` (grouped by pseudo-label,
-least confident first within each). Pure reading of the round's stored pseudo-labels.
+least confident first within each), and the queues of semievol.method.queues over the
+round's stored collaborator distributions, answers and the items' stored embeddings:
+`margin`, `entropy`, `disagreement`, `typical` (vote-k) and `hybrid` (typical, then margin).
+Pure reading: no model runs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Sequence
+
+import numpy as np
 
 from semievol.curation.audit import audit_queue
 from semievol.curation.decisions import current_decisions
 from semievol.errors import SemiEvolError
+from semievol.method import queues
+from semievol.method.retrieval import stored_embeddings
 from semievol.team.handout import conflicts, overlap_share, reviews_needed
 from semievol.workspace.store import Workspace
 
 FOCUS_ORDERS = {"audit": "audit queue first", "least_confident": "least confident first",
-                "reflected": "disagreements first", "class": "by class"}
+                "reflected": "reflected first", "class": "by class",
+                "margin": "smallest margin first", "entropy": "highest entropy first",
+                "disagreement": "most split votes first",
+                "typical": "typical and diverse first", "hybrid": "typical, then margin"}
 """Queue orders and what a reviewer reads for each."""
+EMBEDDING_ORDERS = ("typical", "hybrid")
 
 
 def _pool(ws: Workspace, round_id: int) -> list[dict]:
@@ -55,9 +67,72 @@ def focus_queue(ws: Workspace, round_id: int, order: str = "audit") -> list[int]
         return [r["item_id"] for r in sorted(
             least_confident, key=lambda r: (rank.get(r["label"], len(rank)), r["label"]))]
 
-    sampled = audit_queue(ws, round_id)
-    seen = set(sampled)
-    return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
+    if order == "audit":
+        sampled = audit_queue(ws, round_id)
+        seen = set(sampled)
+        return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
+    ids = [r["item_id"] for r in rows]
+    distributions, answers = collaborator_votes(ws, round_id, ids)
+    if order == "margin":
+        return [ids[i] for i in queues.margin_order(distributions)]
+    if order == "entropy":
+        return [ids[i] for i in queues.entropy_order(distributions)]
+    if order == "disagreement":
+        return [ids[i] for i in queues.disagreement_order(answers, distributions)]
+    key = (str(ws.path), round_id, order, _pool_version(ws, round_id))
+    if key not in _EMBEDDING_QUEUES:
+        if len(_EMBEDDING_QUEUES) >= 8:
+            _EMBEDDING_QUEUES.pop(next(iter(_EMBEDDING_QUEUES)))
+        _EMBEDDING_QUEUES[key] = _embedding_queue(ws, order, ids, distributions)
+    return list(_EMBEDDING_QUEUES[key])
+
+
+_EMBEDDING_QUEUES: dict[tuple, tuple] = {}
+"""The typical and hybrid queues, computed once per round and pool (a greedy pass over the
+neighbour graph takes seconds on a large pool: not on every key press)."""
+
+
+def collaborator_votes(ws: Workspace, round_id: int, ids: list[int]
+                       ) -> tuple[list[list[float] | None], list[list[str | None]]]:
+    """For each item (in `ids` order): the collaborators' mean option distribution (None
+    when none stored one) and their answers."""
+    probs: dict[int, list] = {}
+    answers: dict[int, list] = {}
+    for r in ws.query("SELECT item_id, answer, option_probs FROM responses WHERE round_id=? "
+                      "ORDER BY item_id, collaborator", (round_id,)):
+        answers.setdefault(r["item_id"], []).append(r["answer"])
+        if r["option_probs"]:
+            probs.setdefault(r["item_id"], []).append(json.loads(r["option_probs"]))
+    mean = []
+    for i in ids:
+        rows = [p for p in probs.get(i, []) if p and len(p) == len(probs[i][0])]
+        mean.append(np.mean(np.asarray(rows, dtype=float), axis=0).tolist() if rows else None)
+    return mean, [answers.get(i, []) for i in ids]
+
+
+def _pool_version(ws: Workspace, round_id: int) -> tuple:
+    """What the embedding queues depend on, cheaply: the round's pseudo-labels and the
+    labeled set (a relabel step or an import changes it)."""
+    return tuple(ws.query("SELECT COUNT(*), TOTAL(item_id), TOTAL(entropy) FROM pseudo_labels "
+                          "WHERE round_id=?", (round_id,))[0]) + (
+        ws.scalar("SELECT COUNT(*) FROM items WHERE split='labeled'"),)
+
+
+def _embedding_queue(ws: Workspace, order: str, ids: list[int], distributions: list) -> tuple:
+    """The typical or hybrid queue over the items' stored embeddings."""
+    vectors = stored_embeddings(ws, ids)
+    if vectors is None:
+        raise SemiEvolError("This queue needs the items' embeddings: index the workspace "
+                            "first (`semievol index WORKSPACE`).",
+                            app="This queue needs the items' embeddings: press \"Index / "
+                                "retrieve neighbours\" on the Workspace page first.")
+    labeled_ids = [r[0] for r in ws.query("SELECT id FROM items WHERE split='labeled'")]
+    labeled = stored_embeddings(ws, labeled_ids) if labeled_ids else None
+    if order == "typical":
+        positions = queues.typical_order(vectors, labeled=labeled)
+    else:
+        positions = queues.hybrid_order(vectors, distributions, labeled=labeled)
+    return tuple(ids[i] for i in positions)
 
 
 def queue_progress(ws: Workspace, queue: list[int]) -> dict:
