@@ -179,6 +179,11 @@ def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
                 f"training = {by_policy} kept by the policy + {human['accepted']} accepted + "
                 f"{human['relabeled']} relabeled by a reviewer; {human['rejected']} rejected "
                 "by a reviewer.")
+    student = summary.get("student")
+    if student and student["known"]:
+        st.caption(f"The warm-up model already answers {student['same']} of these "
+                   f"{student['known']} ({student['share']:.0%}) the same way on its own: "
+                   "training on them repeats what it knows; the rest is what it can learn.")
     cols = st.columns(3)
     cols[0].metric("Accepted by a reviewer", human["accepted"])
     cols[1].metric("Rejected by a reviewer", human["rejected"])

@@ -73,9 +73,10 @@ def parse_args(argv=None):
                    help="items a simulated reviewer decides before round 1 trains (primary "
                         "format; default 10 25 50)")
     p.add_argument("--review-orders", nargs="*", choices=tuple(REVIEW_ORDERS),
-                   default=list(REVIEW_ORDERS),
+                   default=["audit", "least_confident", "random"],
                    help="which items the reviewer takes: the Review page's queues, or random "
-                        "items given their true answer (default: all three)")
+                        "items given their true answer (default: audit least_confident "
+                        "random)")
     p.add_argument("--gold-sizes", type=int, nargs="*", default=[10, 25, 50],
                    help="extra random unlabeled items given their true answer for plain SFT "
                         "(default 10 25 50)")

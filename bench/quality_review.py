@@ -4,10 +4,12 @@ decision functions, as they would in the app."""
 
 from __future__ import annotations
 
-REVIEW_ORDERS = {"audit": "audit queue", "least_confident": "least confident first",
-                 "random": "random items"}
-"""Which items a simulated reviewer takes: the Review page's focus queues (semievol.views.focus),
-or random pool items (plain labeling of unlabeled items, no queue)."""
+from semievol.views.focus import FOCUS_ORDERS
+
+REVIEW_ORDERS = {**FOCUS_ORDERS, "audit": "audit queue", "random": "random items"}
+"""Which items a simulated reviewer takes: the Review page's focus queues (semievol.views.focus;
+the audit queue keeps the name earlier results carry), or random pool items (plain labeling
+of unlabeled items, no queue)."""
 REVIEWER = "simulated reviewer"
 
 

@@ -77,9 +77,10 @@ def warmup_knowledge(ws, rnd, hidden: dict) -> dict | None:
     many are wrong. None when no collaborator is the plain warm-up (warmup, 0 demos)."""
     from semievol.workspace.items import options_of
 
-    plain = [k for k, c in enumerate(rnd.config.collaborators)
-             if c.model == "warmup" and c.demonstrations == 0 and not c.server]
-    if not plain:
+    from semievol.config import student_index
+
+    student = student_index(rnd.config.collaborators)
+    if student is None:
         return None
     task = ws.require_task()
     rows = ws.query(
@@ -87,7 +88,7 @@ def warmup_knowledge(ws, rnd, hidden: dict) -> dict | None:
         "JOIN items i ON i.id = p.item_id JOIN responses r ON r.round_id = p.round_id "
         "AND r.item_id = p.item_id AND r.collaborator = ? "
         "WHERE p.round_id = ? AND p.selected = 1 AND i.split = 'unlabeled'",
-        (plain[0], rnd.id))
+        (student, rnd.id))
     out = {"selected": len(rows), "warmup_right": 0, "corrected": 0, "wrong": 0}
     for r in rows:
         truth = hidden[r["external_id"]]

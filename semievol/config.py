@@ -245,6 +245,14 @@ def display_names(collaborators: list[CollaboratorConfig]) -> list[str]:
     return names
 
 
+def student_index(collaborators: list[CollaboratorConfig]) -> int | None:
+    """The collaborator that is the student: the warm-up model on its own (no
+    demonstrations, in this process), the model a round's training improves. What it already
+    answers, a pseudo-label cannot teach it. None when no collaborator is."""
+    return next((k for k, c in enumerate(collaborators)
+                 if c.model == "warmup" and c.demonstrations == 0 and not c.server), None)
+
+
 def default_collaborators() -> list[CollaboratorConfig]:
     """n=4 as in the paper, spread over {base, warm-up} x demonstrations, temperature 1."""
     return [

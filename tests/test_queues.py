@@ -139,3 +139,18 @@ def test_review_lists_a_queue_from_the_cli(voted_pool):
     assert text.splitlines()[1].startswith(external[items[8]])
     bad = semievol("review", ws.path, "--order", "nonsense", check=False)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_selection_says_how_much_of_it_the_student_answers_already(voted_pool):
+    from semievol.config import SelectionConfig
+    from semievol.curation.selection_state import compute_selection
+    from test_engine_cli import semievol
+
+    ws, rid, items = voted_pool
+    everything = SelectionConfig(policy="percentile", theta=100.0, class_floor=0.0)
+    summary = compute_selection(ws, rid, everything).summary()
+    # The student (collaborator 0, the warm-up alone) finds billing likeliest for the first
+    # six items, outage for the last two; the pseudo-labels are 4 billing then 4 outage.
+    assert summary["student"] == {"known": 8, "same": 6, "share": 0.75}
+    out = semievol("select", ws.path, "--preview", "--theta", "100").stdout
+    assert "already answers" in out and "selected pseudo-label(s)" in out

@@ -179,7 +179,17 @@ def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
           f"{summary['excluded_leakage']}")
     for name in ("all", "selected"):
         _print_share(f"calibration {name}", calibration[name])
+    print(student_line(summary.get("student")))
     return 0
+
+
+def student_line(student: dict | None) -> str:
+    """How much of the selection the student answers already (it cannot learn those)."""
+    if not student or not student["known"]:
+        return "student: no collaborator is the warm-up model on its own; not measured"
+    return (f"student: the warm-up model already answers {student['same']} of "
+            f"{student['known']} selected pseudo-label(s) ({student['share']:.1%}) the same "
+            "way on its own; training cannot teach it those")
 
 
 def _print_share(name: str, r: dict) -> None:
@@ -218,7 +228,8 @@ def _summary_line(step: str, result: dict) -> str:
                 "flagged as near-duplicates of test items; calibration precision of the "
                 "selection " + sampled_percent(selected.get("precision"), selected.get("n"),
                                                selected.get("interval"),
-                                               need="needs at least"))
+                                               need="needs at least")
+                + "; " + student_line(result.get("student")))
     if step == "train":
         counts = result.get("examples") or {}
         total = sum(counts.values()) if isinstance(counts, dict) else counts

@@ -13,18 +13,19 @@ Nothing here touches a model: moving a slider only re-reads stored scores.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from semievol.config import SelectionConfig, TaskConfig
+from semievol.config import SelectionConfig, TaskConfig, student_index
 from semievol.curation.calibration import precision_of
 from semievol.curation.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
 from semievol.method.pseudo_labels import scored_rows
 from semievol.method.selection import class_counts, select, threshold_for
 from semievol.saved_config import round_config_from_dict, selection_config_from_dict, to_json
-from semievol.task.answers import is_correct
+from semievol.task.answers import is_correct, same_answer
+from semievol.workspace.items import options_of
 from semievol.workspace.store import Workspace, now
 
 
@@ -110,6 +111,9 @@ class SelectionResult:
     selected: np.ndarray         # bool, after human decisions and the leakage guard
     source: list[str]            # policy / accepted / rejected / relabeled / leakage
     threshold: float | None      # the entropy bound the policy used (percentile/absolute)
+    own: list[str | None] = field(default_factory=list)
+    """The student's own answer per row (its most likely option; `config.student_index`),
+    None where it gave none or no collaborator is the student."""
 
     @property
     def item_ids(self) -> list[int]:
@@ -129,7 +133,15 @@ class SelectionResult:
                 "human": {k: sum(1 for s, p in zip(self.source, pool) if p and s == k)
                           for k in ("accepted", "rejected", "relabeled")},
                 "excluded_leakage": sum(1 for s in self.source if s == "leakage"),
-                "threshold": self.threshold}
+                "threshold": self.threshold, "student": self.student_share(train)}
+
+    def student_share(self, train: np.ndarray) -> dict:
+        """Of the pool items selected to train, how many have the student's own answer and
+        how many of those the selected label repeats: what training cannot teach it."""
+        known = [k for k in np.flatnonzero(train) if k < len(self.own) and self.own[k]]
+        same = sum(1 for k in known if same_answer(self.task, self.labels[k], self.own[k]))
+        return {"known": len(known), "same": same,
+                "share": same / len(known) if known else None}
 
     def calibration(self) -> dict:
         """Precision of all vs selected pseudo-labels on the calibration slice under this
@@ -155,7 +167,28 @@ def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> 
         if row["item_id"] in flagged and source[k] == "policy":
             final[k], source[k] = False, "leakage"
     return SelectionResult(task, rows, final_labels, final, source,
-                           policy_threshold(rows, config))
+                           policy_threshold(rows, config), student_answers(ws, round_id, rows))
+
+
+def student_answers(ws: Workspace, round_id: int, rows: list[dict]) -> list[str | None]:
+    """The student's own answer to each row's item (`config.student_index`): the option it
+    finds most likely (its sampled answer may be another), else its answer; all None when
+    no collaborator of the round is the student."""
+    stored = ws.scalar("SELECT config FROM rounds WHERE id=?", (round_id,))
+    k = student_index(round_config_from_dict(json.loads(stored)).collaborators) \
+        if stored else None
+    if k is None:
+        return [None] * len(rows)
+    task = ws.require_task()
+    found = {}
+    for r in ws.query("SELECT r.item_id, r.answer, r.option_probs, i.options FROM responses r "
+                      "JOIN items i ON i.id = r.item_id WHERE r.round_id=? AND "
+                      "r.collaborator=?", (round_id, k)):
+        probs = json.loads(r["option_probs"]) if r["option_probs"] else None
+        options = options_of(r, task) if probs else None
+        found[r["item_id"]] = (options[int(np.argmax(probs))]
+                               if options and len(options) == len(probs) else r["answer"])
+    return [found.get(row["item_id"]) for row in rows]
 
 
 def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> dict:
