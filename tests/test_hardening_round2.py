@@ -297,11 +297,18 @@ def test_6_a_schema_upgrade_always_takes_a_fresh_backup(filled_workspace):
     stale = path / "workspace.db.v4.bak"
     stale.write_bytes(b"an old backup")
     conn = sqlite3.connect(path / "workspace.db")
+    for statement in ("DROP VIEW current_decisions", "DROP VIEW reviewer_decisions",
+                      "DROP VIEW adjudications", "DROP INDEX decisions_reviewer",
+                      "DROP TABLE claims", "DROP TABLE sessions", "DROP TABLE users"):
+        conn.execute(statement)  # undo migrations 8 and 9
     for table, column in (("responses", "prompt_tokens"), ("responses", "cut_tokens"),
-                          ("responses", "demos_shown"),  # undo migrations 5, 6 and 7
+                          ("responses", "demos_shown"),  # undo migrations 5, 6, 7 and 9
                           ("runs", "left_seconds"), ("runs", "progress_at"),
-                          ("pseudo_labels", "probability")):
+                          ("pseudo_labels", "probability"), ("decisions", "adjudication"),
+                          ("rounds", "decision_rule")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("CREATE VIEW current_decisions AS SELECT d.* FROM decisions d WHERE d.id IN "
+                 "(SELECT MAX(id) FROM decisions GROUP BY item_id) AND d.action != 'clear'")
     conn.execute("PRAGMA user_version=4")
     conn.commit()
     conn.close()
