@@ -459,3 +459,19 @@ def test_the_rule_a_round_trained_under_is_kept_with_it(pool):
     add_user(ws, "ana", "lead", PASSWORD)
     freeze(ws, rid, live_training_items(ws, 1))
     assert ws.scalar("SELECT decision_rule FROM rounds WHERE id=?", (rid,)) == "team"
+
+
+def test_status_says_how_the_team_works(team):
+    ws, rid, items = team
+    assert json.loads(semievol("status", ws.path, "--json").stdout)["team"]["reviewers"] == 2
+    record_decisions(ws, [items[0]], "accept", reviewer="bo", round_id=rid)
+    record_decisions(ws, [items[0]], "reject", reviewer="cy", round_id=rid)
+    out = semievol("status", ws.path).stdout
+    assert "Team: 1 lead(s), 2 reviewer(s); overlap 0%; decisions follow the team rule" in out
+    assert "1 conflict(s) wait for a lead" in out
+
+
+def test_a_single_user_workspace_has_no_team_status(pool):
+    ws, _, _ = pool
+    assert json.loads(semievol("status", ws.path, "--json").stdout)["team"] is None
+    assert "Team:" not in semievol("status", ws.path).stdout

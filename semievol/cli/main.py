@@ -119,6 +119,11 @@ def cmd_status(args) -> int:
         print(f"Round {r['number']}: {r['status_name']}; {r['pseudo_labels']} pseudo-label(s), "
               f"{r['selected']} selected")
     print(f"Decisions: {status['decisions']}; runs: {status['runs']}")
+    team = status["team"]
+    if team:
+        print(f"Team: {team['leads']} lead(s), {team['reviewers']} reviewer(s); overlap "
+              f"{team['overlap']:.0%}; decisions follow the {team['rule']} rule "
+              f"({team['rule_text']}); {team['conflicts']} conflict(s) wait for a lead")
     if not damaged and status["task"]:
         print(f"Lengths: {length_line(length_report(ws))}")
     return 2 if damaged else 0

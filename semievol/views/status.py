@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from semievol.curation.decisions import DECISION_RULES, decision_rule
 from semievol.curation.sufficiency import label_warnings
 from semievol.model.loading import load_tokenizer, resolve_model_path
 from semievol.model.prompts import PromptBuilder, resolve_budget
@@ -11,6 +12,7 @@ from semievol.rounds.record import STATUS_NAMES, base_config
 from semievol.rounds.scores import accuracy_on, adapter_scores, best_trained
 from semievol.saved_config import to_dict
 from semievol.task.formats import Example, build_messages, render_prompt
+from semievol.team.handout import conflicts, overlap_share
 from semievol.workspace.items import options_of, with_neighbours
 from semievol.workspace.store import SCHEMA_VERSION, Workspace
 
@@ -80,7 +82,20 @@ def workspace_status(ws: Workspace) -> dict:
         "rounds": rounds,
         "decisions": ws.scalar("SELECT COUNT(*) FROM decisions"),
         "runs": ws.scalar("SELECT COUNT(*) FROM runs"),
+        "team": team_status(ws),
     }
+
+
+def team_status(ws: Workspace) -> dict | None:
+    """Accounts by role, the decision rule, the overlap share and the conflicts waiting for
+    a lead; None for a single-user workspace (no accounts)."""
+    roles = dict(ws.query("SELECT role, COUNT(*) FROM users GROUP BY role"))
+    if not roles:
+        return None
+    rule = decision_rule(ws)
+    return {"leads": roles.get("lead", 0), "reviewers": roles.get("reviewer", 0),
+            "rule": rule, "rule_text": DECISION_RULES[rule], "overlap": overlap_share(ws),
+            "conflicts": len(conflicts(ws))}
 
 
 SAMPLE = 20_000
