@@ -104,7 +104,7 @@ def release(ws: Workspace, round_id: int, reviewer: str, item_id: int) -> None:
 def conflicts(ws: Workspace, round_id: int | None = None) -> list[dict]:
     """Items on which reviewers' standing decisions differ and no lead has adjudicated:
     [{item_id, external_id, question, pseudo_label, decisions: [{reviewer, action, label,
-    note}]}], oldest conflict first."""
+    note}]}], in item order."""
     rows = ws.query(
         "SELECT r.item_id, r.reviewer, r.action, r.label, r.note, r.round_id, i.external_id, "
         "i.question FROM reviewer_decisions r JOIN items i ON i.id = r.item_id "
