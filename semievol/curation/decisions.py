@@ -201,6 +201,16 @@ UNDO_NOTE = "undo of decision #"
 """The note of a decision that takes an earlier one back (`undo_last`)."""
 
 
+def is_undo(row) -> bool:
+    """Whether a decision row is an undo (`undo_last` wrote it)."""
+    return (row["note"] or "").startswith(UNDO_NOTE)
+
+
+def undone_ids(rows) -> set[int]:
+    """The ids of the decisions that the undo rows among `rows` took back."""
+    return {int(r["note"][len(UNDO_NOTE):]) for r in rows if is_undo(r)}
+
+
 def last_decision(ws: Workspace, *, reviewer: str | None = None) -> dict | None:
     """The newest decision row (of one reviewer, if given)."""
     sql = "SELECT id, item_id, action, label, reviewer, note, created_at FROM decisions"
@@ -219,13 +229,10 @@ def undo_last(ws: Workspace, *, reviewer: str, round_id: int | None = None) -> d
     `clear`. Returns the undone row, or None when there is nothing to undo."""
     reviewer = checked_text("reviewer name", reviewer or "", MAX_REVIEWER)
 
-    def is_undo(row):
-        return (row["note"] or "").startswith(UNDO_NOTE)
-
     rows = [dict(r) for r in ws.query(
         "SELECT id, item_id, action, label, reviewer, note, adjudication FROM decisions "
         "ORDER BY id")]
-    undone = {int(r["note"][len(UNDO_NOTE):]) for r in rows if is_undo(r)}
+    undone = undone_ids(rows)
     target = next((r for r in reversed(rows) if r["reviewer"] == reviewer.strip()
                    and not is_undo(r) and r["id"] not in undone), None)
     if target is None:

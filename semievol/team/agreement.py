@@ -24,7 +24,7 @@ from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
-from semievol.curation.decisions import UNDO_NOTE
+from semievol.curation.decisions import is_undo, undone_ids
 from semievol.workspace.store import Workspace
 
 REJECTED = "rejected"
@@ -87,11 +87,10 @@ def reviewer_ratings(ws: Workspace, round_id: int | None = None) -> dict[int, di
     decisions, or all)."""
     rows = ws.query("SELECT id, item_id, action, label, reviewer, note, round_id FROM decisions "
                     "WHERE adjudication = 0 ORDER BY id")
-    undone = {int(r["note"][len(UNDO_NOTE):]) for r in rows
-              if (r["note"] or "").startswith(UNDO_NOTE)}
+    undone = undone_ids(rows)
     standing: dict[tuple[int, str], dict] = {}
     for r in rows:
-        if (r["note"] or "").startswith(UNDO_NOTE) or r["id"] in undone:
+        if is_undo(r) or r["id"] in undone:
             continue
         if round_id is not None and r["round_id"] not in (round_id, None):
             continue
