@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from semievol.method.scoring import entropy
+
 VOTE_K_NEIGHBOURS = 10
 VOTE_K_RHO = 10.0
 """vote-k's graph degree and discount (the paper's k and rho)."""
@@ -41,33 +43,37 @@ def _by_score_descending(scores: np.ndarray) -> list[int]:
     return [int(i) for i in np.lexsort((np.arange(s.size), -key))]
 
 
+def _normalised(d: Sequence[float] | None) -> np.ndarray | None:
+    """A stored distribution summed to 1, or None when there is none to read (missing,
+    empty, not finite, or all zero): such an item has no score."""
+    if d is None or len(d) == 0:
+        return None
+    p = np.asarray(d, dtype=float)
+    if not np.all(np.isfinite(p)) or p.sum() <= 0:
+        return None
+    return p / p.sum()
+
+
 def margins(distributions: Sequence[Sequence[float] | None]) -> np.ndarray:
     """Top-1 minus top-2 probability of each distribution (renormalised); nan for none, 1
     for a single option (nothing to choose between)."""
     out = np.full(len(distributions), np.nan)
     for i, d in enumerate(distributions):
-        if d is None or len(d) == 0:
-            continue
-        p = np.asarray(d, dtype=float)
-        if not np.all(np.isfinite(p)) or p.sum() <= 0:
-            continue
-        p = np.sort(p / p.sum())[::-1]
-        out[i] = 1.0 if p.size == 1 else p[0] - p[1]
+        p = _normalised(d)
+        if p is not None:
+            p = np.sort(p)[::-1]
+            out[i] = 1.0 if p.size == 1 else p[0] - p[1]
     return out
 
 
 def entropies(distributions: Sequence[Sequence[float] | None]) -> np.ndarray:
-    """Shannon entropy (nats) of each distribution (renormalised); nan for none."""
+    """Shannon entropy (nats, scoring.entropy) of each distribution (renormalised); nan for
+    none."""
     out = np.full(len(distributions), np.nan)
     for i, d in enumerate(distributions):
-        if d is None or len(d) == 0:
-            continue
-        p = np.asarray(d, dtype=float)
-        if not np.all(np.isfinite(p)) or p.sum() <= 0:
-            continue
-        p = p / p.sum()
-        nz = p[p > 0]
-        out[i] = float(-(nz * np.log(nz)).sum())
+        p = _normalised(d)
+        if p is not None:
+            out[i] = float(entropy(p))
     return out
 
 
