@@ -26,7 +26,7 @@ from semievol.curation.decisions import current_decisions
 from semievol.errors import SemiEvolError
 from semievol.method import queues
 from semievol.method.retrieval import stored_embeddings
-from semievol.team.handout import conflicts, overlap_share, reviews_needed
+from semievol.team.handout import overlap_share, reviews_needed
 from semievol.workspace.store import Workspace
 
 FOCUS_ORDERS = {"audit": "audit queue first", "least_confident": "least confident first",
@@ -174,10 +174,11 @@ def reviewer_decision(ws: Workspace, item_id: int, reviewer: str) -> dict | None
 
 
 def team_progress(ws: Workspace, queue: Sequence[int]) -> dict:
-    """{done: items with all the reviews they need, total, conflicts}."""
+    """{done: items with all the reviews they need, total}. Conflicts are not counted here:
+    focus mode calls this on every key press and shows none (the Team page lists them)."""
     share = overlap_share(ws)
     counts: dict[int, int] = {}
     for r in ws.query("SELECT item_id, COUNT(*) FROM reviewer_decisions GROUP BY item_id"):
         counts[r[0]] = r[1]
     done = sum(counts.get(i, 0) >= reviews_needed(i, share) for i in queue)
-    return {"done": done, "total": len(queue), "conflicts": len(conflicts(ws))}
+    return {"done": done, "total": len(queue)}
