@@ -73,8 +73,10 @@ class ServerClient:
             self.requests += 1
             self.retried += retried
 
-    def request(self, method: str, path: str, payload: dict | None = None) -> Any:
-        """The decoded JSON answer; retries what is worth retrying, raises ServerError."""
+    def request(self, method: str, path: str, payload: dict | None = None, *,
+                as_text: bool = False) -> Any:
+        """The decoded JSON answer (or, with `as_text`, the answer as text: a Prometheus
+        /metrics page); retries what is worth retrying, raises ServerError."""
         import httpx
 
         last, status = "", None
@@ -92,6 +94,8 @@ class ServerClient:
             else:
                 text = body.decode("utf-8", errors="replace")
                 if status < 400:
+                    if as_text:
+                        return text
                     try:
                         return json.loads(text)
                     except ValueError as exc:
@@ -144,8 +148,9 @@ class ServerClient:
     def post(self, path: str, payload: dict) -> Any:
         return self.request("POST", path, payload)
 
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
+    def get(self, path: str, *, as_text: bool = False) -> Any:
+        """GET `path` (relative to base_url, or an absolute URL on the same server)."""
+        return self.request("GET", path, as_text=as_text)
 
     def map(self, fn: Callable[[Any], Any], items: Iterable, *,
             done: Callable[[int], None] | None = None) -> list:

