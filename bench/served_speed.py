@@ -159,8 +159,8 @@ def markdown(r: dict) -> str:
         lines.append(
             f"| {row['backend']} | {'warm-up' if row['adapter'] else '-'} | {row['items']} | "
             f"{row['items_per_second']:.2f} | {row['requests'] or '-'} | "
-            f"{row['same_option']:.0%} | {row['mean_total_variation']:.4f} | "
-            f"{row['max_total_variation']:.4f} | {row['note']} |")
+            f"{row['same_option']:.0%} | {row['mean_total_variation']:.1e} | "
+            f"{row['max_total_variation']:.1e} | {row['note']} |")
     lines += ["", "Same option and total-variation distance (TV) are against in process on "
               "the same model (with the adapter: the merged model). The adapter itself moves "
               f"the in-process distributions by a mean TV of {r['adapter_effect_tv']:.3f}, "
