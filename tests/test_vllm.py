@@ -2,6 +2,7 @@
 float32, started on 127.0.0.1 by the fixtures, serving a tiny random llama (head size 64,
 which vLLM's CPU attention takes) with the bundled tokenizer.
 
+- Without LoRA, 8 requests in flight score as this process does (the control).
 - A whole round on one vLLM with LoRA on: every collaborator (two on the warm-up adapter,
   loaded at run time, one on the base model), the reflection, the eq. 6 entropy and the
   evaluation, the server config asking for 8 requests in flight. The probe finds LoRA on
@@ -178,6 +179,26 @@ def test_vllm_scores_like_the_merged_model_in_process(vllm_round, lora_server, v
     prompts, options = _prompts(base.tokenizer)
     assert _total_variation(base.option_distributions(prompts, options),
                             warm.option_distributions(prompts, options)) > 1e-4
+
+
+def test_without_lora_requests_run_eight_at_a_time_and_score_the_same(vllm_model, tmp_path):
+    """The control: vLLM without --enable-lora takes the configured 8 requests in flight
+    (its /metrics then list no LoRA) and gives the in-process numbers."""
+    from semievol.model.local import LazyBackend
+    from semievol.model.served import describe
+
+    with Workspace(tmp_path / "ws", create=True):
+        pass
+    with VllmServer(vllm_model, lora=False, log=tmp_path / "server.log") as server:
+        served = _served(server.url, vllm_model, tmp_path / "ws", "base", None)
+        assert served.caps.engine.startswith("vllm") and not served.caps.lora
+        assert "one at a time" not in describe(served.caps)
+        assert served._http().concurrency == 8
+        local = LazyBackend(ModelConfig(name_or_path=str(vllm_model), dtype="float32"))
+        prompts, options = _prompts(local.tokenizer)
+        remote = served.option_distributions(prompts, options)
+        assert server.process.poll() is None
+    assert _total_variation(remote, local.option_distributions(prompts, options)) < 0.02
 
 
 @pytest.fixture(scope="module")
