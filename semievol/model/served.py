@@ -371,6 +371,8 @@ class ServedBackend:
                         "--max-lora-rank at least the adapter's rank and "
                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; or serve the adapter yourself "
                         "(--lora-modules) and name it in warmup_model.") from exc
+        if self.mode == "chat":
+            return  # no prompt log-probabilities to compare through chat completions
         ids = self.tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
         with _turn(self.server.base_url, self.caps.one_at_a_time):
             base = self._probe_logprobs(self.caps.model, ids)
