@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from semievol.model.local import LazyBackend
     from semievol.model.prompts import PromptBuilder
     from semievol.model.served import ServedBackend, probe_server
-    from semievol.rounds.backends import adapter_digest
+    from semievol.rounds.backends import adapter_digest, served_model
     from semievol.rounds.record import get_round
     from semievol.task.formats import option_targets
     from semievol.workspace.items import load_items, split_ids
@@ -103,10 +103,9 @@ def main(argv=None) -> int:
             base = ServedBackend(config, caps, base_local.tokenizer, served_model="base")
             timed("vLLM CPU, LoRA on", base, len(items), requests=lambda: base.calls,
                   note="one request at a time")
-            warm = ServedBackend(config, caps, base_local.tokenizer,
-                                 served_model=f"semievol-{adapter_digest(adapter)}",
-                                 adapter_digest=adapter_digest(adapter),
-                                 load_adapter=str(Path(adapter).resolve()))
+            name, load = served_model(config, caps, "warmup", adapter)  # as a round does
+            warm = ServedBackend(config, caps, base_local.tokenizer, served_model=name,
+                                 adapter_digest=adapter_digest(adapter), load_adapter=load)
             timed("vLLM CPU, LoRA on", warm, len(items), requests=lambda: warm.calls,
                   adapter_used=True, note="adapter loaded at run time, one at a time")
         with Workspace(ws_path) as ws, VllmServer(model_dir, lora=False, max_model_len=2048,

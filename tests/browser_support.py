@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from server_support import free_port, missing
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -28,17 +28,9 @@ def browser_or_skip() -> str:
     except ImportError:
         chromium = None
     if chromium is None:
-        message = "needs Debian chromium and playwright (`make test` installs them)"
-        if os.environ.get("SEMIEVOL_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("needs Debian chromium and playwright (`make test` installs them)",
+                "SEMIEVOL_REQUIRE_BROWSER")
     return chromium
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(workspace: Path, *, team: bool = False, secrets=None):
@@ -46,7 +38,7 @@ def start_server(workspace: Path, *, team: bool = False, secrets=None):
     --team`, as a team's server is started); (process, url) once healthy. `secrets(port)`:
     the text of the .streamlit/secrets.toml the server reads (from the folder it starts in,
     then the workspace's)."""
-    port = _free_port()
+    port = free_port()
     log = open(Path(workspace) / "streamlit.log", "w")
     cwd = ROOT
     if secrets is not None:

@@ -36,14 +36,19 @@ def llama_python() -> str | None:
     return candidate if probe.returncode == 0 else None
 
 
+def missing(message: str, required_by: str = "SEMIEVOL_REQUIRE_SERVER") -> None:
+    """A part the tests need is not installed: a failure where `make test` set
+    `required_by` to 1 (it installs the part), a skip elsewhere."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_llama() -> str:
     python = llama_python()
     if python is None:
-        message = ("llama-cpp-python's server is not installed (run `make server`, which "
-                   "`make test` does)")
-        if os.environ.get("SEMIEVOL_REQUIRE_SERVER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("llama-cpp-python's server is not installed (run `make server`, which "
+                "`make test` does)")
     return python
 
 
@@ -57,10 +62,7 @@ def vllm_python() -> str | None:
 def require_vllm() -> str:
     python = vllm_python()
     if python is None:
-        message = "vLLM is not installed (run `make server`, which `make test` does)"
-        if os.environ.get("SEMIEVOL_REQUIRE_SERVER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("vLLM is not installed (run `make server`, which `make test` does)")
     return python
 
 
@@ -103,21 +105,12 @@ class VllmServer:
         # Its own process group: stop() ends the engine and worker processes it spawns.
         self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
                                         env=env, start_new_session=True)
-        deadline = time.time() + 420
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}"
-                                   + (f"; see {self.log}" if self.log else ""))
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self
-            except OSError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise RuntimeError("vLLM did not start within 420 s")
-            time.sleep(0.5)
+        try:
+            wait_until_serving(self.process, self.url, "vLLM", seconds=420, log=self.log)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -151,6 +144,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(process: subprocess.Popen, url: str, what: str, *, seconds: float,
+                       log: Path | None = None) -> None:
+    """Until `url`/models answers 200; a RuntimeError if the process exits first or
+    `seconds` pass."""
+    deadline = time.time() + seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}"
+                               + (f"; see {log}" if log else ""))
+        try:
+            with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} did not start within {seconds:g} s")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def llama_server(gguf: str | Path, *, n_ctx: int = 2048, log: Path | None = None):
     """Serve `gguf` with llama-cpp-python on 127.0.0.1; yields the base URL (…/v1)."""
@@ -164,20 +177,7 @@ def llama_server(gguf: str | Path, *, n_ctx: int = 2048, log: Path | None = None
         stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with {process.returncode}"
-                                   + (f"; see {log}" if log else ""))
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError("llama.cpp server did not start within 120 s")
-            time.sleep(0.3)
+        wait_until_serving(process, url, "llama.cpp server", seconds=120, log=log)
         yield url
     finally:
         process.terminate()

@@ -373,11 +373,9 @@ class ServedBackend:
                         "(--lora-modules) and name it in warmup_model.") from exc
         if self.mode == "chat":
             return  # no prompt log-probabilities to compare through chat completions
-        ids = self.tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
-        with _turn(self.server.base_url, self.caps.one_at_a_time):
-            base = self._probe_logprobs(self.caps.model, ids)
-            adapted = self._probe_logprobs(self.served_model, ids)
-        if base == adapted:
+        probe = (self.tokenizer(PROBE_PROMPT, add_special_tokens=False)["input_ids"]
+                 if self.mode == "prompt_logprobs" or self.caps.token_ids else PROBE_PROMPT)
+        if self._token_logprobs(probe, model=self.caps.model) == self._token_logprobs(probe):
             raise SemiEvolError(
                 f"Server {self.server.name} loaded the adapter {self._load_adapter} as "
                 f"{self.served_model}, but answers for it exactly as for the base model: it "
@@ -385,24 +383,12 @@ class ServedBackend:
                 "the server's log (a LoRA it cannot apply to this model), or run this part in "
                 "this process.")
 
-    def _probe_logprobs(self, model: str, ids: list[int]) -> list:
-        """The probe text's token log-probabilities under `model` (base or adapter)."""
-        if self.mode == "prompt_logprobs":
-            rows = _choice(self._client.post("/completions", {
-                "model": model, "prompt": ids, "max_tokens": 1, "temperature": 0,
-                "prompt_logprobs": 0})).get("prompt_logprobs") or []
-            return [_logprob_of(row, token) for row, token in zip(rows, ids)]
-        prompt = ids if self.caps.token_ids else PROBE_PROMPT
-        answer = self._client.post("/completions", {
-            "model": model, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1,
-            "temperature": 0})
-        return list((_choice(answer).get("logprobs") or {}).get("token_logprobs") or [])
-
-    def _post(self, path: str, payload: dict) -> dict:
+    def _post(self, path: str, payload: dict, *, model: str | None = None) -> dict:
+        """One request for the served model (or `model`), alone where it must be."""
         client = self._http()
         try:
             with _turn(self.server.base_url, self.caps.one_at_a_time):
-                answer = client.post(path, {"model": self.served_model, **payload})
+                answer = client.post(path, {"model": model or self.served_model, **payload})
         except ServerError as exc:
             # No answer at all, or only a gateway's "nothing behind me", after every retry.
             if exc.status is None or exc.status in (502, 503, 504):
@@ -477,20 +463,9 @@ class ServedBackend:
         if self.mode == "prompt_logprobs" or self.caps.token_ids:
             p_ids = tokens(str(prompt), add_special_tokens=False)["input_ids"]
             c_ids = tokens(continuation, add_special_tokens=False)["input_ids"]
-            span = range(len(p_ids), len(p_ids) + len(c_ids))
-            if self.mode == "prompt_logprobs":
-                choice = _choice(self._post("/completions", {
-                    "prompt": p_ids + c_ids, "max_tokens": 1, "temperature": 0,
-                    "prompt_logprobs": 0}))
-                rows = choice.get("prompt_logprobs") or []
-                values = [_logprob_of(rows[k], (p_ids + c_ids)[k]) if k < len(rows) else None
-                          for k in span]
-            else:
-                choice = _choice(self._post("/completions", {
-                    "prompt": p_ids + c_ids, "echo": True, "logprobs": 1, "max_tokens": 1,
-                    "temperature": 0}))
-                echoed = (choice.get("logprobs") or {}).get("token_logprobs") or []
-                values = [echoed[k] if k < len(echoed) else None for k in span]
+            found = self._token_logprobs(p_ids + c_ids)
+            values = [found[k] if k < len(found) else None
+                      for k in range(len(p_ids), len(p_ids) + len(c_ids))]
         else:
             choice = _choice(self._post("/completions", {
                 "prompt": str(prompt) + continuation, "echo": True, "logprobs": 1,
@@ -501,6 +476,20 @@ class ServedBackend:
                               f"for the continuation {continuation!r}.")
         return np.array([finite_logprob(v, repr(continuation), self.server.name)
                          for v in values], dtype=np.float64)
+
+    def _token_logprobs(self, prompt, *, model: str | None = None) -> list:
+        """The log-probability of each prompt position under the served model (or `model`),
+        None where the server gives none: vLLM's prompt_logprobs (token ids), or an echo
+        (token ids where the server takes them, else text)."""
+        if self.mode == "prompt_logprobs":
+            rows = _choice(self._post("/completions", {
+                "prompt": prompt, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0},
+                model=model)).get("prompt_logprobs") or []
+            return [_logprob_of(row, token) for row, token in zip(rows, prompt)]
+        choice = _choice(self._post("/completions", {
+            "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0},
+            model=model))
+        return list((choice.get("logprobs") or {}).get("token_logprobs") or [])
 
     def _chat_letters(self, prompt, continuations: list[str]) -> list[np.ndarray]:
         """Each letter option's log-probability from the first token's top log-probs."""
