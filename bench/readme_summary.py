@@ -77,8 +77,7 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
                  "per item (points)", "baseline"],
                 [[r["variant"], r["n"], pct(r["accuracy"]["mean"]), _points(r["gain"]),
                   _points(r["gain_per_item"], 2), r["baseline"]] for r in review]), ""]
-    speed = results / "speed.json"
-    if speed.exists():
+    for speed in speed_files(results):
         data = json.loads(speed.read_text())
         pl, tr, mfu = data["pseudo_labeling"], data["training"], data["flop_utilisation"]
         rows = []
@@ -117,11 +116,25 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
                      f"{rep['model_calls_total']} / {rep['label']['seconds']:.1f} s, "
                      f"{rep['cli_label']['seconds']:.1f} s",
                      "OK" if rep["zero_model_calls"] else "NOT ZERO"])
-        parts += [f"### Speed ([report]({links}/speed.md))", "", f"`{data['command']}`", "",
+        report = speed.relative_to(results).with_suffix(".md").as_posix()
+        machine = data.get("machine", {})
+        cpu = machine.get("cpu_identity", {}).get("key") or machine.get("cpu", "unknown CPU")
+        flags = machine.get("cpu_identity", {}).get("flags")
+        bf16 = "native bf16" if machine.get("cpu_bf16") else "no native bf16"
+        parts += [f"### Speed on {cpu} ({', '.join(flags) if flags else bf16}, "
+                  f"{machine.get('cores', '?')} cores; [report]({links}/{report}))", "",
+                  f"`{data['command']}`", "",
                   md_table(["measure", "value", "ratio / verdict"], rows), ""]
     if not parts:
         parts = ["No full run committed yet: see the commands in bench/README.md.", ""]
     return "\n".join(parts)
+
+
+def speed_files(results: Path) -> list[Path]:
+    """Speed results, one per CPU: bench/results/<cpu>/speed.json (speed.py's folder), and
+    the top-level speed.json written before results were kept per CPU."""
+    found = [results / "speed.json", *sorted(results.glob("*/speed.json"))]
+    return [p for p in found if p.is_file() and p.parent.name != "reduced"]
 
 
 def _points(stat: dict, digits: int = 1) -> str:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, log, machine_info, model_dtype_name  # noqa: E402
+from common import REPO, cpu_results, log, machine_info, model_dtype_name  # noqa: E402
 
 def matmul_peaks() -> dict:
     """Best GFLOP/s per dtype on model-shaped and on 1,024-square matrices (semievol's own
@@ -78,12 +78,14 @@ def main(argv=None) -> int:
     p.add_argument("--lora-dropout", type=float, default=None)
     p.add_argument("--collaborators", default=None,
                    help="model:demos:temperature:seed,... (as the CLI takes them)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default bench/results/<this CPU>/)")
     p.add_argument("--vllm", action="store_true",
                    help="every collaborator, the reflection, the entropy and the evaluation on "
                         "a vLLM CPU server started here (LoRA on, adapters loaded at run "
                         "time; needs `make server`)")
     args = p.parse_args(argv)
+    args.out = args.out or cpu_results()
 
     from semievol.cli.demo import create_demo_workspace
     from semievol.method.evaluate import evaluations_table

@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
     RESULTS,
+    cpu_results,
     Stages,
     command_line,
     load_split,
@@ -103,7 +104,7 @@ def parse_args(argv=None):
     p.add_argument("--reduced", action="store_true",
                    help=f"tiny sizes for a smoke run under 10 minutes: {REDUCED}")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default bench/results; reduced: bench/results/reduced)")
+                   help="results folder (default bench/results/<this CPU>/; reduced: bench/results/reduced)")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reduced:
@@ -111,7 +112,7 @@ def parse_args(argv=None):
         for key, value in REDUCED.items():
             if getattr(args, key) == defaults[key]:
                 setattr(args, key, value)
-    args.out = args.out or (RESULTS / "reduced" if args.reduced else RESULTS)
+    args.out = args.out or (RESULTS / "reduced" if args.reduced else cpu_results())
     return args
 
 
@@ -252,7 +253,7 @@ def main(argv=None) -> int:
     text = markdown(result)
     write_text(args.out / "speed.md", text)
     print(text)
-    if not args.reduced and args.out.resolve() == RESULTS.resolve():
+    if not args.reduced and args.out.resolve().parent == RESULTS.resolve():
         for readme in update_readmes():
             log(f"updated the results summary in {readme.relative_to(REPO)}")
     log(f"wrote {args.out / 'speed.json'} and speed.md")

@@ -11,7 +11,7 @@ rest of the step is spent on (dropout masks, dtype casts under autocast, element
 the optimizer). Model FLOPs: 4 x P per token (forward, and the backward through the
 activations; the frozen weights get no gradient), P = the transformer body's parameters.
 
-Writes bench/results/train_step_profile.{json,md}.
+Writes bench/results/<this CPU>/train_step_profile[_<label>].{json,md}.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     REPO,
-    RESULTS,
     command_line,
+    cpu_results,
     load_split,
     log,
     machine_info,
@@ -84,8 +84,13 @@ def main(argv=None) -> int:
                    help="optimizer steps timed, then as many profiled")
     p.add_argument("--warm", type=int, default=2, help="unprofiled steps before them")
     p.add_argument("--top", type=int, default=15, help="operators in the report")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--label", default=None,
+                   help="before / after_... : names the output train_step_profile_<label>")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default bench/results/<this CPU>/)")
     args = p.parse_args(argv)
+    args.out = args.out or cpu_results()
+    name = "train_step_profile" + (f"_{args.label}" if args.label else "")
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -139,8 +144,8 @@ def main(argv=None) -> int:
         "matmul_share": mm_ms / total_ms if total_ms else None,
         "matmul_gflops": mm_flops / (mm_ms / 1000) / 1e9 if mm_ms else None,
         "profiled_self_ms": total_ms, "ops": ops[:60]}
-    write_json(args.out / "train_step_profile.json", result)
-    write_text(args.out / "train_step_profile.md", report(result, args.top))
+    write_json(args.out / f"{name}.json", result)
+    write_text(args.out / f"{name}.md", report(result, args.top))
     log(f"train step profile: {result['seconds_per_step']} s a step, utilisation "
         f"{100 * result['utilisation']:.0f} %, matrix products {100 * result['matmul_share']:.0f} "
         f"% of the time at {result['matmul_gflops']:.0f} GFLOP/s")
