@@ -80,6 +80,10 @@ def main(argv=None) -> int:
                    help="model:demos:temperature:seed,... (as the CLI takes them)")
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default bench/results/<this CPU>/)")
+    p.add_argument("--fresh-estimate", action="store_true",
+                   help="forget this machine's measured speed of the model first, so the "
+                        "estimate is a fresh clone's: a first run measures it (a few steps, "
+                        "counted in the round's time)")
     p.add_argument("--vllm", action="store_true",
                    help="every collaborator, the reflection, the entropy and the evaluation on "
                         "a vLLM CPU server started here (LoRA on, adapters loaded at run "
@@ -122,6 +126,12 @@ def main(argv=None) -> int:
                                         for c in args.collaborators.split(",")]
             if args.vllm:
                 server = _serve_on_vllm(config, root / "vllm.log")
+            if args.fresh_estimate:
+                from semievol.model.throughput import forget_machine_speed
+
+                forgot = forget_machine_speed(config.model)
+                log(f"fresh estimate: {'forgot' if forgot else 'no'} measured speed of this "
+                    "model on this machine")
             machine = machine_info(model_dtype_name(config.model))
             log("measuring the matmul peaks")
             peaks = matmul_peaks()
@@ -130,7 +140,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             with profiler.active():
                 run_id = launch.start(ws, "round", background=False, config=config,
-                                      review=False)
+                                      review=False, announce=log)
                 estimate = (jobs.get_run(ws, run_id)["request"] or {}).get("estimate")
                 log(f"estimate: {estimate and estimate.get('line')}")
                 results = launch.execute(ws, run_id)
@@ -176,6 +186,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _estimate_source(estimate: dict) -> str:
+    return ("a rough guess from the matmul peak" if estimate.get("rough")
+            else "from speeds measured on this machine")
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Demo round profile: {report['label']}", "",
              f"`{report['command']}`", "",
@@ -187,7 +202,9 @@ def markdown(report: dict) -> str:
              f"{report['machine']['load_average_at_start']}, at end "
              f"{report['machine'].get('load_average_at_end')}.", "",
              (f"Estimated before it started: {report['estimate']['total'] / 60:.1f} min "
-              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in report['estimate']['steps'].items())})."
+              f"({', '.join(f'{k} {v / 60:.1f}' for k, v in report['estimate']['steps'].items())}"
+              f"); the round took {report['round_seconds'] / report['estimate']['total']:.0%} "
+              f"of it ({_estimate_source(report['estimate'])})."
               if report.get("estimate") and report["estimate"].get("total") else
               "No estimate recorded."), "",
              (f"Every model call on {report['served']['server']}, "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -25,6 +26,11 @@ import pytest
 from semievol.config import RoundConfig, TaskConfig
 from semievol.saved_config import to_json
 from semievol.workspace.store import Workspace, now
+
+# A first round on a machine measures its speed before it starts (semievol.runs.calibrate);
+# the suite's tiny models have no speed worth measuring, and every test would pay for it.
+# tests/test_calibrate.py turns it on where it is the subject.
+os.environ.setdefault("SEMIEVOL_MEASURE_SPEED", "0")
 
 LABELS = ["billing", "outage", "equipment"]
 

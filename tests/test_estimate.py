@@ -226,3 +226,57 @@ def test_a_step_with_a_served_part_records_no_local_speed(workspace, tiny_model_
     assert recorded("served collaborator", "evaluate")
     assert not recorded("served evaluation", "evaluate")
     assert recorded("served evaluation", "label")
+
+
+# -- a first run measures this machine (semievol.runs.calibrate) ------------------------------
+def test_a_first_foreground_run_measures_this_machine_before_its_estimate(
+        filled_workspace, tiny_model_dir, machine_file, monkeypatch):
+    import json
+
+    from semievol.runs import calibrate, jobs, launch
+    from semievol.runs.estimate import speeds
+
+    monkeypatch.setenv("SEMIEVOL_MEASURE_SPEED", "1")
+    config = _config(tiny_model_dir)
+    said: list[str] = []
+    run_id = launch.start(filled_workspace, "warmup", background=False, config=config,
+                          announce=said.append)
+    assert said[0].startswith("measuring this machine's speed")
+    assert said[1].startswith("measured in") and "training tokens/s" in said[1]
+    found = speeds(filled_workspace, config.model)
+    assert "rough" not in found
+    assert found["training_source"] == found["inference_source"] == "measured in this workspace"
+    assert found["inference"] > 0 and found["training"] > 0
+    (machine,) = json.loads(machine_file.read_text()).values()  # and for the next workspace
+    assert set(machine) == {"inference", "training"}
+    estimate = jobs.get_run(filled_workspace, run_id)["request"]["estimate"]
+    assert estimate["rough"] is False and "measured in this workspace" in estimate["line"]
+    rnd = launch.get_round(filled_workspace, 1)
+    assert not calibrate.needs_measurement(filled_workspace, rnd)  # once per machine
+
+
+def test_a_background_run_measures_in_its_worker_and_replaces_the_guess(
+        filled_workspace, tiny_model_dir, machine_file, monkeypatch):
+    from semievol.runs import jobs, launch
+
+    config = _config(tiny_model_dir)
+    monkeypatch.setenv("SEMIEVOL_MEASURE_SPEED", "0")  # the start stores the guess
+    run_id = launch.start(filled_workspace, "warmup", background=False, config=config)
+    assert jobs.get_run(filled_workspace, run_id)["request"]["estimate"]["rough"] is True
+    monkeypatch.setenv("SEMIEVOL_MEASURE_SPEED", "1")  # as a worker would run it
+    launch.execute(filled_workspace, run_id)
+    run = jobs.get_run(filled_workspace, run_id)
+    assert run["status"] == "succeeded"
+    assert run["request"]["estimate"]["rough"] is False
+
+
+def test_no_measurement_without_labeled_items_or_model_work(workspace, tiny_model_dir,
+                                                             machine_file):
+    from semievol.rounds.record import prospective
+    from semievol.runs import calibrate
+
+    workspace.set_task(__import__("conftest").TaskConfig(
+        kind="choice", labels=["a", "b"], instruction="Pick."))
+    rnd = prospective(workspace, _config(tiny_model_dir))
+    assert calibrate.measure_speed(workspace, rnd) == {}
+    assert not machine_file.exists()

@@ -115,7 +115,8 @@ def cmd_step(args) -> int:
                           selection=selection, round_number=args.round,
                           force=getattr(args, "force", False),
                           review=not getattr(args, "no_review", False),
-                          confirm=_confirmer(args))
+                          confirm=_confirmer(args),
+                          announce=lambda text: print(text, file=sys.stderr))
     estimated = (jobs_request(ws, run_id).get("estimate") or {}).get("line")
     if estimated:
         print(f"estimate: {estimated}", file=sys.stderr)  # stdout keeps the results

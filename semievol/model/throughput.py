@@ -35,9 +35,12 @@ def _machine_file() -> Path:
     return cache_dir() / "throughput.json"
 
 
-def record_speed(ws, model_config, kind: str, tokens: int, seconds: float) -> None:
-    """Remember a measured speed (`kind`: inference or training) for this model here."""
-    if tokens < 1000 or seconds <= 0:  # too little to say anything
+def record_speed(ws, model_config, kind: str, tokens: int, seconds: float, *,
+                 min_tokens: int = 1000) -> None:
+    """Remember a measured speed (`kind`: inference or training) for this model here. A step
+    that put fewer than `min_tokens` through the model says too little (a few items left to
+    answer); a deliberate measurement (semievol.runs.calibrate) sets its own."""
+    if tokens < min_tokens or seconds <= 0:
         return
     key = _key(model_config)
     entry = {"tokens_per_second": tokens / seconds, "measured_at": time.time()}
@@ -53,6 +56,20 @@ def record_speed(ws, model_config, kind: str, tokens: int, seconds: float) -> No
         path.write_text(json.dumps(machine, indent=2))
     except (OSError, ValueError):
         pass  # a read-only cache only costs the next estimate its measurement
+
+
+def forget_machine_speed(model_config) -> bool:
+    """Remove this model's measured speeds from the machine's cache file (a bench starting
+    as a fresh machine would); True when there were some."""
+    path, key = _machine_file(), _key(model_config)
+    try:
+        machine = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if machine.pop(key, None) is None:
+        return False
+    path.write_text(json.dumps(machine, indent=2))
+    return True
 
 
 def measured(ws, model_config) -> tuple[dict, dict]:

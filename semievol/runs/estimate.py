@@ -7,9 +7,10 @@ The estimate is work divided by speed:
   stored yet); answers already cached cost nothing;
 - speed: this machine's measured tokens per second for inference and for training, from the
   last steps that ran here (stored per model, device and dtype, in the workspace and in the
-  machine's cache folder); before any step has run, from a half-second matmul measurement
-  of this machine's peak times the share of it our scoring and training reach (measured by
-  bench/round_profile.py).
+  machine's cache folder), or from a few seconds of real steps a first run takes before
+  it starts (semievol.runs.calibrate); until one has, a rough guess from a half-second
+  matmul measurement of this machine's peak times the share of it our scoring and training
+  reached on one machine (measured by bench/round_profile.py).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def line(estimate: dict) -> str:
     training tokens/s (measured in this workspace)"."""
     parts = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in estimate["steps"].items())
     speed = estimate["speeds"]
-    rough = "a rough guess until a step has run on this machine: " if speed.get("rough") else ""
+    rough = ("a rough guess until a step has run on this machine (a run measures it first): "
+             if speed.get("rough") else "")
     return (f"{rough}about {_minutes(estimate['total'])} here ({parts} min) at "
             f"{speed['inference']:,.0f} inference tokens/s ({speed['inference_source']}) and "
             f"{speed['training']:,.0f} training tokens/s ({speed['training_source']})")

@@ -19,7 +19,7 @@ from semievol.rounds.backends import check_servers
 from semievol.rounds.guards import check_label_warnings, check_training_warnings
 from semievol.rounds.record import (FINISHED, get_round, latest_round, open_round, prospective,
                                     round_by_id)
-from semievol.runs import jobs
+from semievol.runs import calibrate, jobs
 from semievol.runs.estimate import estimate_steps, line
 from semievol.saved_config import selection_config_from_dict, to_dict
 from semievol.workspace.store import Workspace
@@ -97,12 +97,19 @@ def register(ws: Workspace, kind: str, *, config: RoundConfig | None = None,
                                  request=request, pid=pid)
 
 
-def start(ws: Workspace, kind: str, *, background: bool, **options) -> int:
+def start(ws: Workspace, kind: str, *, background: bool, announce=None, **options) -> int:
     """Register a run (see `register`); in the background, also start its worker. A
-    foreground caller then runs it with `execute`. Returns the run id."""
+    foreground caller then runs it with `execute`. Returns the run id.
+
+    A foreground run on a machine that has not run this model yet measures its speed first
+    (semievol.runs.calibrate, a few seconds; `announce` receives a line saying so), so the
+    estimate stored and printed is work over a measured speed; a background run's worker
+    does the same before its first step."""
     import os
 
     run_id = register(ws, kind, pid=None if background else os.getpid(), **options)
+    if not background:
+        _measure_if_needed(ws, run_id, announce=announce)
     run = jobs.get_run(ws, run_id)
     found = estimate_run(ws, get_round(ws, run["request"]["round"]),
                          run["request"]["steps"])
@@ -111,6 +118,31 @@ def start(ws: Workspace, kind: str, *, background: bool, **options) -> int:
     if background:
         jobs.spawn(ws, run_id, ["worker", str(ws.path), str(run_id)])
     return run_id
+
+
+MODEL_STEPS = ("warmup", "label", "train", "evaluate")
+
+
+def _measure_if_needed(ws: Workspace, run_id: int, *, announce=None, progress=None) -> bool:
+    """Measure this machine's speed (semievol.runs.calibrate) when run `run_id` has model
+    work and the estimate would otherwise be a guess; True when it measured. Off with
+    SEMIEVOL_MEASURE_SPEED=0 (the test suite: its tiny models' speeds say nothing)."""
+    import os
+
+    if os.environ.get("SEMIEVOL_MEASURE_SPEED", "1") == "0":
+        return False
+    request = jobs.get_run(ws, run_id)["request"]
+    rnd = get_round(ws, request["round"])
+    if not set(request["steps"]) & set(MODEL_STEPS) or not calibrate.needs_measurement(ws, rnd):
+        return False
+    if announce:
+        announce("measuring this machine's speed for the estimate: a few scoring and "
+                 "training steps of this model (once per machine)")
+    measured = calibrate.measure_speed(ws, rnd, progress=progress)
+    if announce and measured:
+        announce(f"measured in {measured['seconds']:.0f} s: {measured['inference']:,.0f} "
+                 f"inference and {measured['training']:,.0f} training tokens/s")
+    return bool(measured)
 
 
 def estimate_run(ws: Workspace, rnd, steps_to_run: list[str]) -> dict | None:
@@ -157,6 +189,13 @@ def execute(ws: Workspace, run_id: int, *, progress=None, on_step=None,
             if on_step:
                 on_step(index, count, name)
 
+        # A background run measures this machine's speed here, in its worker, not in the
+        # page that started it; the estimate it stores then replaces the guess.
+        if (request.get("estimate") or {}).get("rough") and _measure_if_needed(
+                ws, run_id, progress=report):
+            found = estimate_run(ws, get_round(ws, request["round"]), request["steps"])
+            if found:
+                jobs.set_estimate(ws, run_id, found)
         results = steps.run_steps(ws, request["round"], request["steps"],
                                   selection=None if selection is None
                                   else selection_config_from_dict(selection),

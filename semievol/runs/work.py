@@ -19,7 +19,8 @@ REFLECTED_SHARE = 0.35
 """Share of disputed (reflected) items assumed before the workspace has measured its own."""
 
 
-def _builder(ws: Workspace, rnd):
+def prompt_builder(ws: Workspace, rnd) -> PromptBuilder:
+    """The round's prompts, as its steps build them (task, tokenizer, context budget)."""
     return PromptBuilder(ws.require_task(), tokenizer_for(rnd.config.model.name_or_path),
                          budget_of(rnd))
 
@@ -63,7 +64,7 @@ def _warmup_tokens(ws: Workspace, rnd) -> int:
     if not ws.split_counts()["calibration"]:  # the hold-out happens in the step itself
         keep = 1 - rnd.config.calibration.fraction
         gold = gold[:max(1, int(len(gold) * keep))]
-    return _training_tokens(_builder(ws, rnd), gold, rnd.config.train)
+    return _training_tokens(prompt_builder(ws, rnd), gold, rnd.config.train)
 
 
 def _label_tokens(ws: Workspace, rnd) -> int:
@@ -73,7 +74,7 @@ def _label_tokens(ws: Workspace, rnd) -> int:
     items = load_items(ws, pool_item_ids(ws, rnd.number, rnd.config.unlabeled_limit))
     if not items:
         return 0
-    builder = _builder(ws, rnd)
+    builder = prompt_builder(ws, rnd)
     answered = {(r[0], r[1]) for r in ws.query(
         "SELECT item_id, collaborator FROM responses WHERE round_id=?", (rnd.id,))}
     tokens = 0
@@ -111,7 +112,7 @@ def _train_tokens(ws: Workspace, rnd, selecting_first: bool) -> int:
                                 pool_item_ids(ws, rnd.number, rnd.config.unlabeled_limit))
         items = warmup_items(ws)
         extra = int(len(unlabeled) * rnd.config.selection.theta / 100)
-    return _training_tokens(_builder(ws, rnd), items, rnd.config.train, extra)
+    return _training_tokens(prompt_builder(ws, rnd), items, rnd.config.train, extra)
 
 
 def _evaluate_tokens(ws: Workspace, rnd, training_first: bool) -> tuple[int, int]:
@@ -119,7 +120,7 @@ def _evaluate_tokens(ws: Workspace, rnd, training_first: bool) -> tuple[int, int
     if split is None:
         return 0, 0
     items = load_items(ws, split_ids(ws, split))
-    builder = _builder(ws, rnd)
+    builder = prompt_builder(ws, rnd)
     plain = sum(builder.item(it.example).tokens for it in items)
     k = rnd.config.retrieval.k
     demos = sum(builder.item(it.example, it.demonstrations[:k]).tokens for it in items)
