@@ -104,7 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--reduced", action="store_true",
                    help=f"tiny sizes for a smoke run under 10 minutes: {REDUCED}")
     p.add_argument("--out", type=Path, default=None,
-                   help="results folder (default bench/results/<this CPU>/; reduced: bench/results/reduced)")
+                   help="results folder (default bench/results/<this CPU>/; reduced: "
+                        "bench/results/reduced)")
     p.add_argument("--workdir", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reduced:
