@@ -364,6 +364,60 @@ def test_projections_of_one_input_share_a_dropout_mask_and_others_draw_their_own
     assert not (seen["q_proj"] == 0).any()
 
 
+def test_bit_dropout_drops_at_rate_p_keeps_the_expectation_and_repeats_under_a_seed():
+    from semievol.training.lora_dropout import LEVELS, bit_dropout
+
+    x = torch.ones(400_000, requires_grad=True)
+    torch.manual_seed(3)
+    y = bit_dropout(x, 0.05)
+    rate = round(0.05 * LEVELS) / LEVELS
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - rate) < 0.002          # ~5 standard deviations of 400k draws
+    assert abs(y.mean().item() - 1.0) < 0.003   # kept values scaled by 1 / (1 - rate)
+    assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - rate)))
+    y.sum().backward()                          # the gradient is the same mask and scale
+    assert torch.equal(x.grad, y.detach())
+    torch.manual_seed(3)
+    assert torch.equal(bit_dropout(torch.ones(400_000), 0.05), y.detach())
+    assert not torch.equal(bit_dropout(torch.ones(400_000), 0.05), y.detach())
+    assert bit_dropout(x, 0.0) is x
+    torch.manual_seed(0)
+    assert abs((bit_dropout(torch.ones(100_000), 0.5) == 0).float().mean().item() - 0.5) < 0.01
+
+
+def test_the_fused_lora_forward_gives_peft_s_outputs_and_gradients(tiny_model_dir):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from semievol.training.lora_forward import fuse_lora_forward
+
+    def model_and_grads(fused: bool):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               PeftLoraConfig(r=2, lora_alpha=4, lora_dropout=0.0,
+                                              target_modules="all-linear",
+                                              task_type="CAUSAL_LM"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter something to add
+                torch.nn.init.normal_(p, std=0.5)
+        model.train()
+        if fused:
+            assert fuse_lora_forward(model) == 2 * 7  # 2 layers x q/k/v/o/gate/up/down
+        logits = model(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10], [3, 4, 5, 6, 7, 8]])).logits
+        logits.pow(2).mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                 if p.requires_grad}
+
+    plain_logits, plain_grads = model_and_grads(False)
+    fused_logits, fused_grads = model_and_grads(True)
+    assert torch.allclose(plain_logits, fused_logits, atol=1e-5)
+    assert plain_grads.keys() == fused_grads.keys() and len(plain_grads) == 2 * 7 * 2
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], fused_grads[name], rtol=1e-4, atol=1e-6), name
+    assert any(g.abs().sum() > 0 for n, g in fused_grads.items() if "lora_A" in n)
+
+
 def test_training_with_lora_dropout_runs_and_saves(tiny_model_dir, examples, tmp_path):
     summary = train_lora(examples, tmp_path / "a", model=model_config(tiny_model_dir),
                          lora=LoraConfig(r=2, alpha=4, dropout=0.3), train=train_config())

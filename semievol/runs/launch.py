@@ -139,7 +139,7 @@ def _measure_if_needed(ws: Workspace, run_id: int, *, announce=None, progress=No
         announce("measuring this machine's speed for the estimate: a few scoring and "
                  "training steps of this model (once per machine)")
     measured = calibrate.measure_speed(ws, rnd, progress=progress)
-    if announce and measured:
+    if announce and measured and measured["inference"] and measured["training"]:
         announce(f"measured in {measured['seconds']:.0f} s: {measured['inference']:,.0f} "
                  f"inference and {measured['training']:,.0f} training tokens/s")
     return bool(measured)

@@ -34,6 +34,7 @@ from semievol.saved_config import to_dict
 from semievol.training.checkpoints import (remove_checkpoints, restore, save_checkpoint,
                                            usable_checkpoint)
 from semievol.training.distributed import launch_training
+from semievol.training.lora_forward import fuse_lora_forward
 
 Progress = Callable[[int, int, str], None]
 Metric = Callable[[str, int, float], None]
@@ -181,6 +182,7 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     from semievol.training.lora_dropout import share_dropout_masks
 
     dropouts = share_dropout_masks(peft_model)
+    fuse_lora_forward(peft_model)
 
     rows = tokenize(tokenizer, examples, resolve_budget(model))
     labels = [e.label for e in examples]

@@ -1,0 +1,46 @@
+"""One LoRA projection's training forward as two small products and one fused add.
+
+PEFT computes `result + lora_B(lora_A(dropout(x))) * scaling`: the scaling multiplies, and
+the sum re-reads, a (tokens x out_features) tensor in the forward, and the backward
+multiplies its gradient again, three passes over the largest tensors of the layer that do
+no arithmetic to speak of. Here the scaling goes on B's (out_features x r) weight and the
+add is the `beta` of one `addmm`: result + h @ (scaling * B)^T, the same sum (up to
+floating-point rounding order), with gradients through both the adapter and the input.
+"""
+
+from __future__ import annotations
+
+import types
+
+
+def fuse_lora_forward(peft_model) -> int:
+    """Give every plain LoRA linear layer of `peft_model` (one adapter, no DoRA or other
+    variant) the fused forward; returns how many layers got it. For training only: the model
+    is not saved with it (save_pretrained writes weights, not methods)."""
+    from peft.tuners.lora.layer import Linear
+
+    fused = 0
+    for module in peft_model.modules():
+        if (isinstance(module, Linear) and len(module.lora_A) == 1
+                and not getattr(module, "lora_variant", None)
+                and not any(getattr(module, "use_dora", {}).values())):
+            module.forward = types.MethodType(_fused_forward, module)
+            fused += 1
+    return fused
+
+
+def _fused_forward(self, x, *args, **kwargs):
+    import torch
+
+    adapters = [a for a in self.active_adapters if a in self.lora_A]
+    if (self.disable_adapters or self.merged or len(adapters) != 1 or args or kwargs
+            or x.shape[-1] != self.lora_A[adapters[0]].in_features):
+        return type(self).forward(self, x, *args, **kwargs)  # anything unusual: PEFT's own
+    name = adapters[0]
+    result = self.base_layer(x)
+    lora_a = self.lora_A[name]
+    h = lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype)))           # (..., r)
+    b = self.lora_B[name].weight * self.scaling[name]                        # (out, r)
+    out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]).to(
+        result.dtype), b.t().to(result.dtype))
+    return out.view(result.shape)
