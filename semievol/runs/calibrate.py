@@ -44,7 +44,8 @@ def measure_speed(ws: Workspace, rnd, *, progress=None) -> dict:
     and run TRAIN_STEPS warm-up training steps on the round's base model, then record the
     tokens per second of both here (workspace and machine cache). Returns {inference,
     training: tokens/s, seconds: the measurement's wall time}; {} when the workspace has no
-    labeled item to measure with."""
+    labeled item to measure with. `progress` gets (0, 0, message): a message without a
+    fraction, so a run's progress bar (which never moves back) does not jump ahead."""
     started = time.perf_counter()
     gold = warmup_items(ws)
     if not gold:
@@ -72,7 +73,7 @@ def _measure_scoring(ws, rnd, items: list[dict], progress) -> tuple[int, float]:
     prompts = [builder.item(Example(e.question, e.options),
                             [d for d in examples if d is not e][:k]).text for e in examples]
     if progress:
-        progress(0, 2, "measuring this machine's speed: scoring")
+        progress(0, 0, "measuring this machine's speed: scoring")
     backend = load_backend(rnd.config.model, batch_size=len(prompts))
     with Profiler().active() as profiler:
         _score(task, backend, prompts[:2], [e.options for e in examples[:2]])  # warm-up
@@ -101,7 +102,7 @@ def _measure_training(ws, rnd, items: list[dict], progress) -> tuple[int, float]
     train = dataclasses.replace(config.train, max_steps=TRAIN_STEPS, checkpoint_every=0,
                                 processes=1)
     if progress:
-        progress(1, 2, "measuring this machine's speed: training")
+        progress(0, 0, "measuring this machine's speed: training")
     t = prepare(examples, model=config.model, lora=config.lora, train=train,
                 init_adapter=None, resume_from=None)
     with Profiler().active():  # its tokens are not the round's (a bench's profiler is open)
