@@ -37,12 +37,14 @@ def _fused_forward(self, x, *args, **kwargs):
             or x.shape[-1] != self.lora_A[adapters[0]].in_features):
         return type(self).forward(self, x, *args, **kwargs)  # anything unusual: PEFT's own
     name = adapters[0]
-    result = self.base_layer(x)
+    # The base product on the flattened tokens, so that its (tokens, out) result is no view
+    # and takes the adapter's product in place: a linear keeps its input, not its output,
+    # for the backward. (An out-of-place addmm first copies all of the result, 11 % of a
+    # profiled step; addmm_ on a view of it copies it again in the backward.)
+    result = self.base_layer(x.reshape(-1, x.shape[-1]))
     lora_a = self.lora_A[name]
+    # Dropout on `x` itself: SharedInputDropout shares one mask per input tensor object.
     h = lora_a(self.lora_dropout[name](x.to(lora_a.weight.dtype)))           # (..., r)
     b = self.lora_B[name].weight * self.scaling[name]                        # (out, r)
-    # In place: the base layer's output is not saved for its backward (a linear keeps its
-    # input), and an out-of-place addmm would first copy all of it (11 % of a profiled step).
-    result.view(-1, result.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]).to(result.dtype),
-                                             b.t().to(result.dtype))
-    return result
+    result.addmm_(h.reshape(-1, h.shape[-1]).to(result.dtype), b.t().to(result.dtype))
+    return result.view(*x.shape[:-1], result.shape[-1])
