@@ -348,6 +348,11 @@ class Runner:
                 # drop a class whose items the warm-up model is less sure of.
                 selection = SelectionConfig(policy="per_class",
                                             theta=rnd.config.selection.theta)
+            elif ablation in TEACH_THETA:
+                # What the student can still learn (selection.teach_mask), every teachable
+                # item or the half with the largest reducible loss; the round's class floor.
+                selection = SelectionConfig(policy="teach", theta=TEACH_THETA[ablation],
+                                            class_floor=rnd.config.selection.class_floor)
             else:
                 collaborators = ([CollaboratorConfig(c.model, 0, c.temperature, c.seed)
                                   for c in rnd.config.collaborators]
@@ -379,7 +384,10 @@ ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)
                   "continue": "SemiEvol r1, continuing the warm-up adapter",
                   "per-class": "SemiEvol r1, per-class selection",
                   "no-demos": "SemiEvol r1, no demonstrations",
-                  "single": "SemiEvol r1, single collaborator"}
+                  "single": "SemiEvol r1, single collaborator",
+                  "teach": "SemiEvol r1, teach selection (every teachable item)",
+                  "teach-50": "SemiEvol r1, teach selection (theta 50)"}
+TEACH_THETA = {"teach": 100.0, "teach-50": 50.0}
 
 
 CONTINUED_R2 = "SemiEvol r2, continuing round 1's model"

@@ -22,8 +22,8 @@ ANSWER_FORMATS = ("letter", "words")
 CHECKERS = ("exact", "normalized", "numeric")
 OPEN_TARGETS = ("answer", "response")
 COLLABORATOR_MODELS = ("base", "warmup")
-SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute")
-THETA_POLICIES = ("percentile", "per_class")
+SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute", "teach")
+THETA_POLICIES = ("percentile", "per_class", "teach")
 """The selection policies that keep a percentile (theta) of the scores."""
 SELECTION_SCORES = ("nll", "option_entropy")
 CLASS_BALANCE = ("none", "sampler", "loss")
@@ -339,9 +339,12 @@ class SelectionConfig:
     policy: str = "percentile"
     """`percentile` (keep entropy at or below the theta-th percentile of all), `per_class`
     (the percentile within each pseudo-label class), `agreement_only` (unanimous items only),
-    `absolute` (entropy at or below `threshold`)."""
+    `absolute` (entropy at or below `threshold`), `teach` (what the student can learn: the
+    items the other collaborators agree on and the student is less sure of than they are,
+    by reducible loss; semievol.method.selection)."""
     theta: float = 50.0
-    """Percentile for the percentile policies (paper v2: 50)."""
+    """Percentile for the percentile policies (paper v2: 50); for `teach`, the share of the
+    teachable items kept, largest reducible loss first."""
     threshold: float | None = None
     """Entropy bound for the absolute policy."""
     score: str = "nll"

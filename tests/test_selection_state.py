@@ -379,3 +379,61 @@ def test_a_saved_selection_means_what_it_meant(pool):
                     (rid, '{"policy": "percentile", "theta": 50.0, "threshold": null, '
                           '"score": "nll"}'))
     assert applied_selection(ws, rid).class_floor == 0.0
+
+
+# -- teach: what the student can still learn ------------------------------------------------
+@pytest.fixture
+def taught_pool(pool):
+    """The pool's first four items (billing) with the student's probability of the label and
+    the other collaborators' distributions: A the reference is sure and the student is not;
+    B the student is surer than the reference; C a reference collaborator prefers outage;
+    D no student probability."""
+    ws, rid, items = pool
+    student = {0: 0.3, 1: 0.95, 2: 0.2, 3: None}
+    reference = {0: ([0.9, 0.1, 0.0], [0.8, 0.2, 0.0]), 1: ([0.9, 0.1, 0.0], [0.9, 0.1, 0.0]),
+                 2: ([0.9, 0.1, 0.0], [0.4, 0.6, 0.0]), 3: ([0.9, 0.1, 0.0], [0.9, 0.1, 0.0])}
+    rows = []
+    with ws.transaction() as conn:
+        for n in range(4):
+            conn.execute("UPDATE pseudo_labels SET probability=? WHERE round_id=? AND item_id=?",
+                         (student[n], rid, items[n]))
+            own = [student[n] or 0.5, 1 - (student[n] or 0.5), 0.0]
+            for c, p in enumerate([own, *reference[n]]):
+                rows.append((rid, items[n], c, f"t{n}{c}", "billing", json.dumps(p)))
+        conn.executemany("INSERT INTO responses(round_id, item_id, collaborator, cache_key, "
+                         "answer, option_probs) VALUES(?,?,?,?,?,?)", rows)
+    return ws, rid, items
+
+
+def test_selection_rows_read_the_reference_and_the_reducible_loss(taught_pool):
+    from semievol.curation.selection_state import selection_rows
+
+    ws, rid, items = taught_pool
+    rows = {r["item_id"]: r for r in selection_rows(ws, rid)}
+    a, b, c, d = (rows[i] for i in items[:4])
+    assert a["reference_p"] == pytest.approx(0.85) and a["reference_agrees"]
+    assert a["reducible"] == pytest.approx(np.log(0.85 / 0.3))
+    assert b["reducible"] < 0 and b["reference_agrees"]
+    assert not c["reference_agrees"]
+    assert np.isnan(d["reducible"])
+    assert a["own"] == "outage" and b["own"] == "billing"  # the student's likeliest option
+    # items without responses: no reference, nothing to teach
+    assert np.isnan(rows[items[5]]["reference_p"]) and not rows[items[5]]["reference_agrees"]
+
+
+def test_the_teach_policy_keeps_only_what_the_student_can_learn(taught_pool):
+    ws, rid, items = taught_pool
+    result = compute_selection(ws, rid, Plain(policy="teach", theta=100))
+    assert chosen(result, items) == [0]
+    student = result.summary()["student"]
+    assert student == {"known": 1, "same": 0, "share": 0.0}  # it answers outage on its own
+    # entropy's selection, by contrast: what the student already says
+    entropy = compute_selection(ws, rid, Plain(policy="percentile", theta=25))
+    assert chosen(entropy, items) == [0, 1]
+
+
+def test_the_teach_policy_is_refused_for_an_open_task(pool):
+    ws, rid, _ = pool
+    ws.set_task(TaskConfig(kind="open"))
+    with pytest.raises(SemiEvolError, match="teach policy reads"):
+        compute_selection(ws, rid, Plain(policy="teach"))

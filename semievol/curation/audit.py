@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from semievol.curation.decisions import current_decisions
-from semievol.curation.selection_state import applied_selection, leakage_flagged, policy_mask
-from semievol.method.pseudo_labels import scored_rows
+from semievol.curation.selection_state import (applied_selection, leakage_flagged, policy_mask,
+                                               selection_rows)
 from semievol.method.scoring import wilson_interval
 from semievol.workspace.items import load_items
 from semievol.workspace.store import Workspace
@@ -131,7 +131,7 @@ def audit_population(ws: Workspace, round_id: int) -> tuple[list[int], np.ndarra
         return [], np.zeros(0), []
     # Same pool as selection_state.compute_selection: the percentile spans unlabeled +
     # calibration items.
-    rows = scored_rows(ws, round_id, config.score)
+    rows = selection_rows(ws, round_id, config.score)
     kept = policy_mask(rows, config)
     flagged = leakage_flagged(ws, round_id)
     keep = [k for k, r in enumerate(rows) if kept[k] and r["split"] == "unlabeled"

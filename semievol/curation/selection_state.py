@@ -22,7 +22,7 @@ from semievol.curation.calibration import precision_of
 from semievol.curation.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
 from semievol.method.pseudo_labels import scored_rows
-from semievol.method.selection import class_counts, select, threshold_for
+from semievol.method.selection import class_counts, reducible_loss, select, threshold_for
 from semievol.saved_config import round_config_from_dict, selection_config_from_dict, to_json
 from semievol.task.answers import is_correct, same_answer
 from semievol.workspace.items import options_of
@@ -55,27 +55,35 @@ def leakage_flagged(ws: Workspace, round_id: int) -> set[int]:
 
 def for_task(config: SelectionConfig, task: TaskConfig) -> SelectionConfig:
     """The selection as it applies to the task: an open task's answers are not classes, so
-    the per-class policy is refused and the class floor is off."""
+    the per-class and teach policies are refused and the class floor is off."""
     if task.kind != "open":
         return config
-    if config.policy == "per_class":
-        raise SemiEvolError("The per_class policy groups pseudo-labels by class, and the "
-                            "answers of an open task are not classes: use percentile, "
-                            "absolute or agreement_only.")
+    why = {"per_class": "groups pseudo-labels by class, and the answers of an open task are "
+                        "not classes",
+           "teach": "reads the collaborators' probabilities of each option, and an open "
+                    "task has no options"}
+    if config.policy in why:
+        raise SemiEvolError(f"The {config.policy} policy {why[config.policy]}: use "
+                            "percentile, absolute or agreement_only.")
     import dataclasses
 
     return dataclasses.replace(config, class_floor=0.0)
 
 
 def policy_mask(rows: list[dict], config: SelectionConfig) -> np.ndarray:
-    """What the policy alone keeps of `scored_rows` (before decisions and the guard)."""
+    """What the policy alone keeps of `selection_rows` (before decisions and the guard)."""
     scores = np.array([r["score"] for r in rows], dtype=float)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
+    teach = config.policy == "teach"
     # Calibration items are treated exactly as if unlabeled, the class floor included, so
     # their precision measures the selection that trains.
     return select(scores, [r["label"] for r in rows], agreed, policy=config.policy,
                   theta=config.theta, threshold=config.threshold,
-                  class_floor=config.class_floor)
+                  class_floor=config.class_floor,
+                  reducible=np.array([r["reducible"] for r in rows], dtype=float)
+                  if teach else None,
+                  reference_agrees=np.array([r["reference_agrees"] for r in rows], dtype=bool)
+                  if teach else None)
 
 
 def policy_threshold(rows: list[dict], config: SelectionConfig) -> float | None:
@@ -157,7 +165,7 @@ def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> 
     guard's flags. Pure reading; `apply_selection` writes the result."""
     task = ws.require_task()
     config = for_task(config, task)
-    rows = scored_rows(ws, round_id, config.score)
+    rows = selection_rows(ws, round_id, config.score)
     chosen = policy_mask(rows, config)
     final, final_labels, source = apply_decisions(
         [r["item_id"] for r in rows], chosen, [r["label"] for r in rows], current_decisions(ws))
@@ -167,28 +175,54 @@ def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> 
         if row["item_id"] in flagged and source[k] == "policy":
             final[k], source[k] = False, "leakage"
     return SelectionResult(task, rows, final_labels, final, source,
-                           policy_threshold(rows, config), student_answers(ws, round_id, rows))
+                           policy_threshold(rows, config), [r["own"] for r in rows])
 
 
-def student_answers(ws: Workspace, round_id: int, rows: list[dict]) -> list[str | None]:
-    """The student's own answer to each row's item (`config.student_index`): the option it
-    finds most likely (its sampled answer may be another), else its answer; all None when
-    no collaborator of the round is the student."""
+def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dict]:
+    """`scored_rows` with what the round's collaborators said of each pseudo-label, read from
+    the stored responses in one pass:
+    - own: the student's answer (`config.student_index`: the option it finds most likely,
+      though its sampled answer may be another, else its answer), None where it gave none
+      or no collaborator of the round is the student;
+    - reference_p: the mean probability of the pseudo-label over the reference, every
+      collaborator but the student (all of them when none is), nan without distributions;
+    - reference_agrees: every reference collaborator's most likely option is the label;
+    - reducible: the student's loss on the label minus the reference's (selection.
+      reducible_loss; the student's probability is the warm-up model's on the plain prompt,
+      `probability`), nan for an open task.
+    """
+    rows = scored_rows(ws, round_id, score)
     stored = ws.scalar("SELECT config FROM rounds WHERE id=?", (round_id,))
-    k = student_index(round_config_from_dict(json.loads(stored)).collaborators) \
+    student = student_index(round_config_from_dict(json.loads(stored)).collaborators) \
         if stored else None
-    if k is None:
-        return [None] * len(rows)
     task = ws.require_task()
-    found = {}
-    for r in ws.query("SELECT r.item_id, r.answer, r.option_probs, i.options FROM responses r "
-                      "JOIN items i ON i.id = r.item_id WHERE r.round_id=? AND "
-                      "r.collaborator=?", (round_id, k)):
+    said: dict[int, dict[int, tuple]] = {}  # item -> collaborator -> (answer, options, probs)
+    for r in ws.query("SELECT r.item_id, r.collaborator, r.answer, r.option_probs, i.options "
+                      "FROM responses r JOIN items i ON i.id = r.item_id WHERE r.round_id=?",
+                      (round_id,)):
         probs = json.loads(r["option_probs"]) if r["option_probs"] else None
         options = options_of(r, task) if probs else None
-        found[r["item_id"]] = (options[int(np.argmax(probs))]
-                               if options and len(options) == len(probs) else r["answer"])
-    return [found.get(row["item_id"]) for row in rows]
+        usable = options is not None and len(options) == len(probs) and sum(probs) > 0
+        said.setdefault(r["item_id"], {})[r["collaborator"]] = (
+            r["answer"], options if usable else None, probs if usable else None)
+    for row in rows:
+        answers = said.get(row["item_id"], {})
+        row["own"] = _top_answer(*answers[student]) if student in answers else None
+        reference = [(o, p) for k, (_, o, p) in answers.items() if k != student and p]
+        shares = [p[o.index(row["label"])] / sum(p) if row["label"] in o else 0.0
+                  for o, p in reference]
+        row["reference_p"] = float(np.mean(shares)) if shares else np.nan
+        row["reference_agrees"] = bool(reference) and all(
+            o[int(np.argmax(p))] == row["label"] for o, p in reference)
+    reducible = reducible_loss(np.array([r["probability"] for r in rows], dtype=float),
+                               np.array([r["reference_p"] for r in rows], dtype=float))
+    for row, value in zip(rows, reducible):
+        row["reducible"] = float(value)
+    return rows
+
+
+def _top_answer(answer: str | None, options: list[str] | None, probs: list[float] | None):
+    return options[int(np.argmax(probs))] if options else answer
 
 
 def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> dict:

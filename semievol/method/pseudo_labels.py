@@ -169,16 +169,19 @@ def scored_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dict]:
     """The round's pseudo-labels of the unlabeled pool and the calibration slice (the
     percentile is taken over both: calibration items are treated exactly as if unlabeled),
     in item order: item_id, external_id, split, label, path, agreement, score (the chosen
-    selection score; nan when there is none), gold (calibration items only)."""
+    selection score; nan when there is none), probability (the warm-up model's, on the plain
+    prompt, of the label: choice tasks; nan otherwise), gold (calibration items only)."""
     column = SCORE_COLUMNS[score]
     rows = ws.query(
         f"SELECT p.item_id, i.external_id, i.split, p.label, p.path, p.agreement, "
-        f"p.{column} AS score, i.answer FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
+        f"p.{column} AS score, p.probability, i.answer FROM pseudo_labels p "
+        "JOIN items i ON i.id = p.item_id "
         "WHERE p.round_id=? AND i.split IN ('unlabeled','calibration') ORDER BY p.item_id",
         (round_id,))
     return [{"item_id": r["item_id"], "external_id": r["external_id"], "split": r["split"],
              "label": r["label"], "path": r["path"], "agreement": r["agreement"],
              "score": np.nan if r["score"] is None else float(r["score"]),
+             "probability": np.nan if r["probability"] is None else float(r["probability"]),
              "gold": r["answer"] if r["split"] == "calibration" else None} for r in rows]
 
 

@@ -9,6 +9,13 @@ Policies (entropy in nats, lower = more confident):
 - `per_class`: the same percentile within each pseudo-label's group (keeps class balance).
 - `agreement_only`: keep exactly the items where every collaborator agreed.
 - `absolute`: keep entropy <= a fixed threshold (for one tuned on calibration evidence).
+- `teach`: keep what the student can still learn. The entropy policies keep what the warm-up
+  model is surest of, which is what it already answers (99.3 % of fpb's selection): nothing
+  to learn. `teach` keeps the items where the reference (every collaborator but the student,
+  so the demonstration-augmented ones) agrees on the pseudo-label and the student finds it
+  less likely than the reference does: a positive reducible loss (RHO-LOSS, Mindermann et
+  al., ICML 2022: learnable, since the reference gets it; not yet learnt, since the student
+  does not), the largest theta percent of them.
 A nan entropy (nothing to score) is never kept, except by `agreement_only`.
 """
 
@@ -38,6 +45,8 @@ def select(
     theta: float = 50.0,
     threshold: float | None = None,
     class_floor: float = 0.0,
+    reducible: np.ndarray | None = None,
+    reference_agrees: np.ndarray | None = None,
 ) -> np.ndarray:
     """Boolean mask (n,) of the pseudo-labels that `policy` keeps.
 
@@ -46,12 +55,60 @@ def select(
     `threshold` is required by `absolute` only. `class_floor` (0..1): whatever the policy
     (but agreement_only), each class keeps at least this share of its items, its most
     confident ones (at least one), so no class present is dropped to zero.
+    `teach` needs `reducible` (n,) (`reducible_loss`) and `reference_agrees` (n,) bools; its
+    floor adds the items the reference agrees on, largest reducible loss first.
     """
-    keep = _policy_mask(entropy, labels, agreed, policy=policy, theta=theta,
-                        threshold=threshold)
+    if policy == "teach":
+        if reducible is None or reference_agrees is None:
+            raise ValueError("the 'teach' policy needs reducible and reference_agrees")
+        rl = np.asarray(reducible, dtype=float).ravel()
+        agrees = np.asarray(reference_agrees, dtype=bool).ravel()
+        if not (rl.size == agrees.size == len(labels)):
+            raise ValueError(f"reducible ({rl.size}), reference_agrees ({agrees.size}) and "
+                             f"labels ({len(labels)}) must have the same length")
+        keep = teach_mask(rl, agrees, theta=theta)
+        # The floor's "most confident first" becomes "most teachable first".
+        rank = np.where(agrees, -rl, np.nan)
+    else:
+        keep = _policy_mask(entropy, labels, agreed, policy=policy, theta=theta,
+                            threshold=threshold)
+        rank = entropy
     if class_floor and policy != "agreement_only":
-        keep = with_class_floor(keep, entropy, labels, class_floor)
+        keep = with_class_floor(keep, rank, labels, class_floor)
     return keep
+
+
+def reducible_loss(student: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per item, the student's loss on the pseudo-label minus the reference's: -log s - (-log
+    r) for their probabilities s and r of it. Positive where the reference is surer than the
+    student; nan where either probability is missing, and +inf for a student that gives it
+    no chance at all."""
+    s = np.asarray(student, dtype=float).ravel()
+    r = np.asarray(reference, dtype=float).ravel()
+    if s.size != r.size:
+        raise ValueError(f"student ({s.size}) and reference ({r.size}) differ in length")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(r) - np.log(s)
+    # log 0 - log 0 (neither gives it a chance) says nothing: nan, never kept.
+    return np.where(np.isfinite(s) & np.isfinite(r) & (r > 0), out, np.nan)
+
+
+def teach_mask(reducible: np.ndarray, reference_agrees: np.ndarray, *,
+               theta: float) -> np.ndarray:
+    """The teachable items (the reference agrees, reducible loss > 0), and of those the theta
+    percent with the largest reducible loss (ties at the bound all kept)."""
+    _check_theta(theta)
+    rl = np.asarray(reducible, dtype=float).ravel()
+    with np.errstate(invalid="ignore"):
+        teachable = np.asarray(reference_agrees, dtype=bool).ravel() & ~np.isnan(rl) & (rl > 0)
+    if not teachable.any() or theta == 0:
+        return np.zeros(rl.size, dtype=bool)
+    values = rl[teachable]
+    finite = values[np.isfinite(values)]
+    # +inf (the student gives the label no chance) is the most teachable of all; a bound
+    # taken over the finite values keeps them whenever anything is kept.
+    bound = float(np.percentile(finite, 100.0 - theta)) if finite.size else np.inf
+    return teachable & (rl >= bound)
 
 
 def with_class_floor(keep: np.ndarray, entropy: np.ndarray, labels: Sequence[str],
