@@ -30,6 +30,8 @@ POLICY_HELP = {
     "per_class": "the θ-th percentile within each class (keeps class balance)",
     "agreement_only": "keep the items where every collaborator agreed",
     "absolute": "keep entropy at or below a fixed threshold",
+    "teach": "keep what the warm-up model can still learn: items the other collaborators "
+             "agree on and it is less sure of than they are (θ % of them, largest gap first)",
 }
 PAGES = Path(__file__).resolve().parent / "pages"
 
@@ -137,10 +139,12 @@ def policy_controls(ws: Workspace, round_id: int, *,
                                "are over the options.")
     low, high = start_at.ranges[score]
     cols = st.columns(2)
-    theta = cols[0].slider("Keep the most confident θ % (percentile)", 0.0, 100.0,
+    theta = cols[0].slider("Keep θ % (percentile)", 0.0, 100.0,
                            float(start.theta), step=1.0,
-                           help="50 keeps the most confident half (the paper's setting); "
-                                "lower keeps fewer, surer pseudo-labels.",
+                           help="percentile and per class: 50 keeps the most confident half "
+                                "(the paper's setting); lower keeps fewer, surer "
+                                "pseudo-labels. teach: 100 keeps every item the warm-up "
+                                "model can still learn, lower the ones it is least sure of.",
                            key=f"selection_theta_{round_id}",
                            disabled=disabled or not takes_theta(policy))
     default = start.threshold if start.threshold is not None else (low + high) / 2
@@ -165,6 +169,29 @@ def policy_controls(ws: Workspace, round_id: int, *,
         return None
 
 
+def comparison_frame(preview: view.Preview) -> pd.DataFrame:
+    """Every policy on the same scores, one row each (the previewed one marked)."""
+    rows = []
+    for row in preview.comparison:
+        student, cal = row["student"], row["calibration"]
+        rows.append({"policy": ("▶ " if row["current"] else "") + row["describe"],
+                     "selected": row["selected"],
+                     "already the warm-up's answer": f"{student['same']} of {student['known']}"
+                     if student["known"] else "–",
+                     "calibration precision": sampled_percent(
+                         cal["precision"], cal["n"], cal["interval"], need="needs at least")})
+    return pd.DataFrame(rows, columns=["policy", "selected", "already the warm-up's answer",
+                                       "calibration precision"])
+
+
+def show_comparison(preview: view.Preview) -> None:
+    with st.expander("Every policy on these scores"):
+        st.caption("Computed from the stored scores with this θ, score and class floor; "
+                   "nothing is applied. A selection the warm-up model already answers "
+                   "teaches it little.")
+        st.dataframe(comparison_frame(preview), hide_index=True)
+
+
 def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
     summary = preview.summary
     cols = st.columns(4)
@@ -184,6 +211,7 @@ def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
         st.caption(f"The warm-up model already answers {student['same']} of these "
                    f"{student['known']} ({student['share']:.0%}) the same way on its own: "
                    "training on them repeats what it knows; the rest is what it can learn.")
+    show_comparison(preview)
     cols = st.columns(3)
     cols[0].metric("Accepted by a reviewer", human["accepted"])
     cols[1].metric("Rejected by a reviewer", human["rejected"])

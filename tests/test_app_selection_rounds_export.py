@@ -117,6 +117,13 @@ def test_selection_absolute_policy_and_agreement_only(prepared, monkeypatch):
     assert metrics(at)["Selected to train"] == "2" and metrics(at)["Threshold"] == "0.310"
     at.radio(key="selection_policy_2").set_value("agreement_only").run()
     assert metrics(at)["Selected to train"] == "5"  # every round-2 item agreed
+    compared = frame_with(at, "already the warm-up's answer")
+    assert list(compared["policy"]) == ["percentile θ=50 (nll)", "per_class θ=50 (nll)",
+                                        "▶ agreement_only (nll)", "teach θ=50 (nll)"]
+    assert list(compared["selected"])[:3] == [3, 3, 5]
+    # round 2 stores no collaborator distributions: nothing for teach to read
+    at.radio(key="selection_policy_2").set_value("teach").run()
+    assert not at.exception and metrics(at)["Selected to train"] == "0"
 
 
 def test_selection_page_shows_round_one_evidence(prepared, monkeypatch):

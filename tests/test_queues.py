@@ -154,3 +154,8 @@ def test_selection_says_how_much_of_it_the_student_answers_already(voted_pool):
     assert summary["student"] == {"known": 8, "same": 6, "share": 0.75}
     out = semievol("select", ws.path, "--preview", "--theta", "100").stdout
     assert "already answers" in out and "selected pseudo-label(s)" in out
+    compared = out.split("every policy on the same scores")[1].splitlines()[1:]
+    assert [line[2:].split()[0] for line in compared] == ["percentile", "per_class",
+                                                      "agreement_only", "teach"]
+    assert compared[0].startswith("* percentile θ=100")  # the one previewed
+    assert "selects     8 of 9" in compared[0]

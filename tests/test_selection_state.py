@@ -437,3 +437,19 @@ def test_the_teach_policy_is_refused_for_an_open_task(pool):
     ws.set_task(TaskConfig(kind="open"))
     with pytest.raises(SemiEvolError, match="teach policy reads"):
         compute_selection(ws, rid, Plain(policy="teach"))
+
+
+def test_compare_policies_puts_every_policy_side_by_side(taught_pool):
+    ws, rid, items = taught_pool
+    result = compute_selection(ws, rid, Plain(policy="teach", theta=100), compare=True)
+    rows = {r["policy"]: r for r in result.comparison}
+    # absolute needs a threshold, so it is left out
+    assert list(rows) == ["percentile", "per_class", "agreement_only", "teach"]
+    assert rows["teach"]["current"] and not rows["percentile"]["current"]
+    assert rows["teach"]["selected"] == 1 and rows["teach"]["describe"] == "teach θ=100 (nll)"
+    assert rows["percentile"]["selected"] == 8  # theta 100 keeps every finite entropy
+    assert rows["teach"]["student"]["same"] == 0
+    with_threshold = compute_selection(ws, rid, Plain(policy="absolute", threshold=0.35),
+                                       compare=True).comparison
+    assert [r["policy"] for r in with_threshold][3] == "absolute"
+    assert next(r for r in with_threshold if r["policy"] == "absolute")["selected"] == 3

@@ -170,7 +170,7 @@ def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
     written nowhere."""
     if rnd is None:
         raise SemiEvolError("No round yet: nothing to select from.")
-    result = compute_selection(ws, rnd.id, selection)
+    result = compute_selection(ws, rnd.id, selection, compare=True)
     summary, calibration = result.summary(), result.calibration()
     print(f"preview (round {rnd.number}, nothing written): {selection.policy} "
           f"theta={selection.theta:g} threshold={selection.threshold} score={selection.score}")
@@ -181,6 +181,16 @@ def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
     for name in ("all", "selected"):
         _print_share(f"calibration {name}", calibration[name])
     print(student_line(summary.get("student")))
+    print("\nevery policy on the same scores (theta, score and class floor as above):")
+    for row in result.comparison:
+        student = row["student"]
+        known = (f"{student['same']}/{student['known']} already the student's answer"
+                 if student["known"] else "student not measured")
+        cal = row["calibration"]
+        print(f"{'*' if row['current'] else ' '} {row['describe']:<24} selects "
+              f"{row['selected']:>5} of {row['pool']}; {known}; calibration precision "
+              + sampled_percent(cal["precision"], cal["n"], cal["interval"],
+                                need="needs at least"))
     return 0
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from semievol.config import SelectionConfig, TaskConfig, student_index
+from semievol.config import SELECTION_POLICIES, SelectionConfig, TaskConfig, student_index
 from semievol.curation.calibration import precision_of
 from semievol.curation.decisions import apply_decisions, current_decisions
 from semievol.errors import SemiEvolError
@@ -122,6 +122,8 @@ class SelectionResult:
     own: list[str | None] = field(default_factory=list)
     """The student's own answer per row (its most likely option; `config.student_index`),
     None where it gave none or no collaborator is the student."""
+    comparison: list[dict] = field(default_factory=list)
+    """Every policy side by side over the same reads (compute_selection(compare=True))."""
 
     @property
     def item_ids(self) -> list[int]:
@@ -160,22 +162,70 @@ class SelectionResult:
         return precision_of(correct, self.selected[cal] if cal else np.zeros(0, dtype=bool))
 
 
-def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> SelectionResult:
+def compute_selection(ws: Workspace, round_id: int, config: SelectionConfig, *,
+                      compare: bool = False) -> SelectionResult:
     """The policy over the round's stored scores, then human decisions, then the leakage
-    guard's flags. Pure reading; `apply_selection` writes the result."""
+    guard's flags. Pure reading; `apply_selection` writes the result. `compare`: also every
+    other policy over the same reads (`SelectionResult.comparison`)."""
     task = ws.require_task()
     config = for_task(config, task)
-    rows = selection_rows(ws, round_id, config.score)
+    inputs = _read_inputs(ws, round_id, config.score)
+    result = _select_over(inputs, config)
+    if compare:
+        result.comparison = _compare_policies(inputs, config)
+    return result
+
+
+@dataclass
+class _Inputs:
+    """What a selection reads of the workspace, once for any number of configs."""
+    task: TaskConfig
+    rows: list[dict]              # selection_rows
+    decisions: dict[int, dict]    # the decisions in force
+    flagged: set[int]             # leakage-flagged items
+
+
+def _read_inputs(ws: Workspace, round_id: int, score: str) -> _Inputs:
+    return _Inputs(ws.require_task(), selection_rows(ws, round_id, score),
+                   current_decisions(ws), leakage_flagged(ws, round_id))
+
+
+def _select_over(inputs: _Inputs, config: SelectionConfig) -> SelectionResult:
+    rows = inputs.rows
     chosen = policy_mask(rows, config)
     final, final_labels, source = apply_decisions(
-        [r["item_id"] for r in rows], chosen, [r["label"] for r in rows], current_decisions(ws))
-    flagged = leakage_flagged(ws, round_id)
+        [r["item_id"] for r in rows], chosen, [r["label"] for r in rows], inputs.decisions)
     for k, row in enumerate(rows):
         # Leakage wins over the policy; only an explicit human accept or relabel overrides it.
-        if row["item_id"] in flagged and source[k] == "policy":
+        if row["item_id"] in inputs.flagged and source[k] == "policy":
             final[k], source[k] = False, "leakage"
-    return SelectionResult(task, rows, final_labels, final, source,
+    return SelectionResult(inputs.task, rows, final_labels, final, source,
                            policy_threshold(rows, config), [r["own"] for r in rows])
+
+
+def _compare_policies(inputs: _Inputs, config: SelectionConfig) -> list[dict]:
+    """Every policy the task allows, with `config`'s theta, score and class floor (absolute
+    only where `config` has a threshold), over the same stored scores and decisions: what
+    `select --preview` and Selection put side by side. One dict per policy: policy,
+    describe, current (the one `config` names), selected, pool, student (the share the
+    student answers already) and calibration (the slice's precision of the selected)."""
+    import dataclasses
+
+    out = []
+    for policy in SELECTION_POLICIES:
+        if policy == "absolute" and config.threshold is None:
+            continue
+        try:
+            candidate = for_task(dataclasses.replace(config, policy=policy), inputs.task)
+        except SemiEvolError:  # not for this task (an open one)
+            continue
+        result = _select_over(inputs, candidate)
+        summary = result.summary()
+        out.append({"policy": policy, "describe": candidate.describe(),
+                    "current": policy == config.policy, "selected": summary["selected"],
+                    "pool": summary["pool"], "student": summary["student"],
+                    "calibration": result.calibration()["selected"]})
+    return out
 
 
 def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dict]:

@@ -44,6 +44,7 @@ class Preview:
     labels: list[str]             # the task's label set ([] for per-item options / open)
     leakage: list[dict]           # items flagged as near-duplicates of a test item
     warnings: list[dict]          # the evidence against training now
+    comparison: list[dict]        # every policy on the same scores (SelectionResult)
     trust_min_items: int = TRUST_MIN_ITEMS
 
 
@@ -75,7 +76,7 @@ def next_rounds(ws: Workspace, round_id: int) -> dict:
 def preview(ws: Workspace, round_id: int, config: SelectionConfig) -> Preview:
     """What `config` would keep of the round, with its evidence (raises SemiEvolError for
     a config the task refuses, e.g. per_class on an open task)."""
-    result = compute_selection(ws, round_id, config)
+    result = compute_selection(ws, round_id, config, compare=True)
     task = ws.task
     return Preview(
         rows=preview_rows(result), summary=result.summary(), calibration=result.calibration(),
@@ -83,7 +84,8 @@ def preview(ws: Workspace, round_id: int, config: SelectionConfig) -> Preview:
         curve=calibration_report(ws, round_id, score=config.score).get("curve") or {},
         gold={r["label"]: r["items"] for r in label_counts(ws, ("labeled",))},
         labels=list(task.labels or []) if task else [],
-        leakage=leakage_flags(ws, round_id), warnings=training_warnings(ws, round_id))
+        leakage=leakage_flags(ws, round_id), warnings=training_warnings(ws, round_id),
+        comparison=result.comparison)
 
 
 def audit(ws: Workspace, round_id: int, n_per_bin: int = DEFAULT_PER_BIN) -> dict | None:
