@@ -17,6 +17,7 @@ from common import current_account, highlighted, literal, reviewer_name, show_ve
 
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.team.handout import claim_next, release
+from semievol.views.decision_value import next_decisions_value
 from semievol.views.focus import (FOCUS_ORDERS, focus_queue, next_item, queue_progress,
                                   reviewer_decided, reviewer_decision, team_progress)
 from semievol.views.review import item_detail
@@ -122,14 +123,34 @@ def focus_panel(ws: Workspace, rnd: dict, order: str) -> None:
     from common import training_counts
 
     round_id = rnd["id"]
-    _item_panel(ws, round_id, order)
+    queue = focus_queue(ws, round_id, order)
+    _item_panel(ws, round_id, order, queue)
     action = train_action(ws, round_id, rnd["number"], rnd["status"])
     if action is not None:
         st.caption(training_counts(action))
+        if queue:
+            show_value(next_decisions_value(ws, round_id, order, queue=queue))
 
 
-def _item_panel(ws: Workspace, round_id: int, order: str) -> None:
-    queue = focus_queue(ws, round_id, order)
+def show_value(value: dict) -> None:
+    """What the queue's next decisions are worth (views.decision_value), with the stopping
+    hint when its range reaches 0."""
+    if value["estimate"] is None:
+        st.caption(f"What the next decisions are worth: {value['message']}")
+        return
+    text = value["message"][0].upper() + value["message"][1:] + "."
+    error = value["error"]
+    detail = (f"From {error['n']} items of known truth as sure as these ({error['wrong']} "
+              f"wrong) and the {value['split']} accuracy of the models trained so far; "
+              "80 % range, the measurement's own noise included.")
+    if value["stop"]:
+        st.warning(text, icon=":material/front_hand:")
+    else:
+        st.info(text, icon=":material/trending_up:")
+    st.caption(detail)
+
+
+def _item_panel(ws: Workspace, round_id: int, order: str, queue: list[int]) -> None:
     if not queue:
         st.info("This round has no pseudo-labeled items to review.")
         return

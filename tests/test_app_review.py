@@ -215,3 +215,21 @@ def test_the_training_counts_in_focus_mode_follow_each_decision(review_ws, monke
     at.button(key="focus_relabel_1").click().run()  # a relabel adds a reviewer's label
     after = counts(at)
     assert before != after and "+ 1 relabeled by a reviewer" in after
+
+
+def test_focus_mode_says_what_the_next_decisions_are_worth(review_ws, monkeypatch):
+    from semievol.method.evaluate import store_evaluation
+    from semievol.views.decision_value import next_decisions_value
+
+    ws, round_id = awaiting_review(review_ws)
+    at = page_at(ws, monkeypatch, reviewer="ana", mode="focus")
+    at.segmented_control(key="focus_order").set_value("least_confident").run()
+    assert any("No evaluated model yet" in c.value for c in at.caption)
+    store_evaluation(ws, {"model": "warmup", "split": "test", "accuracy": 0.8, "n": 400},
+                     round_id=round_id)
+    at.button(key="focus_relabel_1").click().run()  # a decided item: known truth
+    assert not at.exception
+    value = next_decisions_value(ws, round_id, "least_confident")
+    shown = [m.value for m in (*at.info, *at.warning) if "decisions in this queue" in m.value]
+    assert shown == [value["message"][0].upper() + value["message"][1:] + "."]
+    assert any(c.value.startswith("From ") and "80 % range" in c.value for c in at.caption)

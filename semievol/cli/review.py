@@ -18,6 +18,7 @@ from semievol.export.paths import human_size, parse_what
 from semievol.method.pseudo_labels import PATHS
 from semievol.rounds.record import get_round
 from semievol.rounds.scores import adapter_scores, best_trained, describe
+from semievol.views.decision_value import DEFAULT_DECISIONS, next_decisions_value
 from semievol.views.focus import FOCUS_ORDERS, focus_queue
 from semievol.views.lineage import item_lineage
 from semievol.views.review import (DECISION_STATES, SORTS, ReviewFilter, filtered_item_ids,
@@ -55,16 +56,24 @@ def cmd_review(args) -> int:
                        entropy_max=args.entropy_max, label=args.label, decision=args.decision,
                        selected=None if args.selected is None else args.selected == "yes",
                        search=args.search or "", sort=args.sort, descending=args.descending)
+    if args.value is not None and not args.order:
+        raise SemiEvolError("--value estimates a queue's next decisions: give the queue with "
+                            "--order.")
+    if args.value is not None and args.value < 1:
+        raise SemiEvolError(f"--value is a number of decisions (1 or more), not {args.value}.")
+    value = None
     if args.order:  # the focus queue's order over what the filters keep
         total = len(filtered_item_ids(ws, flt))
         every, _ = review_page(ws, flt, limit=max(1, total), offset=0, total=total)
         by_item = {r["item_id"]: r for r in every}
         ranked = [by_item[i] for i in focus_queue(ws, rnd.id, args.order) if i in by_item]
         rows = ranked[args.offset:args.offset + args.limit]
+        value = next_decisions_value(ws, rnd.id, args.order, args.value or DEFAULT_DECISIONS)
     else:
         rows, total = review_page(ws, flt, limit=args.limit, offset=args.offset)
     if args.json:
-        print(json.dumps({"total": total, "rows": rows}, indent=2, default=str))
+        print(json.dumps({"total": total, "rows": rows, **({"value": value} if value else {})},
+                         indent=2, default=str))
         return 0
     print(f"round {rnd.number}: {total} item(s) match; showing {args.offset + 1}-"
           f"{args.offset + len(rows)}")
@@ -77,6 +86,8 @@ def cmd_review(args) -> int:
               f"{r['agreement']:.2f} entropy {entropy:<6} "
               f"{'selected' if r['selected'] else '-':<8} "
               f"{decision:<14} {r['question'][:60]!r}"))
+    if value:
+        print(value["message"])
     return 0
 
 
@@ -187,6 +198,10 @@ def add_review_commands(sub) -> None:
                    help="list in a review queue's order instead of --sort (focus mode's "
                         "queues: " + "; ".join(f"{k}: {v}" for k, v in FOCUS_ORDERS.items())
                         + ")")
+    p.add_argument("--value", type=int, metavar="N",
+                   help=f"with --order: what the queue's next N decisions are worth, from the "
+                        f"workspace's evidence (default {DEFAULT_DECISIONS}; printed after the "
+                        "list)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--json", action="store_true")
