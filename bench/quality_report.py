@@ -67,7 +67,8 @@ def summarise(runs: list[dict]) -> dict:
                        "curated": _mean_std([(p.get("curated") or {}).get("n") for p in ps]),
                        "knowledge": _knowledge(ps),
                        "majority_share": ps[0]["majority_share"]})
-    return {"variants": table, "pseudo_labels": ptable, "review": review_summary(runs)}
+    return {"variants": table, "pseudo_labels": ptable, "review": review_summary(runs),
+            "estimates": estimate_checks(runs)}
 
 
 def _knowledge(ps: list[dict]) -> dict | None:
@@ -119,6 +120,25 @@ def review_summary(runs: list[dict]) -> list[dict]:
                     "f1_gain": _mean_std(g["f1_gain"]),
                     "relabeled": _mean_std(g["relabeled"]) if g["relabeled"] else None})
     return sorted(out, key=lambda r: (r["format"], r["kind"] != "review", r["order"], r["n"]))
+
+
+def estimate_checks(runs: list[dict]) -> list[dict]:
+    """Per reviewed variant and seed: what Review estimated for those decisions before they
+    were made (semievol.views.decision_value, in points) against the gain then measured
+    over SemiEvol r1 of the same seed, and whether the range held it."""
+    out = []
+    for run in runs:
+        by_name = {(v["format"], v["variant"]): v for v in run["variants"]}
+        for v in run["variants"]:
+            estimate = (v.get("review") or {}).get("estimate")
+            base = by_name.get((v["format"], REVIEW_BASELINES["review"]))
+            if not estimate or estimate.get("estimate") is None or not base:
+                continue
+            gain = 100 * (v["accuracy"] - base["accuracy"])
+            out.append({"seed": run["seed"], "format": v["format"], "variant": v["variant"],
+                        "n": v["review"]["n"], **estimate, "measured": gain,
+                        "inside": estimate["low"] <= gain <= estimate["high"]})
+    return sorted(out, key=lambda r: (r["format"], r["variant"], r["seed"]))
 
 
 def _ms(stat: dict, percent: bool = True) -> str:
@@ -286,6 +306,15 @@ def markdown(result: dict, pngs: dict) -> str:
         "against the variant's baseline.",
         "",
         rt if s.get("review") else "(no reviewer variants in this run)",
+        *(["", "What Review estimated for those decisions before they were made "
+            "(semievol.views.decision_value: 80 % range, points over SemiEvol r1) against "
+            "the gain then measured:", "",
+            md_table(["seed", "format", "variant", "items", "estimate", "range",
+                      "stopping hint", "measured gain", "inside the range"],
+                     [[e["seed"], e["format"], e["variant"], e["n"], f"{e['estimate']:+.1f}",
+                       f"{e['low']:+.1f} to {e['high']:+.1f}", "yes" if e["stop"] else "no",
+                       f"{e['measured']:+.1f}", "yes" if e["inside"] else "no"]
+                      for e in s["estimates"]])] if s.get("estimates") else []),
         "",
         *([f"![what extra labels buy]({pngs['review']})", ""] if pngs.get("review") else []),
         "## Training runs",

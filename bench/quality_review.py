@@ -51,11 +51,16 @@ def simulate_review(ws, rnd, hidden: dict, order: str, n: int, seed: int) -> dic
     as they would in the app: accept a right pseudo-label, relabel a wrong one with the
     true answer. `random`: n random pool items given their true answer (gold labels for
     SemiEvol, no review)."""
+    from semievol.views.decision_value import next_decisions_value
     from semievol.views.focus import focus_queue
 
     if order == "random":
         return {"order": order, "n": give_gold_labels(ws, random_pool_items(ws, n, seed),
                                                       hidden)}
+    # What Review would have told this reviewer before they started (checked against the
+    # measured gain in the report).
+    value = next_decisions_value(ws, rnd.id, order, n)
+    estimate = {k: value[k] for k in ("estimate", "low", "high", "stop")}
     queue = focus_queue(ws, rnd.id, order)[:n]
     rows = {r["item_id"]: r for r in ws.query_in(
         "SELECT p.item_id, p.label, p.selected, i.external_id FROM pseudo_labels p "
@@ -68,4 +73,5 @@ def simulate_review(ws, rnd, hidden: dict, order: str, n: int, seed: int) -> dic
     give_gold_labels(ws, wrong, hidden)
     return {"order": order, "n": len(queue), "accepted": len(right), "relabeled": len(wrong),
             "wrong_among_selected": sum(bool(rows[i]["selected"]) for i in wrong),
-            "accepted_outside_selection": sum(not rows[i]["selected"] for i in right)}
+            "accepted_outside_selection": sum(not rows[i]["selected"] for i in right),
+            "estimate": estimate}

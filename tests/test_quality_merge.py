@@ -197,3 +197,22 @@ def test_the_report_plots_what_extra_labels_buy_against_how_many(qm, tmp_path):
     assert "![what extra labels buy](quality_pubmedqa_64_review.png)" in \
         (out / "quality_pubmedqa_64.md").read_text()
     assert (out / "quality_pubmedqa_64_review.png").stat().st_size > 0
+
+
+def test_the_report_checks_reviews_estimates_against_the_measured_gain(qm):
+    import quality_report
+
+    result = _result([0, 1], [("SemiEvol r1", 0.80), ("SemiEvol r1 + 25 reviewed", 0.83)])
+    for run, (low, high) in zip(result["runs"], [(1.0, 5.0), (-1.0, 2.0)]):
+        run["variants"][1]["review"] = {"order": "margin", "n": 25, "relabeled": 3,
+                                        "estimate": {"estimate": 2.0, "low": low, "high": high,
+                                                     "stop": low <= 0}}
+    checks = quality_report.estimate_checks(result["runs"])
+    # measured: +3 points in both seeds; inside (1, 5), outside (-1, 2)
+    assert [(c["seed"], round(c["measured"], 6), c["inside"]) for c in checks] == [
+        (0, 3.0, True), (1, 3.0, False)]
+    result["summary"] = quality_report.summarise(result["runs"])
+    text = quality_report.markdown(result, {"accuracy": "a.png", "curve": "c.png"})
+    assert "| 0 | words | SemiEvol r1 + 25 reviewed | 25 | +2.0 | +1.0 to +5.0 | no | +3.0 | yes |" \
+        in text
+    assert "| -1.0 to +2.0 | yes | +3.0 | no |" in text
