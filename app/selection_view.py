@@ -16,7 +16,8 @@ import streamlit as st
 from common import allow, flash, show_error, user_errors
 from selection_charts import show_calibration, show_histograms
 
-from semievol.config import SELECTION_POLICIES, SelectionConfig, takes_theta
+from semievol.config import (SELECTION_POLICIES, SELECTION_WEIGHTINGS, SelectionConfig,
+                             takes_theta)
 from semievol.curation.selection_state import apply_selection, keep_for_next_rounds
 from semievol.errors import SemiEvolError
 from semievol.views import selection as view
@@ -160,10 +161,18 @@ def policy_controls(ws: Workspace, round_id: int, *,
                            "The most confident items of a class the policy would drop are "
                            "kept up to this share, so no class the pool has is left out of "
                            "training (0 = the policy alone).")
+    weighting = st.radio("Pseudo-label loss weight", SELECTION_WEIGHTINGS, horizontal=True,
+                         index=SELECTION_WEIGHTINGS.index(start.weighting),
+                         key=f"selection_weighting_{round_id}", disabled=disabled,
+                         help="none: every kept pseudo-label counts in full. confidence: its "
+                              "loss is weighted by the collaborators' confidence in it (their "
+                              "mean probability of it), so a doubtful one teaches less "
+                              "instead of being dropped; with θ 100 nothing is dropped. A "
+                              "reviewer's accept or relabel counts in full.")
     try:
         return SelectionConfig(policy=policy, theta=float(theta), threshold=float(threshold)
                                if policy == "absolute" else None, score=score,
-                               class_floor=float(floor))
+                               class_floor=float(floor), weighting=weighting)
     except SemiEvolError as exc:
         show_error(exc)
         return None
@@ -211,6 +220,10 @@ def show_counts(preview: view.Preview, frame: pd.DataFrame) -> None:
         st.caption(f"The warm-up model already answers {student['same']} of these "
                    f"{student['known']} ({student['share']:.0%}) the same way on its own: "
                    "training on them repeats what it knows; the rest is what it can learn.")
+    if summary.get("mean_weight") is not None:
+        st.caption(f"Weighted by the collaborators' confidence: the pseudo-labels kept by the "
+                   f"policy train with a mean loss weight of {summary['mean_weight']:.2f} "
+                   "(a reviewer's accept or relabel counts in full).")
     show_comparison(preview)
     cols = st.columns(3)
     cols[0].metric("Accepted by a reviewer", human["accepted"])

@@ -17,7 +17,8 @@ import streamlit as st
 from common import RUNS_PAGE, launch_with_feedback, literal, reviewer_name, show_error
 
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS, DTYPES,
-                             REPORT_TO, SELECTION_POLICIES, SELECTION_SCORES, SERVER_MODES,
+                             REPORT_TO, SELECTION_POLICIES, SELECTION_SCORES,
+                             SELECTION_WEIGHTINGS, SERVER_MODES,
                              START_FROM, RoundConfig, ServerConfig, takes_theta)
 from semievol.errors import SemiEvolError
 from semievol.rounds.backends import probe_servers
@@ -293,9 +294,13 @@ def _selection_fields(config: RoundConfig) -> dict:
                                   key="setup_threshold", disabled=policy != "absolute")
     score = c[3].selectbox("Score", SELECTION_SCORES, index=SELECTION_SCORES.index(sel.score),
                            key="setup_score")
+    weighting = st.radio("Pseudo-label loss weight", SELECTION_WEIGHTINGS, horizontal=True,
+                         index=SELECTION_WEIGHTINGS.index(sel.weighting), key="setup_weighting",
+                         help="none: every kept pseudo-label counts in full; confidence: "
+                              "weighted by the collaborators' confidence in it.")
     return {"selection.policy": policy, "selection.theta": theta,
             "selection.threshold": None if threshold is None else float(threshold),
-            "selection.score": score}
+            "selection.score": score, "selection.weighting": weighting}
 
 
 def read_form(page: SetupPage) -> tuple[RoundConfig | None, SemiEvolError | None]:

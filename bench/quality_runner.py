@@ -348,6 +348,12 @@ class Runner:
                 # drop a class whose items the warm-up model is less sure of.
                 selection = SelectionConfig(policy="per_class",
                                             theta=rnd.config.selection.theta)
+            elif ablation == "weighted":
+                # Nothing dropped: every pseudo-label trains, its loss weighted by the
+                # collaborators' confidence in it.
+                selection = SelectionConfig(policy="percentile", theta=100.0,
+                                            weighting="confidence",
+                                            class_floor=rnd.config.selection.class_floor)
             elif ablation in TEACH_THETA:
                 # What the student can still learn (selection.teach_mask), every teachable
                 # item or the half with the largest reducible loss; the round's class floor.
@@ -386,7 +392,8 @@ ABLATION_NAMES = {"no-selection": "SemiEvol r1, no selection (all pseudo-labels)
                   "no-demos": "SemiEvol r1, no demonstrations",
                   "single": "SemiEvol r1, single collaborator",
                   "teach": "SemiEvol r1, teach selection (every teachable item)",
-                  "teach-50": "SemiEvol r1, teach selection (theta 50)"}
+                  "teach-50": "SemiEvol r1, teach selection (theta 50)",
+                  "weighted": "SemiEvol r1, every pseudo-label weighted by confidence"}
 TEACH_THETA = {"teach": 100.0, "teach-50": 50.0}
 
 

@@ -26,6 +26,8 @@ SELECTION_POLICIES = ("percentile", "per_class", "agreement_only", "absolute", "
 THETA_POLICIES = ("percentile", "per_class", "teach")
 """The selection policies that keep a percentile (theta) of the scores."""
 SELECTION_SCORES = ("nll", "option_entropy")
+SELECTION_WEIGHTINGS = ("none", "confidence")
+"""How a kept pseudo-label's loss counts: in full, or by the collaborators' confidence."""
 CLASS_BALANCE = ("none", "sampler", "loss")
 START_FROM = ("best", "previous")
 REPORT_TO = ("none", "tensorboard", "mlflow")
@@ -354,10 +356,17 @@ class SelectionConfig:
     """Each pseudo-label class keeps at least this share of its pool items (its most
     confident ones, at least one), whatever the policy but agreement_only: the global
     percentile alone can drop a whole class the warm-up model is less sure of. 0 = off."""
+    weighting: str = "none"
+    """`none`: every kept pseudo-label's loss counts in full; `confidence`: weighted by the
+    collaborators' confidence in it (their mean probability of it; for an open task, the
+    share that gave it), so a doubtful one teaches less instead of being dropped (AcTune,
+    UST). With theta 100 that replaces keeping or dropping. A reviewer's accept or relabel
+    counts in full."""
 
     def __post_init__(self):
         _check_choice("selection policy", self.policy, SELECTION_POLICIES)
         _check_choice("selection score", self.score, SELECTION_SCORES)
+        _check_choice("selection weighting", self.weighting, SELECTION_WEIGHTINGS)
         _check_range("theta", self.theta, 0.0, 100.0)
         _check_range("class floor", self.class_floor, 0.0, 1.0)
         if self.policy == "absolute" and self.threshold is None:
@@ -365,7 +374,9 @@ class SelectionConfig:
 
     def describe(self) -> str:
         """The rule in a few words, e.g. "percentile θ=50 (nll)" or "absolute ≤0.25 (nll)"."""
-        return f"{describe_policy(self.policy, self.theta, self.threshold)} ({self.score})"
+        weighted = ", weighted by confidence" if self.weighting == "confidence" else ""
+        return (f"{describe_policy(self.policy, self.theta, self.threshold)} "
+                f"({self.score}{weighted})")
 
 
 def takes_theta(policy: str) -> bool:
@@ -455,6 +466,7 @@ CHOICES = {
     "TrainConfig.class_balance": CLASS_BALANCE, "CollaboratorConfig.model": COLLABORATOR_MODELS,
     "ServerConfig.mode": SERVER_MODES, "ServerConfig.adapter_loading": ADAPTER_LOADING,
     "SelectionConfig.policy": SELECTION_POLICIES, "SelectionConfig.score": SELECTION_SCORES,
+    "SelectionConfig.weighting": SELECTION_WEIGHTINGS,
     "RoundConfig.start_from": START_FROM, "RoundConfig.report_to": REPORT_TO,
 }
 """The values each text field accepts ("Class.field"): what __post_init__ checks, and what

@@ -294,3 +294,15 @@ def test_the_tuned_selection_carries_to_the_next_rounds(prepared, monkeypatch):
     assert not [b for b in at.button if b.key == "keep_selection"]  # kept: nothing to do
     assert any("kept from round 1" in c.value for c in at.caption)
     assert SelectionConfig().theta == 50  # the default it no longer falls back to
+
+
+def test_the_selection_page_weights_pseudo_labels_by_confidence(prepared, monkeypatch):
+    with Workspace(prepared.path) as ws, ws.transaction() as conn:  # no distributions stored:
+        conn.execute("UPDATE pseudo_labels SET agreement=0.6 WHERE round_id=2")  # the share
+    at = without_floor(page(prepared.path, SELECTION, monkeypatch), 2)
+    at.slider(key="selection_theta_2").set_value(100.0).run()
+    at.radio(key="selection_weighting_2").set_value("confidence").run()
+    assert not at.exception
+    assert any("mean loss weight of 0.60" in c.value for c in at.caption)
+    compared = frame_with(at, "already the warm-up's answer")
+    assert all("weighted by confidence" in p for p in compared["policy"])

@@ -478,3 +478,48 @@ def test_steps_come_from_the_epochs_but_never_fewer_than_min_steps():
     assert TrainConfig(max_steps=3).total_steps(400) == 3                  # max_steps wins
     with pytest.raises(SemiEvolError):
         TrainConfig(min_steps=-1)
+
+
+def test_example_weights_scale_each_examples_loss(tiny_model_dir, examples):
+    """Weight 0 is as if the example were not there; equal weights change nothing (the loss
+    is a weighted mean); the weight enters the fingerprint only where it is not 1."""
+    import dataclasses
+
+    from semievol.training import finetune
+
+    def step(exs, batch_size):
+        config = train_config(batch_size=batch_size)
+        t = finetune.prepare(exs, model=model_config(tiny_model_dir), lora=LORA,
+                             train=config, init_adapter=None, resume_from=None)
+        seen, real = [], t.optimizer
+
+        class Capture:  # keeps the gradients of the step
+            param_groups = real.param_groups
+
+            def step(self):
+                seen.append([p.grad.clone() for p in t.params])
+
+            def zero_grad(self, set_to_none=True):
+                real.zero_grad(set_to_none=set_to_none)
+
+        t.optimizer = Capture()
+        loss, _ = finetune.train_step(t, 0, config)
+        return loss, seen[0]
+
+    def weighted(*weights):
+        return [dataclasses.replace(e, weight=w) for e, w in zip(examples, weights)]
+
+    half = step(weighted(1.0, 0.0, 1.0, 0.0), 4)
+    alone = step([examples[0], examples[2]], 2)
+    assert half[0] == pytest.approx(alone[0], rel=1e-5)
+    for a, b in zip(half[1], alone[1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    plain, scaled = step(examples, 4), step(weighted(0.5, 0.5, 0.5, 0.5), 4)
+    assert plain[0] == pytest.approx(scaled[0], rel=1e-5)
+    nothing = step(weighted(0.0, 0.0, 0.0, 0.0), 4)  # no division by zero: no step at all
+    assert nothing[0] == 0.0 and all(not g.abs().sum() for g in nothing[1])
+    resolved = {"train": {}}
+    assert finetune.fingerprint(resolved, examples) == finetune.fingerprint(
+        resolved, weighted(1.0, 1.0, 1.0, 1.0))
+    assert finetune.fingerprint(resolved, examples) != finetune.fingerprint(
+        resolved, weighted(1.0, 0.5, 1.0, 1.0))

@@ -453,3 +453,33 @@ def test_compare_policies_puts_every_policy_side_by_side(taught_pool):
                                        compare=True).comparison
     assert [r["policy"] for r in with_threshold][3] == "absolute"
     assert next(r for r in with_threshold if r["policy"] == "absolute")["selected"] == 3
+
+
+def test_confidence_weighting_carries_to_the_training_rows(taught_pool):
+    from semievol.curation.training_set import freeze, frozen_items, live_training_items
+
+    ws, rid, items = taught_pool
+    config = Plain(policy="percentile", theta=100, weighting="confidence")
+    assert config.describe() == "percentile θ=100 (nll, weighted by confidence)"
+    record_decisions(ws, [items[1]], "accept", reviewer="r")
+    result = compute_selection(ws, rid, config)
+    weights = dict(zip(result.item_ids, result.weights))
+    # item A: collaborators 0.3 (the student), 0.9, 0.8 of billing -> 2/3
+    assert weights[items[0]] == pytest.approx((0.3 + 0.9 + 0.8) / 3)
+    assert weights[items[1]] == 1.0       # accepted by a person: in full
+    assert weights[items[5]] == 0.5       # no distributions: the agreement share (reflected)
+    apply_selection(ws, rid, config)
+    stored = dict(ws.query("SELECT item_id, weight FROM pseudo_labels WHERE round_id=?",
+                           (rid,)))
+    assert stored[items[0]] == pytest.approx(2 / 3) and stored[items[1]] is None
+    live = {it["item_id"]: it["weight"] for it in live_training_items(ws, 1)}
+    assert live[items[0]] == pytest.approx(2 / 3) and live[items[1]] == 1.0
+    assert all(w == 1.0 for i, w in live.items() if i not in items)  # gold in full
+    freeze(ws, rid, live_training_items(ws, 1))
+    frozen = {it["item_id"]: it["weight"] for it in frozen_items(ws, 1)}
+    assert frozen == pytest.approx(live)
+    # without weighting, every weight is the full one again
+    with ws.transaction() as conn:
+        conn.execute("UPDATE rounds SET final_adapter=NULL WHERE id=?", (rid,))
+    apply_selection(ws, rid, Plain(policy="percentile", theta=100))
+    assert ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE weight IS NOT NULL") == 0

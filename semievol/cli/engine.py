@@ -181,6 +181,9 @@ def _preview_selection(ws, rnd, selection: SelectionConfig) -> int:
     for name in ("all", "selected"):
         _print_share(f"calibration {name}", calibration[name])
     print(student_line(summary.get("student")))
+    if summary.get("mean_weight") is not None:
+        print(f"weighted by the collaborators' confidence: mean loss weight "
+              f"{summary['mean_weight']:.2f} of the selected pseudo-labels")
     print("\nevery policy on the same scores (theta, score and class floor as above):")
     for row in result.comparison:
         student = row["student"]

@@ -34,7 +34,7 @@ ROUND_FLAGS = {
 """The round settings a step command takes, by flag: the RoundConfig field each sets."""
 
 SELECTION_FLAGS = {"--policy": "policy", "--theta": "theta", "--threshold": "threshold",
-                   "--score": "score"}
+                   "--score": "score", "--weighting": "weighting"}
 """The selection settings of `round` and `select` (SelectionConfig fields)."""
 
 TASK_FLAGS = {"--kind": "kind", "--answer-format": "answer_format", "--checker": "checker",

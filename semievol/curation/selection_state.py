@@ -122,6 +122,9 @@ class SelectionResult:
     own: list[str | None] = field(default_factory=list)
     """The student's own answer per row (its most likely option; `config.student_index`),
     None where it gave none or no collaborator is the student."""
+    weights: np.ndarray | None = None
+    """Each row's training weight (SelectionConfig.weighting): 1, or for a pseudo-label the
+    policy keeps under `confidence` weighting, the collaborators' confidence."""
     comparison: list[dict] = field(default_factory=list)
     """Every policy side by side over the same reads (compute_selection(compare=True))."""
 
@@ -143,7 +146,14 @@ class SelectionResult:
                 "human": {k: sum(1 for s, p in zip(self.source, pool) if p and s == k)
                           for k in ("accepted", "rejected", "relabeled")},
                 "excluded_leakage": sum(1 for s in self.source if s == "leakage"),
-                "threshold": self.threshold, "student": self.student_share(train)}
+                "threshold": self.threshold, "student": self.student_share(train),
+                "mean_weight": self.mean_weight(train)}
+
+    def mean_weight(self, train: np.ndarray) -> float | None:
+        """The mean loss weight of what trains from the pool; None when all count in full."""
+        if self.weights is None or not train.any() or np.all(self.weights[train] == 1.0):
+            return None
+        return float(self.weights[train].mean())
 
     def student_share(self, train: np.ndarray) -> dict:
         """Of the pool items selected to train, how many have the student's own answer and
@@ -199,8 +209,11 @@ def _select_over(inputs: _Inputs, config: SelectionConfig) -> SelectionResult:
         # Leakage wins over the policy; only an explicit human accept or relabel overrides it.
         if row["item_id"] in inputs.flagged and source[k] == "policy":
             final[k], source[k] = False, "leakage"
+    weights = np.array([r["confidence"] if config.weighting == "confidence"
+                        and source[k] == "policy" else 1.0 for k, r in enumerate(rows)])
     return SelectionResult(inputs.task, rows, final_labels, final, source,
-                           policy_threshold(rows, config), [r["own"] for r in rows])
+                           policy_threshold(rows, config), [r["own"] for r in rows],
+                           weights=weights)
 
 
 def _compare_policies(inputs: _Inputs, config: SelectionConfig) -> list[dict]:
@@ -239,7 +252,9 @@ def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dic
     - reference_agrees: every reference collaborator's most likely option is the label;
     - reducible: the student's loss on the label minus the reference's (selection.
       reducible_loss; the student's probability is the warm-up model's on the plain prompt,
-      `probability`), nan for an open task.
+      `probability`), nan for an open task;
+    - confidence: every collaborator's mean probability of the label (the student's too);
+      where none stored a distribution (an open task), the share that gave it (agreement).
     """
     rows = scored_rows(ws, round_id, score)
     stored = ws.scalar("SELECT config FROM rounds WHERE id=?", (round_id,))
@@ -258,10 +273,13 @@ def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dic
     for row in rows:
         answers = said.get(row["item_id"], {})
         row["own"] = _top_answer(*answers[student]) if student in answers else None
+        shares = {k: p[o.index(row["label"])] / sum(p) if row["label"] in o else 0.0
+                  for k, (_, o, p) in answers.items() if p}
         reference = [(o, p) for k, (_, o, p) in answers.items() if k != student and p]
-        shares = [p[o.index(row["label"])] / sum(p) if row["label"] in o else 0.0
-                  for o, p in reference]
-        row["reference_p"] = float(np.mean(shares)) if shares else np.nan
+        others = [v for k, v in shares.items() if k != student]
+        row["reference_p"] = float(np.mean(others)) if others else np.nan
+        row["confidence"] = float(np.mean(list(shares.values()))) if shares \
+            else float(row["agreement"] or 0.0)
         row["reference_agrees"] = bool(reference) and all(
             o[int(np.argmax(p))] == row["label"] for o, p in reference)
     reducible = reducible_loss(np.array([r["probability"] for r in rows], dtype=float),
@@ -290,9 +308,13 @@ def apply_selection(ws: Workspace, round_id: int, config: SelectionConfig) -> di
         conn.execute("INSERT INTO selections(round_id, config, applied_at) VALUES(?,?,?) "
                      "ON CONFLICT(round_id) DO UPDATE SET config=excluded.config, "
                      "applied_at=excluded.applied_at", (round_id, to_json(config), now()))
-        conn.execute("UPDATE pseudo_labels SET selected=0 WHERE round_id=?", (round_id,))
-        conn.executemany("UPDATE pseudo_labels SET selected=1 WHERE round_id=? AND item_id=?",
-                         [(round_id, i) for i, s in zip(result.item_ids, result.selected) if s])
+        conn.execute("UPDATE pseudo_labels SET selected=0, weight=NULL WHERE round_id=?",
+                     (round_id,))
+        # NULL is the full weight (schema 10): only a weighted selection writes one.
+        conn.executemany("UPDATE pseudo_labels SET selected=1, weight=? WHERE round_id=? AND "
+                         "item_id=?",
+                         [(None if w == 1.0 else float(w), round_id, i) for i, s, w
+                          in zip(result.item_ids, result.selected, result.weights) if s])
     return result.summary()
 
 

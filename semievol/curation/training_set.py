@@ -31,7 +31,8 @@ def training_items(ws: Workspace, up_to_round: int) -> list[dict]:
     else the labeled items, human labels, and selected pseudo-labels of rounds <=
     up_to_round with the current decisions on top (`live_training_items`).
 
-    Each: {item_id, question, options, answer, source}.
+    Each: {item_id, question, options, answer, source, weight} (weight: the loss weight, 1
+    but for a pseudo-label kept by a confidence-weighted selection).
     """
     frozen = frozen_items(ws, up_to_round)
     return frozen if frozen is not None else live_training_items(ws, up_to_round)
@@ -43,12 +44,13 @@ def frozen_items(ws: Workspace, round_number: int) -> list[dict] | None:
     task = ws.require_task()
     if not ws.scalar("SELECT frozen_at FROM rounds WHERE number=?", (round_number,)):
         return None
-    rows = ws.query("SELECT t.item_id, t.answer, t.source, i.question, i.options "
+    rows = ws.query("SELECT t.item_id, t.answer, t.source, t.weight, i.question, i.options "
                     "FROM training_rows t JOIN rounds r ON r.id = t.round_id "
                     "JOIN items i ON i.id = t.item_id WHERE r.number=? ORDER BY t.position",
                     (round_number,))
     return [{"item_id": r["item_id"], "question": r["question"], "options": options_of(r, task),
-             "answer": r["answer"], "source": r["source"]} for r in rows]
+             "answer": r["answer"], "source": r["source"],
+             "weight": 1.0 if r["weight"] is None else r["weight"]} for r in rows]
 
 
 def freeze(ws: Workspace, round_id: int, items: list[dict]) -> None:
@@ -57,9 +59,10 @@ def freeze(ws: Workspace, round_id: int, items: list[dict]) -> None:
         if ws.scalar("SELECT frozen_at FROM rounds WHERE id=?", (round_id,)):
             return
         conn.executemany(
-            "INSERT INTO training_rows(round_id, item_id, position, answer, source) "
-            "VALUES(?,?,?,?,?)",
-            [(round_id, it["item_id"], k, it["answer"], it["source"])
+            "INSERT INTO training_rows(round_id, item_id, position, answer, source, weight) "
+            "VALUES(?,?,?,?,?,?)",
+            [(round_id, it["item_id"], k, it["answer"], it["source"],
+              None if it.get("weight", 1.0) == 1.0 else it["weight"])
              for k, it in enumerate(items)])
         conn.execute("UPDATE rounds SET frozen_at=?, decision_rule=? WHERE id=?",
                      (now(), decision_rule(ws), round_id))
@@ -80,27 +83,33 @@ def live_training_items(ws: Workspace, up_to_round: int) -> list[dict]:
     task = ws.require_task()
     decisions = current_decisions(ws)
 
-    def entry(item_id, row, answer, source):
+    def entry(item_id, row, answer, source, weight=None):
         return {"item_id": item_id, "question": row["question"],
-                "options": options_of(row, task), "answer": answer, "source": source}
+                "options": options_of(row, task), "answer": answer, "source": source,
+                "weight": 1.0 if weight is None else weight}
 
     out = [entry(r["id"], r, r["answer"], "gold") for r in ws.query(
         "SELECT id, question, options, answer FROM items WHERE split='labeled' ORDER BY id")]
-    # The latest pseudo-label of every unlabeled item, and whether any round selected it.
+    # The latest pseudo-label of every unlabeled item, whether any round selected it, and
+    # the weight of the latest selection of it.
     latest = {}
     for r in ws.query(
-            "SELECT p.item_id, p.label, p.selected, i.question, i.options FROM pseudo_labels p "
-            "JOIN items i ON i.id = p.item_id JOIN rounds r ON r.id = p.round_id "
-            "WHERE i.split='unlabeled' AND r.number <= ? ORDER BY r.number, p.item_id",
-            (up_to_round,)):
-        was_selected = latest.get(r["item_id"], {}).get("selected", False)
-        latest[r["item_id"]] = {**dict(r), "selected": was_selected or bool(r["selected"])}
+            "SELECT p.item_id, p.label, p.selected, p.weight, i.question, i.options "
+            "FROM pseudo_labels p JOIN items i ON i.id = p.item_id JOIN rounds r ON "
+            "r.id = p.round_id WHERE i.split='unlabeled' AND r.number <= ? "
+            "ORDER BY r.number, p.item_id", (up_to_round,)):
+        before = latest.get(r["item_id"], {})
+        weight = r["weight"] if r["selected"] else before.get("weight")
+        latest[r["item_id"]] = {**dict(r), "weight": weight,
+                                "selected": before.get("selected", False) or bool(r["selected"])}
     for item_id, row in latest.items():
         action = decisions.get(item_id, {}).get("action")
         if action == "relabel":
             out.append(entry(item_id, row, decisions[item_id]["label"], "human"))
-        elif action == "accept" or (row["selected"] and action != "reject"):
+        elif action == "accept":  # a person confirmed it: it counts in full
             out.append(entry(item_id, row, row["label"], "pseudo"))
+        elif row["selected"] and action != "reject":
+            out.append(entry(item_id, row, row["label"], "pseudo", row["weight"]))
     # Items a reviewer labeled that no round has pseudo-labeled yet.
     unseen = [i for i, d in decisions.items() if d["action"] == "relabel" and i not in latest]
     for r in ws.query_in("SELECT id, question, options FROM items WHERE id IN ({})", unseen):
@@ -139,7 +148,8 @@ def training_examples(task: TaskConfig, items: list[dict], tokenizer, budget: in
             prompt, target = builder.training_response(example, response)
         else:
             prompt, target = builder.training(example, it["answer"])
-        examples.append(TrainExample(prompt.text, target, it["answer"]))
+        examples.append(TrainExample(prompt.text, target, it["answer"],
+                                     float(it.get("weight", 1.0))))
     return examples, builder.stats
 
 

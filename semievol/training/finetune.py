@@ -45,6 +45,7 @@ class TrainExample:
     prompt: str       # chat-templated prompt ending where the answer starts
     answer: str       # assistant turn text, end-of-turn token included
     label: str        # class used for balancing (the answer for choice tasks)
+    weight: float = 1.0  # its loss weight (a confidence-weighted pseudo-label: below 1)
 
 
 def tokenize(tokenizer, examples: list[TrainExample], max_length: int):
@@ -99,8 +100,11 @@ def fingerprint(resolved: dict, examples: list[TrainExample]) -> str:
             "accelerate_config")
     identity = {**resolved, "train": {k: v for k, v in resolved["train"].items()
                                       if k not in free}}
+    # A weight enters only where it is not 1, so a checkpoint of an unweighted training
+    # keeps the fingerprint it had before weights existed.
     return hashlib.sha256(json.dumps(
-        [identity, [(e.prompt, e.answer) for e in examples]]).encode("utf-8")).hexdigest()
+        [identity, [(e.prompt, e.answer) if e.weight == 1.0 else (e.prompt, e.answer, e.weight)
+                    for e in examples]]).encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -113,7 +117,7 @@ class Training:
     optimizer: object
     rows: list              # (token ids, answer start) per example
     order: list             # example index per micro-batch slot, for every step
-    class_weight: list | None
+    example_weight: list | None  # each example's loss weight (class balance x its own)
     total_steps: int
     warmup_steps: int
     device: str
@@ -189,10 +193,13 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
     total_steps = train.total_steps(len(rows))
     order = sample_order(labels, total_steps * train.grad_accum, train.batch_size,
                          balance=train.class_balance == "sampler", seed=train.seed)
-    class_weight = None
+    example_weight = None
     if train.class_balance == "loss":
         counts = {c: labels.count(c) for c in set(labels)}
-        class_weight = [len(labels) / (len(counts) * counts[c]) for c in labels]
+        example_weight = [len(labels) / (len(counts) * counts[c]) for c in labels]
+    if any(e.weight != 1.0 for e in examples):
+        example_weight = [(example_weight[k] if example_weight else 1.0) * e.weight
+                          for k, e in enumerate(examples)]
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
     shard = shard or Shard()
@@ -201,7 +208,7 @@ def prepare(examples: list[TrainExample], *, model: ModelConfig, lora: LoraConfi
         body = shard.accelerator.prepare_model(body)  # DDP: identical LoRA start, mean grads
         torch.manual_seed(train.seed + shard.rank)    # each process its own dropout masks
     return Training(peft_model, body, peft_model.get_base_model().lm_head, params, optimizer,
-                    rows, order, class_weight, total_steps,
+                    rows, order, example_weight, total_steps,
                     int(round(train.warmup_ratio * total_steps)), device,
                     compute_dtype == torch.bfloat16, tokenizer.pad_token_id, shard, dropouts)
 
@@ -223,7 +230,7 @@ def _micro_batch(t: Training, batch: list[int]):
             pos_b.append(b)
             pos_t.append(pos)
             targets.append(seq[pos + 1])
-            weights.append(t.class_weight[i] if t.class_weight else 1.0)
+            weights.append(t.example_weight[i] if t.example_weight else 1.0)
     return ids.to(t.device), mask.to(t.device), pos_b, pos_t, targets, weights
 
 
@@ -272,8 +279,9 @@ def train_step(t: Training, step: int, train: TrainConfig) -> tuple[float, int]:
         # times the processes because DDP averages their gradients: the same gradient as
         # one process on the whole batch in one piece.
         weight = shard.total(torch.tensor(float(sum(
-            (len(t.rows[i][0]) - t.rows[i][1]) * (t.class_weight[i] if t.class_weight else 1.0)
-            for i in batch)), device=t.device))
+            (len(t.rows[i][0]) - t.rows[i][1])
+            * (t.example_weight[i] if t.example_weight else 1.0)
+            for i in batch)), device=t.device)).clamp_min(1e-12)  # all weights 0: no step
         pieces = memory_pieces(t.rows, batch)
         local_sum = 0.0
         for k, piece in enumerate(pieces):

@@ -220,6 +220,13 @@ MIGRATIONS: list[str] = [
         AND r.item_id NOT IN (SELECT item_id FROM adjudications)
         GROUP BY r.item_id;
     """,
+    # 10: a pseudo-label's training weight (SelectionConfig.weighting `confidence`): what
+    # the applied selection set it to, and what each frozen training row trained with.
+    # NULL is the full weight, 1: every earlier selection and training meant exactly that.
+    """
+    ALTER TABLE pseudo_labels ADD COLUMN weight REAL;
+    ALTER TABLE training_rows ADD COLUMN weight REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 INTEGRITY_SECONDS = 10.0
