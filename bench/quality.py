@@ -108,7 +108,13 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, default=None,
                    help="where temporary workspaces go (default: the system temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the temporary workspaces")
+    p.add_argument("--teacher-accuracy", type=float, default=None, metavar="P",
+                   help="add a simulated stronger collaborator (bench/teacher_server.py): a "
+                        "served model right on a share P of the items, calibrated, to the "
+                        "default collaborators (not to the no-demos and single ablations)")
     args = p.parse_args(argv)
+    if args.teacher_accuracy is not None and not 0 < args.teacher_accuracy <= 1:
+        p.error(f"--teacher-accuracy is a share in (0, 1], got {args.teacher_accuracy}")
     if args.reduced:
         defaults = {a.dest: a.default for a in p._actions}
         for key, value in REDUCED.items():
@@ -146,6 +152,7 @@ def main(argv=None) -> int:
         f"{args.gold_sizes}; torch threads {machine['torch_threads']}, {machine['model_dtype']}")
     embedder = SentenceTransformerEmbedder("bundled")
     base = LazyBackend(model_config, None)  # one base model for every workspace
+    teacher = start_teacher(args, task, model_config) if args.teacher_accuracy else None
     written = []
     for labeled in args.labeled:
         started = time.time()
@@ -170,7 +177,31 @@ def main(argv=None) -> int:
             for readme in update_readmes():
                 log(f"updated the results summary in {readme.relative_to(REPO)}")
     log("wrote " + ", ".join(repo_path(p) for p in written))
+    if teacher is not None:
+        teacher.close()
     return 0
+
+
+def start_teacher(args, task: dict, model_config):
+    """The simulated stronger collaborator over every item of the task (it knows their
+    answers); round configs add it through args.teacher_url (quality_data.round_config)."""
+    import json as json_
+
+    from common import true_option
+    from teacher_server import TeacherServer
+
+    from semievol.model.loading import load_tokenizer, resolve_model_path
+
+    items = {}
+    for frame in task["frames"].values():
+        for _, row in frame.iterrows():
+            options = json_.loads(row["options"])
+            items[row["question"]] = (options, true_option(row, options))
+    teacher = TeacherServer(items, load_tokenizer(resolve_model_path(model_config.name_or_path)),
+                            accuracy=args.teacher_accuracy)
+    args.teacher_url = teacher.url
+    log(f"simulated teacher (accuracy {args.teacher_accuracy}) at {teacher.url}")
+    return teacher
 
 
 if __name__ == "__main__":

@@ -107,7 +107,14 @@ def round_config(args, seed: int, balance: str, collaborators=None):
                                  RoundConfig, TrainConfig, default_collaborators)
 
     lora = LoraConfig() if args.lora_dropout is None else LoraConfig(dropout=args.lora_dropout)
+    servers = []
+    if getattr(args, "teacher_url", None) and collaborators is None:
+        from teacher_server import teacher_config
+
+        teacher, server = teacher_config(args.teacher_url)
+        collaborators, servers = default_collaborators() + [teacher], [server]
     return RoundConfig(
+        servers=servers,
         model=ModelConfig(name_or_path=args.model, dtype=args.dtype),
         lora=lora,
         train=TrainConfig(class_balance=balance, seed=seed, epochs=args.epochs,

@@ -29,7 +29,8 @@ from readme_summary import update_readmes
 # Settings that change what a seed measures: runs that differ in any of them are not the
 # same experiment. Missing keys (older runs) read as None, the bench's default.
 SAME = ("unlabeled", "test", "model", "dtype", "k", "epochs", "lr", "max_steps",
-        "lora_dropout", "batch_size", "calibration", "instruction", "formats", "reduced")
+        "lora_dropout", "batch_size", "calibration", "instruction", "formats", "reduced",
+        "teacher_accuracy")
 # Settings that only choose which variants ran: the merged run has the union.
 UNION = ("balance", "ablations", "review_sizes", "review_orders", "gold_sizes")
 # How a record is named within one seed's run, per list in a run; a seed given twice is

@@ -259,6 +259,8 @@ def markdown(result: dict, pngs: dict) -> str:
         + (f", max steps {settings['max_steps']}" if settings["max_steps"] else "")
         + (f", LoRA dropout {settings['lora_dropout']}"
            if settings.get("lora_dropout") is not None else "")
+        + (f", a simulated teacher collaborator right on {settings['teacher_accuracy']:.0%} of "
+           "the items (bench/teacher_server.py)" if settings.get("teacher_accuracy") else "")
         + f", batch {settings['batch_size']}, rounds {settings['rounds']} "
         f"(secondary formats: {settings['secondary_rounds']}), instruction "
         f"“{settings['instruction']}”.",
@@ -389,7 +391,7 @@ def write_results(args, task: dict, labeled: int, machine: dict, runs: list[dict
     result = {"benchmark": "quality", "task": task["name"], "labeled": labeled,
               "command": command_line(), "machine": machine, "complete": complete,
               "settings": {k: (str(v) if isinstance(v, Path) else v)
-                           for k, v in vars(args).items()},
+                           for k, v in vars(args).items() if k != "teacher_url"},
               "wall_seconds": round(time.time() - started, 1),
               "summary": summarise(runs), "runs": runs}
     stem = f"quality_{task['name']}_{labeled}"
