@@ -14,6 +14,7 @@ from conftest import add_pseudo, ids_of
 from semievol.config import CalibrationConfig
 from semievol.curation.calibration import hold_out
 from semievol.curation.decisions import record_decisions
+from semievol.curation.selection_state import apply_selection, selection_in_force
 from semievol.method.evaluate import store_evaluation
 from semievol.views.decision_value import (curve_slope, effective_examples, gain_points,
                                            learning_curve, next_decisions_value, queue_error)
@@ -114,6 +115,11 @@ def test_next_decisions_value_in_words_with_its_range(reviewed):
     assert value["stop"] == (value["low"] <= 0)
     more = next_decisions_value(ws, rid, "least_confident", n=8)
     assert more["estimate"] > value["estimate"]
+    # once a selection is applied, what it stored is read (the same as computed before)
+    apply_selection(ws, rid, selection_in_force(ws, rid)[0])
+    after = next_decisions_value(ws, rid, "least_confident", n=8)
+    assert after["selected_share"] == more["selected_share"] > 0
+    assert after["estimate"] == pytest.approx(more["estimate"])
 
 
 def test_next_decisions_value_says_what_evidence_is_missing(pool):

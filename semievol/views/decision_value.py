@@ -34,7 +34,8 @@ import math
 import numpy as np
 
 from semievol.curation.decisions import current_decisions
-from semievol.curation.selection_state import compute_selection, selection_in_force
+from semievol.curation.selection_state import (applied_selection, compute_selection,
+                                               selection_in_force)
 from semievol.curation.training_set import live_training_items
 from semievol.method.queues import margins
 from semievol.method.scoring import wilson_interval
@@ -131,13 +132,14 @@ def queue_error(ws: Workspace, round_id: int, next_ids: list[int]) -> dict:
     next items' range, widened to the MIN_EVIDENCE nearest to their median."""
     task = ws.require_task()
     decisions = current_decisions(ws)
+    upcoming = set(next_ids)
     known = []  # (item id, wrong)
     for r in ws.query("SELECT p.item_id, p.label, i.split, i.answer FROM pseudo_labels p "
                       "JOIN items i ON i.id = p.item_id WHERE p.round_id=? AND "
                       "i.split IN ('calibration', 'unlabeled')", (round_id,)):
         if r["split"] == "calibration":
             known.append((r["item_id"], not is_correct(task, r["label"], r["answer"])))
-        elif r["item_id"] in decisions and r["item_id"] not in next_ids:
+        elif r["item_id"] in decisions and r["item_id"] not in upcoming:
             d = decisions[r["item_id"]]
             if d["action"] == "accept":
                 known.append((r["item_id"], False))
@@ -158,6 +160,25 @@ def queue_error(ws: Workspace, round_id: int, next_ids: list[int]) -> dict:
     wrong = int(sum(known[k][1] for k in inside))
     return {"wrong": wrong, "n": int(inside.size), "share": wrong / inside.size,
             "interval": wilson_interval(wrong, int(inside.size), z=RANGE_Z), "margin": centre}
+
+
+def _selection_now(ws: Workspace, round_id: int, number: int,
+                   ids: list[int]) -> tuple[set[int], int]:
+    """(which of these undecided items the round's selection keeps, how many items the
+    round would train on now). Once a selection is applied, what it stored (indexed reads:
+    focus mode asks on every decision); before, what the round config's policy would keep
+    over the stored scores, counted into the training set as applying it would."""
+    live = {it["item_id"] for it in live_training_items(ws, number)}
+    if applied_selection(ws, round_id) is not None:
+        kept = {r[0] for r in ws.query_in(
+            f"SELECT item_id FROM pseudo_labels WHERE round_id={int(round_id)} AND selected=1 "
+            "AND item_id IN ({})", ids)}
+        return kept, len(live)
+    config, _ = selection_in_force(ws, round_id)
+    result = compute_selection(ws, round_id, config)
+    kept = {i for i, keep, split in zip(result.item_ids, result.selected, result.splits)
+            if keep and split == "unlabeled"}
+    return kept & set(ids), len(live | kept)
 
 
 def next_decisions_value(ws: Workspace, round_id: int, order: str,
@@ -186,11 +207,8 @@ def next_decisions_value(ws: Workspace, round_id: int, order: str,
         return {**out, "message": "No item of known truth yet (calibration slice or "
                                   "decided items) to estimate this queue's error rate."}
     number = ws.scalar("SELECT number FROM rounds WHERE id=?", (round_id,))
-    size = len(live_training_items(ws, number))
-    config, _ = selection_in_force(ws, round_id)
-    result = compute_selection(ws, round_id, config)
-    kept = dict(zip(result.item_ids, result.selected))
-    share = float(np.mean([bool(kept.get(i)) for i in next_ids]))
+    kept, size = _selection_now(ws, round_id, number, next_ids)
+    share = len(kept) / len(next_ids)
     slope, se = fit
     k = len(next_ids)
 
