@@ -483,3 +483,22 @@ def test_confidence_weighting_carries_to_the_training_rows(taught_pool):
         conn.execute("UPDATE rounds SET final_adapter=NULL WHERE id=?", (rid,))
     apply_selection(ws, rid, Plain(policy="percentile", theta=100))
     assert ws.scalar("SELECT COUNT(*) FROM pseudo_labels WHERE weight IS NOT NULL") == 0
+
+
+def test_a_served_collaborator_is_the_reference_when_there_is_one(taught_pool):
+    """Item C: collaborator 2 prefers outage; made the round's served collaborator, it is
+    the whole reference, so C is no longer agreed on billing and A's reference is its 0.4."""
+    from semievol.config import CollaboratorConfig, RoundConfig, ServerConfig
+    from semievol.curation.selection_state import selection_rows
+    from semievol.saved_config import to_json
+
+    ws, rid, items = taught_pool
+    config = RoundConfig(servers=[ServerConfig(name="big")], collaborators=[
+        CollaboratorConfig("warmup", 0, 1.0, 0), CollaboratorConfig("warmup", 3, 1.0, 1),
+        CollaboratorConfig("base", 0, 0.0, 2, server="big")])
+    with ws.transaction() as conn:
+        conn.execute("UPDATE rounds SET config=? WHERE id=?", (to_json(config), rid))
+    rows = {r["item_id"]: r for r in selection_rows(ws, rid)}
+    assert rows[items[0]]["reference_p"] == pytest.approx(0.8)  # collaborator 2 alone
+    assert not rows[items[2]]["reference_agrees"]
+    assert rows[items[1]]["reference_agrees"] and rows[items[1]]["reference_p"] == 0.9

@@ -247,8 +247,9 @@ def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dic
     - own: the student's answer (`config.student_index`: the option it finds most likely,
       though its sampled answer may be another, else its answer), None where it gave none
       or no collaborator of the round is the student;
-    - reference_p: the mean probability of the pseudo-label over the reference, every
-      collaborator but the student (all of them when none is), nan without distributions;
+    - reference_p: the mean probability of the pseudo-label over the reference: the served
+      collaborators where the round has any (a larger model), else every collaborator but
+      the student (all of them when none is); nan without distributions;
     - reference_agrees: every reference collaborator's most likely option is the label;
     - reducible: the student's loss on the label minus the reference's (selection.
       reducible_loss; the student's probability is the warm-up model's on the plain prompt,
@@ -258,8 +259,10 @@ def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dic
     """
     rows = scored_rows(ws, round_id, score)
     stored = ws.scalar("SELECT config FROM rounds WHERE id=?", (round_id,))
-    student = student_index(round_config_from_dict(json.loads(stored)).collaborators) \
-        if stored else None
+    collaborators = round_config_from_dict(json.loads(stored)).collaborators if stored else []
+    student = student_index(collaborators)
+    # A served collaborator (a larger model) is the reference when there is one.
+    served = {k for k, c in enumerate(collaborators) if c.server}
     task = ws.require_task()
     said: dict[int, dict[int, tuple]] = {}  # item -> collaborator -> (answer, options, probs)
     for r in ws.query("SELECT r.item_id, r.collaborator, r.answer, r.option_probs, i.options "
@@ -275,8 +278,9 @@ def selection_rows(ws: Workspace, round_id: int, score: str = "nll") -> list[dic
         row["own"] = _top_answer(*answers[student]) if student in answers else None
         shares = {k: p[o.index(row["label"])] / sum(p) if row["label"] in o else 0.0
                   for k, (_, o, p) in answers.items() if p}
-        reference = [(o, p) for k, (_, o, p) in answers.items() if k != student and p]
-        others = [v for k, v in shares.items() if k != student]
+        refs = {k for k in answers if k != student and (k in served or not served)}
+        reference = [(o, p) for k, (_, o, p) in answers.items() if k in refs and p]
+        others = [v for k, v in shares.items() if k in refs]
         row["reference_p"] = float(np.mean(others)) if others else np.nan
         row["confidence"] = float(np.mean(list(shares.values()))) if shares \
             else float(row["agreement"] or 0.0)
