@@ -300,12 +300,13 @@ def test_6_a_schema_upgrade_always_takes_a_fresh_backup(filled_workspace):
     for statement in ("DROP VIEW current_decisions", "DROP VIEW reviewer_decisions",
                       "DROP VIEW adjudications", "DROP INDEX decisions_reviewer",
                       "DROP TABLE claims", "DROP TABLE sessions", "DROP TABLE users"):
-        conn.execute(statement)  # undo migrations 8 and 9
+        conn.execute(statement)  # undo migrations 8, 9 (and 10, below)
     for table, column in (("responses", "prompt_tokens"), ("responses", "cut_tokens"),
                           ("responses", "demos_shown"),  # undo migrations 5, 6, 7 and 9
                           ("runs", "left_seconds"), ("runs", "progress_at"),
                           ("pseudo_labels", "probability"), ("decisions", "adjudication"),
-                          ("rounds", "decision_rule")):
+                          ("rounds", "decision_rule"),  # and 10
+                          ("pseudo_labels", "weight"), ("training_rows", "weight")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute("CREATE VIEW current_decisions AS SELECT d.* FROM decisions d WHERE d.id IN "
                  "(SELECT MAX(id) FROM decisions GROUP BY item_id) AND d.action != 'clear'")
