@@ -438,6 +438,28 @@ def test_a_batch_of_long_sequences_runs_in_pieces_within_the_attention_cap():
     assert memory_pieces(rows, [1, 3], cells=10) == [[1], [3]]
 
 
+def step_gradients(tiny_model_dir, examples, config):
+    """(loss, tokens, the LoRA gradients) of one training step from a fresh start."""
+    from semievol.training import finetune
+
+    t = finetune.prepare(examples, model=model_config(tiny_model_dir), lora=LORA,
+                         train=config, init_adapter=None, resume_from=None)
+    seen, real = [], t.optimizer
+
+    class Capture:  # stands in for the optimizer: keeps the gradients of the step
+        param_groups = real.param_groups
+
+        def step(self):
+            seen.append([p.grad.clone() for p in t.params])
+
+        def zero_grad(self, set_to_none=True):
+            real.zero_grad(set_to_none=set_to_none)
+
+    t.optimizer = Capture()
+    loss, tokens = finetune.train_step(t, 0, config)
+    return loss, tokens, seen[0]
+
+
 def test_pieces_give_the_gradient_of_the_whole_batch(tiny_model_dir, examples, monkeypatch):
     from semievol.training import finetune
 
@@ -445,22 +467,7 @@ def test_pieces_give_the_gradient_of_the_whole_batch(tiny_model_dir, examples, m
 
     def gradients(pieces_of):
         monkeypatch.setattr(finetune, "memory_pieces", pieces_of)
-        t = finetune.prepare(examples, model=model_config(tiny_model_dir), lora=LORA,
-                             train=config, init_adapter=None, resume_from=None)
-        seen, real = [], t.optimizer
-
-        class Capture:  # stands in for the optimizer: keeps the gradients of the step
-            param_groups = real.param_groups
-
-            def step(self):
-                seen.append([p.grad.clone() for p in t.params])
-
-            def zero_grad(self, set_to_none=True):
-                real.zero_grad(set_to_none=set_to_none)
-
-        t.optimizer = Capture()
-        loss, tokens = finetune.train_step(t, 0, config)
-        return loss, tokens, seen[0]
+        return step_gradients(tiny_model_dir, examples, config)
 
     whole = gradients(lambda rows, batch: [batch])
     single = gradients(lambda rows, batch: [[i] for i in batch])
@@ -488,23 +495,9 @@ def test_example_weights_scale_each_examples_loss(tiny_model_dir, examples):
     from semievol.training import finetune
 
     def step(exs, batch_size):
-        config = train_config(batch_size=batch_size)
-        t = finetune.prepare(exs, model=model_config(tiny_model_dir), lora=LORA,
-                             train=config, init_adapter=None, resume_from=None)
-        seen, real = [], t.optimizer
-
-        class Capture:  # keeps the gradients of the step
-            param_groups = real.param_groups
-
-            def step(self):
-                seen.append([p.grad.clone() for p in t.params])
-
-            def zero_grad(self, set_to_none=True):
-                real.zero_grad(set_to_none=set_to_none)
-
-        t.optimizer = Capture()
-        loss, _ = finetune.train_step(t, 0, config)
-        return loss, seen[0]
+        loss, _, gradients = step_gradients(tiny_model_dir, exs,
+                                            train_config(batch_size=batch_size))
+        return loss, gradients
 
     def weighted(*weights):
         return [dataclasses.replace(e, weight=w) for e, w in zip(examples, weights)]
