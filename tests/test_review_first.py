@@ -113,6 +113,20 @@ def test_training_is_refused_while_the_evidence_warns_until_confirmed(filled_wor
     apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
     kinds = {w["kind"] for w in training_warnings(ws, rid)}
     assert {"selection_no_better", "class_dropped"} <= kinds
+    # Keeping everything and weighting by confidence is judged by the precision by weight:
+    # all of them are as precise as all of them, unless the weights favour the right ones.
+    weighted = SelectionConfig(policy="percentile", theta=100, weighting="confidence")
+    apply_selection(ws, rid, weighted)
+    said = [w["message"] for w in training_warnings(ws, rid, selection=weighted)
+            if w["kind"] == "selection_no_better"]
+    assert len(said) == 1 and "confidence weights are not separating" in said[0]
+    with ws.transaction() as conn:
+        conn.executemany("UPDATE pseudo_labels SET weight=? WHERE round_id=? AND item_id=?",
+                         [(0.1 if k % 2 == 0 else 0.9, rid, i)
+                          for k, i in enumerate(calibration)])
+    kinds = {w["kind"] for w in training_warnings(ws, rid, selection=weighted)}
+    assert "selection_no_better" not in kinds
+    apply_selection(ws, rid, SelectionConfig(policy="percentile", theta=50))
     before = ws.table_counts()
     with pytest.raises(SemiEvolError, match="evidence warns") as refused:
         launch.start(ws, "train", background=True)

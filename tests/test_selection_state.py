@@ -273,6 +273,17 @@ def test_calibration_report_all_vs_selected_and_curve(filled_workspace):
     assert curve["coverage"] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
     json.dumps(report)   # stored and shown as is
 
+    # By training weight (confidence weighting): NULL counts in full; the wrong selected
+    # label at 0.2 weighs less than the two right ones at 1 and 0.8.
+    assert report["selected_weighted"] == pytest.approx({"weight": 3.0, "precision": 2 / 3})
+    ws.conn.execute("UPDATE pseudo_labels SET weight=0.2 WHERE round_id=? AND item_id=?",
+                    (rid, rows[2]["id"]))
+    ws.conn.execute("UPDATE pseudo_labels SET weight=0.8 WHERE round_id=? AND item_id=?",
+                    (rid, rows[1]["id"]))
+    weighted = calibration_report(ws, rid)["selected_weighted"]
+    assert weighted["weight"] == pytest.approx(2.0)
+    assert weighted["precision"] == pytest.approx(1.8 / 2.0)
+
     by_option = calibration_report(ws, rid, score="option_entropy")
     assert by_option["curve"]["count"] == [6] and by_option["curve"]["precision"] == \
         pytest.approx([4 / 6])

@@ -63,11 +63,23 @@ def precision_of(correct: np.ndarray, selected: np.ndarray) -> dict:
             "coverage": float(selected.mean()) if n else None}
 
 
+def weighted_precision(correct: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> dict:
+    """{weight, precision}: the share of the `mask`ed items' training weight that is on right
+    labels (precision None when they weigh nothing). Under confidence weighting this, not the
+    plain count, is how precise what training sees is: a wrong label kept at weight 0.4
+    counts for 0.4 of an example."""
+    total = float(weights[mask].sum())
+    return {"weight": total,
+            "precision": float(weights[mask & correct].sum()) / total if total > 0 else None}
+
+
 def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> dict:
     """Precision of all vs the applied selection's pseudo-labels on the calibration slice,
-    by path, and the precision-coverage curve over the entropy threshold."""
+    by path, the selected ones' precision by training weight (`selected_weighted`), and the
+    precision-coverage curve over the entropy threshold."""
     rows = ws.query(
-        f"SELECT p.label, p.{SCORE_COLUMNS[score]} AS score, p.selected, p.path, i.answer "
+        f"SELECT p.label, p.{SCORE_COLUMNS[score]} AS score, p.selected, p.path, p.weight, "
+        "i.answer "
         "FROM pseudo_labels p JOIN items i ON i.id = p.item_id "
         "WHERE p.round_id=? AND i.split='calibration'", (round_id,))
     if not rows:
@@ -77,8 +89,10 @@ def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> d
     selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
+    weights = np.array([1.0 if r["weight"] is None else r["weight"] for r in rows], dtype=float)
     summary = precision_of(correct, selected)
     return {"n": len(rows), "all": summary["all"], "selected": summary["selected"],
+            "selected_weighted": weighted_precision(correct, selected, weights),
             "agreed": share_correct(correct, agreed), "reflected": share_correct(correct, ~agreed),
             "coverage_selected": summary["coverage"],
             # nan scores are never kept but count in the coverage, like coverage_selected

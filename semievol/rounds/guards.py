@@ -116,12 +116,19 @@ def training_warnings(ws: Workspace, round_id: int, *, training: list[dict] | No
         everything, chosen = calibration["all"], calibration["selected"]
         few = (f" (only {calibration['n']} calibration items: a hint, not an estimate)"
                if calibration["n"] < TRUST_MIN_ITEMS else "")
-        if chosen["n"] and chosen["precision"] <= everything["precision"]:
+        # Under confidence weighting a selection may keep everything (theta 100) and let the
+        # weights separate right from wrong: judge the precision training sees, by weight.
+        weighted = config.weighting == "confidence"
+        precision = (calibration["selected_weighted"]["precision"] if weighted
+                     else chosen["precision"])
+        if chosen["n"] and precision is not None and precision <= everything["precision"]:
+            said = (f"{precision:.0%} right by training weight" if weighted else
+                    f"{precision:.0%} right ({chosen['correct']}/{chosen['n']})")
             out.append({"kind": "selection_no_better", "message": (
-                f"On the calibration slice the selected pseudo-labels are "
-                f"{chosen['precision']:.0%} right ({chosen['correct']}/{chosen['n']}), no better "
-                f"than all of them ({everything['precision']:.0%}){few}: the entropy threshold "
-                "is not separating right from wrong.")})
+                f"On the calibration slice the selected pseudo-labels are {said}, no better "
+                f"than all of them ({everything['precision']:.0%}){few}: "
+                + ("the confidence weights are not separating right from wrong." if weighted
+                   else "the entropy threshold is not separating right from wrong."))})
         majority = _majority_share(ws) if ws.require_task().kind == "choice" else None
         if chosen["n"] and majority is not None and chosen["precision"] < majority:
             out.append({"kind": "selection_below_majority", "message": (
