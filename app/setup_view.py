@@ -17,9 +17,9 @@ import streamlit as st
 from common import RUNS_PAGE, launch_with_feedback, literal, reviewer_name, show_error
 
 from semievol.config import (ADAPTER_LOADING, CLASS_BALANCE, COLLABORATOR_MODELS, DTYPES,
-                             REPORT_TO, SELECTION_POLICIES, SELECTION_SCORES,
-                             SELECTION_WEIGHTINGS, SERVER_MODES,
-                             START_FROM, RoundConfig, ServerConfig, takes_theta)
+                             REFLECTION_MODELS, REPORT_TO, SELECTION_POLICIES,
+                             SELECTION_SCORES, SELECTION_WEIGHTINGS, SERVER_MODES, START_FROM,
+                             RoundConfig, ServedConfig, ServerConfig, field_docs, takes_theta)
 from semievol.errors import SemiEvolError
 from semievol.rounds.backends import probe_servers
 from semievol.runs import launch
@@ -269,7 +269,7 @@ def _server_table(config: RoundConfig) -> tuple[pd.DataFrame, dict]:
                 "concurrency": st.column_config.NumberColumn("concurrency", min_value=1,
                                                              step=1, default=4)})
         names = [""] + [str(n) for n in frame["name"] if not _missing(n)]
-        c = st.columns(3)
+        c = st.columns(4)
         fields = {}
         for column, role, words in zip(c, ("reflection", "entropy", "evaluation"),
                                        ("Reflection on", "Eq. 6 entropy on", "Evaluation on")):
@@ -277,6 +277,13 @@ def _server_table(config: RoundConfig) -> tuple[pd.DataFrame, dict]:
             fields[f"served.{role}"] = column.selectbox(
                 words, names, index=names.index(current) if current in names else 0,
                 key=f"setup_served_{role}", format_func=lambda n: n or "this process")
+        fields["served.reflection_model"] = c[3].selectbox(
+            "Reflection by", REFLECTION_MODELS,
+            index=REFLECTION_MODELS.index(config.served.reflection_model),
+            key="setup_served_reflection_model",
+            format_func={"warmup": "the warm-up model (the paper)",
+                         "base": "the server's base model"}.get,
+            help=field_docs(ServedConfig)["reflection_model"])
     return frame, fields
 
 

@@ -112,9 +112,14 @@ def parse_args(argv=None):
                    help="add a simulated stronger collaborator (bench/teacher_server.py): a "
                         "served model right on a share P of the items, calibrated, to the "
                         "default collaborators (not to the no-demos and single ablations)")
+    p.add_argument("--teacher-reflects", action="store_true",
+                   help="the teacher's base model also settles the collaborators' "
+                        "disagreements (served.reflection_model base), instead of the warm-up")
     args = p.parse_args(argv)
     if args.teacher_accuracy is not None and not 0 < args.teacher_accuracy <= 1:
         p.error(f"--teacher-accuracy is a share in (0, 1], got {args.teacher_accuracy}")
+    if args.teacher_reflects and args.teacher_accuracy is None:
+        p.error("--teacher-reflects needs a teacher: give --teacher-accuracy P too")
     if args.reduced:
         defaults = {a.dest: a.default for a in p._actions}
         for key, value in REDUCED.items():

@@ -104,17 +104,20 @@ def fork(ws, dest: Path):
 # -- configs -----------------------------------------------------------------------------
 def round_config(args, seed: int, balance: str, collaborators=None):
     from semievol.config import (CalibrationConfig, LoraConfig, ModelConfig, RetrievalConfig,
-                                 RoundConfig, TrainConfig, default_collaborators)
+                                 RoundConfig, ServedConfig, TrainConfig,
+                                 default_collaborators)
 
     lora = LoraConfig() if args.lora_dropout is None else LoraConfig(dropout=args.lora_dropout)
-    servers = []
+    servers, served = [], ServedConfig()
     if getattr(args, "teacher_url", None) and collaborators is None:
         from teacher_server import teacher_config
 
         teacher, server = teacher_config(args.teacher_url)
         collaborators, servers = default_collaborators() + [teacher], [server]
+        if getattr(args, "teacher_reflects", False):
+            served = ServedConfig(reflection=server.name, reflection_model="base")
     return RoundConfig(
-        servers=servers,
+        servers=servers, served=served,
         model=ModelConfig(name_or_path=args.model, dtype=args.dtype),
         lora=lora,
         train=TrainConfig(class_balance=balance, seed=seed, epochs=args.epochs,

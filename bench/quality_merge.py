@@ -30,7 +30,7 @@ from readme_summary import update_readmes
 # same experiment. Missing keys (older runs) read as None, the bench's default.
 SAME = ("unlabeled", "test", "model", "dtype", "k", "epochs", "lr", "max_steps",
         "lora_dropout", "batch_size", "calibration", "instruction", "formats", "reduced",
-        "teacher_accuracy")
+        "teacher_accuracy", "teacher_reflects")
 # Settings that only choose which variants ran: the merged run has the union.
 UNION = ("balance", "ablations", "review_sizes", "review_orders", "gold_sizes")
 # How a record is named within one seed's run, per list in a run; a seed given twice is

@@ -260,7 +260,10 @@ def markdown(result: dict, pngs: dict) -> str:
         + (f", LoRA dropout {settings['lora_dropout']}"
            if settings.get("lora_dropout") is not None else "")
         + (f", a simulated teacher collaborator right on {settings['teacher_accuracy']:.0%} of "
-           "the items (bench/teacher_server.py)" if settings.get("teacher_accuracy") else "")
+           "the items (bench/teacher_server.py)"
+           + (", which also settles the collaborators' disagreements (reflection)"
+              if settings.get("teacher_reflects") else "")
+           if settings.get("teacher_accuracy") else "")
         + f", batch {settings['batch_size']}, rounds {settings['rounds']} "
         f"(secondary formats: {settings['secondary_rounds']}), instruction "
         f"“{settings['instruction']}”.",

@@ -33,6 +33,9 @@ START_FROM = ("best", "previous")
 REPORT_TO = ("none", "tensorboard", "mlflow")
 SERVER_MODES = ("auto", "echo", "prompt_logprobs", "chat")
 ADAPTER_LOADING = ("none", "vllm")
+REFLECTION_MODELS = ("warmup", "base")
+"""Who settles the collaborators' disagreements: the warm-up model (the paper's
+self-justification) or the base model of the reflection's server (a larger served model)."""
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -315,7 +318,13 @@ class ServedConfig:
     """Which server (by name, '' = in this process) runs the steps that are not a
     collaborator's."""
     reflection: str = ""
-    """Self-justification of disagreements (the warm-up model)."""
+    """Self-justification of disagreements (by `reflection_model`)."""
+    reflection_model: str = "warmup"
+    """Which model settles disagreements: `warmup` (the student justifies itself, as in the
+    paper) or `base` (the base model of the `reflection` server: a larger served or hosted
+    model decides, and its answer becomes the pseudo-label where the collaborators
+    disagree). `base` needs `reflection` to name a server: in this process the base model
+    is the untrained student."""
     entropy: str = ""
     """The eq. 6 entropy of each pseudo-response (the warm-up model)."""
     evaluation: str = ""
@@ -453,6 +462,13 @@ class RoundConfig:
         wanted = [(f"collaborator '{c.display_name}'", c.server) for c in self.collaborators] + [
             (f"served.{role}", getattr(self.served, role)) for role in
             ("reflection", "entropy", "evaluation")]
+        _check_choice("served reflection model", self.served.reflection_model,
+                      REFLECTION_MODELS)
+        if self.served.reflection_model == "base" and not self.served.reflection:
+            raise SemiEvolError(
+                "Reflection by the base model needs a server (served.reflection): in this "
+                "process the base model is the untrained student, weaker than its warm-up. "
+                "Name the server of the larger model, or reflect with the warm-up model.")
         for who, server in wanted:
             if server and server not in names:
                 raise SemiEvolError(f"{who} names the server {server!r}, which is not in "
@@ -468,6 +484,7 @@ CHOICES = {
     "SelectionConfig.policy": SELECTION_POLICIES, "SelectionConfig.score": SELECTION_SCORES,
     "SelectionConfig.weighting": SELECTION_WEIGHTINGS,
     "RoundConfig.start_from": START_FROM, "RoundConfig.report_to": REPORT_TO,
+    "ServedConfig.reflection_model": REFLECTION_MODELS,
 }
 """The values each text field accepts ("Class.field"): what __post_init__ checks, and what
 the CLI's flags (semievol.cli.flags) and the app's select boxes offer."""

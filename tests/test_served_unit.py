@@ -175,6 +175,23 @@ def test_the_round_config_checks_its_servers():
     assert config.collaborators[0].label == "base/k0/t1/s0@gpu"
 
 
+def test_reflection_by_a_served_base_model_needs_its_server():
+    from semievol.config import ServedConfig
+    from semievol.rounds.backends import servers_used
+
+    team = [CollaboratorConfig("warmup", 0, 1.0, 0)]
+    with pytest.raises(SemiEvolError, match="Reflection by the base model needs a server"):
+        RoundConfig(collaborators=team, served=ServedConfig(reflection_model="base"))
+    with pytest.raises(SemiEvolError, match="reflection model must be one of warmup, base"):
+        RoundConfig(collaborators=team, served=ServedConfig(reflection_model="teacher"))
+    config = RoundConfig(servers=[ServerConfig(name="big")], collaborators=team,
+                         served=ServedConfig(reflection="big", reflection_model="base",
+                                             entropy="big"))
+    # the server is asked for its base model (reflection) and the warm-up (entropy)
+    assert servers_used(config, ["label"]) == {"big": {"base", "warmup"}}
+    assert servers_used(config, ["train"]) == {}
+
+
 def test_collaborator_specs_name_their_server():
     from semievol.cli.engine import parse_collaborator
 

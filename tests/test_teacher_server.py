@@ -73,3 +73,39 @@ def test_the_served_client_reads_the_teachers_distribution(tokenizer, workspace)
                                                                        tokenizer)])[0]
         np.testing.assert_allclose(flat, [1 / 3] * 3)
     assert isinstance(server, ServerConfig) and server.mode == "echo"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_served_base_model_settles_the_disagreements(filled_workspace, fake_embedder,
+                                                       tiny_model_dir, tokenizer):
+    """Reflection by the teacher's base model (served.reflection_model base): every item the
+    collaborators disagree on takes the teacher's answer, not the student's."""
+    import json
+
+    from test_engine_round import tiny_config
+
+    from semievol.config import CollaboratorConfig, ServedConfig
+    from semievol.rounds import steps
+    from semievol.rounds.record import get_round, open_round
+
+    ws = filled_workspace
+    known = {r["question"]: (json.loads(r["options"]) if r["options"] else ws.require_task()
+                             .labels, r["answer"] or ws.require_task().labels[0])
+             for r in ws.query("SELECT question, options, answer FROM items")}
+    with TeacherServer(known, tokenizer, accuracy=0.5, seed=1) as teacher:
+        collaborator, server = teacher_config(teacher.url)
+        config = tiny_config(
+            tiny_model_dir, servers=[server], unlabeled_limit=8,
+            collaborators=[CollaboratorConfig("warmup", 0, 1.0, 0), collaborator],
+            served=ServedConfig(reflection=server.name, reflection_model="base"))
+        rnd = open_round(ws, config)
+        steps.step_warmup(ws, rnd, embedder=fake_embedder)
+        steps.step_label(ws, get_round(ws, rnd.number))
+        answers = {q: teacher.answer_of(q)[0] for q in known}
+    rows = ws.query("SELECT i.question, p.label, p.path FROM pseudo_labels p "
+                    "JOIN items i ON i.id = p.item_id WHERE p.round_id=?", (rnd.id,))
+    reflected = [r for r in rows if r["path"] == "reflected"]
+    assert rows and reflected  # a random student and a 50 % teacher disagree on some
+    assert all(r["label"] == answers[r["question"]] for r in reflected)
+    # agreed items are the teacher's answer too: it is one of the two that agree
+    assert all(r["label"] == answers[r["question"]] for r in rows)

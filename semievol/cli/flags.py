@@ -30,6 +30,7 @@ ROUND_FLAGS = {
     "--calibration": "calibration.fraction",
     "--unlabeled-limit": "unlabeled_limit",
     "--report-to": "report_to",
+    "--reflect-with": "served.reflection_model",
 }
 """The round settings a step command takes, by flag: the RoundConfig field each sets."""
 

@@ -2,8 +2,9 @@
 pseudo-labels as the selection reads them.
 
 Unanimous collaborators give the pseudo-label directly (`agreed`). Otherwise the warm-up
-model sees the question and every collaborator's answer (the reflection prompt) and its
-answer becomes the pseudo-label (`reflected`). The entropy of the pseudo-response is its
+model (or, where the round says so, a larger served model: config.ServedConfig) sees the
+question and every collaborator's answer (the reflection prompt) and its answer becomes the
+pseudo-label (`reflected`). The entropy of the pseudo-response is its
 mean token NLL under the warm-up model on the plain prompt (paper eq. 6,
 `scoring.mean_nll`); for `choice` the same forward pass also gives the warm-up's option
 distribution, whose entropy is kept too.
@@ -35,8 +36,8 @@ def build_pseudo_labels(ws: Workspace, round_id: int, items: list[Item], n_colla
                         batch_items: int = 64) -> dict:
     """Write a pseudo-label row for every item that lacks one; returns path counts and
     `prompts` (what the context budget cut in the reflection and entropy prompts).
-    `warmup` scores the eq. 6 entropy; `reflector` (default: the same model, perhaps on a
-    server) settles disagreements."""
+    `warmup` scores the eq. 6 entropy; `reflector` (default: the same model; perhaps on a
+    server, or a larger served model) settles disagreements."""
     done_ids = {r[0] for r in ws.query("SELECT item_id FROM pseudo_labels WHERE round_id=?",
                                        (round_id,))}
     todo = [it for it in items if it.id not in done_ids]
@@ -102,8 +103,9 @@ def _label_batch(batch: list[Item], answers: dict, warmup: Backend, reflector: B
         return _entropy_rows(batch, decided, paths, shares, reflection_text, warmup, builder)
 
 
-def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> None:
-    """Self-justification: the warm-up model's pick among the disagreeing answers."""
+def _reflect(disputed, answers, reflector, builder, decided, reflection_text) -> None:
+    """Self-justification: the reflecting model's pick among the disagreeing answers (the
+    warm-up model's, unless the round names a larger served one)."""
     task = builder.task
     with stage("reflection"):
         reserve = generated_tokens(task) if task.kind == "open" else None
@@ -113,8 +115,8 @@ def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> No
         prompts = [builder.reflection(it.example, shown[it.id], reserve=reserve).text
                    for it in disputed]
         if task.kind == "choice":
-            dists = warmup.option_distributions(
-                prompts, [option_targets(task, it.example.options, warmup.tokenizer)
+            dists = reflector.option_distributions(
+                prompts, [option_targets(task, it.example.options, reflector.tokenizer)
                           for it in disputed])
             for it, probs in zip(disputed, dists):
                 best = int(np.argmax(probs))
@@ -122,7 +124,7 @@ def _reflect(disputed, answers, warmup, builder, decided, reflection_text) -> No
                 reflection_text[it.id] = ", ".join(
                     f"{o} {p:.2f}" for o, p in zip(it.example.options, probs))
         else:
-            for it, (text, _) in zip(disputed, warmup.generate(
+            for it, (text, _) in zip(disputed, reflector.generate(
                     prompts, temperature=0.0, max_new_tokens=generated_tokens(task))):
                 # The reflection's own answer, else the most common of the collaborators'.
                 decided[it.id] = extract_answer(task, text) or agreement(

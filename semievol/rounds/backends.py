@@ -30,9 +30,10 @@ def servers_used(config: RoundConfig, steps: list[str]) -> dict[str, set[str]]:
         for c in config.collaborators:
             if c.server:
                 wanted.setdefault(c.server, set()).add(c.model)
-        for server in (config.served.reflection, config.served.entropy):
+        for server, role in ((config.served.reflection, config.served.reflection_model),
+                             (config.served.entropy, "warmup")):
             if server:
-                wanted.setdefault(server, set()).add("warmup")
+                wanted.setdefault(server, set()).add(role)
     if "evaluate" in steps and config.served.evaluation:
         wanted.setdefault(config.served.evaluation, set()).update(ROLES)
     return wanted

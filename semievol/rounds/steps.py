@@ -131,7 +131,7 @@ def step_label(ws: Workspace, rnd: Round, *, backends: dict | None = None,
     stats = run_collaborators(ws, rnd.id, items, config.collaborators, backends, task,
                               budget=budget_of(rnd), progress=progress)
     entropy = backends[backend_key("warmup", config.served.entropy)]
-    reflector = backends[backend_key("warmup", config.served.reflection)]
+    reflector = backends[backend_key(config.served.reflection_model, config.served.reflection)]
     paths = build_pseudo_labels(ws, rnd.id, items, len(config.collaborators), entropy, task,
                                 reflector=reflector, budget=budget_of(rnd), progress=progress)
     prompts = stats.pop("prompts").merge(paths.pop("prompts"))
