@@ -84,6 +84,9 @@ def main(argv=None) -> int:
                    help="optimizer steps timed, then as many profiled")
     p.add_argument("--warm", type=int, default=2, help="unprofiled steps before them")
     p.add_argument("--top", type=int, default=15, help="operators in the report")
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"),
+                   help="the model's dtype (auto: bf16 autocast where the CPU has bf16, as "
+                        "the library trains); float32 to compare the two paths on one CPU")
     p.add_argument("--label", default=None,
                    help="before / after_... : names the output train_step_profile_<label>")
     p.add_argument("--out", type=Path, default=None,
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     from semievol.model.throughput import MODEL_SHAPED, matmul_peak
     from semievol.training.finetune import prepare, train_step
 
-    model = ModelConfig()
+    model = ModelConfig(dtype=args.dtype)
     train = TrainConfig(learning_rate=1e-3, batch_size=args.batch_size,
                         max_steps=args.warm + 2 * args.steps)
     tokenizer = load_tokenizer(resolve_model_path(model.name_or_path))
