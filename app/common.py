@@ -397,13 +397,14 @@ def launch_with_feedback(ws: Workspace, step: str, what: str, *, config=None,
 
 GLOSSARY = {
     "Pseudo-label": "the answer the round proposes for an unlabeled item: the collaborators' "
-                    "common answer, or the warm-up model's choice when they disagreed.",
+                    "common answer, or the reflecting model's choice when they disagreed.",
     "Collaborator": "one way of asking a model: the base or the warm-up model, with 0 to k "
                     "retrieved labeled examples shown before the question.",
     "Agreement": "how many collaborators gave the same answer (4 of 4 is the strongest "
                  "signal).",
-    "Reflection": "when collaborators disagree, the warm-up model is shown every answer and "
-                  "picks one; that pick becomes the pseudo-label.",
+    "Reflection": "when collaborators disagree, the warm-up model (or, where the round says "
+                  "so, a larger served model) is shown every answer and picks one; that "
+                  "pick becomes the pseudo-label.",
     "Confidence": "how likely the warm-up model finds the pseudo-label, among the options "
                   "(for an open answer: exp of minus the entropy): 90 % means sure; about "
                   "one over the number of classes is a guess. Higher is better.",

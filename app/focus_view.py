@@ -299,7 +299,7 @@ def _show_evidence(detail: dict) -> None:
             st.caption("No neighbours stored for this item.")
     reflection = detail["reflection"]
     if reflection:
-        with st.expander("Reflection: what the warm-up model was shown, and what it chose"):
+        with st.expander(f"Reflection: what {reflection['by']} was shown, and what it chose"):
             st.text(reflection["shown"])
             st.markdown(f"It chose **{literal(reflection['chose'])}**.")
             if reflection["scores"]:

@@ -207,7 +207,7 @@ def show_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
         st.caption("No collaborator responses stored for this item.")
     reflection = detail["reflection"]
     if reflection:
-        with st.expander(f"Reflection: the warm-up model was shown every answer and chose "
+        with st.expander(f"Reflection: {reflection['by']} was shown every answer and chose "
                          f"{literal(reflection['chose'])}"):
             st.text(reflection["shown"])
             st.caption("Its scores with the collaborators' answers in view (the confidence "

@@ -238,6 +238,7 @@ def test_item_detail_shows_everything_about_one_item(review_ws):
     reflection = detail["reflection"]
     assert reflection["chose"] == "outage" and "Assistant 1: equipment" in reflection["shown"]
     assert "Several assistants answered this differently" in reflection["shown"]
+    assert reflection["by"] == "the warm-up model"
     assert [(h["action"], h["reviewer"], h["note"]) for h in detail["history"]] == [
         ("reject", "ana", "off topic"), ("relabel", "bo", None)]
     assert detail["decision"]["label"] == "outage" and detail["flags"] == []
@@ -304,6 +305,20 @@ def test_voice_and_override_in_words():
     assert voice("positive", 0.66) == "the warm-up model gives positive 66%"
     assert override("reflected", 1, 4) == "the warm-up model overrode 3 of 4 collaborators"
     assert override("agreed", 4, 4) is None and override("reflected", 4, 4) is None
+
+
+def test_the_reflecting_model_is_named_where_a_served_one_settles_disagreements():
+    from semievol.config import CollaboratorConfig, RoundConfig, ServedConfig, ServerConfig
+    from semievol.views.review import override, reflector_name
+
+    team = [CollaboratorConfig("warmup", 0, 1.0, 0)]
+    assert reflector_name(None) == reflector_name(RoundConfig(collaborators=team)) == \
+        "the warm-up model"
+    big = RoundConfig(collaborators=team, servers=[ServerConfig(name="big")],
+                      served=ServedConfig(reflection="big", reflection_model="base"))
+    assert reflector_name(big) == "the base model on server big"
+    assert override("reflected", 2, 4, reflector_name(big)) == \
+        "the base model on server big overrode 2 of 4 collaborators"
 
 
 def test_collaborator_names_are_told_apart_in_words():

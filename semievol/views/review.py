@@ -219,14 +219,25 @@ def round_facets(ws: Workspace, round_id: int) -> dict:
     return {"entropy_min": low, "entropy_max": high, "labels": labels}
 
 
-def _collaborator_configs(ws: Workspace, round_id: int) -> list:
+def _round_config(ws: Workspace, round_id: int):
+    """The round's RoundConfig, or None where it cannot be read (the answers are still
+    shown, unnamed)."""
     raw = ws.scalar("SELECT config FROM rounds WHERE id = ?", (round_id,))
     if raw is None:
         raise SemiEvolError(f"There is no round with id {round_id}.")
     try:
-        return round_config_from_dict(json.loads(raw)).collaborators
+        return round_config_from_dict(json.loads(raw))
     except (SemiEvolError, ValueError, TypeError):
-        return []  # an unreadable config still shows the answers, unnamed
+        return None
+
+
+def reflector_name(round_config) -> str:
+    """Who settled the round's disagreements, in words: the warm-up model (the paper's
+    self-justification), or the base model of a named server (served.reflection_model)."""
+    served = round_config.served if round_config is not None else None
+    if served is not None and served.reflection_model == "base":
+        return f"the base model on server {served.reflection}"
+    return "the warm-up model"
 
 
 def _json(text):
@@ -262,7 +273,9 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     pseudo_label["confidence"] = probability if probability is not None else \
         confidence(pseudo_label["entropy"])
 
-    configs = _collaborator_configs(ws, round_id)
+    round_config = _round_config(ws, round_id)
+    configs = round_config.collaborators if round_config is not None else []
+    reflector = reflector_name(round_config)
     names = display_names(configs)
     collaborators = []
     for r in ws.query("SELECT collaborator, answer, text, option_probs, option_entropy, nll, "
@@ -310,10 +323,14 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     pseudo_label["agreement_text"] = (f"{agreeing} of {len(answers)} collaborators gave this "
                                       "answer" if answers else "no collaborator answers stored")
     pseudo_label["voice"] = voice(pseudo_label["label"], pseudo_label["confidence"])
-    pseudo_label["override"] = override(pseudo_label["path"], agreeing, len(answers))
+    pseudo_label["override"] = override(pseudo_label["path"], agreeing, len(answers),
+                                        reflector)
+    reflection = _reflection(ws, item, pseudo_label, answers)
+    if reflection is not None:
+        reflection["by"] = reflector
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,
             "collaborators": collaborators, "flags": flags, "history": history,
-            "decision": current, "reflection": _reflection(ws, item, pseudo_label, answers)}
+            "decision": current, "reflection": reflection}
 
 
 def voice(label: str | None, probability: float | None) -> str:
@@ -325,13 +342,14 @@ def voice(label: str | None, probability: float | None) -> str:
     return f"the warm-up model gives {label} {probability:.0%}"
 
 
-def override(path: str | None, agreeing: int, answered: int) -> str | None:
-    """When the collaborators disagreed and the warm-up model chose against some of them:
+def override(path: str | None, agreeing: int, answered: int,
+             reflector: str = "the warm-up model") -> str | None:
+    """When the collaborators disagreed and the reflecting model chose against some of them:
     "the warm-up model overrode 3 of 4 collaborators"; None otherwise."""
     overruled = answered - agreeing
     if path != "reflected" or overruled <= 0:
         return None
-    return (f"the warm-up model overrode {overruled} of {answered} collaborator"
+    return (f"{reflector} overrode {overruled} of {answered} collaborator"
             f"{'s' if answered != 1 else ''}")
 
 
@@ -344,9 +362,9 @@ def confidence(nll: float | None) -> float | None:
 
 
 def _reflection(ws: Workspace, item: dict, pseudo_label: dict, answers: list) -> dict | None:
-    """What the reflecting (warm-up) model was shown when collaborators disagreed, and what
-    it chose: {shown (the prompt's text), chose, scores (its text, e.g. option
-    probabilities)}; None for an agreed item."""
+    """What the reflecting model was shown when collaborators disagreed, and what it chose:
+    {shown (the prompt's text), chose, scores (its text, e.g. option probabilities)}; None
+    for an agreed item. item_detail adds `by`: who reflected (reflector_name)."""
     if pseudo_label["path"] != "reflected":
         return None
     task = ws.require_task()
