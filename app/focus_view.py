@@ -18,8 +18,9 @@ from common import current_account, highlighted, literal, reviewer_name, show_ve
 from semievol.curation.decisions import label_reading, record_decisions, undo_last
 from semievol.team.handout import claim_next, release
 from semievol.views.decision_value import next_decisions_value
-from semievol.views.focus import (FOCUS_ORDERS, focus_queue, next_item, queue_progress,
-                                  reviewer_decided, reviewer_decision, team_progress)
+from semievol.views.focus import (DEFAULT_ORDER, FOCUS_ORDERS, focus_queue, next_item,
+                                  queue_progress, reviewer_decided, reviewer_decision,
+                                  team_progress)
 from semievol.views.review import item_detail
 from semievol.views.train import train_action
 from semievol.workspace.store import Workspace
@@ -101,19 +102,20 @@ def _undo(ws: Workspace, round_id: int, order: str) -> None:
 
 def show_focus(ws: Workspace, rnd: dict) -> None:
     """The queue order and the focus panel for round `rnd` (a views.status.round_rows row)."""
-    order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default="audit",
+    order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default=DEFAULT_ORDER,
                                  format_func=FOCUS_ORDERS.get, key="focus_order",
-                                 help="Audit queue: a stratified sample first, so the error "
+                                 help="Smallest margin (the default: it paid most in the "
+                                      "quality bench): the two likeliest options closest. "
+                                      "Audit queue: a stratified sample first, so the error "
                                       "estimate fills in. Least confident: the highest "
                                       "entropy. Reflected: the collaborators disagreed. By "
-                                      "class: one class at a time. Smallest margin: the two "
-                                      "likeliest options closest. Highest entropy: the "
+                                      "class: one class at a time. Highest entropy: the "
                                       "options most spread. Most split votes: the "
                                       "collaborators' answers most divided. Typical and "
                                       "diverse: items like many others, spread over the "
                                       "pool (vote-k; for the first few decisions). Typical, "
                                       "then margin: the first ten typical, then by margin.")
-    st.fragment(focus_panel)(ws, rnd, order or "audit")
+    st.fragment(focus_panel)(ws, rnd, order or DEFAULT_ORDER)
 
 
 def focus_panel(ws: Workspace, rnd: dict, order: str) -> None:

@@ -35,6 +35,12 @@ FOCUS_ORDERS = {"audit": "audit queue first", "least_confident": "least confiden
                 "disagreement": "most split votes first",
                 "typical": "typical and diverse first", "hybrid": "typical, then margin"}
 """Queue orders and what a reviewer reads for each."""
+DEFAULT_ORDER = "margin"
+"""The queue focus mode opens on, chosen by the quality bench (fpb-64, 25 decisions, one
+seed on the Zen 3 EPYC: smallest margin 91.2 %, typical then margin 90.3 %, typical 88.1 %,
+least confident 85.7 %, against SFT 90.5 %; bench/results/amd-epyc-25-1/fpb_64_queues_s0,
+and the three margin seeds beside it). The audit sample is not a queue: it estimates the
+selection's error, and stays one click away."""
 EMBEDDING_ORDERS = ("typical", "hybrid")
 
 
@@ -45,7 +51,7 @@ def _pool(ws: Workspace, round_id: int) -> list[dict]:
         "ORDER BY p.item_id", (round_id,))]
 
 
-def focus_queue(ws: Workspace, round_id: int, order: str = "audit") -> list[int]:
+def focus_queue(ws: Workspace, round_id: int, order: str = DEFAULT_ORDER) -> list[int]:
     """The round's unlabeled pseudo-labeled items, in review order."""
     if order not in FOCUS_ORDERS:
         raise SemiEvolError(f"Unknown queue order {order!r}: choose one of "
@@ -72,24 +78,29 @@ def focus_queue(ws: Workspace, round_id: int, order: str = "audit") -> list[int]
         seen = set(sampled)
         return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
     ids = [r["item_id"] for r in rows]
+    key = (str(ws.path), round_id, order, _pool_version(ws, round_id))
+    if key not in _SCORED_QUEUES:
+        if len(_SCORED_QUEUES) >= 8:
+            _SCORED_QUEUES.pop(next(iter(_SCORED_QUEUES)))
+        _SCORED_QUEUES[key] = _scored_queue(ws, round_id, order, ids)
+    return list(_SCORED_QUEUES[key])
+
+
+_SCORED_QUEUES: dict[tuple, tuple] = {}
+"""The queues over the collaborators' stored scores (margin, entropy, disagreement) and
+embeddings (typical, hybrid), computed once per round and pool: reading every response of a
+large pool, or a greedy pass over its neighbour graph, is not for every key press."""
+
+
+def _scored_queue(ws: Workspace, round_id: int, order: str, ids: list[int]) -> tuple:
     distributions, answers = collaborator_votes(ws, round_id, ids)
     if order == "margin":
-        return [ids[i] for i in queues.margin_order(distributions)]
+        return tuple(ids[i] for i in queues.margin_order(distributions))
     if order == "entropy":
-        return [ids[i] for i in queues.entropy_order(distributions)]
+        return tuple(ids[i] for i in queues.entropy_order(distributions))
     if order == "disagreement":
-        return [ids[i] for i in queues.disagreement_order(answers, distributions)]
-    key = (str(ws.path), round_id, order, _pool_version(ws, round_id))
-    if key not in _EMBEDDING_QUEUES:
-        if len(_EMBEDDING_QUEUES) >= 8:
-            _EMBEDDING_QUEUES.pop(next(iter(_EMBEDDING_QUEUES)))
-        _EMBEDDING_QUEUES[key] = _embedding_queue(ws, order, ids, distributions)
-    return list(_EMBEDDING_QUEUES[key])
-
-
-_EMBEDDING_QUEUES: dict[tuple, tuple] = {}
-"""The typical and hybrid queues, computed once per round and pool (a greedy pass over the
-neighbour graph takes seconds on a large pool: not on every key press)."""
+        return tuple(ids[i] for i in queues.disagreement_order(answers, distributions))
+    return _embedding_queue(ws, order, ids, distributions)
 
 
 def collaborator_votes(ws: Workspace, round_id: int, ids: list[int]
@@ -111,8 +122,9 @@ def collaborator_votes(ws: Workspace, round_id: int, ids: list[int]
 
 
 def _pool_version(ws: Workspace, round_id: int) -> tuple:
-    """What the embedding queues depend on, cheaply: the round's pseudo-labels and the
-    labeled set (a relabel step or an import changes it)."""
+    """What the scored queues depend on, cheaply: the round's pseudo-labels (written with the
+    responses by the label step) and the labeled set (a relabel step or an import changes
+    it)."""
     return tuple(ws.query("SELECT COUNT(*), TOTAL(item_id), TOTAL(entropy) FROM pseudo_labels "
                           "WHERE round_id=?", (round_id,))[0]) + (
         ws.scalar("SELECT COUNT(*) FROM items WHERE split='labeled'"),)
