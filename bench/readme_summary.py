@@ -22,14 +22,33 @@ def quality_files(results: Path) -> list[Path]:
     """Quality results: the main runs first (by labeled size), then supplementary runs kept
     in their own folders (another seed, an extra ablation); never the reduced smoke runs,
     and never a run that a merged report (bench/quality_merge.py) already holds."""
-    def order(path: Path):
-        return (path.parent != results, path.parent.name, len(path.stem), path.stem)
+    def order(path: Path):  # the main runs, then by folder (a CPU's runs together)
+        folders = path.relative_to(results).parts[:-1]
+        return (bool(folders), folders, len(path.stem), path.stem)
 
-    found = [p for p in [*results.glob("quality_*.json"), *results.glob("*/quality_*.json")]
-             if p.parent.name != "reduced"]
+    # results/quality_*.json, results/<run or cpu>/quality_*.json and, since results are
+    # kept per CPU, results/<cpu>/<run>/quality_*.json
+    found = [p for p in [*results.glob("quality_*.json"), *results.glob("*/quality_*.json"),
+                         *results.glob("*/*/quality_*.json")]
+             if "reduced" not in p.relative_to(results).parts]
     merged = {(REPO / src["path"]).resolve() for p in found
               for src in json.loads(p.read_text()).get("sources", [])}
     return sorted((p for p in found if p.resolve() not in merged), key=order)
+
+
+def machine_label(data: dict, path: Path, results: Path) -> str:
+    """Which CPU a result is from: its recorded CPU key, else the per-CPU folder it sits in
+    (results/<cpu>/<run>/), else the CPU's name and whether it computed in bf16 (results
+    from before they were kept per CPU)."""
+    machine = data.get("machine", {})
+    key = (machine.get("cpu_identity") or {}).get("key")
+    parts = path.relative_to(results).parts
+    if not key and len(parts) > 2:
+        key = parts[0]
+    if key:
+        return key
+    dtype = machine.get("model_dtype") or ("bf16" if machine.get("cpu_bf16") else "float32")
+    return f"{machine.get('cpu') or 'an unrecorded CPU'}, {dtype}"
 
 
 def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
@@ -58,8 +77,8 @@ def summary_markdown(results: Path = RESULTS, links: str = "results") -> str:
         prow = [[p["format"], p["variant"], pct(p["precision_all"]["mean"]),
                  pct(p["precision_selected"]["mean"]), pct(p["coverage"]["mean"])]
                 for p in s["pseudo_labels"]]
-        parts += [f"### Quality: {data['task']}, {data['labeled']} labeled "
-                  f"([report]({links}/{report}); seeds "
+        parts += [f"### Quality: {data['task']}, {data['labeled']} labeled, on "
+                  f"{machine_label(data, path, results)} ([report]({links}/{report}); seeds "
                   f"{[r['seed'] for r in data['runs']]})", "",
                   f"`{data['command']}`", "",
                   *(f"- from seeds {src['seeds']}: `{src['command']}`"

@@ -165,6 +165,16 @@ def test_readme_summary_shows_the_merged_report_instead_of_its_sources(qm, tmp_p
     text = readme_summary.summary_markdown(results)
     assert "seeds [0, 1]" in text and "- from seeds [1]: `bench/quality.py --seeds 1`" in text
     assert "46.0 %, seeds 1" in text  # a variant from fewer seeds says which
+    # A run kept per CPU (results/<cpu>/<run>/) is listed too, and says which CPU it is from.
+    from quality_report import summarise
+
+    one = _result([0], [("SFT", 0.41)])
+    (results / "amd-epyc-26-2").mkdir()
+    c = _write(results / "amd-epyc-26-2", "margin_s0", {**one, "summary": summarise(one["runs"])})
+    assert readme_summary.quality_files(results) == [results / "quality_pubmedqa_64.json", c]
+    text = readme_summary.summary_markdown(results)
+    assert "### Quality: pubmedqa, 64 labeled, on amd-epyc-26-2 ([report](results/" \
+        "amd-epyc-26-2/margin_s0/quality_pubmedqa_64.md)" in text
 
 
 def test_the_report_plots_what_extra_labels_buy_against_how_many(qm, tmp_path):
