@@ -104,8 +104,9 @@ def show_focus(ws: Workspace, rnd: dict) -> None:
     """The queue order and the focus panel for round `rnd` (a views.status.round_rows row)."""
     order = st.segmented_control("Queue order", list(FOCUS_ORDERS), default=DEFAULT_ORDER,
                                  format_func=FOCUS_ORDERS.get, key="focus_order",
-                                 help="Smallest margin (the default: it paid most in the "
-                                      "quality bench): the two likeliest options closest. "
+                                 help="Smallest margin (the default: the best of four "
+                                      "queues in the quality bench): the two likeliest "
+                                      "options closest. "
                                       "Audit queue: a stratified sample first, so the error "
                                       "estimate fills in. Least confident: the highest "
                                       "entropy. Reflected: the collaborators disagreed. By "

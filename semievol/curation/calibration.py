@@ -13,7 +13,7 @@ from semievol.curation.sufficiency import short_classes
 from semievol.method.pseudo_labels import SCORE_COLUMNS
 from semievol.method.scoring import precision_coverage, wilson_interval
 from semievol.task.answers import is_correct
-from semievol.workspace.store import Workspace
+from semievol.workspace.store import Workspace, stored_weight
 
 
 def hold_out(ws: Workspace, config: CalibrationConfig) -> int:
@@ -89,7 +89,7 @@ def calibration_report(ws: Workspace, round_id: int, *, score: str = "nll") -> d
     selected = np.array([bool(r["selected"]) for r in rows], dtype=bool)
     agreed = np.array([r["path"] == "agreed" for r in rows], dtype=bool)
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in rows], dtype=float)
-    weights = np.array([1.0 if r["weight"] is None else r["weight"] for r in rows], dtype=float)
+    weights = np.array([stored_weight(r["weight"]) for r in rows], dtype=float)
     summary = precision_of(correct, selected)
     return {"n": len(rows), "all": summary["all"], "selected": summary["selected"],
             "selected_weighted": weighted_precision(correct, selected, weights),

@@ -20,7 +20,7 @@ from semievol.task.answers import extract_answer, same_answer
 from semievol.task.formats import Example
 from semievol.training.finetune import TrainExample
 from semievol.workspace.items import options_of
-from semievol.workspace.store import Workspace, now
+from semievol.workspace.store import Workspace, now, stored_weight
 
 SOURCES = ("gold", "human", "pseudo")
 """Where a training example's answer comes from."""
@@ -50,7 +50,7 @@ def frozen_items(ws: Workspace, round_number: int) -> list[dict] | None:
                     (round_number,))
     return [{"item_id": r["item_id"], "question": r["question"], "options": options_of(r, task),
              "answer": r["answer"], "source": r["source"],
-             "weight": 1.0 if r["weight"] is None else r["weight"]} for r in rows]
+             "weight": stored_weight(r["weight"])} for r in rows]
 
 
 def freeze(ws: Workspace, round_id: int, items: list[dict]) -> None:
@@ -86,7 +86,7 @@ def live_training_items(ws: Workspace, up_to_round: int) -> list[dict]:
     def entry(item_id, row, answer, source, weight=None):
         return {"item_id": item_id, "question": row["question"],
                 "options": options_of(row, task), "answer": answer, "source": source,
-                "weight": 1.0 if weight is None else weight}
+                "weight": stored_weight(weight)}
 
     out = [entry(r["id"], r, r["answer"], "gold") for r in ws.query(
         "SELECT id, question, options, answer FROM items WHERE split='labeled' ORDER BY id")]

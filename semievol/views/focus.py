@@ -43,6 +43,8 @@ smallest margin scored 91.2 %, typical then margin 90.3 %, typical 88.1 %, least
 gain +1.3 ± 2.4 points over the unattended round: training noise is as large as the gain.
 The audit sample is not a queue: it estimates the selection's error, one click away."""
 EMBEDDING_ORDERS = ("typical", "hybrid")
+SCORED_ORDERS = ("margin", "entropy", "disagreement", *EMBEDDING_ORDERS)
+"""The queues computed from the collaborators' stored scores and embeddings (cached)."""
 
 
 def _pool(ws: Workspace, round_id: int) -> list[dict]:
@@ -57,6 +59,14 @@ def focus_queue(ws: Workspace, round_id: int, order: str = DEFAULT_ORDER) -> lis
     if order not in FOCUS_ORDERS:
         raise SemiEvolError(f"Unknown queue order {order!r}: choose one of "
                             f"{', '.join(FOCUS_ORDERS)}.")
+    if order in SCORED_ORDERS:  # the default's path: one cheap query on every key press
+        key = (str(ws.path), round_id, order, _pool_version(ws, round_id))
+        if key not in _SCORED_QUEUES:
+            if len(_SCORED_QUEUES) >= 8:
+                _SCORED_QUEUES.pop(next(iter(_SCORED_QUEUES)))
+            ids = [r["item_id"] for r in _pool(ws, round_id)]
+            _SCORED_QUEUES[key] = _scored_queue(ws, round_id, order, ids)
+        return list(_SCORED_QUEUES[key])
     rows = _pool(ws, round_id)
 
     def doubt(r):  # higher = less confident; an item without an entropy comes first
@@ -74,17 +84,9 @@ def focus_queue(ws: Workspace, round_id: int, order: str = DEFAULT_ORDER) -> lis
         return [r["item_id"] for r in sorted(
             least_confident, key=lambda r: (rank.get(r["label"], len(rank)), r["label"]))]
 
-    if order == "audit":
-        sampled = audit_queue(ws, round_id)
-        seen = set(sampled)
-        return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
-    ids = [r["item_id"] for r in rows]
-    key = (str(ws.path), round_id, order, _pool_version(ws, round_id))
-    if key not in _SCORED_QUEUES:
-        if len(_SCORED_QUEUES) >= 8:
-            _SCORED_QUEUES.pop(next(iter(_SCORED_QUEUES)))
-        _SCORED_QUEUES[key] = _scored_queue(ws, round_id, order, ids)
-    return list(_SCORED_QUEUES[key])
+    sampled = audit_queue(ws, round_id)  # the audit order: its sample, then the rest
+    seen = set(sampled)
+    return sampled + [r["item_id"] for r in least_confident if r["item_id"] not in seen]
 
 
 _SCORED_QUEUES: dict[tuple, tuple] = {}

@@ -231,13 +231,17 @@ def _round_config(ws: Workspace, round_id: int):
         return None
 
 
+WARMUP_REFLECTOR = "the warm-up model"
+"""Who reflects unless the round names a served model (the paper's self-justification)."""
+
+
 def reflector_name(round_config) -> str:
     """Who settled the round's disagreements, in words: the warm-up model (the paper's
     self-justification), or the base model of a named server (served.reflection_model)."""
     served = round_config.served if round_config is not None else None
     if served is not None and served.reflection_model == "base":
         return f"the base model on server {served.reflection}"
-    return "the warm-up model"
+    return WARMUP_REFLECTOR
 
 
 def _json(text):
@@ -325,12 +329,10 @@ def item_detail(ws: Workspace, round_id: int, item_id: int) -> dict:
     pseudo_label["voice"] = voice(pseudo_label["label"], pseudo_label["confidence"])
     pseudo_label["override"] = override(pseudo_label["path"], agreeing, len(answers),
                                         reflector)
-    reflection = _reflection(ws, item, pseudo_label, answers)
-    if reflection is not None:
-        reflection["by"] = reflector
     return {"item": item, "pseudo_label": pseudo_label, "neighbours": neighbours,
             "collaborators": collaborators, "flags": flags, "history": history,
-            "decision": current, "reflection": reflection}
+            "decision": current,
+            "reflection": _reflection(ws, item, pseudo_label, answers, reflector)}
 
 
 def voice(label: str | None, probability: float | None) -> str:
@@ -343,7 +345,7 @@ def voice(label: str | None, probability: float | None) -> str:
 
 
 def override(path: str | None, agreeing: int, answered: int,
-             reflector: str = "the warm-up model") -> str | None:
+             reflector: str = WARMUP_REFLECTOR) -> str | None:
     """When the collaborators disagreed and the reflecting model chose against some of them:
     "the warm-up model overrode 3 of 4 collaborators"; None otherwise."""
     overruled = answered - agreeing
@@ -361,14 +363,15 @@ def confidence(nll: float | None) -> float | None:
     return None if nll is None else math.exp(-nll)
 
 
-def _reflection(ws: Workspace, item: dict, pseudo_label: dict, answers: list) -> dict | None:
+def _reflection(ws: Workspace, item: dict, pseudo_label: dict, answers: list,
+                reflector: str) -> dict | None:
     """What the reflecting model was shown when collaborators disagreed, and what it chose:
-    {shown (the prompt's text), chose, scores (its text, e.g. option probabilities)}; None
-    for an agreed item. item_detail adds `by`: who reflected (reflector_name)."""
+    {by (who reflected, reflector_name), shown (the prompt's text), chose, scores (its text,
+    e.g. option probabilities)}; None for an agreed item."""
     if pseudo_label["path"] != "reflected":
         return None
     task = ws.require_task()
     messages = reflection_messages(task, Example(item["question"], item["options"]), answers)
     shown = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
-    return {"shown": shown, "chose": pseudo_label["label"],
+    return {"by": reflector, "shown": shown, "chose": pseudo_label["label"],
             "scores": pseudo_label["reflection_text"]}

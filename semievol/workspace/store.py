@@ -547,3 +547,9 @@ def _split_sql(script: str) -> list[str]:
 
 def now() -> float:
     return time.time()
+
+
+def stored_weight(value: float | None) -> float:
+    """A pseudo-label's or training row's stored loss weight: NULL counts in full (1), which
+    is what every row written before confidence weighting (schema 10) meant."""
+    return 1.0 if value is None else float(value)
